@@ -1,0 +1,73 @@
+"""Settings: the only place that reads the environment.
+
+Every setting is `CRM_LEDGER_<NAME>` in the environment (or a `.env` file). Handlers receive
+them through `get_settings()`, which tests override.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_CHAIN_ID = 31337
+#: The well-known Anvil/Hardhat test mnemonic. Its keys are public: chain id 31337 only.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+class Settings(BaseSettings):
+    """crm-ledger configuration; defaults run everything embedded (SQLite + a local Anvil)."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_LEDGER_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="SQLite file, Anvil state, reports")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/ledger.sqlite"
+    )
+    sqlite_synchronous: str = Field(
+        default="FULL", pattern="^(FULL|NORMAL)$", description="FULL survives power loss too"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    rpc_url: str | None = Field(
+        default=None, description="EVM JSON-RPC URL; unset means start Anvil on 127.0.0.1"
+    )
+    anvil_port: int = 8545
+    anvil_bin: Path | None = Field(default=None, description="Anvil binary; default: npm's")
+    rpc_timeout_seconds: float = 10.0
+
+    private_key: SecretStr | None = Field(default=None, description="anchorer key, 0x-hex")
+    keystore_path: Path | None = Field(default=None, description="encrypted JSON keystore")
+    keystore_password: SecretStr | None = None
+    mnemonic: SecretStr | None = Field(
+        default=None, description="BIP-39 mnemonic; unset on chain 31337 means the dev mnemonic"
+    )
+
+    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    batch_max_age_seconds: float = Field(default=0.25, gt=0)
+    anchor_poll_seconds: float = Field(default=0.05, gt=0)
+    anchor_retry_max_seconds: float = Field(default=5.0, gt=0)
+    confirmations: int = Field(default=0, ge=0)
+    run_anchorer: bool = True
+
+    max_body_bytes: int = 64 * 1024
+    max_batch_items: int = 1000
+
+    auto_migrate: bool = True
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings read once from the environment."""
+    return Settings()
