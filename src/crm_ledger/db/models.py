@@ -152,6 +152,7 @@ class Batch(Base):
     tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     block_number: Mapped[int | None] = mapped_column(BigInteger)
     block_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    gas_used: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     anchored_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

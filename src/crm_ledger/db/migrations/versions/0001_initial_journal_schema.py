@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("tx_hash", sa.LargeBinary(length=32), nullable=True),
         sa.Column("block_number", sa.BigInteger(), nullable=True),
         sa.Column("block_hash", sa.LargeBinary(length=32), nullable=True),
+        sa.Column("gas_used", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("anchored_at", sa.DateTime(timezone=True), nullable=True),

@@ -1,0 +1,239 @@
+"""Journal side of anchoring: cutting batches and recording what the chain did with them.
+
+Exports: `cut_batch`, `unfinished_batches`, `mark_sent`, `mark_anchored`, `reset_batches_from`,
+`anchored_end`, `recent_anchored_batches`, `pending_summary`.
+
+Every function here is one short database transaction; the anchorer calls them from a thread.
+Cutting is the only place that assigns `seq`, so seqs are contiguous by construction: the next
+batch starts where the last one ended, whatever happened on chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.db.models import Batch, BatchStatus, Customer, Record, utcnow
+from crm_ledger.ledger import merkle
+from crm_ledger.ledger.leaf import LeafInput, RecordKind
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """What the chain needs to anchor one batch (a detached copy of the `Batch` row)."""
+
+    id: int
+    first_seq: int
+    count: int
+    root: bytes
+    head: bytes
+    status: str
+    tx_hash: bytes | None
+
+    @classmethod
+    def of(cls, batch: Batch) -> BatchPlan:
+        return cls(
+            id=batch.id,
+            first_seq=batch.first_seq,
+            count=batch.count,
+            root=batch.root,
+            head=batch.head,
+            status=batch.status,
+            tx_hash=batch.tx_hash,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSummary:
+    """How much is waiting to be cut, and since when."""
+
+    count: int
+    oldest_created_at: datetime | None
+
+
+def pending_summary(session_factory: sessionmaker[Session], *, limit: int | None) -> PendingSummary:
+    """Records without a seq (counted up to `limit`) and the creation time of the oldest.
+
+    Counting stops at `limit` so that deciding whether a batch is due stays cheap however
+    large the backlog is.
+    """
+    with session_factory() as session:
+        pending = select(Record.pk).where(Record.seq.is_(None))
+        if limit is not None:
+            pending = pending.order_by(Record.pk).limit(limit)
+        count = session.scalar(select(func.count()).select_from(pending.subquery()))
+        oldest = session.scalar(
+            select(Record.created_at).where(Record.seq.is_(None)).order_by(Record.pk).limit(1)
+        )
+        return PendingSummary(count=int(count or 0), oldest_created_at=oldest)
+
+
+def cut_batch(session_factory: sessionmaker[Session], *, max_records: int) -> BatchPlan | None:
+    """Assign seqs to up to `max_records` pending records and write the batch, in one commit.
+
+    Records are taken in insertion (`pk`) order; each gets the next seq, a leaf input that links
+    to its customer's previous leaf, and the batch id. Returns None when nothing is pending.
+    """
+    with session_factory() as session, session.begin():
+        last = session.scalars(select(Batch).order_by(Batch.id.desc()).limit(1)).first()
+        batch_id = 0 if last is None else last.id + 1
+        first_seq = 0 if last is None else last.first_seq + last.count
+        previous_head = merkle.ZERO_HASH if last is None else last.head
+
+        rows = session.execute(
+            select(Record.pk, Record.kind, Record.commitment, Record.customer_pk)
+            .where(Record.seq.is_(None))
+            .order_by(Record.pk)
+            .limit(max_records)
+        ).all()
+        if not rows:
+            return None
+
+        customer_pks = {row.customer_pk for row in rows}
+        tips: dict[int, bytes] = {
+            pk: tip or merkle.ZERO_HASH
+            for pk, tip in session.execute(
+                select(Customer.pk, Customer.last_leaf_hash).where(Customer.pk.in_(customer_pks))
+            )
+        }
+        record_updates = []
+        leaf_hashes = []
+        for offset, row in enumerate(rows):
+            previous = tips[row.customer_pk]
+            leaf_hash = LeafInput(
+                seq=first_seq + offset,
+                kind=RecordKind(row.kind),
+                commitment=row.commitment,
+                previous_leaf_hash=previous,
+            ).leaf_hash()
+            tips[row.customer_pk] = leaf_hash
+            leaf_hashes.append(leaf_hash)
+            record_updates.append(
+                {
+                    "pk": row.pk,
+                    "seq": first_seq + offset,
+                    "previous_leaf_hash": previous,
+                    "leaf_hash": leaf_hash,
+                    "batch_id": batch_id,
+                }
+            )
+
+        root = merkle.root(leaf_hashes)
+        batch = Batch(
+            id=batch_id,
+            first_seq=first_seq,
+            count=len(rows),
+            root=root,
+            previous_head=previous_head,
+            head=merkle.next_head(previous_head, root, first_seq, len(rows)),
+            status=BatchStatus.CUT.value,
+        )
+        session.add(batch)
+        session.flush()
+        session.execute(update(Record), record_updates)
+        session.execute(
+            update(Customer),
+            [{"pk": pk, "last_leaf_hash": tip} for pk, tip in tips.items()],
+        )
+        return BatchPlan.of(batch)
+
+
+def unfinished_batches(session_factory: sessionmaker[Session]) -> list[BatchPlan]:
+    """Batches cut or sent but not yet seen mined, oldest first."""
+    with session_factory() as session:
+        batches = session.scalars(
+            select(Batch).where(Batch.status != BatchStatus.ANCHORED.value).order_by(Batch.id)
+        )
+        return [BatchPlan.of(b) for b in batches]
+
+
+def mark_sent(session_factory: sessionmaker[Session], *, batch_id: int, tx_hash: bytes) -> None:
+    """Remember the transaction that carries the batch, before waiting for it to be mined."""
+    with session_factory() as session, session.begin():
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(status=BatchStatus.SENT.value, tx_hash=tx_hash, sent_at=utcnow())
+        )
+
+
+def mark_anchored(
+    session_factory: sessionmaker[Session],
+    *,
+    batch_id: int,
+    epoch: int,
+    tx_hash: bytes,
+    block_number: int,
+    block_hash: bytes,
+    gas_used: int | None,
+) -> None:
+    """Record where the chain holds the batch."""
+    with session_factory() as session, session.begin():
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(
+                status=BatchStatus.ANCHORED.value,
+                epoch=epoch,
+                tx_hash=tx_hash,
+                block_number=block_number,
+                block_hash=block_hash,
+                gas_used=gas_used,
+                anchored_at=utcnow(),
+            )
+        )
+
+
+def recent_anchored_batches(
+    session_factory: sessionmaker[Session], *, limit: int
+) -> list[tuple[int, int, bytes]]:
+    """(batch id, block number, block hash) of the newest anchored batches, newest first."""
+    with session_factory() as session:
+        rows = session.execute(
+            select(Batch.id, Batch.block_number, Batch.block_hash)
+            .where(Batch.status == BatchStatus.ANCHORED.value)
+            .order_by(Batch.id.desc())
+            .limit(limit)
+        ).all()
+        return [(r.id, int(r.block_number), bytes(r.block_hash)) for r in rows]
+
+
+def anchored_end(session_factory: sessionmaker[Session]) -> int:
+    """The seq after the last batch the journal believes is on chain (0 when none is)."""
+    with session_factory() as session:
+        end = session.scalar(
+            select(func.max(Batch.first_seq + Batch.count)).where(
+                Batch.status == BatchStatus.ANCHORED.value
+            )
+        )
+        return int(end or 0)
+
+
+def reset_batches_from(session_factory: sessionmaker[Session], *, first_seq: int) -> list[int]:
+    """Forget the chain location of every batch from `first_seq` on: they will be re-anchored.
+
+    Used when the chain rolled back. Seqs, roots and heads stay: the same batches go on chain
+    again and reproduce the same heads.
+    """
+    with session_factory() as session, session.begin():
+        ids = list(
+            session.scalars(select(Batch.id).where(Batch.first_seq >= first_seq).order_by(Batch.id))
+        )
+        if ids:
+            session.execute(
+                update(Batch)
+                .where(Batch.id.in_(ids))
+                .values(
+                    status=BatchStatus.CUT.value,
+                    tx_hash=None,
+                    block_number=None,
+                    block_hash=None,
+                    gas_used=None,
+                    sent_at=None,
+                    anchored_at=None,
+                )
+            )
+        return ids

@@ -1,0 +1,52 @@
+"""FastAPI application factory; the lifespan runs the chain node, the anchorer and the indexer.
+
+Usage: `create_app(settings)` for the service, `create_app(settings, background=False)` in
+tests that drive the API without a chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from crm_ledger.config import Settings, get_settings
+from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
+from crm_ledger.runtime import Runtime
+
+
+def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
+    """Build the service. `background=False` skips the chain node, anchorer and indexer."""
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(
+        settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
+    )
+    if settings.auto_migrate:
+        upgrade_database(engine)
+    runtime = Runtime(
+        settings=settings, engine=engine, session_factory=make_session_factory(engine)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if background:
+            await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="crm-ledger",
+        version="0.1.0",
+        summary="A customer ledger anchored on an EVM chain: durable, verifiable, erasable.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    from crm_ledger.api import install
+
+    install(app)
+    return app

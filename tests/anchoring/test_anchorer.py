@@ -1,0 +1,228 @@
+"""The anchorer against a fake chain: batching, chain down, crashes at every step, rollbacks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
+from crm_ledger.db.models import Batch, BatchStatus, Customer, Record
+from crm_ledger.errors import ChainReset, ChainUnavailable
+from crm_ledger.ledger import merkle
+from crm_ledger.ledger.leaf import LeafInput, RecordKind
+
+from tests.anchoring.fakes import ADDRESS, CODE_HASH, FakeChain, add_records, fast_settings
+
+DEPLOYMENT = DeploymentRef(epoch=1, address=ADDRESS, code_hash=CODE_HASH, block_number=0)
+
+
+class SimulatedCrash(BaseException):
+    """Stands for the process dying: nothing in the anchorer may catch it."""
+
+
+def make_anchorer(
+    session_factory: sessionmaker[Session], chain: FakeChain, tmp_path: Path, **kw: object
+) -> Anchorer:
+    return Anchorer(
+        session_factory=session_factory,
+        chain=chain,
+        deployment=DEPLOYMENT,
+        settings=fast_settings(tmp_path),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def drain(anchorer: Anchorer, rounds: int = 50) -> None:
+    """Step until a round does no work."""
+    for _ in range(rounds):
+        if not await anchorer.step():
+            return
+    raise AssertionError("anchorer still busy after 50 rounds")
+
+
+def assert_ledger_consistent(session_factory: sessionmaker[Session], chain: FakeChain) -> None:
+    """Journal and chain agree; seqs contiguous, each once; leaves and hash chains recompute."""
+    with session_factory() as session:
+        records = session.scalars(select(Record).order_by(Record.seq)).all()
+        batches = session.scalars(select(Batch).order_by(Batch.id)).all()
+        assert [r.seq for r in records] == list(range(len(records)))
+        tips: dict[int, bytes] = {}
+        for r in records:
+            assert r.seq is not None and r.leaf_hash is not None
+            expected_previous = tips.get(r.customer_pk, merkle.ZERO_HASH)
+            assert r.previous_leaf_hash == expected_previous
+            leaf = LeafInput(
+                seq=r.seq,
+                kind=RecordKind(r.kind),
+                commitment=r.commitment,
+                previous_leaf_hash=expected_previous,
+            )
+            assert leaf.leaf_hash() == r.leaf_hash
+            tips[r.customer_pk] = r.leaf_hash
+        for customer in session.scalars(select(Customer)):
+            assert customer.last_leaf_hash == tips.get(customer.pk)
+        head = merkle.ZERO_HASH
+        for batch in batches:
+            members = [r for r in records if r.batch_id == batch.id]
+            assert [r.seq for r in members] == list(
+                range(batch.first_seq, batch.first_seq + batch.count)
+            )
+            assert batch.root == merkle.root([r.leaf_hash for r in members if r.leaf_hash])
+            assert batch.previous_head == head
+            head = merkle.next_head(head, batch.root, batch.first_seq, batch.count)
+            assert batch.head == head
+            assert batch.status == BatchStatus.ANCHORED.value
+            event = chain.events[batch.id]
+            assert (event.first_seq, event.count, event.root, event.head) == (
+                batch.first_seq,
+                batch.count,
+                batch.root,
+                batch.head,
+            )
+            assert (batch.tx_hash, batch.block_number, batch.block_hash) == (
+                event.tx_hash,
+                event.block_number,
+                event.block_hash,
+            )
+        assert len(chain.events) == len(batches)
+
+
+@pytest.mark.asyncio
+async def test_batches_are_cut_by_size_and_anchored_in_order(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=3, each=3)
+    chain = FakeChain()
+    await drain(make_anchorer(session_factory, chain, tmp_path))
+    assert [e.count for e in chain.events] == [4, 4, 1]
+    assert chain.sent == 3
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_cut_before_the_batch_is_due(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=1, each=2)
+    chain = FakeChain()
+    anchorer = Anchorer(
+        session_factory=session_factory,
+        chain=chain,
+        deployment=DEPLOYMENT,
+        settings=fast_settings(tmp_path, batch_max_records=10, batch_max_age_seconds=3600),
+    )
+    assert await anchorer.step() is False
+    assert chain.events == []
+
+
+@pytest.mark.asyncio
+async def test_chain_down_keeps_records_queued_then_anchors_the_backlog(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    chain = FakeChain(down=True)
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    add_records(session_factory, customers=2, each=3)
+    with pytest.raises(ChainUnavailable):
+        await anchorer.step()
+    stop = asyncio.Event()
+    task = asyncio.create_task(anchorer.run(stop))
+    await asyncio.sleep(0.1)
+    assert anchorer.state.state == "chain_unavailable"
+    add_records(session_factory, customers=1, each=2)  # writes keep landing while it is down
+    chain.down = False
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if len(chain.events) == 2 and anchorer.state.state == "running":
+            break
+    stop.set()
+    await task
+    assert sum(e.count for e in chain.events) == 8
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("crash_at", ["cut", "sent", "marked_sent", "mined", "anchored"])
+async def test_a_crash_at_any_step_is_finished_by_the_next_process(
+    session_factory: sessionmaker[Session], tmp_path: Path, crash_at: str
+) -> None:
+    add_records(session_factory, customers=2, each=5)
+    chain = FakeChain()
+
+    def crash(step: str) -> None:
+        if step == crash_at:
+            raise SimulatedCrash(step)
+
+    with pytest.raises(SimulatedCrash):
+        await drain(make_anchorer(session_factory, chain, tmp_path, checkpoint=crash))
+    sent_before_restart = chain.sent
+    await drain(make_anchorer(session_factory, chain, tmp_path))
+    assert_ledger_consistent(session_factory, chain)
+    # A batch that reached the chain before the crash is adopted, never sent twice.
+    assert chain.sent == len(chain.events)
+    assert sent_before_restart <= 1
+
+
+@pytest.mark.asyncio
+async def test_rolled_back_batches_are_anchored_again(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=3, each=4)
+    chain = FakeChain()
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    await drain(anchorer)
+    heads_before = [e.head for e in chain.events]
+    assert len(heads_before) == 3
+    chain.roll_back_to(1)
+    await drain(anchorer)
+    assert [e.head for e in chain.events] == heads_before
+    assert anchorer.state.rollbacks_detected == 1
+    assert chain.sent == 5
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+async def test_rollback_to_genesis_with_new_records_keeps_every_seq(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=2, each=2)
+    chain = FakeChain()
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    await drain(anchorer)
+    chain.roll_back_to(0)
+    add_records(session_factory, customers=1, each=3)
+    await drain(anchorer)
+    assert sum(e.count for e in chain.events) == 7
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_remined_in_another_block_gets_its_new_location(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=1, each=4)
+    chain = FakeChain()
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    await drain(anchorer)
+    chain.remine_last()
+    await anchorer.step()
+    assert chain.sent == 1
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+async def test_a_reset_chain_halts_anchoring_and_says_what_to_run(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=1, each=2)
+    chain = FakeChain(code_hash_value=b"\x00" * 32)
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    with pytest.raises(ChainReset, match="crm-ledger chain recover"):
+        await anchorer.step()
+    await anchorer.run(asyncio.Event())  # returns by itself: halted
+    assert anchorer.state.state == "halted"
+    with session_factory() as session:
+        assert session.scalars(select(Record).where(Record.seq.is_(None))).all() != []
