@@ -176,7 +176,7 @@ def make_record(session: Session, customer: Customer, *, note: str = "call") -> 
 
 
 def add_records(session_factory: sessionmaker[Session], *, customers: int, each: int) -> list[str]:
-    """Insert `customers` × `each` pending records, interleaved; returns record ids."""
+    """Insert `customers` times `each` pending records, interleaved; returns record ids."""
     ids = []
     with session_factory() as session, session.begin():
         people = [make_customer(session, name=f"c{i}") for i in range(customers)]

@@ -14,7 +14,6 @@ from crm_ledger.db.models import Batch, BatchStatus, Customer, Record
 from crm_ledger.errors import ChainReset, ChainUnavailable
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
-
 from tests.anchoring.fakes import ADDRESS, CODE_HASH, FakeChain, add_records, fast_settings
 
 DEPLOYMENT = DeploymentRef(epoch=1, address=ADDRESS, code_hash=CODE_HASH, block_number=0)

@@ -31,6 +31,7 @@ Example (what the service's lifespan does)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -146,10 +147,8 @@ class Anchorer:
                 self._set_state("running", "")
                 delay = self.settings.anchor_poll_seconds
             if not worked:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
 
     async def step(self) -> bool:
         """One round: check the chain, finish unfinished batches, cut one if due."""
@@ -159,14 +158,10 @@ class Anchorer:
             await self._complete(plan)
             worked = True
         if await asyncio.to_thread(self._batch_due):
-            plan = await asyncio.to_thread(
-                batches.cut_batch,
-                self.session_factory,
-                max_records=self.settings.batch_max_records,
-            )
-            if plan is not None:
+            cut = await asyncio.to_thread(self._cut)
+            if cut is not None:
                 self.checkpoint("cut")
-                await self._complete(plan)
+                await self._complete(cut)
                 worked = True
         await asyncio.to_thread(self._update_lag)
         return worked
@@ -295,6 +290,9 @@ class Anchorer:
         metrics.anchor_gas_used_total.inc(where.gas_used)
         self.state.last_batch_id = batch_id
         self.state.last_anchored_at = utcnow()
+
+    def _cut(self) -> BatchPlan | None:
+        return batches.cut_batch(self.session_factory, max_records=self.settings.batch_max_records)
 
     def _batch_due(self) -> bool:
         summary = batches.pending_summary(
