@@ -1,0 +1,40 @@
+# crm-ledger: `make run` starts the service, `make test` runs every test. Both install what is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+NPM_STAMP := hardhat-local/node_modules/.installed
+PY_STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench postgres clean
+
+install: $(PY_STAMP) $(NPM_STAMP)
+
+$(PY_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NPM_STAMP): hardhat-local/package.json hardhat-local/package-lock.json
+	npm --prefix hardhat-local ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: install
+	$(BIN)/crm-ledger serve
+
+postgres:
+	bash scripts/ensure_postgres.sh
+
+test: install postgres
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy src
+
+bench: install
+	$(BIN)/crm-ledger bench anchor
+
+clean:
+	rm -rf $(VENV) hardhat-local/node_modules data
