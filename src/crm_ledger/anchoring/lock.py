@@ -1,0 +1,82 @@
+"""The anchorer is a singleton: one process per journal may cut batches and send them.
+
+Exports: `SingletonLock`.
+
+On PostgreSQL the lock is a session-level advisory lock held on a dedicated connection, so it is
+released by the server if the process dies. On SQLite (one machine) it is an exclusive `flock` on
+a file beside the database, released by the kernel when the process dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import Connection, Engine, text
+
+# Any fixed 64-bit number; it names "the crm-ledger anchorer" among advisory locks.
+ANCHORER_LOCK_ID = 0x63726D6C_616E6368
+
+
+class SingletonLock:
+    """Non-blocking, process-wide exclusive lock tied to one journal database."""
+
+    def __init__(self, engine: Engine, *, name: str = "anchorer") -> None:
+        self._engine = engine
+        self._name = name
+        self._connection: Connection | None = None
+        self._file: IO[str] | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock."""
+        return self._connection is not None or self._file is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; True when this process now holds it."""
+        if self.held:
+            return True
+        if self._engine.dialect.name == "postgresql":
+            connection = self._engine.connect()
+            got = connection.scalar(
+                text("SELECT pg_try_advisory_lock(:id)"), {"id": ANCHORER_LOCK_ID}
+            )
+            connection.commit()
+            if got:
+                self._connection = connection
+                return True
+            connection.close()
+            return False
+        path = self._lock_path()
+        handle = path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        """Give the lock back (also released when the process dies)."""
+        if self._connection is not None:
+            self._connection.execute(
+                text("SELECT pg_advisory_unlock(:id)"), {"id": ANCHORER_LOCK_ID}
+            )
+            self._connection.close()
+            self._connection = None
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def _lock_path(self) -> Path:
+        database = self._engine.url.database
+        if not database or database == ":memory:":
+            raise RuntimeError("the SQLite journal must be a file to guard its anchorer")
+        return Path(f"{database}.{self._name}.lock")
