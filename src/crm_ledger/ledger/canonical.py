@@ -24,10 +24,26 @@ CUSTOMER_KEY_SIZE = 32
 
 def canonical_json(content: Any) -> bytes:
     """RFC 8785 bytes of a JSON-compatible value (floats are refused: money is decimal strings)."""
+    _refuse_floats(content, "content")
     try:
         return rfc8785.dumps(content)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise FormatError(f"content cannot be canonicalised: {exc}") from exc
+
+
+def _refuse_floats(value: Any, where: str) -> None:
+    # rfc8785 serialises floats, but a binary float is no way to commit to an amount.
+    if isinstance(value, float):
+        raise FormatError(
+            f"content cannot be canonicalised: {where} is a float ({value!r}); "
+            'write amounts as decimal strings, e.g. "4.50"'
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_floats(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_floats(item, f"{where}[{index}]")
 
 
 def commitment(customer_key: bytes, canonical_content: bytes) -> bytes:

@@ -53,10 +53,15 @@ class LeafInput:
             raise FormatError(f"seq {self.seq} does not fit in 64 bits")
         if len(self.commitment) != 32 or len(self.previous_leaf_hash) != 32:
             raise FormatError("commitment and previous leaf hash must be 32 bytes each")
+        # Refuse what `decode` would refuse, so no encoded leaf is unreadable.
+        try:
+            kind = RecordKind(self.kind)
+        except ValueError:
+            raise FormatError(f"unknown record kind {self.kind!r}") from None
         return (
             bytes([self.version])
             + self.seq.to_bytes(8, "big")
-            + bytes([int(self.kind)])
+            + bytes([kind])
             + self.commitment
             + self.previous_leaf_hash
         )
