@@ -1,0 +1,443 @@
+"""Local EVM nodes run as child processes: Anvil (the embedded default) and the Hardhat node.
+
+Exports: `LocalNode`, `find_anvil_binary`, `find_hardhat_project`, `start_anvil`,
+`start_hardhat`, `ANVIL_STATE_INTERVAL_SECONDS`.
+
+Anvil keeps its whole chain in memory. With `--state <file>` it loads the file at start and
+writes it back on a clean exit (SIGTERM); `--state-interval` also writes it every few seconds,
+so a SIGKILL or a power cut loses at most that much. Anvil writes the file in place, so a
+SIGKILL in the middle of a write can leave it truncated; `start_anvil` keeps the last copy that
+Anvil loaded successfully next to it and falls back to that copy. Falling back to an older state
+is a chain rollback, which the anchorer already handles (it re-anchors from the journal).
+
+The npm package's `node_modules/.bin/anvil` is a Node.js wrapper that spawns the native binary;
+`find_anvil_binary` prefers the native binary so that a signal reaches Anvil itself. Every node
+runs in a process group of its own and `kill()` signals the whole group, so no orphan keeps the
+port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from crm_ledger.config import DEV_CHAIN_ID, DEV_MNEMONIC, Settings
+from crm_ledger.errors import ChainUnavailable, ConfigError
+
+__all__ = [
+    "ANVIL_STATE_INTERVAL_SECONDS",
+    "LocalNode",
+    "find_anvil_binary",
+    "find_hardhat_project",
+    "start_anvil",
+    "start_hardhat",
+]
+
+log = logging.getLogger(__name__)
+
+#: How often Anvil writes its state file; a SIGKILL loses at most this much of the chain.
+ANVIL_STATE_INTERVAL_SECONDS = 1
+HOST = "127.0.0.1"
+HARDHAT_PROJECT = "hardhat-local"
+_NPM_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+_LOG_TAIL_LINES = 20
+
+
+@dataclass
+class LocalNode:
+    """A running local node; stop it with `stop()` (clean) or `kill()` (SIGKILL).
+
+    Use it as a context manager to stop it on exit::
+
+        with start_anvil(port=8545, state_path=data_dir / "anvil" / "state.json") as node:
+            w3 = make_async_web3(node.rpc_url, timeout=10)
+    """
+
+    kind: str
+    rpc_url: str
+    port: int
+    log_path: Path
+    state_path: Path | None
+    process: subprocess.Popen[bytes] = field(repr=False)
+    _log_file: IO[bytes] = field(repr=False)
+    _ended: bool = field(default=False, repr=False)
+
+    @property
+    def pid(self) -> int:
+        """Process id of the node (the leader of its process group)."""
+        return self.process.pid
+
+    def is_running(self) -> bool:
+        """Whether the node process is still alive."""
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then wait for the node to exit; Anvil writes its state file on the way out.
+
+        A node that does not exit within `timeout` seconds is killed.
+        """
+        if self.is_running():
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+            # A wrapper (npm's `.bin/anvil`) exits before the node it forwarded the signal to.
+            _wait_for_group_exit(self.process.pid, deadline=time.monotonic() + timeout)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "%s on port %d did not stop within %.0f s: killing it",
+                self.kind,
+                self.port,
+                timeout,
+            )
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the node's whole process group, as a crash or `kill -9` would."""
+        if self._ended:
+            # The group id may belong to another process group by now.
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log_file.close()
+        self._ended = True
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last lines of the node's log file."""
+        return _tail(self.log_path, lines)
+
+    def __enter__(self) -> LocalNode:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def find_anvil_binary(settings_or_path: Settings | Path | str | None = None) -> Path:
+    """The Anvil executable: the explicit setting, else npm's copy in `hardhat-local/`, else PATH.
+
+    Within `hardhat-local/node_modules` the native binary of the platform package is preferred
+    over the `.bin/anvil` Node.js wrapper, so that signals reach Anvil itself.
+    """
+    explicit = (
+        settings_or_path.anvil_bin if isinstance(settings_or_path, Settings) else settings_or_path
+    )
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise ConfigError(
+            f"the Anvil binary {str(path)!r} (CRM_LEDGER_ANVIL_BIN) does not exist or is not "
+            "executable; fix the setting or unset it to use the one installed by `make install`"
+        )
+    for project in _hardhat_project_candidates():
+        modules = project / "node_modules"
+        for candidate in (_native_anvil(modules), modules / ".bin" / "anvil"):
+            if candidate is not None and candidate.is_file() and os.access(candidate, os.X_OK):
+                return candidate
+    on_path = shutil.which("anvil")
+    if on_path is not None:
+        return Path(on_path)
+    raise ConfigError(
+        "no Anvil binary found: run `make install` (or `npm --prefix hardhat-local ci`) to "
+        "install the pinned one, or set CRM_LEDGER_ANVIL_BIN, or CRM_LEDGER_RPC_URL to use a "
+        "node that is already running"
+    )
+
+
+def find_hardhat_project() -> Path:
+    """The `hardhat-local/` directory with its npm dependencies installed."""
+    for project in _hardhat_project_candidates():
+        if (project / "node_modules" / ".bin" / "hardhat").exists():
+            return project
+    raise ConfigError(
+        "no Hardhat installation found: run `make install` (or `npm --prefix hardhat-local ci`)"
+    )
+
+
+def start_anvil(
+    *,
+    port: int,
+    state_path: Path | None,
+    binary: Path | None = None,
+    log_path: Path | None = None,
+    startup_timeout: float = 30.0,
+) -> LocalNode:
+    """Start Anvil on 127.0.0.1:`port` (chain id 31337, automine) and wait until it answers.
+
+    With `state_path` the chain is loaded from and saved to that file (every
+    `ANVIL_STATE_INTERVAL_SECONDS` and on a clean stop) and the log goes next to it as
+    `anvil.log`; without it the chain lives in memory only. Raises `ConfigError` when the port
+    is taken, `ChainUnavailable` (with the end of the log) when Anvil does not come up.
+    """
+    executable = binary if binary is not None else find_anvil_binary()
+    _refuse_taken_port(port, "Anvil")
+    if state_path is not None:
+        state_path = state_path.resolve()
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        _restore_state_if_unreadable(state_path)
+    if log_path is None:
+        log_dir = state_path.parent if state_path is not None else _scratch_dir("anvil")
+        log_path = log_dir / "anvil.log"
+    command = [
+        str(executable),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--chain-id",
+        str(DEV_CHAIN_ID),
+        "--mnemonic",
+        DEV_MNEMONIC,
+        # Anvil logs every RPC request otherwise: megabytes an hour under the anchorer's polling.
+        # Start-up failures still reach the log.
+        "--quiet",
+    ]
+    if state_path is not None:
+        command += [
+            "--state",
+            str(state_path),
+            "--state-interval",
+            str(ANVIL_STATE_INTERVAL_SECONDS),
+        ]
+    node = _spawn("anvil", command, port=port, log_path=log_path, state_path=state_path)
+    _wait_until_ready(node, startup_timeout)
+    if state_path is not None and state_path.exists():
+        # Anvil just loaded this file: it is the copy to fall back on after a torn write.
+        _copy_atomically(state_path, _last_good(state_path))
+    return node
+
+
+def start_hardhat(
+    *,
+    port: int,
+    project: Path | None = None,
+    log_path: Path | None = None,
+    startup_timeout: float = 60.0,
+) -> LocalNode:
+    """Start a Hardhat node (chain id 31337, dev mnemonic, in memory) on 127.0.0.1:`port`."""
+    project = project if project is not None else find_hardhat_project()
+    _refuse_taken_port(port, "the Hardhat node")
+    if log_path is None:
+        log_path = _scratch_dir("hardhat") / "hardhat.log"
+    command = [
+        str(project / "node_modules" / ".bin" / "hardhat"),
+        "node",
+        "--hostname",
+        HOST,
+        "--port",
+        str(port),
+    ]
+    node = _spawn(
+        "hardhat",
+        command,
+        port=port,
+        log_path=log_path,
+        state_path=None,
+        cwd=project,
+        env={"HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"},
+    )
+    _wait_until_ready(node, startup_timeout)
+    return node
+
+
+def _hardhat_project_candidates() -> list[Path]:
+    """`hardhat-local/` in every parent of the package source, then of the working directory."""
+    roots = [*Path(__file__).resolve().parents, Path.cwd(), *Path.cwd().parents]
+    seen: list[Path] = []
+    for root in roots:
+        candidate = root / HARDHAT_PROJECT
+        if candidate not in seen and candidate.is_dir():
+            seen.append(candidate)
+    return seen
+
+
+def _native_anvil(node_modules: Path) -> Path | None:
+    system = {"linux": "linux", "darwin": "darwin", "win32": "win32"}.get(sys.platform)
+    arch = _NPM_ARCH.get(platform.machine().lower())
+    if system is None or arch is None:
+        return None
+    name = "anvil.exe" if system == "win32" else "anvil"
+    return node_modules / "@foundry-rs" / f"anvil-{system}-{arch}" / "bin" / name
+
+
+def _refuse_taken_port(port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: a port held only by TIME_WAIT connections of a stopped node is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            raise ConfigError(
+                f"cannot start {what} on {HOST}:{port}: the port is already in use by another "
+                "process. Stop that process, or choose another port (CRM_LEDGER_ANVIL_PORT), or "
+                "point CRM_LEDGER_RPC_URL at the node that is running there."
+            ) from None
+
+
+def _restore_state_if_unreadable(state_path: Path) -> None:
+    """Replace a torn state file (SIGKILL mid-write) with the last copy Anvil loaded."""
+    if not state_path.exists() or _is_json(state_path):
+        return
+    aside = state_path.with_name(f"{state_path.name}.unreadable-{int(time.time())}")
+    state_path.replace(aside)
+    fallback = _last_good(state_path)
+    if fallback.exists():
+        _copy_atomically(fallback, state_path)
+        log.warning(
+            "Anvil state %s was unreadable (kept as %s); restarting from the last good copy: "
+            "the chain rolls back to it and the anchorer re-anchors what is missing",
+            state_path,
+            aside,
+        )
+    else:
+        log.warning(
+            "Anvil state %s was unreadable (kept as %s) and no earlier copy exists: starting "
+            "an empty chain",
+            state_path,
+            aside,
+        )
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _last_good(state_path: Path) -> Path:
+    return state_path.with_name(f"{state_path.name}.last-good")
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    partial = target.with_name(f"{target.name}.partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
+
+
+def _scratch_dir(kind: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"crm-ledger-{kind}-"))
+
+
+def _spawn(
+    kind: str,
+    command: Sequence[str],
+    *,
+    port: int,
+    log_path: Path,
+    state_path: Path | None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> LocalNode:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("ab")
+    try:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            # Its own process group: a Ctrl-C meant for the service does not reach the node
+            # before the service has stopped using it, and kill() can signal every process.
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log_file.close()
+        raise ConfigError(f"cannot run {command[0]}: {exc.strerror}") from None
+    return LocalNode(
+        kind=kind,
+        rpc_url=f"http://{HOST}:{port}",
+        port=port,
+        log_path=log_path,
+        state_path=state_path,
+        process=process,
+        _log_file=log_file,
+    )
+
+
+def _wait_until_ready(node: LocalNode, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not node.is_running():
+            code = node.process.returncode
+            node.kill()
+            raise ChainUnavailable(
+                f"{node.kind} exited with code {code} before answering on {node.rpc_url}; "
+                f"end of {node.log_path}:\n{node.log_tail()}"
+            )
+        chain_id = _chain_id(node.rpc_url)
+        if chain_id is not None:
+            if chain_id != DEV_CHAIN_ID:
+                node.kill()
+                raise ChainUnavailable(
+                    f"{node.rpc_url} answered with chain id {chain_id}, not {DEV_CHAIN_ID}: "
+                    f"another node took the port while {node.kind} was starting"
+                )
+            return
+        if time.monotonic() >= deadline:
+            node.kill()
+            raise ChainUnavailable(
+                f"{node.kind} did not answer on {node.rpc_url} within {timeout:.0f} s; end of "
+                f"{node.log_path}:\n{node.log_tail()}"
+            )
+        time.sleep(0.05)
+
+
+def _chain_id(rpc_url: str) -> int | None:
+    """The node's chain id, or None while it does not answer yet."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
+    request = urllib.request.Request(
+        rpc_url, data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=1.0) as response:
+            answer = json.loads(response.read())
+        return int(answer["result"], 16)
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+        return None
+
+
+def _wait_for_group_exit(group: int, *, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+    raise subprocess.TimeoutExpired(cmd=f"process group {group}", timeout=0)
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
