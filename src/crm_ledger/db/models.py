@@ -1,7 +1,7 @@
 """SQLAlchemy 2 models: the journal (customers, records, batches) and service bookkeeping.
 
 Exports: `Base`, `Customer`, `Record`, `Batch`, `BatchStatus`, `Deployment`, `ApiKey`,
-`IdempotencyEntry`.
+`IdempotencyEntry`, `AuditReport`.
 
 Public ids are UUID strings; an integer `pk` gives a stable insertion order for cursors and for
 the anchorer, which cuts pending records (seq IS NULL) in `pk` order.
@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -118,6 +119,9 @@ class Record(Base):
     # RFC 8785 bytes of the committed document; NULL once erased.
     content: Mapped[bytes | None] = mapped_column(LargeBinary)
     commitment: Mapped[bytes] = mapped_column(LargeBinary(32))
+    # The record's own commitment key, for records not committed with their customer's key
+    # (erasure records: a fresh random key, so the commitment cannot be tied to the customer).
+    key: Mapped[bytes | None] = mapped_column(LargeBinary(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # Set by the anchorer when it cuts a batch.
     seq: Mapped[int | None] = mapped_column(BigInteger, unique=True)
@@ -203,3 +207,22 @@ class IdempotencyEntry(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response_body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AuditReport(Base):
+    """One run of the ledger audit (`crm-ledger audit`, `POST /v1/audit/ledger`) and its findings."""
+
+    __tablename__ = "audit_reports"
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True, default=new_id)
+    # running, done (report holds the findings) or failed (error says why).
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    clean: Mapped[bool | None] = mapped_column(Boolean)
+    records_checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    discrepancy_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The full report as JSON (`crm_ledger.audit.report.LedgerReport.to_json`).
+    report: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
