@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 anchoring_lag_seconds = Gauge(
     "crm_ledger_anchoring_lag_seconds", "Age of the oldest record not yet cut into a batch"
@@ -13,4 +13,19 @@ batches_anchored_total = Counter(
 )
 anchor_gas_used_total = Counter(
     "crm_ledger_anchor_gas_used_total", "Gas used by mined anchor transactions"
+)
+
+http_requests_total = Counter(
+    "crm_ledger_http_requests_total",
+    "HTTP requests answered, by method, route template and status code",
+    ["method", "route", "status"],
+)
+http_request_duration_seconds = Histogram(
+    "crm_ledger_http_request_duration_seconds",
+    "Time from the first byte of a request to the last byte of its response",
+    ["method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+records_written_total = Counter(
+    "crm_ledger_records_written_total", "Records committed to the journal, by kind", ["kind"]
 )

@@ -1,0 +1,41 @@
+"""The REST API: routes, auth, idempotency, problem details, limits and metrics.
+
+Exports: `install`, `BATCH_BODY_FACTOR`.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from crm_ledger.api.deps import ApiKeyCache
+from crm_ledger.api.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    UnexpectedErrorMiddleware,
+)
+from crm_ledger.api.problems import install_problem_handlers
+from crm_ledger.api.routes import customers, health, records
+from crm_ledger.config import Settings
+
+# A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
+# item a thousand of them do not fit in the single-request limit, so the batch endpoint gets
+# this many times the limit (1 MiB by default).
+BATCH_BODY_FACTOR = 16
+
+
+def install(app: FastAPI) -> None:
+    """Add routes, error handlers and middleware to `app` (its runtime must be set already)."""
+    settings: Settings = app.state.runtime.settings
+    app.state.api_key_cache = ApiKeyCache()
+    install_problem_handlers(app)
+    app.include_router(customers.router)
+    app.include_router(records.router)
+    app.include_router(health.router)
+    # Added innermost first: metrics see every answer, including the last-resort 500.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        path_limits={"/v1/interactions/batch": settings.max_body_bytes * BATCH_BODY_FACTOR},
+    )
+    app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(MetricsMiddleware)

@@ -1,0 +1,170 @@
+"""What handlers receive through `Depends`: settings, a session, the calling key, its role.
+
+Exports: `RuntimeDep`, `SettingsDep`, `SessionDep`, `CurrentKey`, `RecorderKey`, `AnyKey`,
+`require_roles`, `ApiKeyCache`, `key_cache`.
+
+Handlers that touch the database are plain `def`, so FastAPI runs them in its threadpool; the
+dependencies here are `async` and never block on a cache hit, so a request crosses into a
+thread once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from crm_ledger.config import Settings
+from crm_ledger.errors import Forbidden, Unauthorized
+from crm_ledger.journal.keys import (
+    KEY_PREFIX,
+    MAX_KEY_LENGTH,
+    ApiKeyPrincipal,
+    Role,
+    hash_api_key,
+    lookup_hash,
+)
+from crm_ledger.runtime import Runtime
+
+# How long a looked-up key is trusted without asking the database again; a revocation takes
+# effect in every process within this time.
+KEY_CACHE_SECONDS = 5.0
+_KEY_CACHE_ENTRIES = 10_000
+
+
+class ApiKeyCache:
+    """Positive key lookups by SHA-256, each trusted for `ttl` seconds (thread-safe)."""
+
+    def __init__(self, ttl: float = KEY_CACHE_SECONDS, max_entries: int = _KEY_CACHE_ENTRIES):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[bytes, tuple[float, ApiKeyPrincipal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: bytes) -> ApiKeyPrincipal | None:
+        """The cached principal, or None when absent or expired."""
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        expires, principal = entry
+        if time.monotonic() >= expires:
+            with self._lock:
+                self._entries.pop(key_hash, None)
+            return None
+        return principal
+
+    def put(self, key_hash: bytes, principal: ApiKeyPrincipal) -> None:
+        """Remember a valid key for `ttl` seconds."""
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
+
+    def clear(self) -> None:
+        """Forget every key (the next request of each is looked up again)."""
+        with self._lock:
+            self._entries.clear()
+
+
+def key_cache(app: FastAPI) -> ApiKeyCache:
+    """The app's key cache (made by `crm_ledger.api.install`)."""
+    cache = app.state.api_key_cache
+    assert isinstance(cache, ApiKeyCache)
+    return cache
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The process runtime made by `create_app`."""
+    runtime = request.app.state.runtime
+    assert isinstance(runtime, Runtime)
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_app_settings(runtime: RuntimeDep) -> Settings:
+    """The settings the app was created with (tests override this dependency)."""
+    return runtime.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
+    """A session for one request; handlers open their own transactions with `session.begin()`."""
+    session = runtime.session_factory()
+    try:
+        yield session
+    finally:
+        if session.in_transaction():
+            # Rolling back may be a round trip: not on the event loop.
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `crm-ledger keys create --role ROLE` (crml_...).",
+)
+
+
+async def get_current_key(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKeyPrincipal:
+    """The principal of the request's `Authorization: Bearer` key; raises `Unauthorized`."""
+    if credentials is None:
+        raise Unauthorized("send an API key as 'Authorization: Bearer crml_...'")
+    token = credentials.credentials
+    if not token.startswith(KEY_PREFIX) or len(token) > MAX_KEY_LENGTH:
+        raise Unauthorized("the API key is not valid (crm-ledger keys start with 'crml_')")
+    key_hash = hash_api_key(token)
+    cache = key_cache(request.app)
+    principal = cache.get(key_hash)
+    if principal is None:
+        principal = await run_in_threadpool(_lookup, runtime, key_hash)
+        if principal is None:
+            raise Unauthorized("the API key is unknown or was revoked")
+        cache.put(key_hash, principal)
+    return principal
+
+
+def _lookup(runtime: Runtime, key_hash: bytes) -> ApiKeyPrincipal | None:
+    with runtime.session_factory() as session, session.begin():
+        return lookup_hash(session, key_hash)
+
+
+CurrentKey = Annotated[ApiKeyPrincipal, Depends(get_current_key)]
+
+
+def require_roles(*roles: Role | str) -> Callable[[ApiKeyPrincipal], Awaitable[ApiKeyPrincipal]]:
+    """A dependency that lets through keys with one of `roles` and answers 403 to the rest."""
+    allowed = tuple(Role(role) for role in roles)
+    names = ", ".join(role.value for role in allowed)
+
+    async def guard(key: CurrentKey) -> ApiKeyPrincipal:
+        if key.role not in allowed:
+            raise Forbidden(
+                f"this operation needs a key with one of the roles {names}; "
+                f"this key has role {key.role}",
+                allowed_roles=[role.value for role in allowed],
+            )
+        return key
+
+    return guard
+
+
+RecorderKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.RECORDER, Role.ADMIN))]
+AnyKey = CurrentKey

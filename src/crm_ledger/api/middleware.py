@@ -1,0 +1,163 @@
+"""Pure ASGI middleware: request metrics, a last-resort error handler, the body size limit.
+
+Exports: `MetricsMiddleware`, `UnexpectedErrorMiddleware`, `BodyLimitMiddleware`, `BodyTooLarge`.
+
+Pure ASGI rather than `BaseHTTPMiddleware`: no extra task per request, and the body limit can
+count the bytes as they stream in instead of buffering them first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crm_ledger import metrics
+from crm_ledger.api.problems import problem_response, problem_type
+from crm_ledger.errors import PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class BodyTooLarge(HTTPException):
+    """The request body is over the limit for its path."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            status_code=413,
+            detail=f"the request body is over the limit of {limit} bytes for this endpoint; "
+            "send less per request",
+        )
+
+
+class BodyLimitMiddleware:
+    """413 for a body over the limit: by Content-Length up front, else by counting the stream.
+
+    The check happens when the application first reads the body, after routing, so the 413 is
+    rendered by the application's own HTTP error handler (a problem document) and counted under
+    its route in the metrics.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, path_limits: Mapping[str, int]) -> None:
+        self.app = app
+        self.limit = limit
+        self.path_limits = dict(path_limits)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.path_limits.get(scope["path"], self.limit)
+        declared = _content_length(scope)
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            if declared is not None and declared > limit:
+                raise BodyTooLarge(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class UnexpectedErrorMiddleware:
+    """Anything that escapes the application becomes a 500 problem, logged, no traceback sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except BodyTooLarge as exc:
+            # Raised where no handler could render it (e.g. a body read by middleware).
+            if started:
+                raise
+            response = problem_response(
+                status=413,
+                title=PayloadTooLarge.title,
+                detail=str(exc.detail),
+                type_=problem_type(PayloadTooLarge.__name__),
+                instance=scope["path"],
+            )
+            await response(scope, receive, send)
+        except Exception:
+            error_id = uuid.uuid4().hex
+            log.exception(
+                "unexpected error %s answering %s %s", error_id, scope["method"], scope["path"]
+            )
+            if started:
+                raise
+            response = problem_response(
+                status=500,
+                title="Internal Server Error",
+                detail="the service failed to answer this request; the error was logged under "
+                f"error_id {error_id}. Retrying with the same Idempotency-Key is safe.",
+                type_=problem_type("Internal Server Error"),
+                instance=scope["path"],
+                error_id=error_id,
+            )
+            await response(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Count requests and time them by method and route template (never the raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            metrics.http_requests_total.labels(method, template, str(status)).inc()
+            metrics.http_request_duration_seconds.labels(method, template).observe(
+                time.perf_counter() - start
+            )

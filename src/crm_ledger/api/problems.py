@@ -1,0 +1,179 @@
+"""RFC 9457 problem details: every error the API answers has this shape.
+
+Exports: `Problem`, `problem_response`, `install_problem_handlers`, `PROBLEM_MEDIA_TYPE`.
+
+    {"type": "urn:crm-ledger:problem:not-found", "title": "Not found", "status": 404,
+     "detail": "no customer with id '…'", "instance": "/v1/customers/…", ...extras}
+
+`type` is a URN per kind of problem; `detail` says what to do about this occurrence. Validation
+problems add `errors`: one entry per bad field, `{"location", "field", "message", "type"}`, where
+`field` is a path such as `lines[0].quantity`. Request values are never echoed back: they may be
+personal data, and they may be large.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from crm_ledger.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE_PREFIX = "urn:crm-ledger:problem:"
+_RESERVED = frozenset({"type", "title", "status", "detail", "instance"})
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem (documentation model; extra members vary by problem)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+def problem_type(name: str) -> str:
+    """The `type` URN for a problem named in CamelCase or words: "NotFound" → ...:not-found."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).replace("_", " ").split()
+    return _TYPE_PREFIX + "-".join(word.lower() for word in words)
+
+
+def problem_response(
+    *,
+    status: int,
+    title: str,
+    detail: str,
+    type_: str,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """A problem+json response; `extra` members never override the standard ones."""
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    if instance is not None:
+        body["instance"] = instance
+    body.update((k, v) for k, v in extra.items() if k not in _RESERVED)
+    return Response(
+        content=json.dumps(body, ensure_ascii=False, default=str).encode("utf-8"),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers = (
+        {"WWW-Authenticate": 'Bearer realm="crm-ledger"'} if isinstance(exc, Unauthorized) else None
+    )
+    return problem_response(
+        status=exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        type_=problem_type(type(exc).__name__),
+        instance=request.url.path,
+        headers=headers,
+        **exc.extra,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    phrase = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
+    if detail is None:
+        detail = _HTTP_DETAILS.get(exc.status_code, phrase)
+    # The same status gets the same type and title whether the router or a handler raised it.
+    same = _API_ERRORS.get(exc.status_code)
+    return problem_response(
+        status=exc.status_code,
+        title=same.title if same else phrase,
+        detail=detail,
+        type_=problem_type(same.__name__ if same else phrase),
+        instance=request.url.path,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+_API_ERRORS: dict[int, type[ApiError]] = {
+    cls.status: cls for cls in (NotFound, Conflict, Unauthorized, Forbidden, PayloadTooLarge)
+}
+_HTTP_DETAILS = {
+    404: "there is nothing at this URL; the API lives under /v1 (see /docs)",
+    405: "this URL does not accept that method; the Allow header lists the ones it does",
+}
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_field_error(error) for error in exc.errors()]
+    json_errors = [e for e in errors if e["type"] == "json_invalid"]
+    if json_errors:
+        detail = f"the request body is not valid JSON: {json_errors[0]['message']}"
+    else:
+        fields = ", ".join(dict.fromkeys(e["field"] or e["location"] for e in errors))
+        noun = "field is" if len(errors) == 1 else "fields are"
+        detail = f"{len(errors)} {noun} invalid: {fields}; see errors for what is wrong with each"
+    return problem_response(
+        status=422,
+        title="Invalid request",
+        detail=detail,
+        type_=problem_type("validation error"),
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+def _field_error(error: Any) -> dict[str, Any]:
+    loc: Sequence[str | int] = error.get("loc", ())
+    location = str(loc[0]) if loc else "body"
+    kind = str(error.get("type", "invalid"))
+    if kind == "json_invalid":
+        return {
+            "location": "body",
+            "field": None,
+            "message": f"{error.get('ctx', {}).get('error', 'invalid JSON')} "
+            f"(at character {loc[1] if len(loc) > 1 else 0})",
+            "type": kind,
+        }
+    message = str(error.get("msg", "is invalid"))
+    path = list(loc[1:])
+    if location == "body" and not path:
+        if kind == "missing":
+            message = "a JSON object is required as the request body"
+        elif isinstance(error.get("input"), bytes | str):
+            message = "send the request body as a JSON object with Content-Type: application/json"
+    return {"location": location, "field": _dotted(path), "message": message, "type": kind}
+
+
+def _dotted(path: Sequence[str | int]) -> str | None:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Render `ApiError`, HTTP errors and request validation errors as problem details."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,74 @@
+"""/healthz, /readyz and /metrics: for load balancers, orchestrators and Prometheus."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.responses import Response
+
+from crm_ledger.api.deps import RuntimeDep
+from crm_ledger.db.models import utcnow
+from crm_ledger.journal.records import anchoring_backlog
+
+router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
+
+
+@router.get("/healthz", summary="Is the process up")
+async def healthz() -> dict[str, str]:
+    """200 whenever the process can answer at all."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_class=Response,
+    responses={200: {"description": "ready"}, 503: {"description": "not ready, and why"}},
+    summary="Can the service do its job",
+)
+def readyz(runtime: RuntimeDep) -> Response:
+    """Database reachable, chain status, and the anchoring backlog; 503 when not ready.
+
+    Not ready means the database cannot be reached or anchoring has halted (chain reset: an
+    operator must act). A chain that is merely unavailable keeps the service ready, because
+    writes still commit to the journal and anchor later; the backlog shows the lag.
+    """
+    body: dict[str, Any] = {"status": "ready"}
+    ready = True
+    try:
+        with runtime.session_factory() as session, session.begin():
+            session.execute(text("SELECT 1"))
+            backlog = anchoring_backlog(session=session)
+    except SQLAlchemyError as exc:
+        log.warning("readiness: database unreachable: %s", exc)
+        ready = False
+        body["database"] = {"ok": False, "error": type(exc).__name__}
+        body["anchoring"] = None
+    else:
+        oldest = backlog.oldest_created_at
+        lag = max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0
+        body["database"] = {"ok": True}
+        body["anchoring"] = {"pending_records": backlog.pending, "lag_seconds": round(lag, 3)}
+    chain = dict(runtime.chain_status)
+    body["chain"] = chain
+    if chain.get("state") == "halted":
+        ready = False
+    if not ready:
+        body["status"] = "unavailable"
+    return Response(
+        content=json.dumps(body, default=str).encode(),
+        status_code=200 if ready else 503,
+        media_type="application/json",
+    )
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+def prometheus_metrics() -> Response:
+    """Every metric in the process registry, in the Prometheus text format."""
+    return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

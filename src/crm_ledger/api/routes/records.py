@@ -1,0 +1,171 @@
+"""/v1/interactions, /v1/orders, /v1/records: write records, read them, fetch their receipts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from crm_ledger import metrics
+from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep
+from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
+from crm_ledger.api.problems import Problem
+from crm_ledger.api.schemas import ReceiptPending, RecordPublic, RecordsPublic, record_public
+from crm_ledger.journal import receipts, records
+from crm_ledger.journal.schemas import InteractionBatchCreate, InteractionCreate, OrderCreate
+
+router = APIRouter(tags=["records"])
+
+# How long a client should wait before asking again for a receipt that is not ready.
+RECEIPT_RETRY_SECONDS = 1
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (401, 403, 404, 409, 413, 422)
+}
+
+
+def _count(kind: str, n: int = 1) -> Callable[[], None]:
+    def count() -> None:
+        metrics.records_written_total.labels(kind).inc(n)
+
+    return count
+
+
+@router.post(
+    "/v1/interactions",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"model": RecordPublic}, **_ERRORS},
+    summary="Record an interaction (recorder, admin)",
+)
+def create_interaction(
+    payload: InteractionCreate, session: SessionDep, key: RecorderKey, idempotency: IdempotencyDep
+) -> Response:
+    """Commit one interaction to the journal; it is anchored on chain asynchronously."""
+
+    def write(session: Session) -> str:
+        record = records.record_interaction(session=session, payload=payload)
+        return record_public(record).model_dump_json()
+
+    return run_write(
+        session=session,
+        principal=key,
+        idempotency=idempotency,
+        payload=payload,
+        status_code=201,
+        write=write,
+        on_commit=_count("interaction"),
+    )
+
+
+@router.post(
+    "/v1/interactions/batch",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"model": RecordsPublic}, **_ERRORS},
+    summary="Record several interactions at once, all or none (recorder, admin)",
+)
+def create_interactions(
+    payload: InteractionBatchCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: RecorderKey,
+    idempotency: IdempotencyDep,
+) -> Response:
+    """Commit up to `max_batch_items` interactions in one transaction; answers in request order."""
+
+    def write(session: Session) -> str:
+        written = records.record_interactions(
+            session=session, payloads=payload.items, max_items=settings.max_batch_items
+        )
+        return RecordsPublic.model_construct(
+            items=[record_public(r) for r in written]
+        ).model_dump_json()
+
+    return run_write(
+        session=session,
+        principal=key,
+        idempotency=idempotency,
+        payload=payload,
+        status_code=201,
+        write=write,
+        on_commit=_count("interaction", len(payload.items)),
+    )
+
+
+@router.post(
+    "/v1/orders",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"model": RecordPublic}, **_ERRORS},
+    summary="Record an order (recorder, admin)",
+)
+def create_order(
+    payload: OrderCreate, session: SessionDep, key: RecorderKey, idempotency: IdempotencyDep
+) -> Response:
+    """Commit one order; `total` must equal the sum of quantity * unit_price over its lines."""
+
+    def write(session: Session) -> str:
+        record = records.record_order(session=session, payload=payload)
+        return record_public(record).model_dump_json()
+
+    return run_write(
+        session=session,
+        principal=key,
+        idempotency=idempotency,
+        payload=payload,
+        status_code=201,
+        write=write,
+        on_commit=_count("order"),
+    )
+
+
+@router.get(
+    "/v1/records/{record_id}",
+    response_class=Response,
+    responses={200: {"model": RecordPublic}, **_ERRORS},
+    summary="Fetch a record (any role)",
+)
+def get_record(record_id: str, session: SessionDep, key: AnyKey) -> Response:
+    """One record: its committed body, commitment and anchoring status."""
+    with session.begin():
+        record = records.get_record(session=session, record_id=record_id)
+    return Response(content=record_public(record).model_dump_json(), media_type=JSON_MEDIA_TYPE)
+
+
+@router.get(
+    "/v1/records/{record_id}/receipt",
+    response_class=Response,
+    responses={
+        200: {"description": 'The receipt, format "crm-ledger/receipt/v1"'},
+        202: {"model": ReceiptPending, "description": "Not anchored yet; see Retry-After"},
+        **_ERRORS,
+    },
+    summary="Fetch a record's inclusion receipt (any role)",
+)
+def get_receipt(record_id: str, session: SessionDep, key: AnyKey) -> Response:
+    """The record's RFC 9162 inclusion proof and where its batch is anchored, once it is."""
+    with session.begin():
+        record = records.find_record(session=session, record_id=record_id)
+        if receipts.anchored_batch(session, record) is None:
+            pending = ReceiptPending(
+                status="pending",
+                record_id=record.id,
+                retry_after=RECEIPT_RETRY_SECONDS,
+                detail="the record is in the journal; its batch is not anchored on chain yet",
+            )
+            return Response(
+                content=pending.model_dump_json(),
+                status_code=202,
+                media_type=JSON_MEDIA_TYPE,
+                headers={"Retry-After": str(RECEIPT_RETRY_SECONDS)},
+            )
+        receipt = receipts.build_receipt(session, record)
+    return Response(
+        content=json.dumps(receipt, separators=(",", ":")).encode(), media_type=JSON_MEDIA_TYPE
+    )

@@ -1,0 +1,102 @@
+"""What the API answers: public JSON shapes, named by role, and how journal objects become them.
+
+Exports: `CustomerPublic`, `CustomersPublic`, `RecordPublic`, `RecordsPublic`, `ReceiptPending`,
+`customer_public`, `record_public`, `receipt_url`.
+
+Request shapes live in `crm_ledger.journal.schemas`: they are what the ledger commits to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from crm_ledger.db.models import Customer
+from crm_ledger.journal.records import RecordView, kind_name
+from crm_ledger.journal.schemas import format_timestamp
+
+
+class CustomerPublic(BaseModel):
+    """A customer; personal fields are null once erased."""
+
+    id: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    external_ref: str | None
+    tags: list[str]
+    created_at: str
+    erased_at: str | None
+
+
+class CustomersPublic(BaseModel):
+    """A page of customers; pass `next_cursor` as `cursor` for the next page (null: no more)."""
+
+    items: list[CustomerPublic]
+    next_cursor: str | None
+
+
+class RecordPublic(BaseModel):
+    """A journal record: the committed body and where it stands in anchoring."""
+
+    id: str
+    customer_id: str
+    kind: str = Field(description='"interaction", "order" or "erasure"')
+    content: dict[str, Any] | None
+    recorded_at: str
+    commitment: str
+    status: Literal["pending", "anchored"]
+    seq: int | None
+    batch_id: int | None
+    receipt_url: str
+
+
+class RecordsPublic(BaseModel):
+    """Records written by one batch request, in request order."""
+
+    items: list[RecordPublic]
+
+
+class ReceiptPending(BaseModel):
+    """The record is in the journal but its batch is not on chain yet: ask again later."""
+
+    status: Literal["pending"]
+    record_id: str
+    retry_after: int
+    detail: str
+
+
+def receipt_url(record_id: str) -> str:
+    """Where a record's receipt is served."""
+    return f"/v1/records/{record_id}/receipt"
+
+
+def customer_public(customer: Customer) -> CustomerPublic:
+    """The public form of a customer row."""
+    return CustomerPublic(
+        id=customer.id,
+        name=customer.name,
+        email=customer.email,
+        phone=customer.phone,
+        external_ref=customer.external_ref,
+        tags=list(customer.tags or []),
+        created_at=format_timestamp(customer.created_at),
+        erased_at=format_timestamp(customer.erased_at) if customer.erased_at else None,
+    )
+
+
+def record_public(record: RecordView) -> RecordPublic:
+    """The public form of a record."""
+    return RecordPublic.model_construct(
+        id=record.id,
+        customer_id=record.customer_id,
+        kind=kind_name(record.kind),
+        content=record.body,
+        recorded_at=record.recorded_at,
+        commitment="0x" + record.commitment.hex(),
+        status="anchored" if record.anchored else "pending",
+        seq=record.seq,
+        batch_id=record.batch_id,
+        receipt_url=receipt_url(record.id),
+    )

@@ -1,0 +1,281 @@
+"""Records: interactions and orders committed to the journal, and read back.
+
+Exports: `RecordView`, `Backlog`, `record_interaction`, `record_interactions`, `record_order`,
+`get_record`, `find_record`, `anchoring_backlog`, `kind_name`, `DOCUMENT_VERSION`.
+
+Every record commits to exactly this document, serialised with RFC 8785:
+
+    {"v": 1, "id": <record id>, "customer_id": <customer id>, "kind": "interaction" | "order",
+     "recorded_at": <RFC 3339 UTC with microseconds and "Z">, "body": {...validated request...}}
+
+(`customer_id` is not repeated inside `body`.) The bytes are stored in `Record.content` and
+`Record.commitment = HMAC-SHA256(customer key, content)`. `seq` and the leaf fields stay NULL
+until the anchorer cuts a batch.
+
+Writers flush but do not commit: the caller owns the transaction. On PostgreSQL they read the
+customer `FOR SHARE` (in pk order), so an erasure that first updates the customer row waits for
+records being written for that customer, then sees them; and a writer that started after the
+erasure sees the key gone. (SQLite serialises writers anyway.)
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session, raiseload
+
+from crm_ledger.db.models import Batch, BatchStatus, Customer, Record, new_id, utcnow
+from crm_ledger.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from crm_ledger.journal.schemas import (
+    InteractionCreate,
+    OrderCreate,
+    format_timestamp,
+    is_public_id,
+)
+from crm_ledger.ledger.canonical import canonical_json, commitment
+from crm_ledger.ledger.leaf import RecordKind
+
+DOCUMENT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RecordView:
+    """A record as the API shows it: the committed body, where it stands in anchoring."""
+
+    id: str
+    customer_id: str
+    kind: RecordKind
+    # The committed document's body; None once the customer's data was erased.
+    body: dict[str, Any] | None
+    recorded_at: str
+    commitment: bytes
+    anchored: bool
+    seq: int | None
+    batch_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Records not yet anchored on chain (unsequenced or in a batch not yet mined)."""
+
+    pending: int
+    oldest_created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    customer_id: str
+    kind: RecordKind
+    body: dict[str, Any]
+    field: str
+
+
+def kind_name(kind: int) -> str:
+    """The name of a record kind in documents and JSON: "interaction", "order", "erasure"."""
+    return RecordKind(kind).name.lower()
+
+
+def record_interaction(*, session: Session, payload: InteractionCreate) -> RecordView:
+    """Write one interaction; raises `NotFound` (customer) or `Conflict` (customer erased)."""
+    return _write(session, [_interaction_item(payload, "customer_id")])[0]
+
+
+def record_interactions(
+    *, session: Session, payloads: Sequence[InteractionCreate], max_items: int
+) -> list[RecordView]:
+    """Write several interactions, all or none, in request order.
+
+    Raises `PayloadTooLarge` beyond `max_items`, `NotFound` / `Conflict` naming the first
+    item whose customer is unknown / erased.
+    """
+    if len(payloads) > max_items:
+        raise PayloadTooLarge(
+            f"a batch holds at most {max_items} items, this one has {len(payloads)}; "
+            "split it into several requests",
+            max_items=max_items,
+            items=len(payloads),
+        )
+    return _write(
+        session,
+        [_interaction_item(p, f"items[{i}].customer_id") for i, p in enumerate(payloads)],
+    )
+
+
+def record_order(*, session: Session, payload: OrderCreate) -> RecordView:
+    """Write one order after checking that `total` is the sum of its lines.
+
+    Raises `Unprocessable` when the total is wrong, `NotFound` / `Conflict` for the customer.
+    """
+    _check_total(payload)
+    body = payload.model_dump(mode="json", exclude={"customer_id"})
+    return _write(session, [_Item(payload.customer_id, RecordKind.ORDER, body, "customer_id")])[0]
+
+
+def get_record(*, session: Session, record_id: str) -> RecordView:
+    """The record with public id `record_id`; raises `NotFound`."""
+    if is_public_id(record_id):
+        row = session.execute(
+            select(Record, Customer.id, Batch.status)
+            .join(Customer, Customer.pk == Record.customer_pk)
+            .outerjoin(Batch, Batch.id == Record.batch_id)
+            .where(Record.id == record_id.lower())
+            .options(raiseload(Record.customer))
+        ).first()
+        if row is not None:
+            record, customer_id, batch_status = row
+            return _view(record, customer_id, batch_status)
+    raise NotFound(f"no record with id {record_id!r}", record_id=record_id)
+
+
+def find_record(*, session: Session, record_id: str) -> Record:
+    """The `Record` row with public id `record_id` (its customer not loaded); raises `NotFound`."""
+    record = None
+    if is_public_id(record_id):
+        record = session.scalars(
+            select(Record).where(Record.id == record_id.lower()).options(raiseload(Record.customer))
+        ).first()
+    if record is None:
+        raise NotFound(f"no record with id {record_id!r}", record_id=record_id)
+    return record
+
+
+def anchoring_backlog(*, session: Session) -> Backlog:
+    """How many records are not anchored yet, and when the oldest of them was recorded."""
+    unsequenced_count, unsequenced_oldest = session.execute(
+        select(func.count(), func.min(Record.created_at)).where(Record.seq.is_(None))
+    ).one()
+    in_flight_count, in_flight_oldest = session.execute(
+        select(func.count(), func.min(Record.created_at))
+        .select_from(Record)
+        .join(Batch, Batch.id == Record.batch_id)
+        .where(Batch.status != BatchStatus.ANCHORED.value)
+    ).one()
+    oldest = [t for t in (unsequenced_oldest, in_flight_oldest) if t is not None]
+    return Backlog(
+        pending=int(unsequenced_count) + int(in_flight_count),
+        oldest_created_at=min(oldest) if oldest else None,
+    )
+
+
+def _interaction_item(payload: InteractionCreate, field: str) -> _Item:
+    body = payload.model_dump(mode="json", exclude={"customer_id"})
+    return _Item(payload.customer_id, RecordKind.INTERACTION, body, field)
+
+
+def _check_total(payload: OrderCreate) -> None:
+    with decimal.localcontext() as context:
+        # 18 + 8 digits of price times 10 digits of quantity, summed over 1,000 lines.
+        context.prec = 60
+        lines_total = sum(
+            (Decimal(line.unit_price) * line.quantity for line in payload.lines), Decimal(0)
+        )
+    if Decimal(payload.total) != lines_total:
+        message = (
+            f"total is {payload.total} but the lines add up to {lines_total:f} "
+            "(the sum of quantity * unit_price)"
+        )
+        raise Unprocessable(
+            message, errors=[{"location": "body", "field": "total", "message": message}]
+        )
+
+
+def _write(session: Session, items: list[_Item]) -> list[RecordView]:
+    customers = _recordable_customers(session, items)
+    now = utcnow()
+    recorded_at = format_timestamp(now)
+    rows: list[dict[str, Any]] = []
+    views: list[RecordView] = []
+    for item in items:
+        customer_pk, key = customers[item.customer_id]
+        record_id = new_id()
+        content = canonical_json(
+            {
+                "v": DOCUMENT_VERSION,
+                "id": record_id,
+                "customer_id": item.customer_id,
+                "kind": kind_name(item.kind),
+                "recorded_at": recorded_at,
+                "body": item.body,
+            }
+        )
+        record_commitment = commitment(key, content)
+        rows.append(
+            {
+                "id": record_id,
+                "customer_pk": customer_pk,
+                "kind": int(item.kind),
+                "content": content,
+                "commitment": record_commitment,
+                "created_at": now,
+            }
+        )
+        views.append(
+            RecordView(
+                id=record_id,
+                customer_id=item.customer_id,
+                kind=item.kind,
+                body=item.body,
+                recorded_at=recorded_at,
+                commitment=record_commitment,
+                anchored=False,
+                seq=None,
+                batch_id=None,
+            )
+        )
+    session.execute(insert(Record), rows)
+    return views
+
+
+def _recordable_customers(session: Session, items: list[_Item]) -> dict[str, tuple[int, bytes]]:
+    """(pk, key) of each item's customer, locked FOR SHARE; raises for unknown or erased ones."""
+    wanted = list(dict.fromkeys(item.customer_id for item in items))
+    query = select(Customer.id, Customer.pk, Customer.key)
+    if len(wanted) == 1:
+        query = query.where(Customer.id == wanted[0])
+    else:
+        query = query.where(Customer.id.in_(wanted))
+    # pk order: every writer takes these row locks in the same order.
+    query = query.order_by(Customer.pk).with_for_update(read=True)
+    found = {row.id: (row.pk, row.key) for row in session.execute(query)}
+    for item in items:
+        if item.customer_id not in found:
+            raise NotFound(
+                f"no customer with id {item.customer_id!r} ({item.field})",
+                customer_id=item.customer_id,
+                field=item.field,
+            )
+        if found[item.customer_id][1] is None:
+            raise Conflict(
+                f"customer's personal data was erased: nothing more can be recorded for "
+                f"customer {item.customer_id} ({item.field})",
+                customer_id=item.customer_id,
+                field=item.field,
+            )
+    return {cid: (pk, key) for cid, (pk, key) in found.items() if key is not None}
+
+
+def _view(record: Record, customer_id: str, batch_status: str | None) -> RecordView:
+    body: dict[str, Any] | None = None
+    recorded_at = format_timestamp(record.created_at)
+    if record.content is not None:
+        document = json.loads(record.content)
+        body = document["body"]
+        recorded_at = document["recorded_at"]
+    return RecordView(
+        id=record.id,
+        customer_id=customer_id,
+        kind=RecordKind(record.kind),
+        body=body,
+        recorded_at=recorded_at,
+        commitment=record.commitment,
+        anchored=batch_status == BatchStatus.ANCHORED.value,
+        seq=record.seq,
+        batch_id=record.batch_id,
+    )

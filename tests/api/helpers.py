@@ -1,0 +1,61 @@
+"""Request factories and database checks shared by the API tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.db.models import Base
+
+
+def interaction(customer: str, /, **overrides: Any) -> dict[str, Any]:
+    """A valid interaction request body."""
+    body: dict[str, Any] = {
+        "customer_id": customer,
+        "type": "support_call",
+        "channel": "phone",
+        "occurred_at": "2026-11-25T10:00:00Z",
+        "details": {"topic": "billing", "minutes": 12},
+    }
+    body.update(overrides)
+    return body
+
+
+def order(customer: str, /, **overrides: Any) -> dict[str, Any]:
+    """A valid order request body (2 x 10.50 + 1 x 4.00 = 25.00 EUR)."""
+    body: dict[str, Any] = {
+        "customer_id": customer,
+        "order_number": "SO-1001",
+        "lines": [
+            {"sku": "TEA-1", "quantity": 2, "unit_price": "10.50"},
+            {"sku": "MUG-2", "quantity": 1, "unit_price": "4"},
+        ],
+        "total": "25.00",
+        "currency": "EUR",
+        "status": "paid",
+    }
+    body.update(overrides)
+    return body
+
+
+def count(session_factory: sessionmaker[Session], model: type[Base]) -> int:
+    """Rows in `model`'s table."""
+    with session_factory() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    """The problem document of `response`, after checking its status and media type."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+    return body
+
+
+def fields(body: dict[str, Any]) -> set[str]:
+    """The field paths a validation problem names."""
+    return {error["field"] for error in body["errors"]}

@@ -1,0 +1,80 @@
+"""`crm-ledger keys`: create prints the key alone, stores only its hash; list; revoke."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from crm_ledger.cli import app
+from crm_ledger.db.models import ApiKey
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(database_url: str) -> dict[str, str]:
+    """The CLI's environment: the parametrised database."""
+    return {"CRM_LEDGER_DATABASE_URL": database_url}
+
+
+def run(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, [*args, "--data-dir", str(tmp_path / "data")], env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_keys_create_prints_the_key_alone_and_stores_only_its_hash(
+    env: dict[str, str], tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    code, out, err = run(env, tmp_path, "keys", "create", "--role", "recorder", "--label", "ci")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1 and out == lines[0] + "\n"
+    key = lines[0]
+    assert key.startswith("crml_") and len(key) == 48
+    assert "recorder" in err
+
+    with session_factory() as session:
+        (row,) = session.scalars(select(ApiKey)).all()
+    assert row.key_hash == hashlib.sha256(key.encode()).digest()
+    assert row.role == "recorder" and row.label == "ci"
+    stored = [str(getattr(row, c.key)) for c in ApiKey.__table__.columns]
+    assert not any(key in value for value in stored)
+
+
+def test_keys_list_shows_no_secrets_and_revoke_revokes(
+    env: dict[str, str], tmp_path: Path, session_factory: sessionmaker[Session]
+) -> None:
+    _, key, _ = run(env, tmp_path, "keys", "create", "--role", "auditor")
+    code, out, _ = run(env, tmp_path, "keys", "list")
+    assert code == 0
+    assert out.splitlines()[1].split()[4] == "-"
+    with session_factory() as session:
+        row = session.scalars(select(ApiKey)).one()
+    assert row.id in out and "auditor" in out
+    assert key.strip() not in out and row.key_hash.hex() not in out
+
+    code, _, err = run(env, tmp_path, "keys", "revoke", row.id)
+    assert code == 0, err
+    with session_factory() as session:
+        assert session.scalars(select(ApiKey)).one().revoked_at is not None
+    _, out, _ = run(env, tmp_path, "keys", "list")
+    _id, _role, _created_day, _created_time, revoked_day, *_ = out.splitlines()[1].split()
+    assert revoked_day != "-"
+
+
+def test_revoking_an_unknown_key_fails_clearly(env: dict[str, str], tmp_path: Path) -> None:
+    code, out, err = run(env, tmp_path, "keys", "revoke", "no-such-id")
+    assert code == 1
+    assert out == ""
+    assert "no-such-id" in err
+
+
+def test_an_unknown_role_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+    code, out, _ = run(env, tmp_path, "keys", "create", "--role", "root")
+    assert code == 2
+    assert out == ""
