@@ -40,6 +40,12 @@ FIRST_EPOCH = 1
 DEPLOY_LOCK_KEY = int.from_bytes(
     hashlib.sha256(b"crm-ledger: deploy AuditLedger").digest()[:8], "big", signed=True
 )
+_LATEST = (
+    select(Deployment)
+    .where(Deployment.contract == LEDGER_CONTRACT)
+    .order_by(Deployment.epoch.desc())
+    .limit(1)
+)
 _NOTHING_LOST = "Anchoring is stopped; nothing is lost — the journal still holds every record."
 
 
@@ -55,13 +61,25 @@ async def ensure_ledger_deployment(
     `ChainReset` when the recorded deployment is no longer on the chain. Bind the client to it
     with `chain.at(deployment.address)`.
     """
+    # The usual case, a recorded deployment, is checked outside any lock: on SQLite the lock is
+    # the database's write lock, and a slow node must not hold up the journal's writers.
+    current = await asyncio.to_thread(_latest_unlocked, session_factory)
+    if current is None:
+        current = await _deploy_first_epoch(session_factory, chain, receipt_timeout)
+    await verify_deployment(chain, current)
+    return current
+
+
+async def _deploy_first_epoch(
+    session_factory: sessionmaker[Session], chain: LedgerChain, receipt_timeout: float
+) -> Deployment:
+    """Deploy and record epoch 1, unless another process did while this one waited."""
     session = session_factory()
     try:
-        current = await _lock_and_read_latest(session)
-        if current is not None:
-            await verify_deployment(chain, current)
+        recorded = await _lock_and_read_latest(session)
+        if recorded is not None:
             await asyncio.to_thread(session.commit)
-            return current
+            return recorded
         deployed = await chain.deploy_ledger(epoch=FIRST_EPOCH, receipt_timeout=receipt_timeout)
         row = await _record(session, chain, deployed, epoch=FIRST_EPOCH)
         await asyncio.to_thread(session.commit)
@@ -198,16 +216,16 @@ async def _lock_and_read_latest(session: Session) -> Deployment | None:
     def locked_read() -> Deployment | None:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DEPLOY_LOCK_KEY})
-        return session.scalars(
-            select(Deployment)
-            .where(Deployment.contract == LEDGER_CONTRACT)
-            .order_by(Deployment.epoch.desc())
-            .limit(1)
-        ).first()
+        return session.scalars(_LATEST).first()
 
     # The lock may be held by another process for as long as its deployment takes: wait in a
     # thread, not on the event loop.
     return await asyncio.to_thread(locked_read)
+
+
+def _latest_unlocked(session_factory: sessionmaker[Session]) -> Deployment | None:
+    with session_factory() as session:
+        return session.scalars(_LATEST).first()
 
 
 async def _record(

@@ -94,6 +94,8 @@ class LocalNode:
 
         A node that does not exit within `timeout` seconds is killed.
         """
+        if self._ended:
+            return
         if self.is_running():
             self.process.send_signal(signal.SIGTERM)
         try:
