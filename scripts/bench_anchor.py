@@ -1,0 +1,393 @@
+"""Benchmark: records through the API to anchored, against one transaction per record.
+
+Run with `make bench` or `.venv/bin/python scripts/bench_anchor.py [--records N]`. Everything
+runs on 127.0.0.1 and stops by itself: a fresh in-memory Anvil, the service as a subprocess on
+a fresh SQLite journal, and an HTTP load generator in this process. Prints one table with the
+figures for both paths and the ratios; docs/benchmarks.md records what it printed.
+
+Phases, all in one run:
+  naive     one `NaiveRecordLog.logRecord(hash)` transaction per record, signed locally and sent
+            back to back with web3.py; latency is send → receipt.
+  burst     N single-record POSTs as fast as C concurrent clients go: POST/s, then records/s from
+            first POST to last record anchored, and gas per record of the batches that made.
+  paced     500 records/s offered for S seconds (open loop): p50/p99 from each 2xx to the
+            moment its batch was recorded as anchored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from eth_account import Account
+from sqlalchemy import create_engine, text
+from web3 import Web3
+
+from crm_ledger.chain.artifacts import load_artifact
+from crm_ledger.chain.node import start_anvil
+from crm_ledger.chain.signer import dev_account
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+@dataclass
+class Figures:
+    records: int
+    records_per_second: float
+    gas_per_record: float
+    p50_seconds: float
+    p99_seconds: float
+
+
+def bench_naive(rpc_url: str, records: int) -> Figures:
+    """One transaction per record, as fast as web3.py can send them."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    account = dev_account(3)
+    artifact = load_artifact("NaiveRecordLog")
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    nonce = w3.eth.get_transaction_count(account.address)
+    deploy = factory.constructor().build_transaction(
+        {"from": account.address, "nonce": nonce, "chainId": 31337}
+    )
+    tx = w3.eth.send_raw_transaction(Account.sign_transaction(deploy, account.key).raw_transaction)
+    address = w3.eth.wait_for_transaction_receipt(tx)["contractAddress"]
+    contract = w3.eth.contract(address=address, abi=artifact.abi)
+    nonce += 1
+    template = contract.functions.logRecord(b"\x00" * 32).build_transaction(
+        {"from": account.address, "nonce": nonce, "chainId": 31337, "gas": 60_000}
+    )
+    latencies: list[float] = []
+    gas = 0
+    started = time.perf_counter()
+    for i in range(records):
+        record_hash = Web3.keccak(text=f"record-{i}")
+        call = contract.functions.logRecord(record_hash).build_transaction(
+            {**template, "nonce": nonce + i}
+        )
+        sent_at = time.perf_counter()
+        tx_hash = w3.eth.send_raw_transaction(
+            Account.sign_transaction(call, account.key).raw_transaction
+        )
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.001)
+        latencies.append(time.perf_counter() - sent_at)
+        gas += int(receipt["gasUsed"])
+    elapsed = time.perf_counter() - started
+    return Figures(
+        records=records,
+        records_per_second=records / elapsed,
+        gas_per_record=gas / records,
+        p50_seconds=percentile(latencies, 50),
+        p99_seconds=percentile(latencies, 99),
+    )
+
+
+class Service:
+    """`crm-ledger serve` as a subprocess on a fresh data directory."""
+
+    def __init__(
+        self, data_dir: Path, rpc_url: str, batch_max_records: int, *, chain_up: bool = True
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "CRM_LEDGER_DATA_DIR": str(data_dir),
+            "CRM_LEDGER_RPC_URL": rpc_url,
+            "CRM_LEDGER_BATCH_MAX_RECORDS": str(batch_max_records),
+        }
+        self.key = subprocess.run(
+            [str(BIN / "crm-ledger"), "keys", "create", "--role", "recorder"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        self.process = subprocess.Popen(
+            [str(BIN / "crm-ledger"), "serve", "--port", str(self.port), "--log-level", "warning"],
+            env=self.env,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"{self.url}/readyz", timeout=2).json()
+                if not chain_up or ready.get("chain", {}).get("state") == "running":
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the service did not become ready within 60 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+    def anchored_at(self) -> dict[str, float]:
+        """Record id → UNIX time its batch was recorded as anchored."""
+        engine = create_engine(f"sqlite:///{self.data_dir / 'ledger.sqlite'}")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT r.id, b.anchored_at FROM records r JOIN batches b ON b.id = r.batch_id"
+                    " WHERE b.status = 'anchored'"
+                )
+            ).all()
+        engine.dispose()
+        return {rid: _unix(at) for rid, at in rows}
+
+    def batch_gas(self, first_seq: int) -> tuple[int, int, list[int]]:
+        """(gas used, records, batch sizes) of anchored batches from `first_seq` on."""
+        engine = create_engine(f"sqlite:///{self.data_dir / 'ledger.sqlite'}")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT count, gas_used FROM batches WHERE status = 'anchored'"
+                    " AND first_seq >= :s ORDER BY id"
+                ),
+                {"s": first_seq},
+            ).all()
+        engine.dispose()
+        return sum(g for _, g in rows), sum(c for c, _ in rows), [c for c, _ in rows]
+
+
+def _unix(value: object) -> float:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def interaction(customer: str, i: int) -> dict[str, object]:
+    return {
+        "customer_id": customer,
+        "type": "support_call",
+        "channel": "phone",
+        "occurred_at": "2026-11-25T10:00:00Z",
+        "details": {"ticket": i, "topic": "billing"},
+    }
+
+
+async def create_customers(client: httpx.AsyncClient, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        r = await client.post(
+            "/v1/customers", json={"name": f"Bench {i}", "email": f"bench{i}@example.com"}
+        )
+        r.raise_for_status()
+        ids.append(r.json()["id"])
+    return ids
+
+
+async def burst(
+    client: httpx.AsyncClient, customers: list[str], records: int, concurrency: int
+) -> tuple[float, dict[str, float]]:
+    """POST as fast as `concurrency` clients go; returns (elapsed, record id → 2xx time)."""
+    done: dict[str, float] = {}
+    counter = iter(range(records))
+
+    async def worker() -> None:
+        for i in counter:
+            r = await client.post(
+                "/v1/interactions", json=interaction(customers[i % len(customers)], i)
+            )
+            r.raise_for_status()
+            done[r.json()["id"]] = time.time()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, done
+
+
+async def paced(
+    client: httpx.AsyncClient, customers: list[str], rate: float, seconds: float
+) -> tuple[dict[str, float], int]:
+    """Offer `rate` POSTs per second for `seconds` (open loop); returns 2xx times and failures."""
+    done: dict[str, float] = {}
+    failures = 0
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        try:
+            r = await client.post(
+                "/v1/interactions", json=interaction(customers[i % len(customers)], i)
+            )
+            r.raise_for_status()
+            done[r.json()["id"]] = time.time()
+        except httpx.HTTPError:
+            failures += 1
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return done, failures
+
+
+def wait_anchored(service: Service, ids: set[str], timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        anchored = service.anchored_at()
+        if ids <= anchored.keys() or time.monotonic() > deadline:
+            return anchored
+        time.sleep(0.1)
+
+
+async def post_backlog(service: Service, records: int, concurrency: int) -> tuple[list[str], float]:
+    """Create customers and POST `records` interactions; returns (customer ids, elapsed)."""
+    async with client_for(service, concurrency) as client:
+        customers = await create_customers(client, 50)
+        elapsed, _ = await burst(client, customers, records, concurrency)
+    return customers, elapsed
+
+
+def client_for(service: Service, concurrency: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=service.url,
+        headers={"Authorization": f"Bearer {service.key}"},
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        timeout=30,
+    )
+
+
+async def bench_service(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, object]:
+    data_dir = work / "service"
+    # Backlog: the chain is unreachable while records arrive; then it comes back.
+    down = Service(
+        data_dir, f"http://127.0.0.1:{free_port()}", args.batch_max_records, chain_up=False
+    )
+    try:
+        customers, backlog_post_elapsed = await post_backlog(down, args.backlog, args.concurrency)
+    finally:
+        down.stop()
+    restarted = time.time()
+    service = Service(data_dir, rpc_url, batch_max_records=args.batch_max_records)
+    try:
+        anchored = await asyncio.to_thread(wait_anchored_count, service, args.backlog, 300)
+        backlog_elapsed = max(anchored.values()) - restarted
+        gas, counted, sizes = service.batch_gas(0)
+        async with client_for(service, args.concurrency) as client:
+            first = time.time()
+            elapsed, burst_done = await burst(client, customers, args.records, args.concurrency)
+            anchored = await asyncio.to_thread(wait_anchored, service, set(burst_done), 120)
+            last_anchor = max(anchored[i] for i in burst_done)
+            burst_gas, burst_counted, burst_sizes = service.batch_gas(args.backlog)
+            paced_done, failures = await paced(client, customers, args.rate, args.seconds)
+            anchored = await asyncio.to_thread(wait_anchored, service, set(paced_done), 60)
+        latencies = [anchored[i] - t for i, t in paced_done.items() if i in anchored]
+        return {
+            "backlog_post_per_second": args.backlog / backlog_post_elapsed,
+            "backlog_anchor_per_second": args.backlog / backlog_elapsed,
+            "gas_per_record": gas / counted,
+            "backlog_batch_sizes": sizes,
+            "post_per_second": args.records / elapsed,
+            "records_per_second": args.records / (last_anchor - first),
+            "burst_gas_per_record": burst_gas / burst_counted,
+            "burst_batch_sizes": burst_sizes,
+            "paced_offered": args.rate,
+            "paced_accepted": len(paced_done) / args.seconds,
+            "paced_failures": failures,
+            "paced_unanchored": len(paced_done) - len(latencies),
+            "p50": percentile(latencies, 50),
+            "p99": percentile(latencies, 99),
+        }
+    finally:
+        service.stop()
+
+
+def wait_anchored_count(service: Service, count: int, timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        anchored = service.anchored_at()
+        if len(anchored) >= count or time.monotonic() > deadline:
+            return anchored
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=5000, help="burst records through the API")
+    parser.add_argument(
+        "--backlog", type=int, default=10000, help="records queued while the chain is down"
+    )
+    parser.add_argument("--naive-records", type=int, default=1000, help="naive transactions")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=500.0, help="paced records/s offered")
+    parser.add_argument("--seconds", type=float, default=10.0, help="paced phase length")
+    parser.add_argument("--batch-max-records", type=int, default=2000)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="crm-ledger-bench-"))
+    node = start_anvil(port=free_port(), state_path=None)
+    try:
+        naive = bench_naive(node.rpc_url, args.naive_records)
+        ours = asyncio.run(bench_service(args, node.rpc_url, work))
+    finally:
+        node.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = [
+        ("records/s POST→anchored", ours["records_per_second"], naive.records_per_second),
+        ("gas per record (backlog)", ours["gas_per_record"], naive.gas_per_record),
+        ("gas per record (burst)", ours["burst_gas_per_record"], naive.gas_per_record),
+        ("p50 2xx→anchored (s)", ours["p50"], naive.p50_seconds),
+        ("p99 2xx→anchored (s)", ours["p99"], naive.p99_seconds),
+    ]
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    print(f"\ncrm-ledger anchoring benchmark ({when}, {os.cpu_count()} cores)")
+    print(f"{'figure':<28}{'crm-ledger':>14}{'naive':>14}{'ratio':>10}")
+    for name, mine, theirs in rows:
+        ratio = mine / theirs if theirs else float("nan")
+        print(f"{name:<28}{mine:>14.3f}{theirs:>14.3f}{ratio:>10.3f}")
+    print(
+        f"\nbacklog: {args.backlog} records POSTed while the chain was down "
+        f"({ours['backlog_post_per_second']:.0f} POST/s), anchored at "
+        f"{ours['backlog_anchor_per_second']:.0f} records/s once it was back; "
+        f"batch sizes {ours['backlog_batch_sizes']}"
+    )
+    speedup = float(ours["backlog_anchor_per_second"]) / naive.records_per_second
+    print(f"anchoring only vs naive: {speedup:.1f}x")
+    print(
+        f"burst: {args.records} records, single-record POST/s with {args.concurrency} clients: "
+        f"{ours['post_per_second']:.0f}; batch sizes {ours['burst_batch_sizes']}"
+    )
+    print(
+        f"paced: offered {ours['paced_offered']:.0f}/s, accepted {ours['paced_accepted']:.0f}/s, "
+        f"{ours['paced_failures']} failed, {ours['paced_unanchored']} not anchored in time"
+    )
+    print(f"naive: {naive.records} transactions, one per record")
+
+
+if __name__ == "__main__":
+    main()
