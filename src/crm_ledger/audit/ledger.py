@@ -1,6 +1,7 @@
 """The ledger audit: recompute every leaf, batch root and head from the journal, compare with chain.
 
-Exports: `ChainBatch`, `ChainView`, `read_chain`, `audit_journal`, `run_ledger_audit`.
+Exports: `ChainBatch`, `ChainView`, `read_chain`, `audit_journal`, `run_ledger_audit`,
+`reset_reason`, `read_deployment`, `count_sequenced`.
 
 Two halves. `read_chain` (async) takes what the chain says about the journal's AuditLedger:
 whether the deployment is still there, every `BatchAnchored` event (first seq, count, root,
@@ -122,7 +123,7 @@ async def read_chain(chain: AuditChain | None, deployment: DeploymentRecord | No
     view = ChainView(deployment=deployment)
     if deployment is None or chain is None:
         return view
-    view.reset = await _reset_reason(chain, deployment)
+    view.reset = await reset_reason(chain, deployment)
     if view.reset is not None:
         return view
     events = await chain.batch_events(deployment.block_number)
@@ -146,7 +147,8 @@ async def read_chain(chain: AuditChain | None, deployment: DeploymentRecord | No
     return view
 
 
-async def _reset_reason(chain: AuditChain, deployment: DeploymentRecord) -> str | None:
+async def reset_reason(chain: AuditChain, deployment: DeploymentRecord) -> str | None:
+    """Why `deployment` is no longer on the chain (reset, replaced), or None while it is."""
     chain_id = await chain.chain_id()
     if chain_id != deployment.chain_id:
         return (
@@ -248,12 +250,13 @@ async def run_ledger_audit(
     *, engine: Engine, chain: AuditChain | None, progress: Progress | None = None
 ) -> LedgerReport:
     """Read the chain, then audit the journal in a thread; raises `ChainUnavailable`."""
-    deployment = await asyncio.to_thread(_deployment, engine)
+    deployment = await asyncio.to_thread(read_deployment, engine)
     view = await read_chain(chain, deployment)
     return await asyncio.to_thread(audit_journal, engine, view, progress=progress)
 
 
-def _deployment(engine: Engine) -> DeploymentRecord | None:
+def read_deployment(engine: Engine) -> DeploymentRecord | None:
+    """The latest recorded AuditLedger deployment (None before the first)."""
     with read_snapshot(engine) as conn:
         return latest_deployment(conn)
 

@@ -27,7 +27,11 @@ from crm_ledger.journal.receipts import AUDIT_LEDGER
 def read_snapshot(engine: Engine) -> Iterator[Connection]:
     """A connection inside one read-only snapshot of the database, rolled back on exit."""
     if engine.dialect.name == "sqlite":
-        reader = create_engine(engine.url, poolclass=NullPool)
+        # check_same_thread off: a streamed export is read from whichever worker thread the
+        # web server iterates it on, one at a time.
+        reader = create_engine(
+            engine.url, poolclass=NullPool, connect_args={"check_same_thread": False}
+        )
 
         @event.listens_for(reader, "connect")
         def _autocommit_driver(dbapi_connection: Any, _record: Any) -> None:

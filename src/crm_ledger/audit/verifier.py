@@ -1,0 +1,434 @@
+"""The independent verifier: a bundle's bytes and the chain's JSON-RPC, nothing else.
+
+Exports: `BundleCheck`, `ChainFor`, `check_bundle_offline`, `check_bundle_on_chain`,
+`verify_bundle`.
+
+It imports no database code and asks the service nothing. Offline, for every record: the leaf
+input decodes (version 1, its own seq, a known kind); its leaf hash is included in its batch
+(by the RFC 9162 audit path, or, when the bundle holds the whole batch, by rebuilding the
+batch's tree); the content is the committed document of that record and kind, and
+HMAC-SHA256(key, content) is the commitment when the key is in the bundle; each customer's
+records link to one another by previous leaf hash. For every batch: its head is SHA-256(previous
+head ‖ root ‖ first_seq ‖ count) and consecutive batches chain. On chain, for every batch: the
+contract's `batch(id)` holds that range and root, the anchoring transaction emitted that
+`BatchAnchored` event in that block, and the block is still canonical.
+
+Example::
+
+    async with connect_read_only(rpc_url, contract, timeout=10) as chain:
+        check = await verify_bundle(Path("bundle.jsonl"), chain_for=lambda _: chain,
+                                    contract=contract)
+    sys.exit(0 if check.ok else 1)
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crm_ledger.audit.bundle import (
+    MAX_LINE_BYTES,
+    BundleBatch,
+    BundleHeader,
+    parse_batch,
+    parse_header,
+    parse_key,
+    parse_record,
+)
+from crm_ledger.audit.chain import AuditChain
+from crm_ledger.audit.onchain import StepStatus, check_anchoring, check_network
+from crm_ledger.errors import FormatError, InvalidProof
+from crm_ledger.ledger import merkle
+from crm_ledger.ledger.leaf import FORMAT_VERSION, RecordKind
+from crm_ledger.ledger.receipts import hex0x
+
+#: Given a contract address, a chain client bound to it.
+ChainFor = Callable[[str], AuditChain]
+MAX_LISTED_FAILURES = 1_000
+PROGRESS_EVERY = 16_384
+
+_KIND_NAMES = {int(kind): kind.name.lower() for kind in RecordKind}
+
+
+@dataclass
+class BundleCheck:
+    """What verifying a bundle found; `ok` when nothing failed."""
+
+    header: BundleHeader | None = None
+    failures: list[str] = field(default_factory=list)
+    failure_count: int = 0
+    notes: list[str] = field(default_factory=list)
+    records: int = 0
+    commitments_checked: int = 0
+    content_unchecked: int = 0
+    erased: int = 0
+    batches: int = 0
+    batches_on_chain: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every check held."""
+        return self.failure_count == 0
+
+    def fail(self, message: str) -> None:
+        """Count a failure, listing it while under `MAX_LISTED_FAILURES`."""
+        self.failure_count += 1
+        if len(self.failures) < MAX_LISTED_FAILURES:
+            self.failures.append(message)
+
+
+async def verify_bundle(
+    path: Path,
+    *,
+    chain_for: ChainFor | None,
+    contract: str | None,
+    progress: Callable[[int], None] | None = None,
+) -> BundleCheck:
+    """Verify the bundle at `path` offline, then on chain unless `chain_for` is None.
+
+    `contract` pins the AuditLedger the auditor trusts: a bundle naming another fails. Raises
+    `FormatError` for a file that is not a readable bundle and `ChainUnavailable` when the node
+    cannot be reached.
+    """
+    started = time.perf_counter()
+    with path.open("rb") as handle:
+        check, batches = check_bundle_offline(handle, progress=progress)
+    if chain_for is not None:
+        await check_bundle_on_chain(check, batches, chain_for=chain_for, contract=contract)
+    check.seconds = time.perf_counter() - started
+    return check
+
+
+def _json_lines(lines: Iterable[bytes]) -> Iterator[tuple[int, object]]:
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE_BYTES:
+            raise FormatError(f"bundle line {number} is over {MAX_LINE_BYTES} bytes")
+        if not line.strip():
+            raise FormatError(f"bundle line {number} is empty")
+        try:
+            yield number, json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            raise FormatError(
+                f"bundle line {number} is not JSON (is the file truncated or corrupted?)"
+            ) from None
+
+
+def check_bundle_offline(
+    lines: Iterable[bytes], *, progress: Callable[[int], None] | None = None
+) -> tuple[BundleCheck, list[BundleBatch]]:
+    """Every check that needs only the bundle; returns the findings and the batches."""
+    check = BundleCheck()
+    objects = _json_lines(lines)
+    first = next(objects, None)
+    if first is None:
+        raise FormatError("the bundle is empty")
+    header = parse_header(first[1])
+    check.header = header
+    scope = header.scope
+    batches: list[BundleBatch] = []
+    keys: dict[str, bytes] = {}
+    phase = 0  # 0 batches, 1 keys, 2 records
+    starts: list[int] = []
+    complete_leaves: dict[int, list[bytes | None]] = {}
+
+    sha256 = hashlib.sha256
+    hmac_digest = hmac.digest
+    zero = merkle.ZERO_HASH
+    kind_names = _KIND_NAMES
+    fail = check.fail
+    tips: dict[str, bytes] = {}
+    unattributed_leaves: set[bytes] = set()
+    used_previous: set[bytes] = set()
+    chain_from_start = scope.kind in ("all", "customer")
+    last_seq = -1
+    records = commitments = unchecked = erased = 0
+    batch_index = -1
+    batch_end = -1
+    current: BundleBatch | None = None
+
+    for number, obj in objects:
+        where = f"line {number}"
+        if not isinstance(obj, dict):
+            raise FormatError(f"bundle {where} must be a JSON object")
+        kind = obj.get("type")
+        if kind == "record":
+            if phase < 2:
+                phase = 2
+                batches.sort(key=lambda b: b.batch.first_seq)
+                starts = [b.batch.first_seq for b in batches]
+                for b in batches:
+                    if b.complete:
+                        complete_leaves[b.batch.id] = [None] * b.batch.count
+            record = parse_record(obj, where)
+            seq = record.seq
+            records += 1
+            if progress is not None and not records % PROGRESS_EVERY:
+                progress(records)
+            if seq <= last_seq:
+                raise FormatError(
+                    f"bundle {where}: record seq {seq} comes after seq {last_seq}; records are "
+                    "in increasing seq order"
+                )
+            last_seq = seq
+            if seq >= batch_end or current is None or seq < current.batch.first_seq:
+                batch_index = bisect.bisect_right(starts, seq) - 1
+                current = batches[batch_index] if batch_index >= 0 else None
+                if current is None or seq >= current.batch.first_seq + current.batch.count:
+                    fail(f"record seq {seq}: no batch of the bundle holds it")
+                    current = None
+                    batch_end = -1
+                    continue
+                batch_end = current.batch.first_seq + current.batch.count
+            batch = current.batch
+            leaf_input = record.leaf_input
+            if leaf_input[0] != FORMAT_VERSION:
+                fail(f"record seq {seq}: unknown leaf format version {leaf_input[0]}")
+            if int.from_bytes(leaf_input[1:9], "big") != seq:
+                fail(
+                    f"record seq {seq}: its leaf input is for seq "
+                    f"{int.from_bytes(leaf_input[1:9], 'big')}"
+                )
+            kind_name = kind_names.get(leaf_input[9])
+            if kind_name is None:
+                fail(f"record seq {seq}: unknown record kind {leaf_input[9]} in its leaf input")
+            leaf = sha256(b"\x00" + leaf_input).digest()
+
+            # Inclusion.
+            if current.complete:
+                complete_leaves[batch.id][seq - batch.first_seq] = leaf
+            elif record.audit_path is None:
+                fail(
+                    f"record seq {seq}: batch {batch.id} is not complete in the bundle, so the "
+                    "record needs an audit path"
+                )
+            else:
+                try:
+                    rebuilt = merkle.root_from_inclusion_proof(
+                        index=seq - batch.first_seq,
+                        tree_size=batch.count,
+                        leaf=leaf,
+                        proof=record.audit_path,
+                    )
+                except InvalidProof as exc:
+                    fail(f"record seq {seq}: inclusion: {exc}")
+                else:
+                    if rebuilt != batch.root:
+                        fail(
+                            f"record seq {seq}: inclusion: the audit path leads to "
+                            f"{hex0x(rebuilt)}, not to batch {batch.id}'s root {hex0x(batch.root)}"
+                        )
+
+            # Content and commitment.
+            customer_id = record.customer_id
+            if scope.kind == "customer" and customer_id != scope.customer_id:
+                fail(f"record seq {seq}: it is not a record of customer {scope.customer_id}")
+            if record.content is not None:
+                content = record.content.encode("utf-8", errors="surrogatepass")
+                try:
+                    document = json.loads(content)
+                    named = (
+                        document["v"],
+                        document["id"],
+                        document["customer_id"],
+                        document["kind"],
+                    )
+                except (ValueError, TypeError, KeyError):
+                    named = None
+                if named != (1, record.record_id, customer_id, kind_name):
+                    fail(
+                        f"record seq {seq}: its content is not the version 1 document of record "
+                        f"{record.record_id}, customer {customer_id}, kind {kind_name}"
+                    )
+                key = keys.get(customer_id) if customer_id is not None else None
+                if key is None:
+                    unchecked += 1
+                else:
+                    commitments += 1
+                    if hmac_digest(key, content, "sha256") != leaf_input[10:42]:
+                        fail(
+                            f"record seq {seq}: commitment: HMAC-SHA256(customer key, content) "
+                            f"is not the commitment {hex0x(leaf_input[10:42])} in its leaf input"
+                        )
+            elif record.record_id is None and customer_id is None:
+                erased += 1
+            else:
+                unchecked += 1
+
+            # The customer's chain of leaves.
+            previous = leaf_input[42:74]
+            if customer_id is not None:
+                tip = tips.get(customer_id)
+                if tip is None:
+                    if chain_from_start and previous != zero:
+                        fail(
+                            f"record seq {seq}: it is customer {customer_id}'s first record in "
+                            f"the bundle but links to {hex0x(previous)}: an earlier record of "
+                            "theirs is missing"
+                        )
+                elif previous != tip:
+                    fail(
+                        f"record seq {seq}: it links to {hex0x(previous)}, not to the leaf of "
+                        f"customer {customer_id}'s previous record {hex0x(tip)}"
+                    )
+                tips[customer_id] = leaf
+            else:
+                # An erased customer's records still form a chain, tied to no one.
+                if scope.kind == "all" and previous != zero:
+                    if previous not in unattributed_leaves or previous in used_previous:
+                        fail(
+                            f"record seq {seq}: it links to {hex0x(previous)}, which is not the "
+                            "leaf of an earlier record of its (erased) customer"
+                        )
+                    used_previous.add(previous)
+                unattributed_leaves.add(leaf)
+            continue
+
+        if kind == "batch":
+            if phase > 0:
+                raise FormatError(f"bundle {where}: batch lines come before key and record lines")
+            batches.append(parse_batch(obj, where))
+        elif kind == "key":
+            if phase > 1:
+                raise FormatError(f"bundle {where}: key lines come before record lines")
+            phase = 1
+            parsed = parse_key(obj, where)
+            keys[parsed.customer_id] = parsed.key
+        else:
+            raise FormatError(
+                f"bundle {where}.type must be 'batch', 'key' or 'record', got {kind!r}"
+            )
+
+    check.records = records
+    check.commitments_checked = commitments
+    check.content_unchecked = unchecked
+    check.erased = erased
+    check.batches = len(batches)
+    if progress is not None:
+        progress(records)
+    _check_batches(check, header, batches, complete_leaves)
+    _check_counts(check, header, batches, keys, records, last_seq)
+    return check, batches
+
+
+def _check_batches(
+    check: BundleCheck,
+    header: BundleHeader,
+    batches: list[BundleBatch],
+    complete_leaves: dict[int, list[bytes | None]],
+) -> None:
+    by_id = sorted(batches, key=lambda b: b.batch.id)
+    previous = None
+    for entry in by_id:
+        batch = entry.batch
+        head = merkle.next_head(batch.previous_head, batch.root, batch.first_seq, batch.count)
+        if head != batch.head:
+            check.fail(
+                f"batch {batch.id}: SHA-256(previous_head ‖ root ‖ first_seq ‖ count) is "
+                f"{hex0x(head)}, the bundle says head {hex0x(batch.head)}"
+            )
+        if previous is not None and previous.id + 1 == batch.id:
+            if batch.previous_head != previous.head:
+                check.fail(
+                    f"batch {batch.id}: its previous head {hex0x(batch.previous_head)} is not "
+                    f"batch {previous.id}'s head {hex0x(previous.head)}"
+                )
+            if batch.first_seq != previous.first_seq + previous.count:
+                check.fail(
+                    f"batch {batch.id} starts at seq {batch.first_seq}, not where batch "
+                    f"{previous.id} ended ({previous.first_seq + previous.count})"
+                )
+        elif previous is not None and header.scope.kind == "all":
+            check.fail(f"batches {previous.id + 1} to {batch.id - 1} are missing from the bundle")
+        previous = batch
+        leaves = complete_leaves.get(batch.id)
+        if entry.complete and leaves is not None:
+            absent = [batch.first_seq + i for i, leaf in enumerate(leaves) if leaf is None]
+            if absent:
+                shown = ", ".join(str(seq) for seq in absent[:10])
+                more = f" and {len(absent) - 10} more" if len(absent) > 10 else ""
+                check.fail(
+                    f"batch {batch.id} is marked complete but the bundle lacks its records "
+                    f"seq {shown}{more}"
+                )
+                continue
+            rebuilt = merkle.root([leaf for leaf in leaves if leaf is not None])
+            if rebuilt != batch.root:
+                check.fail(
+                    f"batch {batch.id}: its {batch.count} leaves hash to {hex0x(rebuilt)}, not "
+                    f"to its root {hex0x(batch.root)}"
+                )
+    if header.scope.kind == "all" and by_id:
+        first = by_id[0].batch
+        if first.id != 0 or first.first_seq != 0 or first.previous_head != merkle.ZERO_HASH:
+            check.fail(
+                "the bundle claims the whole ledger but does not start at batch 0, seq 0 and "
+                "the zero head"
+            )
+        if not all(entry.complete for entry in by_id):
+            check.fail("the bundle claims the whole ledger but some batches are incomplete")
+
+
+def _check_counts(
+    check: BundleCheck,
+    header: BundleHeader,
+    batches: list[BundleBatch],
+    keys: dict[str, bytes],
+    records: int,
+    last_seq: int,
+) -> None:
+    announced = (header.batches, header.keys, header.records)
+    if announced != (len(batches), len(keys), records):
+        check.fail(
+            f"the header announces {header.batches} batches, {header.keys} keys and "
+            f"{header.records} records; the bundle holds {len(batches)}, {len(keys)} and "
+            f"{records} (truncated or spliced?)"
+        )
+    scope = header.scope
+    if scope.kind == "range" and scope.from_seq is not None and scope.to_seq is not None:
+        expected = scope.to_seq - scope.from_seq + 1
+        if records != expected:
+            check.fail(
+                f"the bundle covers seqs {scope.from_seq} to {scope.to_seq} but holds {records} "
+                f"records, not {expected}"
+            )
+        elif last_seq != scope.to_seq:
+            check.fail(f"the bundle's last record is seq {last_seq}, not {scope.to_seq}")
+
+
+async def check_bundle_on_chain(
+    check: BundleCheck,
+    batches: list[BundleBatch],
+    *,
+    chain_for: ChainFor,
+    contract: str | None,
+) -> None:
+    """Confirm every batch on chain; raises `ChainUnavailable` when the node cannot be reached."""
+    by_contract: dict[str, list[BundleBatch]] = {}
+    for entry in sorted(batches, key=lambda b: b.batch.id):
+        by_contract.setdefault(entry.chain.contract, []).append(entry)
+    if contract is None and by_contract:
+        check.notes.append(
+            "no --contract was given: the bundle's own contract "
+            + ", ".join(sorted(by_contract))
+            + " was trusted; compare it with the address the ledger's operator publishes"
+        )
+    for address, entries in by_contract.items():
+        chain = chain_for(contract if contract is not None else address)
+        network = await check_network(chain, entries[0].chain, expected_contract=contract)
+        if network.status != StepStatus.OK:
+            check.fail(f"batches {entries[0].batch.id} to {entries[-1].batch.id}: {network.detail}")
+            continue
+        for entry in entries:
+            steps = await check_anchoring(chain, entry.batch, entry.chain)
+            failed = [step for step in steps if step.status != StepStatus.OK]
+            for step in failed:
+                check.fail(f"batch {entry.batch.id}: {step.name}: {step.detail}")
+            if not failed:
+                check.batches_on_chain += 1
