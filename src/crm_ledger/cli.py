@@ -5,6 +5,9 @@ Commands:
     crm-ledger keys create --role ROLE [--label L] [--data-dir DIR]   prints the new key, alone
     crm-ledger keys list [--data-dir DIR]
     crm-ledger keys revoke KEY_ID [--data-dir DIR]
+    crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + anchorer (+ Anvil)
+    crm-ledger worker anchor [--data-dir DIR]                   the anchorer alone
+    crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
 
 Only results go to stdout (so `KEY=$(crm-ledger keys create ...)` works); status and errors go to
 stderr. Every command builds its settings with `_settings(data_dir)` and its database with
@@ -14,6 +17,9 @@ stderr. Every command builds its settings with `_settings(data_dir)` and its dat
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
-from crm_ledger.errors import NotFound
+from crm_ledger.errors import LedgerError, NotFound
 from crm_ledger.journal.keys import Role, create_api_key, list_api_keys, revoke_api_key
 
 app = typer.Typer(
@@ -126,3 +132,123 @@ def keys_revoke(
         raise typer.Exit(code=1) from None
     assert info.revoked_at is not None
     stderr.print(f"Key {info.id} ({info.role}) is revoked since {_when(info.revoked_at)}.")
+
+
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
+
+
+def _configure_logging(level: str) -> None:
+    """Service logging; web3's provider logs full RPC URLs (API keys included) at INFO."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("web3").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+@app.command("serve")
+def serve(
+    data_dir: DataDirOption = None,
+    host: Annotated[str | None, typer.Option("--host", help="default 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="default 8000")] = None,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Run the service: REST API, anchorer, and (without CRM_LEDGER_RPC_URL) a local Anvil."""
+    import uvicorn
+
+    from crm_ledger.app import create_app
+
+    settings = _settings(data_dir)
+    _configure_logging(log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+worker_app = typer.Typer(help="Run one background role without the API.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+
+
+@worker_app.command("anchor")
+def worker_anchor(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
+    """Run only the anchorer (a singleton: extra copies stand by until the lock frees)."""
+    from crm_ledger.runtime import Runtime
+
+    settings = _settings(data_dir)
+    _configure_logging(log_level)
+    engine = _migrated_engine(settings)
+
+    async def run() -> None:
+        runtime = Runtime(
+            settings=settings, engine=engine, session_factory=make_session_factory(engine)
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await runtime.start()
+        await stop.wait()
+        await runtime.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.dispose()
+
+
+chain_app = typer.Typer(
+    help="Operate on the chain the ledger is anchored on.", no_args_is_help=True
+)
+app.add_typer(chain_app, name="chain")
+
+
+@chain_app.command("recover")
+def chain_recover(data_dir: DataDirOption = None) -> None:
+    """After a chain reset: open a new ledger epoch and re-anchor the whole journal onto it.
+
+    Run it with the service stopped. It refuses when the recorded deployment is intact.
+    """
+    from crm_ledger.chain.client import LedgerChain, make_async_web3
+    from crm_ledger.chain.deploy import recover_new_epoch
+    from crm_ledger.chain.node import start_anvil
+    from crm_ledger.chain.signer import load_signer
+
+    settings = _settings(data_dir)
+    engine = _migrated_engine(settings)
+    node = None
+    try:
+        rpc_url = settings.rpc_url
+        if rpc_url is None:
+            node = start_anvil(
+                port=settings.anvil_port,
+                state_path=settings.data_dir / "anvil-state.json",
+                binary=settings.anvil_bin,
+            )
+            rpc_url = node.rpc_url
+
+        async def recover() -> tuple[int, str]:
+            w3 = make_async_web3(rpc_url, settings.rpc_timeout_seconds)
+            try:
+                chain = LedgerChain(w3, load_signer(settings, chain_id=await w3.eth.chain_id), None)
+                row = await recover_new_epoch(
+                    session_factory=make_session_factory(engine), chain=chain
+                )
+                return row.epoch, row.address
+            finally:
+                await w3.provider.disconnect()
+
+        try:
+            epoch, address = asyncio.run(recover())
+        except LedgerError as exc:
+            stderr.print(f"[red]recovery refused:[/red] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        stderr.print(
+            f"opened ledger epoch {epoch} at {address}; start the service to re-anchor the journal"
+        )
+    finally:
+        if node is not None:
+            node.stop()
+        engine.dispose()
