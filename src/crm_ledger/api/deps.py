@@ -97,9 +97,9 @@ def get_app_settings(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session for one request; handlers open their own transactions with `session.begin()`."""
-    session = runtime.session_factory()
+    session = get_runtime(request).session_factory()
     try:
         yield session
     finally:
@@ -119,12 +119,12 @@ _bearer = HTTPBearer(
 )
 
 
-async def get_current_key(
-    request: Request,
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+_Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def _authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
 ) -> ApiKeyPrincipal:
-    """The principal of the request's `Authorization: Bearer` key; raises `Unauthorized`."""
     if credentials is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer crml_...'")
     token = credentials.credentials
@@ -134,7 +134,7 @@ async def get_current_key(
     cache = key_cache(request.app)
     principal = cache.get(key_hash)
     if principal is None:
-        principal = await run_in_threadpool(_lookup, runtime, key_hash)
+        principal = await run_in_threadpool(_lookup, get_runtime(request), key_hash)
         if principal is None:
             raise Unauthorized("the API key is unknown or was revoked")
         cache.put(key_hash, principal)
@@ -146,15 +146,27 @@ def _lookup(runtime: Runtime, key_hash: bytes) -> ApiKeyPrincipal | None:
         return lookup_hash(session, key_hash)
 
 
+async def get_current_key(request: Request, credentials: _Credentials) -> ApiKeyPrincipal:
+    """The principal of the request's `Authorization: Bearer` key; raises `Unauthorized`."""
+    return await _authenticate(request, credentials)
+
+
 CurrentKey = Annotated[ApiKeyPrincipal, Depends(get_current_key)]
 
 
-def require_roles(*roles: Role | str) -> Callable[[ApiKeyPrincipal], Awaitable[ApiKeyPrincipal]]:
-    """A dependency that lets through keys with one of `roles` and answers 403 to the rest."""
+def require_roles(
+    *roles: Role | str,
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[ApiKeyPrincipal]]:
+    """A dependency that lets through keys with one of `roles` and answers 403 to the rest.
+
+    It authenticates by itself rather than depending on `CurrentKey`: one dependency less to
+    solve on every write.
+    """
     allowed = tuple(Role(role) for role in roles)
     names = ", ".join(role.value for role in allowed)
 
-    async def guard(key: CurrentKey) -> ApiKeyPrincipal:
+    async def guard(request: Request, credentials: _Credentials) -> ApiKeyPrincipal:
+        key = await _authenticate(request, credentials)
         if key.role not in allowed:
             raise Forbidden(
                 f"this operation needs a key with one of the roles {names}; "

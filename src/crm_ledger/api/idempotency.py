@@ -16,14 +16,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
+import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Header, Request
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, Row, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.responses import Response
@@ -39,6 +42,13 @@ JSON_MEDIA_TYPE = "application/json"
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 _ATTEMPTS = 3
 _PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
+_ENTRIES = cast(Table, IdempotencyEntry.__table__)
+_INSERT_ENTRY = insert(_ENTRIES)
+_FIND_ENTRY = select(
+    _ENTRIES.c.request_hash, _ENTRIES.c.status_code, _ENTRIES.c.response_body
+).where(_ENTRIES.c.api_key_pk == bindparam("api_key_pk"), _ENTRIES.c.key == bindparam("key"))
+_sqlite_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
 
 
 def _check_key(value: str | None) -> str | None:
@@ -102,22 +112,23 @@ def run_write(
     fingerprint = request_hash(idempotency, payload) if key is not None else b""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            with session.begin():
+            with _serialised(session), session.begin():
                 if key is not None:
                     entry = _find(session, principal, key)
                     if entry is not None:
                         return _replay(entry, fingerprint, key)
                 body = write(session)
                 if key is not None:
-                    session.execute(
-                        insert(IdempotencyEntry).values(
-                            api_key_pk=principal.pk,
-                            key=key,
-                            request_hash=fingerprint,
-                            status_code=status_code,
-                            response_body=body,
-                            created_at=utcnow(),
-                        )
+                    session.connection().execute(
+                        _INSERT_ENTRY,
+                        {
+                            "api_key_pk": principal.pk,
+                            "key": key,
+                            "request_hash": fingerprint,
+                            "status_code": status_code,
+                            "response_body": body,
+                            "created_at": utcnow(),
+                        },
                     )
         except IdempotencyConflict:
             raise
@@ -141,15 +152,31 @@ def run_write(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _find(session: Session, principal: ApiKeyPrincipal, key: str) -> IdempotencyEntry | None:
-    return session.scalars(
-        select(IdempotencyEntry).where(
-            IdempotencyEntry.api_key_pk == principal.pk, IdempotencyEntry.key == key
-        )
-    ).first()
+def _serialised(session: Session) -> AbstractContextManager[object]:
+    """On SQLite, queue this process's writers on a lock instead of SQLite's busy handler.
+
+    SQLite allows one writer; the others retry on its busy handler, which sleeps for
+    milliseconds at a time, so under concurrency most of the time goes to sleeping. A lock
+    hands the database to the next writer the moment the previous one commits.
+    """
+    engine = session.get_bind()
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    assert isinstance(engine, Engine)
+    with _locks_guard:
+        lock = _sqlite_write_locks.get(engine)
+        if lock is None:
+            lock = _sqlite_write_locks[engine] = threading.Lock()
+    return lock
 
 
-def _replay(entry: IdempotencyEntry, fingerprint: bytes, key: str) -> Response:
+def _find(session: Session, principal: ApiKeyPrincipal, key: str) -> Row[Any] | None:
+    return (
+        session.connection().execute(_FIND_ENTRY, {"api_key_pk": principal.pk, "key": key}).first()
+    )
+
+
+def _replay(entry: Row[Any], fingerprint: bytes, key: str) -> Response:
     if not hmac.compare_digest(bytes(entry.request_hash), fingerprint):
         raise IdempotencyConflict(
             f"Idempotency-Key {key!r} was already used for a different request (another "

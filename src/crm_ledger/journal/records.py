@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy.orm import Session, raiseload
 
 from crm_ledger.db.models import Batch, BatchStatus, Customer, Record, new_id, utcnow
@@ -43,6 +43,22 @@ from crm_ledger.ledger.canonical import canonical_json, commitment
 from crm_ledger.ledger.leaf import RecordKind
 
 DOCUMENT_VERSION = 1
+
+# The write path runs these Core statements on the session's connection: no ORM unit of work,
+# no identity map, statements built once.
+_RECORDS = cast(Table, Record.__table__)
+_CUSTOMERS = cast(Table, Customer.__table__)
+_INSERT_RECORD = insert(_RECORDS)
+_SELECT_CUSTOMERS = select(_CUSTOMERS.c.id, _CUSTOMERS.c.pk, _CUSTOMERS.c.key)
+# pk order, FOR SHARE (ignored by SQLite): every writer takes these row locks in the same order.
+_LOCK_CUSTOMER = _SELECT_CUSTOMERS.where(_CUSTOMERS.c.id == bindparam("id")).with_for_update(
+    read=True
+)
+_LOCK_CUSTOMERS = (
+    _SELECT_CUSTOMERS.where(_CUSTOMERS.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_CUSTOMERS.c.pk)
+    .with_for_update(read=True)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,21 +245,19 @@ def _write(session: Session, items: list[_Item]) -> list[RecordView]:
                 batch_id=None,
             )
         )
-    session.execute(insert(Record), rows)
+    session.connection().execute(_INSERT_RECORD, rows)
     return views
 
 
 def _recordable_customers(session: Session, items: list[_Item]) -> dict[str, tuple[int, bytes]]:
     """(pk, key) of each item's customer, locked FOR SHARE; raises for unknown or erased ones."""
     wanted = list(dict.fromkeys(item.customer_id for item in items))
-    query = select(Customer.id, Customer.pk, Customer.key)
+    connection = session.connection()
     if len(wanted) == 1:
-        query = query.where(Customer.id == wanted[0])
+        rows = connection.execute(_LOCK_CUSTOMER, {"id": wanted[0]})
     else:
-        query = query.where(Customer.id.in_(wanted))
-    # pk order: every writer takes these row locks in the same order.
-    query = query.order_by(Customer.pk).with_for_update(read=True)
-    found = {row.id: (row.pk, row.key) for row in session.execute(query)}
+        rows = connection.execute(_LOCK_CUSTOMERS, {"ids": wanted})
+    found = {row.id: (row.pk, row.key) for row in rows}
     for item in items:
         if item.customer_id not in found:
             raise NotFound(
