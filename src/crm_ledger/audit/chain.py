@@ -1,7 +1,7 @@
 """What audits read from the chain, and a read-only AuditLedger client for auditors.
 
-Exports: `AuditChain`, `BatchOnChain`, `BatchEventOnChain`, `AnchorOnChain`, `read_only_chain`,
-`connect_read_only`, `default_rpc_url`.
+Exports: `AuditChain`, `BatchOnChain`, `BatchEventOnChain`, `AnchorOnChain`, `ChainFor`,
+`ChainProvider`, `RpcChainProvider`, `read_only_chain`, `connect_read_only`, `default_rpc_url`.
 
 `chain.client.LedgerChain` is the real implementation of `AuditChain`; tests pass a fake with
 the contract's rules. Nothing here imports the database layer: the offline verifier uses it.
@@ -9,8 +9,9 @@ the contract's rules. Nothing here imports the database layer: the offline verif
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eth_account import Account
@@ -75,6 +76,33 @@ class AuditChain(Protocol):
     ) -> BatchEventOnChain | None: ...
     async def receipt(self, tx_hash: bytes) -> AnchorOnChain | None: ...
     async def block_hash(self, number: int) -> bytes | None: ...
+
+
+#: Given a contract address, a chain client bound to it.
+ChainFor = Callable[[str], AuditChain]
+
+
+class ChainProvider(Protocol):
+    """Opens access to the chain for one audit (an HTTP connection, or a fake in tests)."""
+
+    def connect(self) -> AbstractAsyncContextManager[ChainFor]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RpcChainProvider:
+    """`ChainProvider` over JSON-RPC: one connection per `connect()`, read-only clients."""
+
+    rpc_url: str
+    timeout: float
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[ChainFor]:
+        """Chains bound to any address, sharing one connection closed on exit."""
+        w3 = make_async_web3(self.rpc_url, self.timeout)
+        try:
+            yield lambda address: read_only_chain(w3, address)
+        finally:
+            await w3.provider.disconnect()
 
 
 def read_only_chain(w3: AsyncWeb3[Any], address: str) -> LedgerChain:

@@ -41,15 +41,13 @@ from crm_ledger.audit.bundle import (
     parse_key,
     parse_record,
 )
-from crm_ledger.audit.chain import AuditChain
+from crm_ledger.audit.chain import ChainFor
 from crm_ledger.audit.onchain import StepStatus, check_anchoring, check_network
 from crm_ledger.errors import FormatError, InvalidProof
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import FORMAT_VERSION, RecordKind
 from crm_ledger.ledger.receipts import hex0x
 
-#: Given a contract address, a chain client bound to it.
-ChainFor = Callable[[str], AuditChain]
 MAX_LISTED_FAILURES = 1_000
 PROGRESS_EVERY = 16_384
 

@@ -1,0 +1,185 @@
+"""Erasure: personal data gone, proofs intact, audits clean, nothing exported ties the customer to
+their records."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.audit.ledger import run_ledger_audit
+from crm_ledger.audit.verifier import verify_bundle
+from crm_ledger.journal.keys import Role
+from tests.anchoring.fakes import FakeChain
+from tests.audit.conftest import Ledger, interaction
+from tests.audit.fakes import FakeAuditChain, anchor_all, row
+
+pytestmark = pytest.mark.asyncio
+
+Headers = dict[Role, dict[str, str]]
+
+
+def erase(client: Any, headers: Headers, customer_id: str) -> Any:
+    return client.delete(f"/v1/customers/{customer_id}/personal-data", headers=headers[Role.ADMIN])
+
+
+async def test_only_admins_erase_and_erasing_twice_changes_nothing(
+    client: Any, as_role: Headers, ledger: Ledger
+) -> None:
+    ada = ledger.customers["Ada"]
+    for role in (Role.AUDITOR, Role.RECORDER, Role.MARKETING):
+        response = client.delete(f"/v1/customers/{ada}/personal-data", headers=as_role[role])
+        assert response.status_code == 403, response.text
+    first = erase(client, as_role, ada)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["customer_id"] == ada
+    assert body["erased_records"] == 3
+    assert body["already_erased"] is False
+    again = erase(client, as_role, ada).json()
+    assert again["already_erased"] is True
+    assert again["erasure_record_id"] == body["erasure_record_id"]
+    assert again["erased_at"] == body["erased_at"]
+    missing = erase(client, as_role, "00000000-0000-4000-8000-000000000000")
+    assert missing.status_code == 404
+
+
+async def test_erasure_removes_personal_data_and_keeps_every_leaf(
+    client: Any, as_role: Headers, ledger: Ledger, database_url: str
+) -> None:
+    ada = ledger.customers["Ada"]
+    before = [
+        row(database_url, "SELECT seq, leaf_hash, commitment FROM records WHERE id = :id", id=rid)
+        for rid in ledger.records["Ada"]
+    ]
+    erasure_id = erase(client, as_role, ada).json()["erasure_record_id"]
+
+    customer = client.get(f"/v1/customers/{ada}", headers=as_role[Role.AUDITOR]).json()
+    assert (customer["name"], customer["email"], customer["phone"]) == (None, None, None)
+    assert customer["erased_at"] is not None
+    assert row(database_url, "SELECT key FROM customers WHERE id = :id", id=ada).key is None
+    for rid, kept in zip(ledger.records["Ada"], before, strict=True):
+        now = row(
+            database_url,
+            "SELECT seq, leaf_hash, commitment, content FROM records WHERE id = :id",
+            id=rid,
+        )
+        assert now.content is None
+        assert (now.seq, now.leaf_hash, now.commitment) == tuple(kept)
+        assert (
+            client.get(f"/v1/records/{rid}", headers=as_role[Role.AUDITOR]).json()["content"]
+            is None
+        )
+
+    # The erasure record holds no personal data and is committed with a key of its own.
+    erasure = row(
+        database_url,
+        "SELECT kind, content, commitment, key FROM records WHERE id = :id",
+        id=erasure_id,
+    )
+    document = json.loads(erasure.content)
+    assert document["kind"] == "erasure"
+    assert document["body"] == {"erased_records": 3}
+    assert b"Ada" not in bytes(erasure.content)
+    assert hmac.digest(bytes(erasure.key), bytes(erasure.content), "sha256") == bytes(
+        erasure.commitment
+    )
+
+    refused = client.post(
+        "/v1/interactions", json=interaction(ada, "after"), headers=as_role[Role.RECORDER]
+    )
+    assert refused.status_code == 409
+
+
+async def test_after_erasure_audits_stay_clean_and_receipts_still_verify(
+    client: Any,
+    as_role: Headers,
+    ledger: Ledger,
+    engine: Engine,
+    app_sessions: sessionmaker[Session],
+    fake_chain: FakeChain,
+    tmp_path: Path,
+) -> None:
+    ada = ledger.customers["Ada"]
+    receipts = [
+        client.get(f"/v1/records/{rid}/receipt", headers=as_role[Role.AUDITOR]).json()
+        for rid in ledger.records["Ada"]
+    ]
+    # One more record, still pending when the customer is erased.
+    pending = client.post(
+        "/v1/interactions", json=interaction(ada, "late"), headers=as_role[Role.RECORDER]
+    ).json()["id"]
+    erasure_id = erase(client, as_role, ada).json()["erasure_record_id"]
+    await anchor_all(app_sessions, fake_chain, tmp_path)
+
+    report = await run_ledger_audit(engine=engine, chain=FakeAuditChain(fake_chain))
+    assert report.clean, report.to_json()
+    assert report.erased_records == 4
+
+    answer = client.get(f"/v1/audit/customers/{ada}", headers=as_role[Role.AUDITOR]).json()
+    assert answer["erased"] is True
+    assert answer["verdict"] == "ok", answer
+    assert [(r["record_id"], r["status"]) for r in answer["records"]] == [
+        *((rid, "erased") for rid in ledger.records["Ada"]),
+        (pending, "erased"),
+        (erasure_id, "ok"),
+    ]
+
+    for receipt in receipts:
+        checked = client.post(
+            "/v1/audit/verify",
+            json={"receipt": receipt, "content": '{"kept":"by the auditor"}'},
+            headers=as_role[Role.AUDITOR],
+        ).json()
+        assert checked["verdict"] == "valid", checked
+        assert checked["content_checked"] is False
+        commitment = next(s for s in checked["steps"] if s["name"] == "commitment")
+        assert commitment["status"] == "skipped"
+        assert "erased" in commitment["detail"]
+    refreshed = client.get(
+        f"/v1/records/{ledger.records['Ada'][0]}/receipt", headers=as_role[Role.AUDITOR]
+    ).json()
+    assert refreshed == receipts[0]
+
+
+async def test_nothing_exported_ties_the_erased_customer_to_their_records(
+    client: Any,
+    as_role: Headers,
+    ledger: Ledger,
+    app_sessions: sessionmaker[Session],
+    fake_chain: FakeChain,
+    tmp_path: Path,
+) -> None:
+    ada = ledger.customers["Ada"]
+    erasure_id = erase(client, as_role, ada).json()["erasure_record_id"]
+    await anchor_all(app_sessions, fake_chain, tmp_path)
+
+    refused = client.get(
+        "/v1/audit/export", params={"customer_id": ada}, headers=as_role[Role.AUDITOR]
+    )
+    assert refused.status_code == 409
+    for query in ({}, {"from_seq": 0, "to_seq": 9}):
+        bundle = client.get("/v1/audit/export", params=query, headers=as_role[Role.AUDITOR])
+        assert bundle.status_code == 200
+        text = bundle.text
+        for secret in (ada, erasure_id, *ledger.records["Ada"], "Ada", "ada@example.com"):
+            assert secret not in text, secret
+        records = [json.loads(line) for line in text.splitlines() if '"type":"record"' in line]
+        anonymous = [r for r in records if r["customer_id"] is None]
+        assert len(anonymous) == 4  # 3 erased records and the erasure record: leaves only
+        assert all(r["content"] is None and r["record_id"] is None for r in anonymous)
+        path = tmp_path / "bundle.jsonl"
+        path.write_bytes(bundle.content)
+        check = await verify_bundle(
+            path, chain_for=lambda _: FakeAuditChain(fake_chain), contract=None
+        )
+        assert check.ok, check.failures
+        assert check.erased == 4
+    # On chain: only ranges, roots and heads.
+    for event in fake_chain.events:
+        assert ada.encode() not in repr(event).encode()
