@@ -16,21 +16,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import threading
-import weakref
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Header, Request
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Engine, Row, Table, bindparam, insert, select
+from sqlalchemy import Row, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
+from crm_ledger.api.transaction import transaction
 from crm_ledger.db.models import IdempotencyEntry, utcnow
 from crm_ledger.errors import Conflict, IdempotencyConflict
 from crm_ledger.journal.keys import ApiKeyPrincipal
@@ -47,8 +45,6 @@ _INSERT_ENTRY = insert(_ENTRIES)
 _FIND_ENTRY = select(
     _ENTRIES.c.request_hash, _ENTRIES.c.status_code, _ENTRIES.c.response_body
 ).where(_ENTRIES.c.api_key_pk == bindparam("api_key_pk"), _ENTRIES.c.key == bindparam("key"))
-_sqlite_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
 
 
 def _check_key(value: str | None) -> str | None:
@@ -112,7 +108,7 @@ def run_write(
     fingerprint = request_hash(idempotency, payload) if key is not None else b""
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            with _serialised(session), session.begin():
+            with transaction(session):
                 if key is not None:
                     entry = _find(session, principal, key)
                     if entry is not None:
@@ -137,7 +133,7 @@ def run_write(
             # is ours. Otherwise the conflict is real.
             if key is None:
                 raise
-            with session.begin():
+            with transaction(session):
                 entry = _find(session, principal, key)
             if entry is None:
                 raise
@@ -150,24 +146,6 @@ def run_write(
             on_commit()
         return Response(content=body.encode(), status_code=status_code, media_type=JSON_MEDIA_TYPE)
     raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-def _serialised(session: Session) -> AbstractContextManager[object]:
-    """On SQLite, queue this process's writers on a lock instead of SQLite's busy handler.
-
-    SQLite allows one writer; the others retry on its busy handler, which sleeps for
-    milliseconds at a time, so under concurrency most of the time goes to sleeping. A lock
-    hands the database to the next writer the moment the previous one commits.
-    """
-    engine = session.get_bind()
-    if engine.dialect.name != "sqlite":
-        return nullcontext()
-    assert isinstance(engine, Engine)
-    with _locks_guard:
-        lock = _sqlite_write_locks.get(engine)
-        if lock is None:
-            lock = _sqlite_write_locks[engine] = threading.Lock()
-    return lock
 
 
 def _find(session: Session, principal: ApiKeyPrincipal, key: str) -> Row[Any] | None:
