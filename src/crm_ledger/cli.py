@@ -32,6 +32,7 @@ from rich.markup import escape
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from crm_ledger.audit import cli as audit_cli
 from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import LedgerError, NotFound
@@ -42,6 +43,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+audit_cli.register(app)
 
 stderr = Console(stderr=True, highlight=False)
 

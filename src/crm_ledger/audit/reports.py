@@ -57,15 +57,20 @@ class StoredReport:
         }
 
 
-def start_report(engine: Engine) -> tuple[StoredReport, bool]:
-    """A new running report, or the one already running; True when this call started it."""
+def start_report(engine: Engine, *, force: bool = False) -> tuple[StoredReport, bool]:
+    """A new running report, or the one already running (unless `force`); True when this call
+    started it."""
     with engine.begin() as conn:
-        running = conn.execute(
-            select(AuditReport.id)
-            .where(AuditReport.status == RUNNING, AuditReport.started_at > utcnow() - STALE_AFTER)
-            .order_by(AuditReport.pk.desc())
-            .limit(1)
-        ).scalar()
+        running = None
+        if not force:
+            running = conn.execute(
+                select(AuditReport.id)
+                .where(
+                    AuditReport.status == RUNNING, AuditReport.started_at > utcnow() - STALE_AFTER
+                )
+                .order_by(AuditReport.pk.desc())
+                .limit(1)
+            ).scalar()
         if running is None:
             running = new_id()
             conn.execute(
