@@ -42,7 +42,8 @@ from crm_ledger.audit.verifier import BundleCheck, verify_bundle
 from crm_ledger.config import Settings
 from crm_ledger.errors import ChainError, FormatError, LedgerError
 
-stderr = Console(stderr=True, highlight=False)
+# soft_wrap: long hashes and messages stay on one line, greppable, whatever the terminal width.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 #: How many failures are printed (all are counted).
@@ -365,7 +366,8 @@ async def _verify(
                 bundle, chain_for=None if offline else chain_for, contract=contract
             )
         if saved is not None:
-            since_check = await verify_since(chain_for(contract or saved.chain.contract), saved)
+            address = contract or saved.chain.contract
+            since_check = await verify_since(chain_for(address), saved, address=address)
     return bundle_check, since_check
 
 

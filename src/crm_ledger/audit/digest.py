@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crm_ledger.audit.chain import AuditChain
+from crm_ledger.chain.client import EMPTY_CODE_HASH
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.receipts import BatchRef, ChainRef, hex0x
@@ -93,12 +94,12 @@ class SinceCheck:
         return not self.failures
 
 
-async def verify_since(chain: AuditChain, digest: Digest) -> SinceCheck:
+async def verify_since(chain: AuditChain, digest: Digest, *, address: str) -> SinceCheck:
     """Prove from the chain alone that the ledger extends `digest`; raises `ChainUnavailable`.
 
-    `chain` is bound to the contract to check (normally `digest.chain.contract`; after a chain
-    reset and recovery, the new epoch's contract re-anchors the same batches with the same heads,
-    so a digest of the old epoch can be checked against the new one).
+    `chain` is bound to the contract at `address` (normally `digest.chain.contract`; after a
+    chain reset and recovery, the new epoch's contract re-anchors the same batches with the same
+    heads, so a digest of the old epoch can be checked against the new one).
     """
     check = SinceCheck()
     batch = digest.batch
@@ -112,6 +113,13 @@ async def verify_since(chain: AuditChain, digest: Digest) -> SinceCheck:
     if chain_id != digest.chain.chain_id:
         check.failures.append(
             f"the node is chain {chain_id}; the digest is from chain {digest.chain.chain_id}"
+        )
+        return check
+    if await chain.code_hash(address) == EMPTY_CODE_HASH:
+        check.failures.append(
+            f"chain {chain_id} has no contract at {address}: the chain was reset or replaced. "
+            "If the ledger was recovered into a new epoch, check against its new contract "
+            "(--contract): it re-anchors the same batches with the same heads"
         )
         return check
     event = await chain.find_batch_event(batch.id)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crm_ledger.audit.chain import AuditChain
+from crm_ledger.chain.client import EMPTY_CODE_HASH
 from crm_ledger.errors import AnchorRejected, ChainError, ChainUnavailable
 from crm_ledger.ledger.receipts import BatchRef, ChainRef, Step, hex0x
 
@@ -63,6 +64,14 @@ async def check_network(
             StepStatus.FAILED,
             f"the receipt names contract {where.contract}, but the ledger's AuditLedger for "
             f"epoch {where.epoch} is {expected_contract}",
+        )
+    contract = expected_contract or where.contract
+    if await chain.code_hash(contract) == EMPTY_CODE_HASH:
+        return CheckStep(
+            "network",
+            StepStatus.FAILED,
+            f"chain {chain_id} has no contract at {contract}: the chain was reset or replaced "
+            "since the batch was anchored, or this is not the ledger's chain",
         )
     pinned = "the expected" if expected_contract is not None else "unpinned"
     return CheckStep(

@@ -330,7 +330,7 @@ async def verify_digest(
     address = deployment.address if deployment is not None else saved.chain.contract
     try:
         async with provider.connect() as chain_for:
-            check = await verify_since(chain_for(address), saved)
+            check = await verify_since(chain_for(address), saved, address=address)
     except ChainError as exc:
         raise _unreachable(exc) from None
     return _json(
