@@ -246,7 +246,9 @@ def test_nan_and_deep_nesting_in_details_are_422(
         (b'{"customer_id": ', "application/json", "not valid JSON"),
         (b"", "application/json", "JSON object is required"),
         (b'{"customer_id": "x"}', "text/plain", "Content-Type: application/json"),
-        (b"[1, 2]", "application/json", ""),
+        (b"[1, 2]", "application/json", "must be a JSON object"),
+        (b'"a string"', "application/json", "must be a JSON object"),
+        (b'{"type": ' + b"9" * 5000 + b"}", "application/json", "could not be parsed"),
         (b"\xff\xfe", "application/json", ""),
     ],
 )

@@ -100,6 +100,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
+    if detail == _UNPARSABLE:
+        detail = (
+            "the request body could not be parsed: send one JSON object (this one nests too "
+            "deeply or holds a number too long to read)"
+        )
     if detail is None:
         detail = _HTTP_DETAILS.get(exc.status_code, phrase)
     # The same status gets the same type and title whether the router or a handler raised it.
@@ -117,6 +122,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 _API_ERRORS: dict[int, type[ApiError]] = {
     cls.status: cls for cls in (NotFound, Conflict, Unauthorized, Forbidden, PayloadTooLarge)
 }
+# FastAPI's answer when the body cannot even be parsed (too deep, a number too long to read).
+_UNPARSABLE = "There was an error parsing the body"
 _HTTP_DETAILS = {
     404: "there is nothing at this URL; the API lives under /v1 (see /docs)",
     405: "this URL does not accept that method; the Allow header lists the ones it does",
@@ -129,6 +136,8 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     json_errors = [e for e in errors if e["type"] == "json_invalid"]
     if json_errors:
         detail = f"the request body is not valid JSON: {json_errors[0]['message']}"
+    elif len(errors) == 1 and errors[0]["field"] is None:
+        detail = errors[0]["message"]
     else:
         fields = ", ".join(dict.fromkeys(e["field"] or e["location"] for e in errors))
         noun = "field is" if len(errors) == 1 else "fields are"
@@ -160,8 +169,10 @@ def _field_error(error: Any) -> dict[str, Any]:
     if location == "body" and not path:
         if kind == "missing":
             message = "a JSON object is required as the request body"
-        elif isinstance(error.get("input"), bytes | str):
+        elif isinstance(error.get("input"), bytes):
             message = "send the request body as a JSON object with Content-Type: application/json"
+        else:
+            message = "the request body must be a JSON object"
     return {"location": location, "field": _dotted(path), "message": message, "type": kind}
 
 

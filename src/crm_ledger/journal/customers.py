@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import Customer, new_id, utcnow
 from crm_ledger.errors import Conflict, NotFound, Unprocessable
-from crm_ledger.journal.schemas import CustomerCreate, is_public_id
+from crm_ledger.journal.schemas import CustomerCreate, is_public_id, shorten
 from crm_ledger.ledger.canonical import new_customer_key
 
 DEFAULT_PAGE_SIZE = 50
@@ -75,7 +75,8 @@ def get_customer(*, session: Session, customer_id: str) -> Customer:
             select(Customer).where(Customer.id == customer_id.lower())
         ).first()
     if customer is None:
-        raise NotFound(f"no customer with id {customer_id!r}", customer_id=customer_id)
+        shown = shorten(customer_id)
+        raise NotFound(f"no customer with id {shown!r}", customer_id=shown)
     return customer
 
 

@@ -38,6 +38,7 @@ from crm_ledger.journal.schemas import (
     OrderCreate,
     format_timestamp,
     is_public_id,
+    shorten,
 )
 from crm_ledger.ledger.canonical import canonical_json, commitment
 from crm_ledger.ledger.leaf import RecordKind
@@ -147,7 +148,7 @@ def get_record(*, session: Session, record_id: str) -> RecordView:
         if row is not None:
             record, customer_id, batch_status = row
             return _view(record, customer_id, batch_status)
-    raise NotFound(f"no record with id {record_id!r}", record_id=record_id)
+    raise _no_record(record_id)
 
 
 def find_record(*, session: Session, record_id: str) -> Record:
@@ -158,7 +159,7 @@ def find_record(*, session: Session, record_id: str) -> Record:
             select(Record).where(Record.id == record_id.lower()).options(raiseload(Record.customer))
         ).first()
     if record is None:
-        raise NotFound(f"no record with id {record_id!r}", record_id=record_id)
+        raise _no_record(record_id)
     return record
 
 
@@ -178,6 +179,11 @@ def anchoring_backlog(*, session: Session) -> Backlog:
         pending=int(unsequenced_count) + int(in_flight_count),
         oldest_created_at=min(oldest) if oldest else None,
     )
+
+
+def _no_record(record_id: str) -> NotFound:
+    shown = shorten(record_id)
+    return NotFound(f"no record with id {shown!r}", record_id=shown)
 
 
 def _interaction_item(payload: InteractionCreate, field: str) -> _Item:

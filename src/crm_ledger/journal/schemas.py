@@ -1,7 +1,7 @@
 """What a client may ask the journal to store: validated request documents.
 
 Exports: `CustomerCreate`, `InteractionCreate`, `InteractionBatchCreate`, `OrderCreate`,
-`OrderLine`, `OrderStatus`, `format_timestamp`, `is_public_id`, `MAX_SAFE_INTEGER`.
+`OrderLine`, `OrderStatus`, `format_timestamp`, `is_public_id`, `shorten`, `MAX_SAFE_INTEGER`.
 
 Everything a record commits to passes through these models, so they refuse what the ledger
 cannot commit to exactly: floats (a binary float is no way to state an amount), integers beyond
@@ -52,6 +52,11 @@ def format_timestamp(value: datetime) -> str:
 def is_public_id(value: str) -> bool:
     """True when `value` has the shape of a public id (a UUID)."""
     return _UUID.fullmatch(value) is not None
+
+
+def shorten(value: str, limit: int = 64) -> str:
+    """`value`, cut to `limit` characters with an ellipsis: for echoing ids in messages."""
+    return value if len(value) <= limit else value[:limit] + "…"
 
 
 def _printable(value: str) -> str:
