@@ -54,6 +54,25 @@ class Settings(BaseSettings):
     confirmations: int = Field(default=0, ge=0)
     run_anchorer: bool = True
 
+    wallet_mnemonic: SecretStr | None = Field(
+        default=None,
+        description="BIP-39 seed of the customers' custodial loyalty addresses and of the loyalty "
+        "operator (m/44'/60'/0'/0/1); unset on chain 31337 means the dev mnemonic",
+    )
+    loyalty_private_key: SecretStr | None = Field(
+        default=None, description="loyalty operator key (token admin, issuer, burner), 0x-hex"
+    )
+    loyalty_token_name: str = "crm-ledger points"
+    loyalty_token_symbol: str = "PTS"
+    loyalty_batch_max_entries: int = Field(
+        default=550, ge=1, le=580, description="issuances per issueBatch (16,777,216 gas cap)"
+    )
+    loyalty_expire_batch_max_entries: int = Field(default=400, ge=1, le=1000)
+    loyalty_poll_seconds: float = Field(default=0.05, gt=0)
+    loyalty_expiry_interval_seconds: float = Field(default=60.0, gt=0)
+    loyalty_max_award_recipients: int = Field(default=10_000, ge=1, le=100_000)
+    run_loyalty: bool = True
+
     max_body_bytes: int = 64 * 1024
     max_batch_items: int = 1000
 
