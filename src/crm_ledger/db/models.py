@@ -3,7 +3,9 @@
 Exports: `Base`, `Customer`, `Record`, `Batch`, `BatchStatus`, `Deployment`, `ApiKey`,
 `IdempotencyEntry`, `AuditReport`, and the loyalty tables `LoyaltyWallet`, `LoyaltyCampaign`,
 `LoyaltyChainOp`, `LoyaltyAwardJob`, `LoyaltyIssuance`, `LoyaltyRedemption`, `LoyaltyLotUse`,
-`LoyaltyExpiration`, `LoyaltyCursor`.
+`LoyaltyExpiration`, `LoyaltyCursor`; and the indexer's and CRM view's `IndexerStream`,
+`IndexedBlock`, `IndexedBatch`, `IndexedTokenEvent`, `IndexedBalance`, `FeedEvent`, `FeedMark`,
+`ReconciliationReport`.
 
 Public ids are UUID strings; an integer `pk` gives a stable insertion order for cursors and for
 the anchorer, which cuts pending records (seq IS NULL) in `pk` order.
