@@ -51,8 +51,24 @@ class Settings(BaseSettings):
     batch_max_age_seconds: float = Field(default=0.25, gt=0)
     anchor_poll_seconds: float = Field(default=0.05, gt=0)
     anchor_retry_max_seconds: float = Field(default=5.0, gt=0)
-    confirmations: int = Field(default=0, ge=0)
+    confirmations: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="blocks on top of an event's block before the indexer reads it (confirmed)",
+    )
     run_anchorer: bool = True
+
+    indexer_poll_seconds: float = Field(default=0.1, gt=0)
+    indexer_retry_max_seconds: float = Field(default=5.0, gt=0)
+    indexer_chunk_blocks: int = Field(
+        default=2000, ge=1, le=100_000, description="blocks per eth_getLogs request"
+    )
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0)
+    feed_retention_days: float = Field(
+        default=30.0, gt=0, description="change-feed events older than this are pruned"
+    )
+    run_indexer: bool = True
 
     wallet_mnemonic: SecretStr | None = Field(
         default=None,
