@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from crm_ledger.api.group_commit import close_committers
 from crm_ledger.config import Settings, get_settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.runtime import Runtime
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
             yield
         finally:
             await runtime.stop()
+            close_committers(engine)
             engine.dispose()
 
     app = FastAPI(

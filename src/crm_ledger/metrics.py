@@ -29,3 +29,33 @@ http_request_duration_seconds = Histogram(
 records_written_total = Counter(
     "crm_ledger_records_written_total", "Records committed to the journal, by kind", ["kind"]
 )
+group_commit_size = Histogram(
+    "crm_ledger_group_commit_size",
+    "API writes that shared one database commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+indexer_lag_blocks = Gauge(
+    "crm_ledger_indexer_lag_blocks",
+    "Confirmed blocks the indexer has not read yet (chain head minus confirmations minus cursor)",
+)
+indexer_lag_seconds = Gauge(
+    "crm_ledger_indexer_lag_seconds",
+    "Seconds since the indexer last had read every confirmed block",
+)
+indexer_events_total = Counter(
+    "crm_ledger_indexer_events_total", "Chain events the indexer stored, by event", ["event"]
+)
+indexer_reorgs_total = Counter(
+    "crm_ledger_indexer_reorgs_total", "Reorganisations the indexer rolled back"
+)
+drift_items = Gauge(
+    "crm_ledger_drift_items",
+    "Disagreements between the database and the chain in the latest reconciliation, by kind",
+    ["kind"],
+)
+drift_detected_total = Counter(
+    "crm_ledger_drift_detected_total",
+    "Disagreements found that the previous reconciliation did not have, by kind",
+    ["kind"],
+)

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
+from crm_ledger.api.group_commit import committer_for
 from crm_ledger.api.transaction import transaction
 from crm_ledger.db.models import IdempotencyEntry, utcnow
 from crm_ledger.errors import Conflict, IdempotencyConflict
@@ -100,32 +101,40 @@ def run_write(
     write: Callable[[Session], str],
     on_commit: Callable[[], None] | None = None,
 ) -> Response:
-    """Run `write` (which returns the JSON response body) in one transaction, idempotently.
+    """Run `write` (which returns the JSON response body) idempotently, and commit it.
+
+    The write shares a transaction with concurrent ones (`api.group_commit`), in a savepoint
+    of its own; the answer goes out only after the commit.
 
     `on_commit` runs only when this request's write committed (not on a replay).
     """
     key = idempotency.key
     fingerprint = request_hash(idempotency, payload) if key is not None else b""
+
+    def job(tx: Session) -> str | Response:
+        if key is not None:
+            entry = _find(tx, principal, key)
+            if entry is not None:
+                return _replay(entry, fingerprint, key)
+        body = write(tx)
+        if key is not None:
+            tx.connection().execute(
+                _INSERT_ENTRY,
+                {
+                    "api_key_pk": principal.pk,
+                    "key": key,
+                    "request_hash": fingerprint,
+                    "status_code": status_code,
+                    "response_body": body,
+                    "created_at": utcnow(),
+                },
+            )
+        return body
+
+    committer = committer_for(session)
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            with transaction(session):
-                if key is not None:
-                    entry = _find(session, principal, key)
-                    if entry is not None:
-                        return _replay(entry, fingerprint, key)
-                body = write(session)
-                if key is not None:
-                    session.connection().execute(
-                        _INSERT_ENTRY,
-                        {
-                            "api_key_pk": principal.pk,
-                            "key": key,
-                            "request_hash": fingerprint,
-                            "status_code": status_code,
-                            "response_body": body,
-                            "created_at": utcnow(),
-                        },
-                    )
+            outcome = committer.run(job)
         except IdempotencyConflict:
             raise
         except (IntegrityError, Conflict):
@@ -142,9 +151,13 @@ def run_write(
             if attempt == _ATTEMPTS or _sqlstate(exc) not in _RETRYABLE_SQLSTATES:
                 raise
             continue
+        if isinstance(outcome, Response):
+            return outcome
         if on_commit is not None:
             on_commit()
-        return Response(content=body.encode(), status_code=status_code, media_type=JSON_MEDIA_TYPE)
+        return Response(
+            content=outcome.encode(), status_code=status_code, media_type=JSON_MEDIA_TYPE
+        )
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 

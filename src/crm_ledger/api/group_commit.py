@@ -1,0 +1,150 @@
+"""Group commit: concurrent API writes share one transaction and one durable commit.
+
+Exports: `GroupCommitter`, `committer_for`, `close_committers`.
+
+A 2xx on a write means the record is committed, so every write waits for a commit, and with
+SQLite at `synchronous=FULL` a commit is an fsync. One writer thread per database takes every
+write queued while the previous commit was in progress, runs each in a SAVEPOINT of its own
+(one failing write rolls back only itself), commits once, and only then answers each caller.
+Each caller still gets exactly the outcome it would have had alone: its result after a
+successful commit, or its own exception. If the shared commit itself fails, each write of the
+group is run again alone, so one bad write cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger import metrics
+from crm_ledger.api.transaction import transaction
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Upper bound on writes sharing one commit (keeps one transaction's lock hold short).
+MAX_GROUP = 256
+
+_Job = tuple[Callable[[Session], Any], "Future[Any]"]
+
+
+class GroupCommitter:
+    """One writer thread for one database; `run(job)` blocks until `job` is committed."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._session_factory = session_factory
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="group-commit", daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def run(self, job: Callable[[Session], T]) -> T:
+        """Run `job(session)` inside a shared transaction; returns after the commit."""
+        future: Future[T] = Future()
+        self._ensure_started()
+        self._queue.put((job, future))
+        return future.result()
+
+    def close(self) -> None:
+        """Finish queued writes, then stop the thread."""
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+    def _ensure_started(self) -> None:
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._thread.start()
+                    self._started = True
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            self._commit_group(group)
+            if stop:
+                return
+
+    def _commit_group(self, group: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self._session_factory() as session, transaction(session):
+                for job, _ in group:
+                    try:
+                        with session.begin_nested():
+                            value = job(session)
+                    except Exception as exc:
+                        outcomes.append((False, exc))
+                    else:
+                        outcomes.append((True, value))
+        except Exception:
+            if len(group) == 1:
+                log.debug("single write failed at commit", exc_info=True)
+                self._run_alone(group[0])
+                return
+            log.warning("group commit of %d writes failed; running each alone", len(group))
+            for item in group:
+                self._run_alone(item)
+            return
+        metrics.group_commit_size.observe(len(group))
+        for (_, future), (ok, value) in zip(group, outcomes, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _run_alone(self, item: _Job) -> None:
+        job, future = item
+        try:
+            with self._session_factory() as session, transaction(session):
+                result = job(session)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+
+_committers: weakref.WeakKeyDictionary[Engine, GroupCommitter] = weakref.WeakKeyDictionary()
+_guard = threading.Lock()
+
+
+def committer_for(session: Session) -> GroupCommitter:
+    """The group committer of `session`'s database (created on first use)."""
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    with _guard:
+        committer = _committers.get(engine)
+        if committer is None:
+            committer = _committers[engine] = GroupCommitter(
+                sessionmaker(engine, expire_on_commit=False)
+            )
+        return committer
+
+
+def close_committers(engine: Engine) -> None:
+    """Stop the committer of `engine`, if one was started (at shutdown)."""
+    with _guard:
+        committer = _committers.pop(engine, None)
+    if committer is not None:
+        committer.close()

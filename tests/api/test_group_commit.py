@@ -1,0 +1,102 @@
+"""Group commit: writes share commits, yet each gets exactly its own outcome."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger import metrics
+from crm_ledger.api.group_commit import GroupCommitter
+from crm_ledger.db.models import Customer
+from crm_ledger.ledger.canonical import new_customer_key
+
+
+class Refused(Exception):
+    pass
+
+
+def _samples() -> tuple[float, float]:
+    count = total = 0.0
+    for metric in metrics.group_commit_size.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    return count, total
+
+
+def test_concurrent_writes_share_commits_and_a_failing_one_rolls_back_alone(
+    session_factory: sessionmaker[Session],
+) -> None:
+    committer = GroupCommitter(session_factory)
+    gate = threading.Barrier(16)
+    groups_before, writes_before = _samples()
+
+    def write(i: int) -> str:
+        def job(session: Session) -> str:
+            session.add(Customer(name=f"c{i}", email=f"c{i}@example.com", key=new_customer_key()))
+            session.flush()
+            if i % 5 == 0:
+                raise Refused(i)
+            return f"ok {i}"
+
+        gate.wait() if i < 16 else None
+        return committer.run(job)
+
+    outcomes: dict[int, str | Exception] = {}
+    with ThreadPoolExecutor(16) as pool:
+        futures = {i: pool.submit(write, i) for i in range(64)}
+        for i, future in futures.items():
+            try:
+                outcomes[i] = future.result()
+            except Refused as exc:
+                outcomes[i] = exc
+    committer.close()
+
+    for i, outcome in outcomes.items():
+        if i % 5 == 0:
+            assert isinstance(outcome, Refused)
+        else:
+            assert outcome == f"ok {i}"
+    with session_factory() as session:
+        names = set(session.scalars(select(Customer.name)))
+        assert session.scalar(select(func.count()).select_from(Customer)) == 51
+    assert names == {f"c{i}" for i in range(64) if i % 5}
+    groups_after, writes_after = _samples()
+    assert writes_after - writes_before == 64
+    assert groups_after - groups_before < 64  # at least one commit carried several writes
+
+
+def test_a_failed_shared_commit_runs_each_write_alone(
+    session_factory: sessionmaker[Session],
+) -> None:
+    commits: list[int] = []
+
+    def fail_first_commit(session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint being released, not a commit
+        commits.append(1)
+        if len(commits) == 1:
+            raise RuntimeError("disk full")
+
+    event.listen(session_factory, "before_commit", fail_first_commit)
+    committer = GroupCommitter(session_factory)
+
+    def job_for(name: str) -> Callable[[Session], str]:
+        def job(session: Session) -> str:
+            session.add(Customer(name=name, email=f"{name}@example.com", key=new_customer_key()))
+            return name
+
+        return job
+
+    jobs = [(job_for(name), Future[str]()) for name in ("a", "b", "c")]
+    committer._commit_group(jobs)  # one group whose shared commit fails
+    assert [future.result(timeout=5) for _, future in jobs] == ["a", "b", "c"]
+    assert len(commits) == 4  # the failed shared commit, then one commit per write
+    with session_factory() as session:
+        assert sorted(session.scalars(select(Customer.name))) == ["a", "b", "c"]
