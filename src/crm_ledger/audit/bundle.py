@@ -2,7 +2,7 @@
 
 Exports: `BUNDLE_FORMAT`, `BundleHeader`, `BundleBatch`, `BundleKey`, `BundleRecord`,
 `Scope`, `header_line`, `batch_line`, `key_line`, `record_line`, `parse_header`,
-`parse_batch`, `parse_key`, `parse_record`, `MAX_LINE_BYTES`.
+`parse_batch`, `parse_key`, `parse_record`, `MAX_LINE_BYTES`, `RECORD_FIELDS`.
 
 A bundle is UTF-8 JSON Lines: one JSON object per line, in this order.
 
@@ -50,7 +50,7 @@ _HEADER_FIELDS = frozenset({"format", "created_at", "scope", "includes_keys", "c
 _COUNT_FIELDS = frozenset({"batches", "keys", "records"})
 _BATCH_FIELDS = frozenset({"type", "batch", "chain", "complete"})
 _KEY_FIELDS = frozenset({"type", "customer_id", "key"})
-_RECORD_FIELDS = frozenset(
+RECORD_FIELDS = frozenset(
     {"type", "seq", "record_id", "customer_id", "content", "leaf_input", "audit_path"}
 )
 
@@ -244,8 +244,8 @@ def parse_key(obj: dict[str, Any], where: str) -> BundleKey:
 
 def parse_record(obj: dict[str, Any], where: str) -> BundleRecord:
     """Validate a record line; the hot path of verification, so checks are inline."""
-    if obj.keys() != _RECORD_FIELDS:
-        _fields(where, obj, _RECORD_FIELDS)
+    if obj.keys() != RECORD_FIELDS:
+        _fields(where, obj, RECORD_FIELDS)
     seq = obj["seq"]
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         raise FormatError(

@@ -30,10 +30,13 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from json.scanner import make_scanner
 from pathlib import Path
+from typing import Any
 
 from crm_ledger.audit.bundle import (
     MAX_LINE_BYTES,
+    RECORD_FIELDS,
     BundleBatch,
     BundleHeader,
     parse_batch,
@@ -45,7 +48,7 @@ from crm_ledger.audit.chain import ChainFor
 from crm_ledger.audit.onchain import StepStatus, check_anchoring, check_network
 from crm_ledger.errors import FormatError, InvalidProof
 from crm_ledger.ledger import merkle
-from crm_ledger.ledger.leaf import FORMAT_VERSION, RecordKind
+from crm_ledger.ledger.leaf import FORMAT_VERSION, LEAF_INPUT_SIZE, MAX_SEQ, RecordKind
 from crm_ledger.ledger.receipts import hex0x
 
 MAX_LISTED_FAILURES = 1_000
@@ -154,7 +157,14 @@ def check_bundle_offline(
     document_end = _DOCUMENT_END
     end_quote = -len(_DOCUMENT_END)
     fail = check.fail
-    decode = _decode_json
+    # The scanner under json.loads, without its per-call wrapping: one JSON value from the
+    # start of the line (the rest must be the newline).
+    # (typeshed types make_scanner's argument as make_scanner; it takes a JSONDecoder.)
+    scan: Callable[[str, int], tuple[Any, int]] = make_scanner(
+        json.JSONDecoder()  # type: ignore[arg-type]
+    )
+    record_fields = RECORD_FIELDS
+    leaf_input_hex = 2 + 2 * LEAF_INPUT_SIZE
     tips: dict[str, bytes] = {}
     unattributed_leaves: set[bytes] = set()
     used_previous: set[bytes] = set()
@@ -170,8 +180,11 @@ def check_bundle_offline(
 
     for number, line in numbered:
         try:
-            obj = decode(line.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
+            decoded = line.decode("utf-8")
+            obj, end = scan(decoded, 0)
+            if end != len(decoded) and decoded[end:].strip():
+                raise ValueError("more than one JSON value on the line")
+        except (ValueError, UnicodeDecodeError, StopIteration):
             obj = _json_line(number, line)
         if type(obj) is not dict:
             raise FormatError(f"bundle line {number} must be a JSON object")
@@ -181,8 +194,35 @@ def check_bundle_offline(
                 phase = 2
                 batches.sort(key=lambda b: b.batch.first_seq)
                 starts = [b.batch.first_seq for b in batches]
-            record = parse_record(obj, f"line {number}")
-            seq = record.seq
+            # Fast path for the well-formed record of a complete batch; anything else goes
+            # through `parse_record`, which says exactly what is wrong.
+            seq: Any = obj.get("seq")
+            record_id: Any = obj.get("record_id")
+            customer_id: Any = obj.get("customer_id")
+            text: Any = obj.get("content")
+            hex_input: Any = obj.get("leaf_input")
+            audit_path: tuple[bytes, ...] | None = None
+            leaf_input = b""
+            if (
+                obj.keys() == record_fields
+                and type(seq) is int
+                and 0 <= seq <= MAX_SEQ
+                and (type(record_id) is str or record_id is None)
+                and (type(customer_id) is str or customer_id is None)
+                and (type(text) is str or text is None)
+                and obj["audit_path"] is None
+                and type(hex_input) is str
+                and len(hex_input) == leaf_input_hex
+                and hex_input.startswith("0x")
+            ):
+                try:
+                    leaf_input = bytes.fromhex(hex_input[2:])
+                except ValueError:
+                    leaf_input = b""
+            if len(leaf_input) != LEAF_INPUT_SIZE:
+                record = parse_record(obj, f"line {number}")
+                seq, record_id, customer_id = record.seq, record.record_id, record.customer_id
+                text, leaf_input, audit_path = record.content, record.leaf_input, record.audit_path
             records += 1
             if progress is not None and not records & PROGRESS_MASK:
                 progress(records)
@@ -206,7 +246,6 @@ def check_bundle_offline(
                 leaves = [None] * current.batch.count if current.complete else None
                 visited.add(current.batch.id)
             batch = current.batch
-            leaf_input = record.leaf_input
             if leaf_input[0] != FORMAT_VERSION:
                 fail(f"record seq {seq}: unknown leaf format version {leaf_input[0]}")
             if int.from_bytes(leaf_input[1:9], "big") != seq:
@@ -222,7 +261,7 @@ def check_bundle_offline(
             # Inclusion.
             if leaves is not None:
                 leaves[seq - batch.first_seq] = leaf
-            elif record.audit_path is None:
+            elif audit_path is None:
                 fail(
                     f"record seq {seq}: batch {batch.id} is not complete in the bundle, so the "
                     "record needs an audit path"
@@ -233,7 +272,7 @@ def check_bundle_offline(
                         index=seq - batch.first_seq,
                         tree_size=batch.count,
                         leaf=leaf,
-                        proof=record.audit_path,
+                        proof=audit_path,
                     )
                 except InvalidProof as exc:
                     fail(f"record seq {seq}: inclusion: {exc}")
@@ -245,12 +284,10 @@ def check_bundle_offline(
                         )
 
             # Content and commitment.
-            customer_id = record.customer_id
-            record_id = record.record_id
             if only_customer is not None and customer_id != only_customer:
                 fail(f"record seq {seq}: it is not a record of customer {only_customer}")
-            if record.content is not None:
-                content = record.content.encode("utf-8", errors="surrogatepass")
+            if text is not None:
+                content = text.encode("utf-8", errors="surrogatepass")
                 # A canonical document ends with its top-level members after "body", sorted,
                 # and the last quote before `","v":1}` closes "recorded_at": so the last
                 # occurrence of this tail is the top level's, not a look-alike inside "body".
