@@ -78,9 +78,12 @@ def bench_naive(rpc_url: str, records: int) -> Figures:
     address = w3.eth.wait_for_transaction_receipt(tx)["contractAddress"]
     contract = w3.eth.contract(address=address, abi=artifact.abi)
     nonce += 1
-    template = contract.functions.logRecord(b"\x00" * 32).build_transaction(
+    fees = contract.functions.logRecord(b"\x00" * 32).build_transaction(
         {"from": account.address, "nonce": nonce, "chainId": 31337, "gas": 60_000}
     )
+    template = {
+        k: fees[k] for k in ("from", "chainId", "gas", "maxFeePerGas", "maxPriorityFeePerGas")
+    }
     latencies: list[float] = []
     gas = 0
     started = time.perf_counter()
@@ -161,19 +164,21 @@ class Service:
         engine.dispose()
         return {rid: _unix(at) for rid, at in rows}
 
-    def batch_gas(self, first_seq: int) -> tuple[int, int, list[int]]:
-        """(gas used, records, batch sizes) of anchored batches from `first_seq` on."""
+    def batch_gas(self, first_seq: int) -> tuple[int, int, list[int], float]:
+        """(gas used, records, batch sizes, seconds from first cut to last anchored) of the
+        anchored batches from `first_seq` on."""
         engine = create_engine(f"sqlite:///{self.data_dir / 'ledger.sqlite'}")
         with engine.connect() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT count, gas_used FROM batches WHERE status = 'anchored'"
-                    " AND first_seq >= :s ORDER BY id"
+                    "SELECT count, gas_used, created_at, anchored_at FROM batches"
+                    " WHERE status = 'anchored' AND first_seq >= :s ORDER BY id"
                 ),
                 {"s": first_seq},
             ).all()
         engine.dispose()
-        return sum(g for _, g in rows), sum(c for c, _ in rows), [c for c, _ in rows]
+        span = max(_unix(r[3]) for r in rows) - min(_unix(r[2]) for r in rows)
+        return sum(r[1] for r in rows), sum(r[0] for r in rows), [r[0] for r in rows], span
 
 
 def _unix(value: object) -> float:
@@ -289,18 +294,17 @@ async def bench_service(args: argparse.Namespace, rpc_url: str, work: Path) -> d
         customers, backlog_post_elapsed = await post_backlog(down, args.backlog, args.concurrency)
     finally:
         down.stop()
-    restarted = time.time()
     service = Service(data_dir, rpc_url, batch_max_records=args.batch_max_records)
     try:
-        anchored = await asyncio.to_thread(wait_anchored_count, service, args.backlog, 300)
-        backlog_elapsed = max(anchored.values()) - restarted
-        gas, counted, sizes = service.batch_gas(0)
+        await asyncio.to_thread(wait_anchored_count, service, args.backlog, 300)
+        # From the first batch cut to the last one anchored.
+        gas, counted, sizes, backlog_elapsed = service.batch_gas(0)
         async with client_for(service, args.concurrency) as client:
             first = time.time()
             elapsed, burst_done = await burst(client, customers, args.records, args.concurrency)
             anchored = await asyncio.to_thread(wait_anchored, service, set(burst_done), 120)
             last_anchor = max(anchored[i] for i in burst_done)
-            burst_gas, burst_counted, burst_sizes = service.batch_gas(args.backlog)
+            burst_gas, burst_counted, burst_sizes, _ = service.batch_gas(args.backlog)
             paced_done, failures = await paced(client, customers, args.rate, args.seconds)
             anchored = await asyncio.to_thread(wait_anchored, service, set(paced_done), 60)
         latencies = [anchored[i] - t for i, t in paced_done.items() if i in anchored]

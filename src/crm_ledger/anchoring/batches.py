@@ -136,7 +136,8 @@ def cut_batch(session_factory: sessionmaker[Session], *, max_records: int) -> Ba
         session.execute(update(Record), record_updates)
         session.execute(
             update(Customer),
-            [{"pk": pk, "last_leaf_hash": tip} for pk, tip in tips.items()],
+            # pk order, the order API writers lock customers in (no deadlock on PostgreSQL).
+            [{"pk": pk, "last_leaf_hash": tip} for pk, tip in sorted(tips.items())],
         )
         return BatchPlan.of(batch)
 
