@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from crm_ledger.api.deps import RuntimeDep, SessionDep, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
 from crm_ledger.api.problems import Problem
+from crm_ledger.api.transaction import transaction
 from crm_ledger.audit.bundle import Scope
 from crm_ledger.audit.chain import ChainProvider, RpcChainProvider
 from crm_ledger.audit.customer import audit_customer
@@ -426,7 +427,7 @@ class ErasurePublic(BaseModel):
 def erase_personal_data(customer_id: str, session: SessionDep, key: AdminKey) -> Response:
     """Delete the customer's personal fields, every record's content and the customer's key;
     keep each leaf; write an erasure record. Repeating it changes nothing."""
-    with session.begin():
+    with transaction(session):
         result = erase_customer(session=session, customer_id=customer_id)
     body = ErasurePublic(
         customer_id=result.customer_id,
