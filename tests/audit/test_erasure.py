@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from crm_ledger.audit.ledger import run_ledger_audit
 from crm_ledger.audit.verifier import verify_bundle
+from crm_ledger.journal.erasure import erase_customer
 from crm_ledger.journal.keys import Role
 from tests.anchoring.fakes import FakeChain
 from tests.audit.conftest import Ledger, interaction
@@ -183,3 +188,46 @@ async def test_nothing_exported_ties_the_erased_customer_to_their_records(
     # On chain: only ranges, roots and heads.
     for event in fake_chain.events:
         assert ada.encode() not in repr(event).encode()
+
+
+async def test_an_erasure_that_waits_on_a_lock_gives_up_and_retries(
+    client: Any,
+    as_role: Headers,
+    ledger: Ledger,
+    database_url: str,
+    app_sessions: sessionmaker[Session],
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks and lock_timeout are PostgreSQL's; SQLite has one writer")
+    ada = ledger.customers["Ada"]
+    engine = create_engine(database_url, poolclass=NullPool)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_the_customer_row() -> None:
+        # Another transaction (say, the anchorer moving Ada's last leaf) holds her row.
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pk FROM customers WHERE id = :id FOR UPDATE"), {"id": ada})
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_customer_row)
+    holder.start()
+    try:
+        assert held.wait(10)
+        # Alone, the erasure gives up within its lock timeout instead of waiting on...
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as raised, app_sessions.begin() as session:
+            erase_customer(session=session, customer_id=ada)
+        assert raised.value.orig is not None
+        assert getattr(raised.value.orig, "sqlstate", None) == "55P03"
+        assert time.monotonic() - started < 0.9
+        # ...and the endpoint retries until the row is free.
+        threading.Timer(0.8, release.set).start()
+        response = erase(client, as_role, ada)
+    finally:
+        release.set()
+        holder.join()
+        engine.dispose()
+    assert response.status_code == 200, response.text
+    assert response.json()["erased_records"] == 3

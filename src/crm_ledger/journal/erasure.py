@@ -1,6 +1,6 @@
 """Erasure (GDPR / RODO): delete a customer's personal data and keep every proof valid.
 
-Exports: `ErasureResult`, `erase_customer`.
+Exports: `ErasureResult`, `erase_customer`, `LOCK_TIMEOUT_MS`.
 
 An erasure, in one transaction:
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import Customer, Record, new_id, utcnow
@@ -35,6 +35,9 @@ from crm_ledger.journal.records import DOCUMENT_VERSION, kind_name
 from crm_ledger.journal.schemas import format_timestamp, is_public_id
 from crm_ledger.ledger.canonical import canonical_json, commitment, new_customer_key
 from crm_ledger.ledger.leaf import RecordKind
+
+#: The longest an erasure waits for a row lock on PostgreSQL before giving up (to be retried).
+LOCK_TIMEOUT_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,15 @@ def erase_customer(*, session: Session, customer_id: str) -> ErasureResult:
     On PostgreSQL the customer row is locked FOR UPDATE first: record writers hold it FOR
     SHARE, so the erasure waits for records being written for the customer and sees them, and
     writers that come after see the key gone and are refused.
+
+    The anchorer locks records, then customers (to move their last leaf hash); the erasure
+    locks the customer, then their records. Should the two ever wait on each other, the erasure
+    must be the one to give up, not the anchorer: its lock waits are capped at
+    `LOCK_TIMEOUT_MS`, well under PostgreSQL's deadlock check (1 s by default), and the caller
+    retries on `LockNotAvailable` (SQLSTATE 55P03).
     """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
     customer = None
     if is_public_id(customer_id):
         customer = session.execute(

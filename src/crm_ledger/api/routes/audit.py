@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
@@ -51,6 +53,9 @@ router = APIRouter()
 log = logging.getLogger(__name__)
 
 BUNDLE_MEDIA_TYPE = "application/jsonl"
+ERASURE_ATTEMPTS = 5
+#: PostgreSQL: lock not available, deadlock detected, serialization failure.
+_RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
 
 AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
@@ -427,8 +432,18 @@ class ErasurePublic(BaseModel):
 def erase_personal_data(customer_id: str, session: SessionDep, key: AdminKey) -> Response:
     """Delete the customer's personal fields, every record's content and the customer's key;
     keep each leaf; write an erasure record. Repeating it changes nothing."""
-    with transaction(session):
-        result = erase_customer(session=session, customer_id=customer_id)
+    for attempt in range(1, ERASURE_ATTEMPTS + 1):
+        try:
+            with transaction(session):
+                result = erase_customer(session=session, customer_id=customer_id)
+            break
+        except OperationalError as exc:
+            # A lock the erasure gave up waiting for (see `erase_customer`), or a deadlock or
+            # serialization failure: nothing was written, the erasure can simply run again.
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            if sqlstate not in _RETRYABLE_SQLSTATES or attempt == ERASURE_ATTEMPTS:
+                raise
+            time.sleep(0.05 * attempt)
     body = ErasurePublic(
         customer_id=result.customer_id,
         erased_at=format_timestamp(result.erased_at),
