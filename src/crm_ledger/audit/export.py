@@ -202,7 +202,8 @@ def _plan(conn: Connection, stack: ExitStack, scope: Scope, include_keys: bool) 
             ).scalars()
             if seq is not None
         ]
-        wanted = {_index([b.batch.first_seq for b in anchored], seq) for seq in seqs}
+        starts = [b.batch.first_seq for b in anchored]
+        wanted = {_index(starts, seq) for seq in seqs}
         batches = [
             BundleBatch(b.batch, b.chain, complete=False)
             for i, b in enumerate(anchored)
