@@ -17,11 +17,11 @@ contract AuditLedger is AccessControl {
     /// @notice Role allowed to anchor batches.
     bytes32 public constant ANCHORER_ROLE = keccak256("ANCHORER_ROLE");
 
-    /// @notice Ledger epoch: 0 for the first ledger, one more for each recovery after a chain
+    /// @notice Ledger epoch: 1 for the first ledger, one more for each recovery after a chain
     /// reset.
     uint32 public immutable epoch;
 
-    /// @notice The ledger this one replaces after a chain reset, or the zero address for epoch 0.
+    /// @notice The ledger this one replaces after a chain reset, or the zero address for epoch 1.
     address public immutable previousLedger;
 
     /// @dev One anchored batch; exactly two storage slots.

@@ -19,7 +19,7 @@ def deploy_audit_ledger(
     *,
     admin: ChecksumAddress,
     anchorer: ChecksumAddress,
-    epoch: int = 0,
+    epoch: int = 1,
     previous_ledger: ChecksumAddress = ZERO_ADDRESS,
 ) -> Contract:
     """Deploy an AuditLedger from its committed artifact and return it bound to its address."""
@@ -32,7 +32,7 @@ def deploy_audit_ledger(
 
 @pytest.fixture(scope="session")
 def deploy_ledger() -> Callable[..., Contract]:
-    """`deploy_audit_ledger(w3, *, admin, anchorer, epoch=0, previous_ledger=ZERO_ADDRESS)`."""
+    """`deploy_audit_ledger(w3, *, admin, anchorer, epoch=1, previous_ledger=ZERO_ADDRESS)`."""
     return deploy_audit_ledger
 
 
@@ -62,5 +62,5 @@ def outsider(w3: Web3) -> ChecksumAddress:
 
 @pytest.fixture
 def ledger(w3: Web3, admin: ChecksumAddress, anchorer: ChecksumAddress) -> Contract:
-    """An empty epoch-0 AuditLedger."""
+    """An empty epoch-1 AuditLedger."""
     return deploy_audit_ledger(w3, admin=admin, anchorer=anchorer)

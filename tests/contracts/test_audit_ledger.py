@@ -125,12 +125,12 @@ def test_constructor_sets_roles_epoch_and_previous_ledger(
 ) -> None:
     previous = deploy_ledger(w3, admin=admin, anchorer=anchorer)
     ledger = deploy_ledger(
-        w3, admin=admin, anchorer=anchorer, epoch=1, previous_ledger=previous.address
+        w3, admin=admin, anchorer=anchorer, epoch=2, previous_ledger=previous.address
     )
 
-    assert ledger.functions.epoch().call() == 1
+    assert ledger.functions.epoch().call() == 2
     assert ledger.functions.previousLedger().call() == previous.address
-    assert previous.functions.epoch().call() == 0
+    assert previous.functions.epoch().call() == 1
     assert ledger.functions.ANCHORER_ROLE().call() == ANCHORER_ROLE
     assert ledger.functions.hasRole(DEFAULT_ADMIN_ROLE, admin).call()
     assert ledger.functions.hasRole(ANCHORER_ROLE, anchorer).call()
