@@ -1,0 +1,376 @@
+"""The indexer: follows AuditLedger and LoyaltyToken events into the CRM view, reorg-safe.
+
+Exports: `Indexer`, `IndexerState`, `make_indexer`, `DEPLOYMENT_CHECK_SECONDS`,
+`PRUNE_INTERVAL_SECONDS`.
+
+One round (`step`):
+
+1. Make sure there is a stream (a cursor) for the latest deployment of each followed contract;
+   a LoyaltyToken deployed later gets a stream that starts at its deployment block.
+2. Every `DEPLOYMENT_CHECK_SECONDS`, and before any rollback: the chain id, the genesis hash
+   and the code at each contract's address must still be what was recorded. If not, the chain
+   was reset: `ChainReset`, and the indexer stops (the view keeps what it had; nothing is
+   rolled back, since a reset chain is not a reorg to follow).
+3. Reorg check: the chain's hash of the highest block the indexer stored must still be the
+   stored one. If not, the fork is the highest stored block the chain still has: the stored
+   recent hashes and the block hash kept with every indexed event, bisected. Everything above
+   it is rolled back (`store.roll_back`) and read again from there.
+4. Read the next range: the streams furthest behind, from their cursor up to `chunk` blocks,
+   never past head - `confirmations`. The hash of the range's last block is read before and
+   after the logs, with the stored tip's: if any moved, the logs may be from two chains, and
+   the round ends without writing. Otherwise the range is written in one transaction.
+
+A node that times out or answers garbage raises `ChainUnavailable`: the round writes nothing,
+and `run` waits twice as long each time (up to `indexer_retry_max_seconds`); failing log
+queries also halve the block range asked for, in case the node caps its answers.
+
+Example (what the runtime does)::
+
+    indexer = Indexer(session_factory=factory, source=JsonRpcSource(w3), settings=settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(indexer.run(stop))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from eth_utils.crypto import keccak
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from web3 import AsyncWeb3
+
+from crm_ledger import metrics
+from crm_ledger.config import Settings
+from crm_ledger.crm import feed
+from crm_ledger.crm.reconcile import TRIGGER_SCHEDULE, Reconciler, SourceReader
+from crm_ledger.errors import ChainError, ChainReset, ChainUnavailable
+from crm_ledger.indexer import store
+from crm_ledger.indexer.events import (
+    BatchAnchored,
+    TokenEvent,
+    decode_batch_anchored,
+    decode_token_event,
+)
+from crm_ledger.indexer.source import ChainSource, JsonRpcSource
+from crm_ledger.indexer.store import StaleRange, Stream
+
+__all__ = [
+    "DEPLOYMENT_CHECK_SECONDS",
+    "PRUNE_INTERVAL_SECONDS",
+    "Indexer",
+    "IndexerState",
+    "make_indexer",
+]
+
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_CHECK_SECONDS = 5.0
+PRUNE_INTERVAL_SECONDS = 3600.0
+_EMPTY_CODE_HASH = keccak(b"")
+
+
+@dataclass
+class IndexerState:
+    """What `/readyz` and the CRM view report about indexing."""
+
+    state: str = "starting"
+    message: str = ""
+    head: int | None = None
+    indexed_through: int | None = None
+    lag_blocks: int = 0
+    lag_seconds: float = 0.0
+    reorgs: int = 0
+    last_reorg_depth: int | None = None
+    events_indexed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "state": self.state,
+            "message": self.message,
+            "head": self.head,
+            "indexed_through": self.indexed_through,
+            "lag_blocks": self.lag_blocks,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "reorgs": self.reorgs,
+            "last_reorg_depth": self.last_reorg_depth,
+            "events_indexed": self.events_indexed,
+        }
+
+
+@dataclass
+class Indexer:
+    """Follows the chain into the view; see the module docstring."""
+
+    session_factory: sessionmaker[Session]
+    source: ChainSource
+    settings: Settings
+    #: Runs scheduled and requested reconciliations once the index has caught up.
+    reconciler: Reconciler | None = None
+    #: Called with a step name at each boundary; tests raise there to simulate a crash.
+    checkpoint: Callable[[str], None] = lambda _step: None
+    state: IndexerState = field(default_factory=IndexerState)
+    _chunk: int = 0
+    _checked_at: float | None = None
+    _caught_up_at: float = field(default_factory=time.monotonic)
+    _reconciled_at: float | None = None
+    _pruned_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self._chunk = self.settings.indexer_chunk_blocks
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Index until `stop` is set; backs off while the chain is unreachable, halts on a reset."""
+        delay = self.settings.indexer_poll_seconds
+        while not stop.is_set():
+            try:
+                worked = await self.step()
+                if not worked and self.state.state == "running":
+                    await self.housekeeping()
+            except ChainUnavailable as exc:
+                if self.state.state != "chain_unavailable":
+                    log.warning("indexer: chain unavailable, the view waits: %s", exc)
+                self._set("chain_unavailable", str(exc))
+                delay = min(max(delay * 2, 0.2), self.settings.indexer_retry_max_seconds)
+                worked = False
+            except ChainReset as exc:
+                log.error("indexing halted: %s", exc)
+                self._set("halted", str(exc))
+                return
+            except ChainError as exc:
+                log.error("indexing halted: %s", exc)
+                self._set("halted", str(exc))
+                return
+            except OperationalError as exc:
+                log.warning("indexer: database unavailable, retrying: %s", exc)
+                self._set("database_unavailable", str(exc.orig))
+                delay = min(max(delay * 2, 0.2), self.settings.indexer_retry_max_seconds)
+                worked = False
+            else:
+                delay = self.settings.indexer_poll_seconds
+            if not worked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def step(self) -> bool:
+        """One round; True when it changed the view (or must look again at once)."""
+        streams = await asyncio.to_thread(store.sync_streams, self.session_factory)
+        if not streams:
+            self._set("waiting", "no AuditLedger deployment is recorded yet")
+            return False
+        now = time.monotonic()
+        if self._checked_at is None or now - self._checked_at >= DEPLOYMENT_CHECK_SECONDS:
+            await self.check_deployments(streams)
+        head = await self.source.head()
+        safe = head - self.settings.confirmations
+        tip = await asyncio.to_thread(store.tip, self.session_factory)
+        if tip is not None and await self.source.block_hash(tip[0]) != tip[1]:
+            await self._roll_back_reorg(streams, tip[0])
+            return True
+        start = min(stream.next_block for stream in streams)
+        if start > safe:
+            self._progress(head, safe, streams, caught_up=True)
+            return False
+        group = [stream for stream in streams if stream.next_block == start]
+        ahead = [stream.next_block - 1 for stream in streams if stream.next_block > start]
+        end = min(start + self._chunk - 1, safe, *ahead)
+        applied = await self._index_range(group, start, end, tip)
+        if applied is None:
+            return True
+        self._chunk = min(self._chunk * 2, self.settings.indexer_chunk_blocks)
+        moved = [
+            dataclasses.replace(stream, next_block=end + 1) if stream in group else stream
+            for stream in streams
+        ]
+        self._progress(head, safe, moved, caught_up=end >= safe)
+        return True
+
+    async def housekeeping(self) -> None:
+        """Once caught up: due or requested reconciliations, feed pruning."""
+        now = time.monotonic()
+        if self.reconciler is not None:
+            await self.reconciler.run_requested()
+            interval = self.settings.reconcile_interval_seconds
+            if self._reconciled_at is None or now - self._reconciled_at >= interval:
+                self._reconciled_at = now
+                await self.reconciler.run(trigger=TRIGGER_SCHEDULE)
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_INTERVAL_SECONDS:
+            self._pruned_at = now
+            retention = timedelta(days=self.settings.feed_retention_days)
+            pruned = await asyncio.to_thread(feed.prune, self.session_factory, retention=retention)
+            if pruned:
+                log.info("change feed: pruned %d events older than %s", pruned, retention)
+
+    async def check_deployments(self, streams: Sequence[Stream]) -> None:
+        """Raise `ChainReset` unless every followed contract is still where it was deployed."""
+        chain_id = await self.source.chain_id()
+        genesis = await self.source.block_hash(0)
+        for stream in streams:
+            if chain_id != stream.chain_id:
+                problem = f"the node is chain {chain_id}, not chain {stream.chain_id}"
+                expected, found = f"chain id {stream.chain_id}", f"chain id {chain_id}"
+            elif genesis != stream.genesis_hash:
+                problem = "the chain was reset or replaced (its genesis block changed)"
+                expected = "genesis 0x" + stream.genesis_hash.hex()
+                found = "genesis 0x" + (genesis or b"").hex()
+            else:
+                code_hash = await self.source.code_hash(stream.address)
+                if code_hash == stream.code_hash:
+                    continue
+                problem = (
+                    "the contract's code is gone"
+                    if code_hash == _EMPTY_CODE_HASH
+                    else "another contract's code is at its address"
+                )
+                expected, found = "code 0x" + stream.code_hash.hex(), "code 0x" + code_hash.hex()
+            raise ChainReset(
+                f"{stream.contract} epoch {stream.epoch} at {stream.address} is not on the chain "
+                f"at {self.source.rpc_url} any more: {problem}. Indexing is stopped and the CRM "
+                "view keeps what it had indexed, so its ledger states may be out of date. Once "
+                "`crm-ledger chain recover` has opened a new epoch, restart the service and "
+                "the indexer follows it.",
+                expected=expected,
+                found=found,
+            )
+        self._checked_at = time.monotonic()
+
+    async def _index_range(
+        self, group: Sequence[Stream], start: int, end: int, tip: tuple[int, bytes] | None
+    ) -> store.Applied | None:
+        """Read and store blocks `start`..`end` for `group`; None when the chain moved."""
+        end_hash = await self.source.block_hash(end)
+        if end_hash is None:
+            return None
+        try:
+            logs = await self.source.logs(
+                addresses=[stream.address for stream in group],
+                topics=[topic for stream in group for topic in stream.topics],
+                from_block=start,
+                to_block=end,
+            )
+        except ChainUnavailable:
+            self._chunk = max(1, (end - start + 1) // 2)
+            raise
+        if await self.source.block_hash(end) != end_hash or (
+            tip is not None and await self.source.block_hash(tip[0]) != tip[1]
+        ):
+            return None
+        by_address = {stream.address.lower(): stream for stream in group}
+        batches: list[BatchAnchored] = []
+        token_events: list[TokenEvent] = []
+        block_hashes = {end: end_hash}
+        for raw in logs:
+            if raw.block_number == end and raw.block_hash != end_hash:
+                return None
+            block_hashes[raw.block_number] = raw.block_hash
+            if by_address[raw.address].contract == store.LEDGER:
+                batches.append(decode_batch_anchored(raw))
+            else:
+                token_events.append(decode_token_event(raw))
+        self.checkpoint("fetched")
+        try:
+            applied = await asyncio.to_thread(
+                store.apply_range,
+                self.session_factory,
+                streams=group,
+                from_block=start,
+                to_block=end,
+                block_hashes=block_hashes,
+                batches=batches,
+                token_events=token_events,
+            )
+        except StaleRange as exc:
+            log.warning("indexer: range %d..%d not written: %s", start, end, exc)
+            self._checked_at = None
+            return None
+        self.checkpoint("applied")
+        if applied.batches:
+            metrics.indexer_events_total.labels("BatchAnchored").inc(applied.batches)
+        if applied.token_events:
+            metrics.indexer_events_total.labels("LoyaltyToken").inc(applied.token_events)
+        self.state.events_indexed += applied.batches + applied.token_events
+        return applied
+
+    async def _roll_back_reorg(self, streams: Sequence[Stream], tip_number: int) -> None:
+        """The chain lost the stored tip: check it is not a reset, find the fork, roll back."""
+        await self.check_deployments(streams)
+        candidates = await asyncio.to_thread(
+            store.fork_candidates, self.session_factory, streams=streams
+        )
+        kept = await self._highest_on_chain(candidates)
+        fork = kept + 1 if kept is not None else 0
+        rolled = await asyncio.to_thread(store.roll_back, self.session_factory, from_block=fork)
+        depth = tip_number - fork + 1
+        self.state.reorgs += 1
+        self.state.last_reorg_depth = depth
+        metrics.indexer_reorgs_total.inc()
+        where = (
+            f"from block {fork}"
+            if kept is not None
+            else "entirely (no indexed block is on the chain any more)"
+        )
+        log.warning(
+            "indexer: reorg of at least %d block(s) below block %d: rolled back %s "
+            "(%d batch events, %d token events; %d compensating feed events); re-indexing",
+            depth,
+            tip_number,
+            where,
+            rolled.batches,
+            rolled.token_events,
+            rolled.feed_events,
+        )
+
+    async def _highest_on_chain(self, candidates: Sequence[tuple[int, bytes]]) -> int | None:
+        """The highest candidate block the chain still has (bisection: they form a prefix)."""
+        low, high, found = 0, len(candidates) - 1, None
+        while low <= high:
+            middle = (low + high) // 2
+            number, block_hash = candidates[middle]
+            if await self.source.block_hash(number) == block_hash:
+                found = number
+                low = middle + 1
+            else:
+                high = middle - 1
+        return found
+
+    def _progress(
+        self, head: int, safe: int, streams: Sequence[Stream], *, caught_up: bool
+    ) -> None:
+        through = min(stream.next_block for stream in streams) - 1
+        now = time.monotonic()
+        lag = max(0, safe - through)
+        if caught_up or lag == 0:
+            self._caught_up_at = now
+        self.state.head = head
+        self.state.indexed_through = through
+        self.state.lag_blocks = lag
+        self.state.lag_seconds = now - self._caught_up_at
+        metrics.indexer_lag_blocks.set(lag)
+        metrics.indexer_lag_seconds.set(self.state.lag_seconds)
+        self._set("running" if lag == 0 else "catching_up", "")
+
+    def _set(self, state: str, message: str) -> None:
+        self.state.state = state
+        self.state.message = message
+
+
+def make_indexer(
+    *, w3: AsyncWeb3[Any], session_factory: sessionmaker[Session], settings: Settings
+) -> Indexer:
+    """An indexer reading through `w3`, with its reconciler; run it with `indexer.run(stop)`."""
+    source = JsonRpcSource(w3)
+    return Indexer(
+        session_factory=session_factory,
+        source=source,
+        settings=settings,
+        reconciler=Reconciler(session_factory=session_factory, chain=SourceReader(source)),
+    )

@@ -1,0 +1,244 @@
+"""What the indexer reads from the chain, over raw JSON-RPC, checked field by field.
+
+Exports: `ChainSource`, `JsonRpcSource`.
+
+The indexer asks for tens of thousands of logs at a time, so `JsonRpcSource` skips web3.py's
+result formatters and reads the node's JSON itself: every field is checked for type and size,
+every log for the address, topics and block range that were asked for, and two logs of one
+block must agree on its hash. Whatever fails (a refused connection, a timeout, an HTTP error,
+a body that is not JSON-RPC, a field of the wrong shape, an error object) becomes
+`ChainUnavailable`, whose message names the node without credentials: the indexer backs off
+and asks again, and nothing of a bad answer is written.
+
+Example::
+
+    source = JsonRpcSource(make_async_web3("http://127.0.0.1:8545", timeout=10))
+    head = await source.head()
+    logs = await source.logs(
+        addresses=[ledger_address], topics=AUDIT_LEDGER_TOPICS, from_block=7, to_block=head
+    )
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+from eth_utils.crypto import keccak
+from web3 import AsyncWeb3
+from web3.exceptions import Web3Exception
+
+from crm_ledger.chain.client import redact_url
+from crm_ledger.errors import ChainUnavailable
+from crm_ledger.indexer.events import RawLog
+
+__all__ = ["ChainSource", "JsonRpcSource"]
+
+_QUANTITY = re.compile(r"0x(0|[1-9a-f][0-9a-f]*)", re.ASCII | re.IGNORECASE)
+_DATA = re.compile(r"0x([0-9a-f]{2})*", re.ASCII | re.IGNORECASE)
+_ADDRESS = re.compile(r"0x[0-9a-f]{40}", re.ASCII | re.IGNORECASE)
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    OSError,  # refused, reset; TimeoutError is an OSError
+    ValueError,  # a body that is not JSON (json.JSONDecodeError), or not UTF-8
+    Web3Exception,
+)
+
+
+class ChainSource(Protocol):
+    """What the indexer needs from a node; `JsonRpcSource` is the real one."""
+
+    @property
+    def rpc_url(self) -> str: ...
+    async def chain_id(self) -> int: ...
+    async def head(self) -> int: ...
+    async def block_hash(self, number: int) -> bytes | None: ...
+    async def code_hash(self, address: str) -> bytes: ...
+    async def call(self, address: str, data: bytes) -> bytes: ...
+    async def logs(
+        self,
+        *,
+        addresses: Sequence[str],
+        topics: Sequence[bytes],
+        from_block: int,
+        to_block: int,
+    ) -> list[RawLog]: ...
+
+
+class JsonRpcSource:
+    """`ChainSource` over an `AsyncWeb3`'s provider; the caller opens and closes the provider."""
+
+    def __init__(self, w3: AsyncWeb3[Any]) -> None:
+        self._provider = w3.provider
+
+    @property
+    def rpc_url(self) -> str:
+        """The node's URL, without credentials, path or query."""
+        endpoint = getattr(self._provider, "endpoint_uri", None)
+        return redact_url(str(endpoint)) if endpoint else type(self._provider).__name__
+
+    async def chain_id(self) -> int:
+        """The node's chain id."""
+        return _quantity(await self._request("eth_chainId", []), "eth_chainId", self.rpc_url)
+
+    async def head(self) -> int:
+        """Number of the latest block."""
+        result = await self._request("eth_blockNumber", [])
+        return _quantity(result, "eth_blockNumber", self.rpc_url)
+
+    async def block_hash(self, number: int) -> bytes | None:
+        """Hash of block `number` on the node's current chain, or None beyond its head."""
+        doing = f"eth_getBlockByNumber({number})"
+        block = await self._request("eth_getBlockByNumber", [hex(number), False])
+        if block is None:
+            return None
+        if not isinstance(block, dict):
+            raise self._garbage(doing, "the block is not an object")
+        if _quantity(block.get("number"), doing, self.rpc_url) != number:
+            raise self._garbage(doing, "it answered with another block")
+        return _hash(block.get("hash"), doing, self.rpc_url)
+
+    async def code_hash(self, address: str) -> bytes:
+        """keccak256 of the code at `address` (of b"" when there is none)."""
+        code = await self._request("eth_getCode", [address, "latest"])
+        return keccak(_data(code, "eth_getCode", self.rpc_url))
+
+    async def call(self, address: str, data: bytes) -> bytes:
+        """The return data of `eth_call` to `address` with `data`, at the latest block."""
+        result = await self._request(
+            "eth_call", [{"to": address, "data": "0x" + data.hex()}, "latest"]
+        )
+        return _data(result, "eth_call", self.rpc_url)
+
+    async def logs(
+        self,
+        *,
+        addresses: Sequence[str],
+        topics: Sequence[bytes],
+        from_block: int,
+        to_block: int,
+    ) -> list[RawLog]:
+        """Logs of `addresses` whose topic0 is one of `topics`, in blocks `from_block`..`to_block`.
+
+        Returned in chain order. Raises `ChainUnavailable` for an answer that is not exactly
+        what was asked for.
+        """
+        doing = f"eth_getLogs({from_block}..{to_block})"
+        wanted_addresses = {address.lower() for address in addresses}
+        wanted_topics = set(topics)
+        params = {
+            "address": sorted(wanted_addresses),
+            "fromBlock": hex(from_block),
+            "toBlock": hex(to_block),
+            "topics": [["0x" + topic.hex() for topic in topics]],
+        }
+        result = await self._request("eth_getLogs", [params])
+        if not isinstance(result, list):
+            raise self._garbage(doing, "the result is not a list")
+        out: list[RawLog] = []
+        block_hashes: dict[int, bytes] = {}
+        seen: set[tuple[int, int]] = set()
+        for entry in result:
+            log = self._log(entry, doing)
+            if log.address not in wanted_addresses:
+                raise self._garbage(doing, f"a log of {log.address}, which was not asked for")
+            if not log.topics or log.topics[0] not in wanted_topics:
+                raise self._garbage(doing, "a log with a topic that was not asked for")
+            if not from_block <= log.block_number <= to_block:
+                raise self._garbage(doing, f"a log of block {log.block_number}, out of range")
+            if block_hashes.setdefault(log.block_number, log.block_hash) != log.block_hash:
+                raise self._garbage(doing, f"two hashes for block {log.block_number}")
+            key = (log.block_number, log.log_index)
+            if key in seen:
+                raise self._garbage(doing, f"log {log.log_index} of block {key[0]} twice")
+            seen.add(key)
+            out.append(log)
+        out.sort(key=lambda log: (log.block_number, log.log_index))
+        return out
+
+    def _log(self, entry: Any, doing: str) -> RawLog:
+        url = self.rpc_url
+        if not isinstance(entry, dict):
+            raise self._garbage(doing, "a log is not an object")
+        if entry.get("removed") is True:
+            raise self._garbage(doing, "a removed log")
+        address = entry.get("address")
+        if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+            raise self._garbage(doing, "a log without a valid address")
+        topics = entry.get("topics")
+        if not isinstance(topics, list) or len(topics) > 4:
+            raise self._garbage(doing, "a log without a valid topic list")
+        return RawLog(
+            address=address.lower(),
+            topics=tuple(_hash(topic, doing, url) for topic in topics),
+            data=_data(entry.get("data"), doing, url),
+            block_number=_quantity(entry.get("blockNumber"), doing, url),
+            block_hash=_hash(entry.get("blockHash"), doing, url),
+            tx_hash=_hash(entry.get("transactionHash"), doing, url),
+            log_index=_quantity(entry.get("logIndex"), doing, url),
+        )
+
+    async def _request(self, method: str, params: list[Any]) -> Any:
+        with self._transport(method):
+            response = await self._provider.make_request(method, params)
+        if not isinstance(response, dict):
+            raise self._garbage(method, "the answer is not a JSON-RPC response")
+        error = response.get("error")
+        if error is not None:
+            message = error.get("message") if isinstance(error, dict) else error
+            raise ChainUnavailable(
+                f"the node at {self.rpc_url} answered {method} with an error: "
+                f"{self._scrub(str(message))[:300]}"
+            )
+        if "result" not in response:
+            raise self._garbage(method, "the response has no result")
+        return response["result"]
+
+    @contextlib.contextmanager
+    def _transport(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except _TRANSPORT_ERRORS as exc:
+            reason = self._scrub(str(exc))[:300] or type(exc).__name__
+            raise ChainUnavailable(
+                f"cannot read the chain at {self.rpc_url} ({doing}): {reason}"
+            ) from None
+
+    def _scrub(self, text: str) -> str:
+        endpoint = getattr(self._provider, "endpoint_uri", None)
+        return text.replace(str(endpoint), self.rpc_url) if endpoint else text
+
+    def _garbage(self, doing: str, what: str) -> ChainUnavailable:
+        return _garbage(self.rpc_url, doing, what)
+
+
+def _garbage(url: str, doing: str, what: str) -> ChainUnavailable:
+    return ChainUnavailable(f"the node at {url} answered {doing} with garbage: {what}")
+
+
+def _quantity(value: Any, doing: str, url: str) -> int:
+    if not isinstance(value, str) or not _QUANTITY.fullmatch(value) or len(value) > 66:
+        raise _garbage(url, doing, f"expected a hex quantity, got {_shown(value)}")
+    return int(value, 16)
+
+
+def _data(value: Any, doing: str, url: str) -> bytes:
+    if not isinstance(value, str) or not _DATA.fullmatch(value):
+        raise _garbage(url, doing, f"expected 0x-hex bytes, got {_shown(value)}")
+    return bytes.fromhex(value[2:])
+
+
+def _hash(value: Any, doing: str, url: str) -> bytes:
+    raw = _data(value, doing, url)
+    if len(raw) != 32:
+        raise _garbage(url, doing, f"expected 32 bytes, got {len(raw)}")
+    return raw
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"

@@ -1,0 +1,747 @@
+"""Database side of the indexer: cursors, recent block hashes, indexed events, rollbacks.
+
+Exports: `Stream`, `Applied`, `RolledBack`, `StaleRange`, `FOLLOWED_CONTRACTS`,
+`RECENT_BLOCKS`, `sync_streams`, `tip`, `fork_candidates`, `apply_range`, `roll_back`,
+`reset_index`.
+
+Each function is one short transaction; the indexer calls them from a thread. `apply_range`
+writes everything one block range yields (the events, their feed events, balances, block hashes
+and the advanced cursor) in one commit, so a crash at any instruction leaves either all of it or
+none, and the range is read again after a restart. Events are keyed by (block hash, log index),
+and a range already written is never written twice: `apply_range` skips keys it already holds.
+
+`roll_back(from_block)` undoes exactly what blocks `from_block` and later wrote: it deletes
+their indexed events, recomputes the balances they touched from what remains, appends one
+compensating feed event per feed event they produced (`record.unanchored`,
+`reward.retracted`), forgets their block hashes and moves every cursor back to `from_block`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.crm import feed
+from crm_ledger.crm.feed import EventType, NewFeedEvent
+from crm_ledger.db.models import (
+    Batch,
+    Customer,
+    Deployment,
+    FeedEvent,
+    IndexedBalance,
+    IndexedBatch,
+    IndexedBlock,
+    IndexedTokenEvent,
+    IndexerStream,
+    LoyaltyIssuance,
+    LoyaltyRedemption,
+    LoyaltyWallet,
+    Record,
+    utcnow,
+)
+from crm_ledger.indexer.events import (
+    AUDIT_LEDGER_TOPICS,
+    LOYALTY_TOKEN_TOPICS,
+    BatchAnchored,
+    TokenEvent,
+    TokenEventKind,
+)
+from crm_ledger.ledger.leaf import RecordKind
+
+__all__ = [
+    "FOLLOWED_CONTRACTS",
+    "RECENT_BLOCKS",
+    "Applied",
+    "RolledBack",
+    "StaleRange",
+    "Stream",
+    "apply_range",
+    "fork_candidates",
+    "reset_index",
+    "roll_back",
+    "sync_streams",
+    "tip",
+]
+
+LEDGER = "AuditLedger"
+TOKEN = "LoyaltyToken"
+#: Contract name in `deployments` -> the topic0 values followed for it.
+FOLLOWED_CONTRACTS: dict[str, tuple[bytes, ...]] = {
+    LEDGER: AUDIT_LEDGER_TOPICS,
+    TOKEN: LOYALTY_TOKEN_TOPICS,
+}
+#: Block hashes kept below the highest indexed block. Deeper reorgs are still found: the fork
+#: search also uses the block hash stored with every indexed event.
+RECENT_BLOCKS = 64
+_REWARD_TYPES = {
+    TokenEventKind.ISSUED: EventType.REWARD_ISSUED,
+    TokenEventKind.REDEEMED: EventType.REWARD_REDEEMED,
+    TokenEventKind.EXPIRED: EventType.REWARD_EXPIRED,
+}
+
+
+class StaleRange(Exception):
+    """The range no longer fits what the database holds (another writer, or a reorg in
+    between): nothing was written; the indexer checks for a reorg and reads again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """The indexer's cursor over the latest deployment of one followed contract."""
+
+    pk: int
+    contract: str
+    epoch: int
+    address: str
+    from_block: int
+    next_block: int
+    chain_id: int
+    genesis_hash: bytes
+    code_hash: bytes
+
+    @property
+    def topics(self) -> tuple[bytes, ...]:
+        """topic0 values followed for this contract."""
+        return FOLLOWED_CONTRACTS[self.contract]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one range added."""
+
+    batches: int
+    token_events: int
+    feed_events: int
+
+
+@dataclass(frozen=True, slots=True)
+class RolledBack:
+    """What one rollback removed."""
+
+    from_block: int
+    batches: int
+    token_events: int
+    feed_events: int
+
+
+def sync_streams(session_factory: sessionmaker[Session]) -> list[Stream]:
+    """A stream per followed contract that has a deployment (its latest epoch), made if new.
+
+    A new stream starts at its deployment block. Streams of older epochs are left alone: their
+    contracts are gone with the chain they lived on.
+    """
+    with session_factory.begin() as session:
+        streams: list[Stream] = []
+        for contract in FOLLOWED_CONTRACTS:
+            deployment = session.scalars(
+                select(Deployment)
+                .where(Deployment.contract == contract)
+                .order_by(Deployment.epoch.desc())
+                .limit(1)
+            ).first()
+            if deployment is None:
+                continue
+            row = session.scalars(
+                select(IndexerStream).where(
+                    IndexerStream.contract == contract, IndexerStream.epoch == deployment.epoch
+                )
+            ).first()
+            if row is None:
+                row = IndexerStream(
+                    contract=contract,
+                    epoch=deployment.epoch,
+                    address=deployment.address,
+                    from_block=deployment.block_number,
+                    next_block=deployment.block_number,
+                    updated_at=utcnow(),
+                )
+                session.add(row)
+                session.flush()
+            streams.append(
+                Stream(
+                    pk=row.pk,
+                    contract=contract,
+                    epoch=row.epoch,
+                    address=row.address,
+                    from_block=row.from_block,
+                    next_block=row.next_block,
+                    chain_id=deployment.chain_id,
+                    genesis_hash=deployment.genesis_hash,
+                    code_hash=deployment.code_hash,
+                )
+            )
+        return streams
+
+
+def tip(session_factory: sessionmaker[Session]) -> tuple[int, bytes] | None:
+    """The highest block whose hash the indexer stored, or None."""
+    with session_factory() as session:
+        row = session.execute(
+            select(IndexedBlock.number, IndexedBlock.hash)
+            .order_by(IndexedBlock.number.desc())
+            .limit(1)
+        ).first()
+        return (int(row.number), bytes(row.hash)) if row is not None else None
+
+
+def fork_candidates(
+    session_factory: sessionmaker[Session], *, streams: Sequence[Stream]
+) -> list[tuple[int, bytes]]:
+    """Every (block number, hash) the indexer holds for the current streams, lowest first.
+
+    The stored recent block hashes, and the block of every indexed event of the streams'
+    epochs. On one chain these are all ancestors of each other, so the ones the chain still
+    has form a prefix: the fork search bisects this list.
+    """
+    epochs = {stream.contract: stream.epoch for stream in streams}
+    with session_factory() as session:
+        found: dict[int, bytes] = {}
+        queries: list[Any] = [select(IndexedBlock.number, IndexedBlock.hash)]
+        if LEDGER in epochs:
+            queries.append(
+                select(IndexedBatch.block_number, IndexedBatch.block_hash)
+                .where(IndexedBatch.epoch == epochs[LEDGER])
+                .distinct()
+            )
+        if TOKEN in epochs:
+            queries.append(
+                select(IndexedTokenEvent.block_number, IndexedTokenEvent.block_hash)
+                .where(IndexedTokenEvent.epoch == epochs[TOKEN])
+                .distinct()
+            )
+        for query in queries:
+            for number, block_hash in session.execute(query):
+                found.setdefault(int(number), bytes(block_hash))
+        return sorted(found.items())
+
+
+def apply_range(
+    session_factory: sessionmaker[Session],
+    *,
+    streams: Sequence[Stream],
+    from_block: int,
+    to_block: int,
+    block_hashes: Mapping[int, bytes],
+    batches: Sequence[BatchAnchored],
+    token_events: Sequence[TokenEvent],
+) -> Applied:
+    """Store what blocks `from_block`..`to_block` hold for `streams`, and advance them.
+
+    `block_hashes` are the hashes of `to_block` and of every block with an event. Raises
+    `StaleRange` (writing nothing) when a stream is no longer at `from_block` or a stored hash
+    of one of these blocks differs.
+    """
+    epochs = {stream.contract: stream.epoch for stream in streams}
+    with session_factory.begin() as session:
+        # Feed positions are taken in lock order: take the lock before anything else.
+        feed.lock_feed(session)
+        _store_block_hashes(session, block_hashes, to_block=to_block)
+        new_feed: list[NewFeedEvent] = []
+        added_batches = 0
+        if batches:
+            inserted = _insert_batches(
+                session, batches, epoch=epochs[LEDGER], from_block=from_block, to_block=to_block
+            )
+            added_batches = len(inserted)
+            new_feed += _record_events(session, inserted, epoch=epochs[LEDGER])
+        added_tokens = 0
+        if token_events:
+            token_inserted = _insert_token_events(
+                session,
+                token_events,
+                epoch=epochs[TOKEN],
+                from_block=from_block,
+                to_block=to_block,
+            )
+            added_tokens = len(token_inserted)
+            new_feed += _reward_events(session, token_inserted, epoch=epochs[TOKEN])
+            _add_transfers(session, [event for _, event in token_inserted], epoch=epochs[TOKEN])
+        feed.append(session, new_feed)
+        for stream in streams:
+            moved = session.execute(
+                update(IndexerStream)
+                .where(IndexerStream.pk == stream.pk, IndexerStream.next_block == from_block)
+                .values(next_block=to_block + 1, updated_at=utcnow())
+            )
+            if getattr(moved, "rowcount", 0) != 1:
+                raise StaleRange(
+                    f"the {stream.contract} stream is no longer at block {from_block}: "
+                    "another indexer is writing to this database"
+                )
+        return Applied(batches=added_batches, token_events=added_tokens, feed_events=len(new_feed))
+
+
+def roll_back(
+    session_factory: sessionmaker[Session], *, from_block: int, reason: str = "reorg"
+) -> RolledBack:
+    """Undo everything blocks `from_block` and later wrote (see the module docstring)."""
+    with session_factory.begin() as session:
+        feed.lock_feed(session)
+        compensations = _retractions(session, from_block=from_block, reason=reason)
+        touched = [
+            (int(epoch), address)
+            for epoch, address in session.execute(
+                select(IndexedTokenEvent.epoch, IndexedTokenEvent.to_address)
+                .where(
+                    IndexedTokenEvent.block_number >= from_block,
+                    IndexedTokenEvent.event == TokenEventKind.TRANSFER.value,
+                    IndexedTokenEvent.to_address.is_not(None),
+                )
+                .union(
+                    select(IndexedTokenEvent.epoch, IndexedTokenEvent.from_address).where(
+                        IndexedTokenEvent.block_number >= from_block,
+                        IndexedTokenEvent.event == TokenEventKind.TRANSFER.value,
+                        IndexedTokenEvent.from_address.is_not(None),
+                    )
+                )
+            )
+        ]
+        batches = session.execute(
+            delete(IndexedBatch).where(IndexedBatch.block_number >= from_block)
+        )
+        tokens = session.execute(
+            delete(IndexedTokenEvent).where(IndexedTokenEvent.block_number >= from_block)
+        )
+        _recompute_balances(session, touched)
+        session.execute(delete(IndexedBlock).where(IndexedBlock.number >= from_block))
+        session.execute(
+            update(IndexerStream)
+            .where(IndexerStream.next_block > from_block)
+            .values(
+                next_block=_greatest(session, IndexerStream.from_block, from_block),
+                updated_at=utcnow(),
+            )
+        )
+        feed.append(session, compensations)
+        return RolledBack(
+            from_block=from_block,
+            batches=int(getattr(batches, "rowcount", 0)),
+            token_events=int(getattr(tokens, "rowcount", 0)),
+            feed_events=len(compensations),
+        )
+
+
+def reset_index(session_factory: sessionmaker[Session]) -> RolledBack:
+    """Roll back everything the indexer wrote: the next run re-indexes from the deployments."""
+    return roll_back(session_factory, from_block=0, reason="reindex")
+
+
+# Internals ------------------------------------------------------------------------------------
+
+
+def _greatest(session: Session, column: Any, value: int) -> Any:
+    """SQL max(column, value) of two values (GREATEST on PostgreSQL, max() on SQLite)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.greatest(column, value)
+    return func.max(column, value)
+
+
+def _store_block_hashes(session: Session, hashes: Mapping[int, bytes], *, to_block: int) -> None:
+    if not hashes:
+        return
+    stored = {
+        int(number): bytes(block_hash)
+        for number, block_hash in session.execute(
+            select(IndexedBlock.number, IndexedBlock.hash).where(
+                IndexedBlock.number.in_(list(hashes))
+            )
+        ).tuples()
+    }
+    for number, block_hash in hashes.items():
+        if number in stored and bytes(stored[number]) != block_hash:
+            raise StaleRange(f"block {number} has another hash than when it was indexed")
+    fresh = [
+        {"number": number, "hash": block_hash}
+        for number, block_hash in sorted(hashes.items())
+        if number not in stored
+    ]
+    if fresh:
+        session.execute(insert(IndexedBlock), fresh)
+    highest = session.scalar(select(func.max(IndexedBlock.number)))
+    if highest is not None and int(highest) <= to_block:
+        session.execute(delete(IndexedBlock).where(IndexedBlock.number <= to_block - RECENT_BLOCKS))
+
+
+def _existing_keys(
+    session: Session, model: type[IndexedBatch] | type[IndexedTokenEvent], lo: int, hi: int
+) -> set[tuple[bytes, int]]:
+    rows = session.execute(
+        select(model.block_hash, model.log_index).where(model.block_number.between(lo, hi))
+    )
+    return {(bytes(block_hash), int(log_index)) for block_hash, log_index in rows}
+
+
+def _insert_batches(
+    session: Session,
+    batches: Sequence[BatchAnchored],
+    *,
+    epoch: int,
+    from_block: int,
+    to_block: int,
+) -> list[tuple[int, BatchAnchored]]:
+    """Insert the batches not stored yet; (pk, event) of each inserted one."""
+    existing = _existing_keys(session, IndexedBatch, from_block, to_block)
+    fresh = [b for b in batches if (b.at.block_hash, b.at.log_index) not in existing]
+    if not fresh:
+        return []
+    now = utcnow()
+    pks = session.scalars(
+        insert(IndexedBatch).returning(IndexedBatch.pk, sort_by_parameter_order=True),
+        [
+            {
+                "epoch": epoch,
+                "batch_id": b.batch_id,
+                "first_seq": b.first_seq,
+                "count": b.count,
+                "root": b.root,
+                "head": b.head,
+                "tx_hash": b.at.tx_hash,
+                "block_number": b.at.block_number,
+                "block_hash": b.at.block_hash,
+                "log_index": b.at.log_index,
+                "indexed_at": now,
+            }
+            for b in fresh
+        ],
+    ).all()
+    return list(zip((int(pk) for pk in pks), fresh, strict=True))
+
+
+def _insert_token_events(
+    session: Session,
+    events: Sequence[TokenEvent],
+    *,
+    epoch: int,
+    from_block: int,
+    to_block: int,
+) -> list[tuple[int, TokenEvent]]:
+    existing = _existing_keys(session, IndexedTokenEvent, from_block, to_block)
+    fresh = [e for e in events if (e.at.block_hash, e.at.log_index) not in existing]
+    if not fresh:
+        return []
+    now = utcnow()
+    pks = session.scalars(
+        insert(IndexedTokenEvent).returning(IndexedTokenEvent.pk, sort_by_parameter_order=True),
+        [
+            {
+                "epoch": epoch,
+                "event": e.kind.value,
+                "token_id": e.token_id,
+                "campaign": e.campaign,
+                "reference": e.reference,
+                "from_address": e.from_address,
+                "to_address": e.to_address,
+                "amount": e.amount,
+                "tx_hash": e.at.tx_hash,
+                "block_number": e.at.block_number,
+                "block_hash": e.at.block_hash,
+                "log_index": e.at.log_index,
+                "indexed_at": now,
+            }
+            for e in fresh
+        ],
+    ).all()
+    return list(zip((int(pk) for pk in pks), fresh, strict=True))
+
+
+def _record_events(
+    session: Session, inserted: Sequence[tuple[int, BatchAnchored]], *, epoch: int
+) -> list[NewFeedEvent]:
+    """`record.anchored` for every record of each inserted batch that matches the journal.
+
+    A batch whose range or root differs from the journal's produces nothing here: that is
+    drift, which reconciliation reports.
+    """
+    if not inserted:
+        return []
+    ids = [event.batch_id for _, event in inserted]
+    lo, hi = min(ids), max(ids)
+    journal = {
+        int(batch_id): (int(first_seq), int(count), bytes(root))
+        for batch_id, first_seq, count, root in session.execute(
+            select(Batch.id, Batch.first_seq, Batch.count, Batch.root).where(
+                Batch.id.between(lo, hi)
+            )
+        ).tuples()
+    }
+    matched: dict[int, tuple[int, BatchAnchored]] = {}
+    for pk, event in inserted:
+        if journal.get(event.batch_id) == (event.first_seq, event.count, event.root):
+            matched[event.batch_id] = (pk, event)
+    if not matched:
+        return []
+    rows = session.execute(
+        select(Record.id, Record.seq, Record.kind, Record.batch_id, Customer.id.label("customer"))
+        .join(Customer, Customer.pk == Record.customer_pk)
+        .where(Record.batch_id.between(min(matched), max(matched)))
+        .order_by(Record.seq)
+    )
+    events: list[NewFeedEvent] = []
+    for row in rows:
+        found = matched.get(int(row.batch_id))
+        if found is None:
+            continue
+        source_pk, batch = found
+        events.append(
+            NewFeedEvent(
+                type=EventType.RECORD_ANCHORED,
+                customer_id=row.customer,
+                source_batch_pk=source_pk,
+                payload={
+                    "record_id": row.id,
+                    "customer_id": row.customer,
+                    "kind": RecordKind(row.kind).name.lower(),
+                    "seq": int(row.seq),
+                    "batch_id": batch.batch_id,
+                    "epoch": epoch,
+                    "ledger_state": "confirmed",
+                    **_chain_location(batch.at.tx_hash, batch.at.block_number, batch.at.block_hash),
+                },
+            )
+        )
+    return events
+
+
+def _reward_events(
+    session: Session, inserted: Sequence[tuple[int, TokenEvent]], *, epoch: int
+) -> list[NewFeedEvent]:
+    """reward.issued / redeemed / expired for inserted Issued, Redeemed and Expired events."""
+    rewards = [(pk, e) for pk, e in inserted if e.kind in _REWARD_TYPES]
+    if not rewards:
+        return []
+    addresses = {e.to_address or e.from_address for _, e in rewards} - {None}
+    owners = _owners(session, addresses)
+    ids = {e.token_id for _, e in rewards if e.token_id is not None}
+    public = _public_reward_ids(session, ids)
+    events: list[NewFeedEvent] = []
+    for pk, event in rewards:
+        holder = event.to_address or event.from_address
+        customer_id = owners.get(holder) if holder else None
+        assert event.token_id is not None
+        payload: dict[str, Any] = {
+            "customer_id": customer_id,
+            "address": holder,
+            "points": event.amount,
+            "epoch": epoch,
+            **_chain_location(event.at.tx_hash, event.at.block_number, event.at.block_hash),
+        }
+        token_hex = "0x" + event.token_id.hex()
+        if event.kind is TokenEventKind.ISSUED:
+            assert event.campaign is not None
+            payload |= {
+                "issuance_id": token_hex,
+                "campaign": "0x" + event.campaign.hex(),
+                "reward_id": public.get(("issuance", event.token_id)),
+            }
+        else:
+            assert event.reference is not None
+            # An expiry burns the remainder of a lot under the lot's own issuance id.
+            payload |= {
+                "burn_id": token_hex,
+                "reference": "0x" + event.reference.hex(),
+                "redemption_id": public.get(("redemption", event.token_id)),
+                "reward_id": public.get(("issuance", event.token_id))
+                if event.kind is TokenEventKind.EXPIRED
+                else None,
+            }
+        events.append(
+            NewFeedEvent(
+                type=_REWARD_TYPES[event.kind],
+                customer_id=customer_id,
+                source_token_pk=pk,
+                payload={k: v for k, v in payload.items() if v is not None or k == "customer_id"},
+            )
+        )
+    return events
+
+
+def _owners(session: Session, addresses: Iterable[str | None]) -> dict[str, str]:
+    """Lower-case address -> customer id, for the addresses that are customers' wallets."""
+    wanted = sorted({a for a in addresses if a})
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(func.lower(LoyaltyWallet.address), Customer.id)
+        .join(Customer, Customer.pk == LoyaltyWallet.customer_pk)
+        .where(func.lower(LoyaltyWallet.address).in_(wanted))
+    )
+    return {str(address): str(customer) for address, customer in rows}
+
+
+def _public_reward_ids(session: Session, token_ids: set[bytes]) -> dict[tuple[str, bytes], str]:
+    """The loyalty tables' public ids of issuances and redemptions, by their on-chain id."""
+    if not token_ids:
+        return {}
+    wanted = sorted(token_ids)
+    found: dict[tuple[str, bytes], str] = {}
+    for issuance_id, public_id in session.execute(
+        select(LoyaltyIssuance.issuance_id, LoyaltyIssuance.id).where(
+            LoyaltyIssuance.issuance_id.in_(wanted)
+        )
+    ):
+        found[("issuance", bytes(issuance_id))] = str(public_id)
+    for burn_id, public_id in session.execute(
+        select(LoyaltyRedemption.burn_id, LoyaltyRedemption.id).where(
+            LoyaltyRedemption.burn_id.in_(wanted)
+        )
+    ):
+        found[("redemption", bytes(burn_id))] = str(public_id)
+    return found
+
+
+def _add_transfers(session: Session, events: Sequence[TokenEvent], *, epoch: int) -> None:
+    """Apply the inserted `Transfer` events to `indexed_balances`."""
+    deltas: dict[str, int] = defaultdict(int)
+    last_block: dict[str, int] = {}
+    for event in events:
+        if event.kind is not TokenEventKind.TRANSFER:
+            continue
+        for address, sign in ((event.to_address, 1), (event.from_address, -1)):
+            if address is not None:
+                deltas[address] += sign * event.amount
+                last_block[address] = max(last_block.get(address, 0), event.at.block_number)
+    if not deltas:
+        return
+    current = {
+        str(address): int(balance)
+        for address, balance in session.execute(
+            select(IndexedBalance.address, IndexedBalance.balance).where(
+                IndexedBalance.epoch == epoch, IndexedBalance.address.in_(sorted(deltas))
+            )
+        )
+    }
+    rows = [
+        {
+            "epoch": epoch,
+            "address": address,
+            "balance": current.get(address, 0) + delta,
+            "block_number": last_block[address],
+        }
+        for address, delta in deltas.items()
+    ]
+    updates = [row for row in rows if row["address"] in current]
+    if updates:
+        # ORM bulk UPDATE by primary key: one executemany.
+        session.execute(update(IndexedBalance), updates)
+    fresh = [row for row in rows if row["address"] not in current]
+    if fresh:
+        session.execute(insert(IndexedBalance), fresh)
+
+
+def _recompute_balances(session: Session, touched: Sequence[tuple[int, str]]) -> None:
+    """Balances of `touched` holders from the `Transfer` events that remain."""
+    for epoch, address in sorted(set(touched)):
+        transfers = and_(
+            IndexedTokenEvent.epoch == epoch,
+            IndexedTokenEvent.event == TokenEventKind.TRANSFER.value,
+        )
+        received, last_in = session.execute(
+            select(
+                func.sum(IndexedTokenEvent.amount), func.max(IndexedTokenEvent.block_number)
+            ).where(transfers, IndexedTokenEvent.to_address == address)
+        ).one()
+        sent, last_out = session.execute(
+            select(
+                func.sum(IndexedTokenEvent.amount), func.max(IndexedTokenEvent.block_number)
+            ).where(transfers, IndexedTokenEvent.from_address == address)
+        ).one()
+        key = and_(IndexedBalance.epoch == epoch, IndexedBalance.address == address)
+        if last_in is None and last_out is None:
+            session.execute(delete(IndexedBalance).where(key))
+            continue
+        session.execute(
+            update(IndexedBalance)
+            .where(key)
+            .values(
+                balance=int(received or 0) - int(sent or 0),
+                block_number=max(int(last_in or 0), int(last_out or 0)),
+            )
+        )
+
+
+def _retractions(session: Session, *, from_block: int, reason: str) -> list[NewFeedEvent]:
+    """One compensating event per live feed event of the indexed rows being rolled back."""
+    out: list[NewFeedEvent] = []
+    record_events = session.execute(
+        select(FeedEvent.id, FeedEvent.customer_id, FeedEvent.payload, IndexedBatch)
+        .join(IndexedBatch, IndexedBatch.pk == FeedEvent.source_batch_pk)
+        .where(
+            IndexedBatch.block_number >= from_block,
+            FeedEvent.type == EventType.RECORD_ANCHORED.value,
+        )
+        .order_by(FeedEvent.pk)
+    )
+    for event_id, customer_id, payload, batch in record_events:
+        original = _json(payload)
+        out.append(
+            NewFeedEvent(
+                type=EventType.RECORD_UNANCHORED,
+                customer_id=customer_id,
+                payload={
+                    "record_id": original.get("record_id"),
+                    "customer_id": customer_id,
+                    "seq": original.get("seq"),
+                    "batch_id": batch.batch_id,
+                    "epoch": batch.epoch,
+                    "ledger_state": "pending",
+                    "retracts": event_id,
+                    "reason": reason,
+                    "orphaned_block_number": batch.block_number,
+                    "orphaned_block_hash": "0x" + bytes(batch.block_hash).hex(),
+                },
+            )
+        )
+    reward_events = session.execute(
+        select(
+            FeedEvent.id,
+            FeedEvent.type,
+            FeedEvent.customer_id,
+            FeedEvent.payload,
+            IndexedTokenEvent,
+        )
+        .join(IndexedTokenEvent, IndexedTokenEvent.pk == FeedEvent.source_token_pk)
+        .where(
+            IndexedTokenEvent.block_number >= from_block,
+            FeedEvent.type.in_([t.value for t in _REWARD_TYPES.values()]),
+        )
+        .order_by(FeedEvent.pk)
+    )
+    for event_id, event_type, customer_id, payload, token in reward_events:
+        original = _json(payload)
+        out.append(
+            NewFeedEvent(
+                type=EventType.REWARD_RETRACTED,
+                customer_id=customer_id,
+                payload={
+                    "retracts": event_id,
+                    "retracted_type": event_type,
+                    "customer_id": customer_id,
+                    "points": original.get("points"),
+                    "issuance_id": original.get("issuance_id"),
+                    "burn_id": original.get("burn_id"),
+                    "reason": reason,
+                    "orphaned_block_number": token.block_number,
+                    "orphaned_block_hash": "0x" + bytes(token.block_hash).hex(),
+                },
+            )
+        )
+    return out
+
+
+def _chain_location(tx_hash: bytes, block_number: int, block_hash: bytes) -> dict[str, Any]:
+    return {
+        "tx_hash": "0x" + tx_hash.hex(),
+        "block_number": block_number,
+        "block_hash": "0x" + block_hash.hex(),
+    }
+
+
+def _json(payload: str) -> dict[str, Any]:
+    loaded = json.loads(payload)
+    return loaded if isinstance(loaded, dict) else {}

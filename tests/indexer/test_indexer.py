@@ -1,0 +1,82 @@
+"""The indexer on a real Anvil: events into the view, feed events, balances, idempotency."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from crm_ledger.db.models import (
+    Batch,
+    FeedEvent,
+    IndexedBalance,
+    IndexedBatch,
+    IndexedTokenEvent,
+    IndexerStream,
+    Record,
+)
+from tests.anchoring.fakes import add_records
+from tests.indexer.conftest import AnvilChain
+
+pytestmark = [pytest.mark.chain, pytest.mark.asyncio]
+
+
+async def test_batches_are_indexed_with_one_feed_event_per_record(anvil_chain: AnvilChain) -> None:
+    add_records(anvil_chain.session_factory, customers=3, each=5)
+    await anvil_chain.anchor()
+    await anvil_chain.index()
+    with anvil_chain.session_factory() as session:
+        journal = session.execute(
+            select(Batch.id, Batch.first_seq, Batch.count, Batch.root, Batch.tx_hash)
+        ).all()
+        indexed = session.execute(
+            select(
+                IndexedBatch.batch_id,
+                IndexedBatch.first_seq,
+                IndexedBatch.count,
+                IndexedBatch.root,
+                IndexedBatch.tx_hash,
+            )
+        ).all()
+        assert sorted(journal) == sorted(indexed)
+        events = session.scalars(select(FeedEvent).order_by(FeedEvent.pk)).all()
+        assert [e.type for e in events] == ["record.anchored"] * 15
+        record_ids = set(session.scalars(select(Record.id)))
+        assert {json.loads(e.payload)["record_id"] for e in events} == record_ids
+        stream = session.scalars(select(IndexerStream)).one()
+        assert stream.next_block == await anvil_chain.head() + 1
+
+
+async def test_token_events_and_balances_are_indexed(anvil_chain: AnvilChain) -> None:
+    token = await anvil_chain.deploy_token()
+    alice, bob = "0x" + "aa" * 20, "0x" + "bb" * 20
+    campaign = b"\x01" * 32
+    await token.issue(campaign, [(b"\x10" * 32, alice, 100), (b"\x11" * 32, bob, 7)])
+    await token.redeem(b"\x20" * 32, alice, 30, b"\x99" * 32)
+    await token.expire(b"\x21" * 32, bob, 7, b"\x98" * 32)
+    await anvil_chain.index()
+    with anvil_chain.session_factory() as session:
+        kinds = session.scalars(
+            select(IndexedTokenEvent.event).order_by(IndexedTokenEvent.pk)
+        ).all()
+        assert sorted(kinds) == sorted(
+            ["issued", "redeemed", "expired", "issued"] + ["transfer"] * 4
+        )
+        balances = dict(
+            session.execute(select(IndexedBalance.address, IndexedBalance.balance)).tuples().all()
+        )
+        assert balances == {alice: 70, bob: 0}
+        assert balances[alice] == await token.balance_of(alice)
+        types = session.scalars(select(FeedEvent.type).order_by(FeedEvent.pk)).all()
+        assert types == ["reward.issued", "reward.issued", "reward.redeemed", "reward.expired"]
+
+
+async def test_indexing_again_adds_nothing(anvil_chain: AnvilChain) -> None:
+    add_records(anvil_chain.session_factory, customers=2, each=3)
+    await anvil_chain.anchor()
+    indexer = await anvil_chain.index()
+    assert not await indexer.step()
+    with anvil_chain.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(IndexedBatch)) == 2
+        assert session.scalar(select(func.count()).select_from(FeedEvent)) == 6
