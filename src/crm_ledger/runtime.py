@@ -1,11 +1,12 @@
-"""What runs beside the API in one process: the embedded chain node and the anchorer.
+"""What runs beside the API in one process: the embedded chain node, the anchorer, loyalty.
 
 Exports: `Runtime`.
 
 `Runtime.start()` returns at once; a supervisor task starts Anvil when no RPC URL is set,
 connects, checks or makes the AuditLedger deployment, takes the anchorer's singleton lock and
-runs the anchorer. An unreachable chain is retried with back-off (writes keep being accepted);
-a reset chain or unusable settings halt anchoring with a message `/readyz` shows.
+runs the anchorer, with the loyalty issuance worker beside it (`loyalty.service`). An
+unreachable chain is retried with back-off (writes keep being accepted); a reset chain or
+unusable settings halt anchoring with a message `/readyz` shows.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.chain.signer import load_signer
 from crm_ledger.config import Settings
 from crm_ledger.errors import ChainReset, ChainUnavailable, ConfigError
+from crm_ledger.loyalty.service import LoyaltyRuntime
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,14 @@ class Runtime:
     session_factory: sessionmaker[Session]
     node: LocalNode | None = None
     anchorer: Anchorer | None = None
+    loyalty: LoyaltyRuntime = field(init=False)
     _status: dict[str, Any] = field(default_factory=lambda: {"state": "starting"})
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _lock: SingletonLock | None = None
+
+    def __post_init__(self) -> None:
+        self.loyalty = LoyaltyRuntime(settings=self.settings, session_factory=self.session_factory)
 
     @property
     def chain_status(self) -> dict[str, Any]:
@@ -57,6 +63,7 @@ class Runtime:
                 last_batch_id=state.last_batch_id,
                 rollbacks_detected=state.rollbacks_detected,
             )
+        status["loyalty"] = self.loyalty.status
         return status
 
     async def start(self) -> None:
@@ -131,7 +138,8 @@ class Runtime:
                     ),
                     settings=settings,
                 )
-                await self.anchorer.run(self._stop)
+                async with self.loyalty.beside(w3=w3, chain_id=chain_id, anchorer=signer.address):
+                    await self.anchorer.run(self._stop)
                 if self.anchorer.state.state == "halted":
                     self._halt(self.anchorer.state.message)
                     return

@@ -14,7 +14,7 @@ from crm_ledger.api.middleware import (
     UnexpectedErrorMiddleware,
 )
 from crm_ledger.api.problems import install_problem_handlers
-from crm_ledger.api.routes import audit, customers, health, records
+from crm_ledger.api.routes import audit, customers, health, loyalty, records
 from crm_ledger.config import Settings
 
 # A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
@@ -32,11 +32,16 @@ def install(app: FastAPI) -> None:
     app.include_router(records.router)
     app.include_router(health.router)
     app.include_router(audit.router)
+    app.include_router(loyalty.router)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
-        path_limits={"/v1/interactions/batch": settings.max_body_bytes * BATCH_BODY_FACTOR},
+        path_limits={
+            "/v1/interactions/batch": settings.max_body_bytes * BATCH_BODY_FACTOR,
+            # 10,000 customer ids (~390 KB) in one award.
+            "/v1/campaigns/{campaign_id}/awards": settings.max_body_bytes * BATCH_BODY_FACTOR,
+        },
     )
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware)

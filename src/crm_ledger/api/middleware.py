@@ -41,7 +41,8 @@ class BodyLimitMiddleware:
 
     The check happens when the application first reads the body, after routing, so the 413 is
     rendered by the application's own HTTP error handler (a problem document) and counted under
-    its route in the metrics.
+    its route in the metrics. `path_limits` keys are paths or route templates
+    ("/v1/campaigns/{campaign_id}/awards").
     """
 
     def __init__(self, app: ASGIApp, *, limit: int, path_limits: Mapping[str, int]) -> None:
@@ -53,12 +54,16 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.path_limits.get(scope["path"], self.limit)
         declared = _content_length(scope)
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
+            # Read here, after routing: the route's template is known by now.
+            template = getattr(scope.get("route"), "path", None)
+            limit = self.path_limits.get(
+                scope["path"], self.path_limits.get(template or "", self.limit)
+            )
             if declared is not None and declared > limit:
                 raise BodyTooLarge(limit)
             message = await receive()

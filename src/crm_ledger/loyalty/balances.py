@@ -1,0 +1,173 @@
+"""A customer's loyalty account as the journal knows it: address, lots, balances, history.
+
+Exports: `loyalty_account`, `live_points`, `HISTORY_LIMIT`.
+
+The API adds what the chain says (`balanceOf`) next to it, so a reader sees both. `available`
+counts issued, unexpired lots less what redemptions took; `pending` what is planned but not on
+chain yet; `reserved` redemptions whose burn is not on chain yet.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from crm_ledger.db.models import (
+    LoyaltyCampaign,
+    LoyaltyExpiration,
+    LoyaltyIssuance,
+    LoyaltyRedemption,
+)
+from crm_ledger.journal.customers import get_customer
+from crm_ledger.journal.schemas import format_timestamp
+from crm_ledger.loyalty.lots import LotStatus
+from crm_ledger.loyalty.redemptions import RedemptionStatus, available_lots
+from crm_ledger.loyalty.schemas import HistoryEntry, LotPublic, LoyaltyAccountPublic
+from crm_ledger.loyalty.wallets import WalletKeyring, customer_address
+
+#: The most lots and history entries one answer lists (newest first).
+HISTORY_LIMIT = 200
+
+
+def _hex(value: bytes | None) -> str | None:
+    return "0x" + value.hex() if value is not None else None
+
+
+def live_points(session: Session, customer_pk: int) -> int:
+    """Points the customer holds or is owed: lots not failed, and burns not yet on chain."""
+    lots = session.scalar(
+        select(func.coalesce(func.sum(LoyaltyIssuance.remaining), 0)).where(
+            LoyaltyIssuance.customer_pk == customer_pk,
+            LoyaltyIssuance.status != LotStatus.FAILED.value,
+        )
+    )
+    burning = session.scalar(
+        select(func.coalesce(func.sum(LoyaltyRedemption.points), 0)).where(
+            LoyaltyRedemption.customer_pk == customer_pk,
+            LoyaltyRedemption.status == RedemptionStatus.PENDING.value,
+        )
+    )
+    return int(lots or 0) + int(burning or 0)
+
+
+def loyalty_account(
+    *,
+    session: Session,
+    customer_id: str,
+    keyring: WalletKeyring | None,
+    now: datetime,
+) -> LoyaltyAccountPublic:
+    """The account without chain figures (`chain_balance` None); raises `NotFound`."""
+    customer = get_customer(session=session, customer_id=customer_id)
+    wallet = customer_address(session, customer.pk)
+    address: str | None = None
+    kind: str | None = None
+    if wallet is not None:
+        address, kind = wallet.address, "linked" if wallet.linked_at else "custodial"
+    elif keyring is not None:
+        address, kind = keyring.address(keyring.index_of(customer.pk)), "custodial"
+    campaigns = dict(session.execute(select(LoyaltyCampaign.pk, LoyaltyCampaign.id)).tuples())
+    lots = list(
+        session.scalars(
+            select(LoyaltyIssuance)
+            .where(LoyaltyIssuance.customer_pk == customer.pk)
+            .order_by(LoyaltyIssuance.pk.desc())
+            .limit(HISTORY_LIMIT)
+        )
+    )
+    redemptions = list(
+        session.scalars(
+            select(LoyaltyRedemption)
+            .where(LoyaltyRedemption.customer_pk == customer.pk)
+            .order_by(LoyaltyRedemption.pk.desc())
+            .limit(HISTORY_LIMIT)
+        )
+    )
+    expirations = list(
+        session.scalars(
+            select(LoyaltyExpiration)
+            .where(LoyaltyExpiration.customer_pk == customer.pk)
+            .order_by(LoyaltyExpiration.pk.desc())
+            .limit(HISTORY_LIMIT)
+        )
+    )
+    spendable = available_lots(session, customer.pk, address, now) if address else []
+    pending = session.scalar(
+        select(func.coalesce(func.sum(LoyaltyIssuance.points), 0)).where(
+            LoyaltyIssuance.customer_pk == customer.pk,
+            LoyaltyIssuance.status == LotStatus.PLANNED.value,
+        )
+    )
+    reserved = session.scalar(
+        select(func.coalesce(func.sum(LoyaltyRedemption.points), 0)).where(
+            LoyaltyRedemption.customer_pk == customer.pk,
+            LoyaltyRedemption.status == RedemptionStatus.PENDING.value,
+        )
+    )
+    history: list[HistoryEntry] = []
+    for lot in lots:
+        history.append(
+            HistoryEntry(
+                type="issue",
+                points=lot.points,
+                status=lot.status,
+                at=format_timestamp(lot.issued_at or lot.earned_at),
+                tx_hash=_hex(lot.tx_hash),
+                block_number=lot.block_number,
+                campaign_id=campaigns.get(lot.campaign_pk),
+            )
+        )
+    for redemption in redemptions:
+        history.append(
+            HistoryEntry(
+                type="redeem",
+                points=redemption.points,
+                status=redemption.status,
+                at=format_timestamp(redemption.redeemed_at or redemption.created_at),
+                tx_hash=_hex(redemption.tx_hash),
+                block_number=redemption.block_number,
+                redemption_id=redemption.id,
+                reward_ref=redemption.reward_ref,
+            )
+        )
+    for expiration in expirations:
+        history.append(
+            HistoryEntry(
+                type="expire",
+                points=expiration.points,
+                status=expiration.status,
+                at=format_timestamp(expiration.expired_at or expiration.created_at),
+                tx_hash=_hex(expiration.tx_hash),
+                block_number=expiration.block_number,
+                reason=expiration.reason,
+            )
+        )
+    history.sort(key=lambda entry: entry.at, reverse=True)
+    return LoyaltyAccountPublic(
+        customer_id=customer.id,
+        address=address,
+        address_kind=kind,
+        token=None,
+        chain_balance=None,
+        chain_error=None,
+        available=sum(lot.remaining for lot in spendable),
+        pending=int(pending or 0),
+        reserved=int(reserved or 0),
+        lots=[
+            LotPublic(
+                issuance_id="0x" + lot.issuance_id.hex(),
+                campaign_id=campaigns.get(lot.campaign_pk, ""),
+                source=lot.source,
+                points=lot.points,
+                remaining=lot.remaining,
+                status=lot.status,
+                earned_at=format_timestamp(lot.earned_at),
+                expires_at=format_timestamp(lot.expires_at) if lot.expires_at else None,
+                tx_hash=_hex(lot.tx_hash),
+            )
+            for lot in lots
+        ],
+        history=history[:HISTORY_LIMIT],
+    )
