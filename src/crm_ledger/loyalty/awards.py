@@ -168,7 +168,9 @@ def resolve_segment(session: Session, segment: Segment) -> list[tuple[int, str]]
             select(Customer.pk, Customer.id, Customer.tags)
             .where(Customer.erased_at.is_(None))
             .order_by(Customer.pk)
-        ).tuples()
+        )
+        .tuples()
+        .all()
     ]
     if segment.tag is not None:
         candidates = [c for c in candidates if segment.tag in (c[2] or [])]
@@ -181,7 +183,9 @@ def resolve_segment(session: Session, segment: Segment) -> list[tuple[int, str]]
                 select(Record.customer_pk, func.max(Record.created_at))
                 .where(Record.kind == int(RecordKind.INTERACTION))
                 .group_by(Record.customer_pk)
-            ).tuples()
+            )
+            .tuples()
+            .all()
         )
         after, before = segment.last_interaction_after, segment.last_interaction_before
         candidates = [
@@ -289,7 +293,9 @@ def job_progress(
             select(LoyaltyIssuance.status, func.count())
             .where(LoyaltyIssuance.job_pk == job.pk)
             .group_by(LoyaltyIssuance.status)
-        ).tuples()
+        )
+        .tuples()
+        .all()
     )
     transactions = session.scalars(
         select(LoyaltyIssuance.tx_hash)
@@ -328,7 +334,9 @@ def refresh_jobs(session: Session, job_pks: set[int]) -> None:
                 select(LoyaltyIssuance.status, func.count())
                 .where(LoyaltyIssuance.job_pk == job.pk)
                 .group_by(LoyaltyIssuance.status)
-            ).tuples()
+            )
+            .tuples()
+            .all()
         )
         if counts.get(LotStatus.PLANNED.value):
             job.status, job.finished_at = JobStatus.QUEUED.value, None

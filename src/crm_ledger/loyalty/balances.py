@@ -68,7 +68,7 @@ def loyalty_account(
         address, kind = wallet.address, "linked" if wallet.linked_at else "custodial"
     elif keyring is not None:
         address, kind = keyring.address(keyring.index_of(customer.pk)), "custodial"
-    campaigns = dict(session.execute(select(LoyaltyCampaign.pk, LoyaltyCampaign.id)).tuples())
+    campaigns = dict(session.execute(select(LoyaltyCampaign.pk, LoyaltyCampaign.id)).tuples().all())
     lots = list(
         session.scalars(
             select(LoyaltyIssuance)

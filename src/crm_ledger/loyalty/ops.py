@@ -197,7 +197,9 @@ def _plan(session: Session, op: LoyaltyChainOp) -> OpPlan:
                     LoyaltyIssuance.status != LotStatus.FAILED.value,
                 )
                 .order_by(LoyaltyIssuance.issuance_id)
-            ).tuples()
+            )
+            .tuples()
+            .all()
         ]
     elif op.kind == OpKind.REDEEM.value:
         entries = [
@@ -431,7 +433,7 @@ def confirmed_ops_newest_first(
             )
         return [
             (pk, number, block_hash, tx)
-            for pk, number, block_hash, tx in session.execute(query).tuples()
+            for pk, number, block_hash, tx in session.execute(query).tuples().all()
             if number is not None and block_hash is not None and tx is not None
         ]
 

@@ -261,7 +261,9 @@ def _addresses(session: Session, customer_pks: list[int]) -> dict[int, str]:
                 select(LoyaltyWallet.customer_pk, LoyaltyWallet.address).where(
                     LoyaltyWallet.customer_pk.in_(chunk)
                 )
-            ).tuples()
+            )
+            .tuples()
+            .all()
         )
     return found
 
