@@ -80,7 +80,7 @@ async def test_award_goes_out_in_as_few_batches_as_allowed(
     session_factory: sessionmaker[Session], token: FakeToken, make_worker: MakeWorker
 ) -> None:
     customers = make_customers(session_factory, 45)
-    campaign_id, job_id = award(session_factory, [cid for _, cid in customers], points=7)
+    award(session_factory, [cid for _, cid in customers], points=7)
     await run_until_idle(make_worker())
     assert token.sent["issueBatch"] == math.ceil(45 / 20)
     assert token.sent["setCampaignBudget"] == 1
