@@ -15,6 +15,7 @@ from eth_utils.crypto import keccak
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import AsyncWeb3
+from web3.exceptions import TimeExhausted
 
 from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
 from crm_ledger.chain.artifacts import load_artifact
@@ -46,6 +47,10 @@ def indexer_settings(tmp_path: Path, **overrides: object) -> Settings:
     return fast_settings(tmp_path, **values)
 
 
+class Dropped(Exception):
+    """A token transaction that a reorg or revert took away before it was seen mined."""
+
+
 @dataclass
 class Token:
     """A LoyaltyToken deployed by dev account `TOKEN_ADMIN_INDEX`, which holds every role."""
@@ -59,7 +64,12 @@ class Token:
 
     async def _send(self, call: Any) -> bytes:
         tx_hash = await call.transact({"from": self.admin})
-        receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.01)
+        try:
+            receipt = await self.w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=5, poll_latency=0.01
+            )
+        except TimeExhausted:
+            raise Dropped(f"0x{bytes(tx_hash).hex()} was dropped by a reorg") from None
         assert receipt["status"] == 1
         return bytes(tx_hash)
 
@@ -119,6 +129,8 @@ class AnvilChain:
             chain=self.ledger,
             deployment=self.deployment,
             settings=fast_settings(self.tmp_path, **settings),
+            # A reorg can drop a sent transaction: do not wait the default 30 s for it.
+            receipt_timeout_seconds=2.0,
         )
 
     async def anchor(self, **settings: object) -> None:

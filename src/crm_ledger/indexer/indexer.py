@@ -91,6 +91,7 @@ class IndexerState:
     reorgs: int = 0
     last_reorg_depth: int | None = None
     events_indexed: int = 0
+    rolled_back_events: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
@@ -104,6 +105,7 @@ class IndexerState:
             "reorgs": self.reorgs,
             "last_reorg_depth": self.last_reorg_depth,
             "events_indexed": self.events_indexed,
+            "rolled_back_events": self.rolled_back_events,
         }
 
 
@@ -312,6 +314,7 @@ class Indexer:
         depth = tip_number - fork + 1
         self.state.reorgs += 1
         self.state.last_reorg_depth = depth
+        self.state.rolled_back_events += rolled.batches + rolled.token_events
         metrics.indexer_reorgs_total.inc()
         where = (
             f"from block {fork}"

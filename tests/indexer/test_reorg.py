@@ -1,0 +1,173 @@
+"""Reorgs on a real Anvil, under load: the view ends equal to a fresh re-index of the chain.
+
+The anchorer, the indexer (0 confirmations, so every reorg reaches indexed blocks) and a load of
+records and token operations run together; then Anvil reorganises the last blocks
+(`anvil_reorg`, whose new blocks drop the old transactions: the anchorer must anchor those
+batches again) or reverts to a snapshot and mines different blocks (`evm_snapshot` /
+`evm_revert`). When everything has settled, the indexed state is compared with what a fresh
+indexer derives from the same chain, and the change feed, folded up, must say the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable
+
+import pytest
+from sqlalchemy import select
+
+from crm_ledger.db.models import Customer, IndexedTokenEvent, Record
+from crm_ledger.indexer import store
+from tests.anchoring.fakes import add_records
+from tests.indexer.conftest import AnvilChain, Dropped, Token, add_wallet
+from tests.indexer.helpers import (
+    add_more_records,
+    confirmed_records,
+    folded_feed,
+    settled,
+    view_snapshot,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.chain, pytest.mark.asyncio]
+
+HOLDERS = ["0x" + f"{n:02x}" * 20 for n in (0xA1, 0xA2, 0xA3)]
+
+
+class Load:
+    """Records every 20 ms, and a token issuance or redemption every few rounds."""
+
+    def __init__(self, chain: AnvilChain, token: Token, customer_pks: list[int]) -> None:
+        self.chain = chain
+        self.token = token
+        self.customer_pks = customer_pks
+        self.stop = asyncio.Event()
+        self.ids = itertools.count(1)
+
+    async def run(self) -> None:
+        for round_ in itertools.count():
+            if self.stop.is_set():
+                return
+            await asyncio.to_thread(
+                add_more_records, self.chain.session_factory, self.customer_pks, 1
+            )
+            if round_ % 3 == 0:
+                n = next(self.ids)
+                holder = HOLDERS[n % len(HOLDERS)]
+                with contextlib.suppress(Dropped):
+                    if n % 4 == 0 and await self.token.balance_of(holder) >= 2:
+                        await self.token.redeem(n.to_bytes(32, "big"), holder, 2, b"\x07" * 32)
+                    else:
+                        await self.token.issue(b"\x01" * 32, [(n.to_bytes(32, "big"), holder, 5)])
+            await asyncio.sleep(0.02)
+
+
+async def run_under_load(
+    chain: AnvilChain, disturb: Callable[[], Awaitable[None]], *, confirmations: int = 0
+) -> None:
+    """Anchor and index under load, `disturb` the chain twice, settle, compare with a re-index."""
+    token = await chain.deploy_token()
+    # History no reorg reaches: the contracts must outlive every disturbance.
+    await chain.mine(20)
+    add_records(chain.session_factory, customers=3, each=2)
+    with chain.session_factory() as session:
+        customer_pks = list(session.scalars(select(Customer.pk).order_by(Customer.pk)))
+    for pk, holder in zip(customer_pks, HOLDERS, strict=True):
+        add_wallet(chain.session_factory, pk, holder)
+    stop = asyncio.Event()
+    anchorer = chain.anchorer(batch_max_records=3)
+    indexer = chain.indexer(confirmations=confirmations, indexer_chunk_blocks=7)
+    load = Load(chain, token, customer_pks)
+    tasks = [
+        asyncio.create_task(anchorer.run(stop)),
+        asyncio.create_task(indexer.run(stop)),
+        asyncio.create_task(load.run()),
+    ]
+    try:
+        for _ in range(2):
+            await asyncio.sleep(0.6)
+
+            async def caught_up() -> bool:
+                head = await chain.head()
+                return indexer.state.indexed_through == head - confirmations
+
+            await wait_until(caught_up, what="the indexer to reach the head")
+            await disturb()
+        await asyncio.sleep(0.6)
+        load.stop.set()
+        await tasks.pop()
+
+        async def quiet() -> bool:
+            if not await asyncio.to_thread(settled, chain.session_factory):
+                return False
+            head = await chain.head()
+            return indexer.state.indexed_through == head - confirmations
+
+        await wait_until(quiet, what="anchoring and indexing to settle")
+        if confirmations:
+            await chain.mine(confirmations)
+            await wait_until(quiet, what="the last blocks to be confirmed")
+    finally:
+        load.stop.set()
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert indexer.state.state == "running", indexer.state
+    assert indexer.state.reorgs >= 2
+    assert indexer.state.rolled_back_events > 0
+
+    seen = view_snapshot(chain.session_factory)
+    feed = folded_feed(chain.session_factory)
+    confirmed = confirmed_records(chain.session_factory)
+    with chain.session_factory() as session:
+        record_count = len(session.scalars(select(Record.pk)).all())
+        tokens = session.execute(
+            select(IndexedTokenEvent.event, IndexedTokenEvent.amount).where(
+                IndexedTokenEvent.event != "transfer"
+            )
+        ).all()
+    # Every record is confirmed, and the feed says exactly that, at the same place.
+    assert len(confirmed) == record_count
+    assert confirmed == feed["records"]
+    assert feed["rewards"] == sorted((f"reward.{event}", amount) for event, amount in tokens)
+    for holder in HOLDERS:
+        on_chain = await token.balance_of(holder)
+        indexed = {row[1]: row[2] for row in seen["balances"]}.get(holder, 0)
+        assert indexed == on_chain
+
+    await asyncio.to_thread(store.reset_index, chain.session_factory)
+    emptied = view_snapshot(chain.session_factory)
+    assert emptied["batches"] == emptied["tokens"] == emptied["balances"] == []
+    await chain.index(chain.indexer(confirmations=confirmations))
+    assert view_snapshot(chain.session_factory) == seen
+
+
+@pytest.mark.parametrize("depth", [1, 10])
+async def test_reorg_under_load_leaves_the_view_equal_to_a_fresh_reindex(
+    anvil_chain: AnvilChain, depth: int
+) -> None:
+    async def reorg() -> None:
+        await anvil_chain.rpc("anvil_reorg", depth, [])
+
+    await run_under_load(anvil_chain, reorg)
+
+
+async def test_revert_to_a_snapshot_then_other_blocks_under_load(anvil_chain: AnvilChain) -> None:
+    async def revert() -> None:
+        snapshot = await anvil_chain.rpc("evm_snapshot")
+        await asyncio.sleep(0.4)  # the load builds blocks on top of the snapshot
+        assert await anvil_chain.rpc("evm_revert", snapshot) is True
+        # Other blocks at the same heights: the ones built since the snapshot are orphaned.
+        await anvil_chain.mine(2)
+
+    await run_under_load(anvil_chain, revert)
+
+
+async def test_a_reorg_deeper_than_the_confirmations_is_still_rolled_back(
+    anvil_chain: AnvilChain,
+) -> None:
+    async def deep() -> None:
+        await anvil_chain.rpc("anvil_reorg", 8, [])
+
+    await run_under_load(anvil_chain, deep, confirmations=3)
