@@ -89,10 +89,18 @@ class BundleExport:
         if self._customer_pk is not None:
             query = query.where(Customer.pk == self._customer_pk)
         else:
-            present = select(Record.customer_pk).where(
-                Record.seq >= self._first, Record.seq <= self._last
+            # EXISTS per customer walks ix_records_customer_pk: a few rows per customer, however
+            # the planner guesses the size of the range.
+            has_records = (
+                select(Record.pk)
+                .where(
+                    Record.customer_pk == Customer.pk,
+                    Record.seq >= self._first,
+                    Record.seq <= self._last,
+                )
+                .exists()
             )
-            query = query.where(Customer.pk.in_(present))
+            query = query.where(has_records)
         for customer_id, key in self._conn.execute(query):
             yield BundleKey(customer_id=customer_id, key=bytes(key))
 
