@@ -1,10 +1,12 @@
-"""What runs beside the API in one process: the embedded chain node, the anchorer, loyalty.
+"""What runs beside the API in one process: the embedded chain node, the anchorer, loyalty,
+the indexer.
 
 Exports: `Runtime`.
 
 `Runtime.start()` returns at once; a supervisor task starts Anvil when no RPC URL is set,
 connects, checks or makes the AuditLedger deployment, takes the anchorer's singleton lock and
-runs the anchorer, with the loyalty issuance worker beside it (`loyalty.service`). An
+runs the anchorer, with the loyalty issuance worker (`loyalty.service`) and the chain indexer
+(`indexer.indexer.indexing_beside`) beside it. An
 unreachable chain is retried with back-off (writes keep being accepted); a reset chain or
 unusable settings halt anchoring with a message `/readyz` shows.
 """
@@ -27,7 +29,9 @@ from crm_ledger.chain.deploy import ensure_ledger_deployment
 from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.chain.signer import load_signer
 from crm_ledger.config import Settings
+from crm_ledger.crm.reconcile import Reconciler
 from crm_ledger.errors import ChainReset, ChainUnavailable, ConfigError
+from crm_ledger.indexer.indexer import Indexer, indexing_beside
 from crm_ledger.loyalty.service import LoyaltyRuntime
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ class Runtime:
     session_factory: sessionmaker[Session]
     node: LocalNode | None = None
     anchorer: Anchorer | None = None
+    indexer: Indexer | None = None
     loyalty: LoyaltyRuntime = field(init=False)
     _status: dict[str, Any] = field(default_factory=lambda: {"state": "starting"})
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,7 +69,15 @@ class Runtime:
                 rollbacks_detected=state.rollbacks_detected,
             )
         status["loyalty"] = self.loyalty.status
+        status["indexer"] = (
+            self.indexer.state.to_json() if self.indexer is not None else {"state": "stopped"}
+        )
         return status
+
+    @property
+    def reconciler(self) -> Reconciler | None:
+        """The indexer's reconciler, when this process runs the indexer."""
+        return self.indexer.reconciler if self.indexer is not None else None
 
     async def start(self) -> None:
         """Start the supervisor in the background; returns at once."""
@@ -138,7 +151,12 @@ class Runtime:
                     ),
                     settings=settings,
                 )
-                async with self.loyalty.beside(w3=w3, chain_id=chain_id, anchorer=signer.address):
+                async with (
+                    self.loyalty.beside(w3=w3, chain_id=chain_id, anchorer=signer.address),
+                    indexing_beside(
+                        w3=w3, session_factory=self.session_factory, settings=settings
+                    ) as self.indexer,
+                ):
                     await self.anchorer.run(self._stop)
                 if self.anchorer.state.state == "halted":
                     self._halt(self.anchorer.state.message)

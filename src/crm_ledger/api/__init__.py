@@ -14,7 +14,7 @@ from crm_ledger.api.middleware import (
     UnexpectedErrorMiddleware,
 )
 from crm_ledger.api.problems import install_problem_handlers
-from crm_ledger.api.routes import audit, customers, health, loyalty, records
+from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, records
 from crm_ledger.config import Settings
 
 # A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
@@ -33,6 +33,8 @@ def install(app: FastAPI) -> None:
     app.include_router(health.router)
     app.include_router(audit.router)
     app.include_router(loyalty.router)
+    app.include_router(crm.router)
+    app.include_router(events.router)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
         BodyLimitMiddleware,

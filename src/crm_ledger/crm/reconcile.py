@@ -38,11 +38,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from eth_utils.crypto import keccak
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import metrics
@@ -88,6 +88,8 @@ TRIGGER_SCHEDULE = "schedule"
 REQUESTED, RUNNING, DONE, FAILED = "requested", "running", "done", "failed"
 LEDGER = "AuditLedger"
 TOKEN = "LoyaltyToken"
+#: A run still `running` after this long died with its process and no longer blocks new ones.
+STALE_AFTER = timedelta(hours=1)
 #: Items listed in a stored report (all are counted).
 MAX_LISTED_ITEMS = 1000
 _ISSUED_EVENT = "issued"
@@ -247,9 +249,21 @@ class Reconciler:
         self._lock = asyncio.Lock()
 
     async def run(self, *, trigger: str, report_id: str | None = None) -> dict[str, Any]:
-        """Run now (after any run in progress) and return the stored report's JSON."""
+        """Run now (after any run in progress) and return the stored report's JSON.
+
+        With `report_id`, runs that requested run, unless another run already claimed it:
+        then its report is returned as it stands.
+        """
         async with self._lock:
-            report_id = await asyncio.to_thread(self._start, trigger, report_id)
+            claimed = await asyncio.to_thread(self._start, trigger, report_id)
+            if claimed is None:
+                assert report_id is not None
+                current = await asyncio.to_thread(
+                    latest_report, self.session_factory, report_id=report_id
+                )
+                assert current is not None
+                return current
+            report_id = claimed
             try:
                 result = await self._reconcile()
             except BaseException as exc:
@@ -615,15 +629,19 @@ class Reconciler:
             with self.session_factory.begin() as session:
                 feed.append(session, fresh)
 
-    def _start(self, trigger: str, report_id: str | None) -> str:
+    def _start(self, trigger: str, report_id: str | None) -> str | None:
+        """Mark a run running: a new one, or the requested `report_id` if still unclaimed."""
         with self.session_factory.begin() as session:
             if report_id is not None:
-                session.execute(
+                claimed = session.execute(
                     update(ReconciliationReport)
-                    .where(ReconciliationReport.id == report_id)
+                    .where(
+                        ReconciliationReport.id == report_id,
+                        ReconciliationReport.status == REQUESTED,
+                    )
                     .values(status=RUNNING, started_at=utcnow())
                 )
-                return report_id
+                return report_id if getattr(claimed, "rowcount", 0) == 1 else None
             report_id = new_id()
             now = utcnow()
             session.execute(
@@ -672,15 +690,27 @@ class Reconciler:
             )
 
 
-def request_run(session_factory: sessionmaker[Session]) -> dict[str, Any]:
-    """Leave a `requested` run for the indexer's process; the pending one if there is one."""
+def request_run(session_factory: sessionmaker[Session]) -> tuple[dict[str, Any], bool]:
+    """A `requested` run for the indexer's process, or the run already requested or running.
+
+    True when this call made the request.
+    """
     with session_factory.begin() as session:
         pending = session.scalar(
             select(ReconciliationReport.id)
-            .where(ReconciliationReport.status == REQUESTED)
-            .order_by(ReconciliationReport.pk)
+            .where(
+                or_(
+                    ReconciliationReport.status == REQUESTED,
+                    and_(
+                        ReconciliationReport.status == RUNNING,
+                        ReconciliationReport.started_at > utcnow() - STALE_AFTER,
+                    ),
+                )
+            )
+            .order_by(ReconciliationReport.pk.desc())
             .limit(1)
         )
+        made = pending is None
         if pending is None:
             pending = new_id()
             session.execute(
@@ -695,7 +725,7 @@ def request_run(session_factory: sessionmaker[Session]) -> dict[str, Any]:
             )
     requested = latest_report(session_factory, report_id=pending)
     assert requested is not None
-    return requested
+    return requested, made
 
 
 def latest_report(

@@ -126,8 +126,8 @@ LOYALTY_TOKEN_TOPICS: tuple[bytes, ...] = tuple(_TOKEN_TOPICS)
 
 def _garbage(log: RawLog, what: str) -> ChainUnavailable:
     return ChainUnavailable(
-        f"the node answered eth_getLogs with a log that cannot come from the contract at "
-        f"{log.address} (block {log.block_number}, log {log.log_index}): {what}"
+        f"a log the contract at {log.address} cannot have emitted (block {log.block_number}, "
+        f"log {log.log_index}): {what}"
     )
 
 

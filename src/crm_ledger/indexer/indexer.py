@@ -1,7 +1,7 @@
 """The indexer: follows AuditLedger and LoyaltyToken events into the CRM view, reorg-safe.
 
-Exports: `Indexer`, `IndexerState`, `make_indexer`, `DEPLOYMENT_CHECK_SECONDS`,
-`PRUNE_INTERVAL_SECONDS`.
+Exports: `Indexer`, `IndexerState`, `make_indexer`, `indexing_beside`,
+`DEPLOYMENT_CHECK_SECONDS`, `PRUNE_INTERVAL_SECONDS`.
 
 One round (`step`):
 
@@ -38,7 +38,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -62,12 +62,14 @@ from crm_ledger.indexer.events import (
 )
 from crm_ledger.indexer.source import ChainSource, JsonRpcSource
 from crm_ledger.indexer.store import StaleRange, Stream
+from crm_ledger.loyalty.ops import reset_op
 
 __all__ = [
     "DEPLOYMENT_CHECK_SECONDS",
     "PRUNE_INTERVAL_SECONDS",
     "Indexer",
     "IndexerState",
+    "indexing_beside",
     "make_indexer",
 ]
 
@@ -274,10 +276,16 @@ class Indexer:
             if raw.block_number == end and raw.block_hash != end_hash:
                 return None
             block_hashes[raw.block_number] = raw.block_hash
-            if by_address[raw.address].contract == store.LEDGER:
-                batches.append(decode_batch_anchored(raw))
-            else:
-                token_events.append(decode_token_event(raw))
+            try:
+                if by_address[raw.address].contract == store.LEDGER:
+                    batches.append(decode_batch_anchored(raw))
+                else:
+                    token_events.append(decode_token_event(raw))
+            except ChainUnavailable as exc:
+                raise ChainUnavailable(
+                    f"the node at {self.source.rpc_url} answered eth_getLogs({start}..{end}) "
+                    f"with garbage: {exc}"
+                ) from None
         self.checkpoint("fetched")
         try:
             applied = await asyncio.to_thread(
@@ -369,11 +377,46 @@ class Indexer:
 def make_indexer(
     *, w3: AsyncWeb3[Any], session_factory: sessionmaker[Session], settings: Settings
 ) -> Indexer:
-    """An indexer reading through `w3`, with its reconciler; run it with `indexer.run(stop)`."""
+    """An indexer reading through `w3`, with its reconciler (which re-sends a missing issuance
+    through the loyalty worker's `reset_op`); run it with `indexer.run(stop)`."""
     source = JsonRpcSource(w3)
     return Indexer(
         session_factory=session_factory,
         source=source,
         settings=settings,
-        reconciler=Reconciler(session_factory=session_factory, chain=SourceReader(source)),
+        reconciler=Reconciler(
+            session_factory=session_factory, chain=SourceReader(source), resend_op=reset_op
+        ),
     )
+
+
+@contextlib.asynccontextmanager
+async def indexing_beside(
+    *, w3: AsyncWeb3[Any], session_factory: sessionmaker[Session], settings: Settings
+) -> AsyncIterator[Indexer | None]:
+    """Run an indexer on `w3` for as long as the block runs (None if `run_indexer` is off).
+
+    Used by the runtime beside the anchorer. The indexer backs off on its own while the chain
+    is unavailable and halts on a reset; an unexpected error halts it too (logged, and shown by
+    `/readyz`), so the API and the anchorer keep going whatever happens here.
+    """
+    if not settings.run_indexer:
+        yield None
+        return
+    indexer = make_indexer(w3=w3, session_factory=session_factory, settings=settings)
+    stop = asyncio.Event()
+
+    async def guarded() -> None:
+        try:
+            await indexer.run(stop)
+        except Exception as exc:
+            log.exception("indexer failed")
+            indexer.state.state = "halted"
+            indexer.state.message = f"indexing stopped after an unexpected error: {exc}"
+
+    task = asyncio.create_task(guarded(), name="crm-ledger-indexer")
+    try:
+        yield indexer
+    finally:
+        stop.set()
+        await task
