@@ -39,7 +39,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
-from sqlalchemy.types import JSON
 
 from crm_ledger.crm.schemas import (
     CustomerProfile,
@@ -910,7 +909,7 @@ def _apply_filters(
         if session.get_bind().dialect.name == "postgresql":
             query = query.where(Customer.tags.cast(JSONB).contains([filters.tag]))
         else:
-            each = func.json_each(Customer.tags.cast(JSON)).table_valued("value")
+            each = func.json_each(Customer.tags).table_valued("value")
             query = query.where(
                 select(1).select_from(each).where(each.c.value == filters.tag).exists()
             )
