@@ -348,7 +348,7 @@ class LoyaltyIssuance(Base):
     points: Mapped[int] = mapped_column(BigInteger)
     # Points of the lot neither redeemed nor expired.
     remaining: Mapped[int] = mapped_column(BigInteger)
-    # planned, sent, issued or failed.
+    # planned (maybe in a transaction already), issued or failed.
     status: Mapped[str] = mapped_column(String(16))
     # Set when the lot is put into a transaction.
     address: Mapped[str | None] = mapped_column(String(42))
@@ -377,7 +377,7 @@ class LoyaltyRedemption(Base):
     # The opaque `ref` the chain sees: never the reward_ref itself.
     chain_ref: Mapped[bytes] = mapped_column(LargeBinary(32))
     address: Mapped[str] = mapped_column(String(42))
-    # pending, sent, redeemed or failed.
+    # pending, redeemed or failed.
     status: Mapped[str] = mapped_column(String(16))
     op_pk: Mapped[int | None] = mapped_column(ForeignKey("loyalty_chain_ops.pk"), index=True)
     tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
@@ -412,7 +412,7 @@ class LoyaltyExpiration(Base):
     # Why, for people; the chain gets `reason_code`, an opaque bytes32.
     reason: Mapped[str] = mapped_column(Text)
     reason_code: Mapped[bytes] = mapped_column(LargeBinary(32))
-    # pending, sent, expired or failed.
+    # pending, expired or failed.
     status: Mapped[str] = mapped_column(String(16))
     op_pk: Mapped[int | None] = mapped_column(ForeignKey("loyalty_chain_ops.pk"), index=True)
     tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
