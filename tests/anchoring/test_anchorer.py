@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
@@ -225,3 +226,31 @@ async def test_a_reset_chain_halts_anchoring_and_says_what_to_run(
     assert anchorer.state.state == "halted"
     with session_factory() as session:
         assert session.scalars(select(Record).where(Record.seq.is_(None))).all() != []
+
+
+@pytest.mark.asyncio
+async def test_a_database_error_mid_step_is_retried_not_fatal(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=2, each=3)
+    chain = FakeChain()
+    failures = iter([True, False])
+
+    def deadlock_once(step: str) -> None:
+        if step == "marked_sent" and next(failures, False):
+            raise OperationalError("UPDATE batches", {}, Exception("deadlock detected"))
+
+    anchorer = make_anchorer(session_factory, chain, tmp_path, checkpoint=deadlock_once)
+    stop = asyncio.Event()
+    task = asyncio.create_task(anchorer.run(stop))
+    for _ in range(300):
+        await asyncio.sleep(0.02)
+        with session_factory() as session:
+            if session.scalars(select(Record).where(Record.seq.is_(None))).first() is None and all(
+                b.status == BatchStatus.ANCHORED.value for b in session.scalars(select(Batch))
+            ):
+                break
+    stop.set()
+    await task
+    assert anchorer.state.state == "running"
+    assert_ledger_consistent(session_factory, chain)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import metrics
@@ -138,6 +139,13 @@ class Anchorer:
                 log.error("anchoring halted: %s", exc)
                 self._set_state("halted", str(exc))
                 return
+            except DBAPIError as exc:
+                # A deadlock victim, a dropped connection, a locked SQLite file: the journal is
+                # unchanged by a failed transaction, so the step simply runs again.
+                log.warning("database error while anchoring, retrying: %s", exc.orig or exc)
+                self._set_state("database_unavailable", str(exc.orig or exc))
+                delay = min(max(delay * 2, 0.2), self.settings.anchor_retry_max_seconds)
+                worked = False
             except AnchorRejected as exc:
                 # Our view of the chain was stale (e.g. a rollback landed mid-send); the next
                 # step reconciles with nextSeq() before sending anything.
