@@ -214,7 +214,7 @@ class IdempotencyEntry(Base):
 
 
 class AuditReport(Base):
-    """One run of the ledger audit (`crm-ledger audit`, `POST /v1/audit/ledger`) and its findings."""
+    """One run of the ledger audit (`crm-ledger audit`, `POST /v1/audit/ledger`), with findings."""
 
     __tablename__ = "audit_reports"
 
