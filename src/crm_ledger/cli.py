@@ -8,6 +8,7 @@ Commands:
     crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + anchorer (+ Anvil)
     crm-ledger worker anchor [--data-dir DIR]                   the anchorer alone
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
+    crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
 
 Only results go to stdout (so `KEY=$(crm-ledger keys create ...)` works); status and errors go to
 stderr. Every command builds its settings with `_settings(data_dir)` and its database with
