@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy import select
+from web3.exceptions import ContractLogicError
 
 from crm_ledger.db.models import Customer, IndexedTokenEvent, Record
 from crm_ledger.indexer import store
@@ -56,7 +57,8 @@ class Load:
             if round_ % 3 == 0:
                 n = next(self.ids)
                 holder = HOLDERS[n % len(HOLDERS)]
-                with contextlib.suppress(Dropped):
+                # A reorg between the balance check and the redemption makes it revert.
+                with contextlib.suppress(Dropped, ContractLogicError):
                     if n % 4 == 0 and await self.token.balance_of(holder) >= 2:
                         await self.token.redeem(n.to_bytes(32, "big"), holder, 2, b"\x07" * 32)
                     else:
@@ -114,7 +116,9 @@ async def run_under_load(
         stop.set()
         await asyncio.gather(*tasks)
     assert indexer.state.state == "running", indexer.state
-    assert indexer.state.reorgs >= 2
+    # A disturbance can land on a block mined after the indexer last caught up, which it never
+    # read (nothing to roll back): at least one of them must have reached indexed events.
+    assert indexer.state.reorgs >= 1
     assert indexer.state.rolled_back_events > 0
 
     seen = view_snapshot(chain.session_factory)

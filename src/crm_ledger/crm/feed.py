@@ -34,11 +34,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, func, insert, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.crm import bulk
 from crm_ledger.db.models import FeedEvent, FeedMark, utcnow
 from crm_ledger.errors import ApiError, Unprocessable
 
@@ -68,7 +69,15 @@ FEED_LOCK_KEY = int.from_bytes(
 _CURSOR_PREFIX = "f1."
 _MAX_CURSOR_LENGTH = 40
 _MAX_POSITION = 2**63 - 1
-_FEED = cast(Table, FeedEvent.__table__)
+_FEED_COLUMNS = (
+    "id",
+    "type",
+    "created_at",
+    "customer_id",
+    "payload",
+    "source_batch_pk",
+    "source_token_pk",
+)
 
 
 class EventType(enum.StrEnum):
@@ -146,19 +155,21 @@ def append(session: Session, events: Sequence[NewFeedEvent]) -> None:
     if not events:
         return
     lock_feed(session)
-    now = utcnow()
-    session.execute(
-        insert(_FEED),
+    now = bulk.processed_now(session)
+    bulk.insert_rows(
+        session,
+        "feed_events",
+        _FEED_COLUMNS,
         [
-            {
-                "id": str(uuid.uuid4()),
-                "type": event.type.value,
-                "created_at": now,
-                "customer_id": event.customer_id,
-                "payload": json.dumps(event.payload, separators=(",", ":")),
-                "source_batch_pk": event.source_batch_pk,
-                "source_token_pk": event.source_token_pk,
-            }
+            (
+                str(uuid.uuid4()),
+                event.type.value,
+                now,
+                event.customer_id,
+                json.dumps(event.payload, separators=(",", ":")),
+                event.source_batch_pk,
+                event.source_token_pk,
+            )
             for event in events
         ],
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -38,9 +37,6 @@ from crm_ledger.indexer.events import RawLog
 
 __all__ = ["ChainSource", "JsonRpcSource"]
 
-_QUANTITY = re.compile(r"0x(0|[1-9a-f][0-9a-f]*)", re.ASCII | re.IGNORECASE)
-_DATA = re.compile(r"0x([0-9a-f]{2})*", re.ASCII | re.IGNORECASE)
-_ADDRESS = re.compile(r"0x[0-9a-f]{40}", re.ASCII | re.IGNORECASE)
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     OSError,  # refused, reset; TimeoutError is an OSError
@@ -139,11 +135,12 @@ class JsonRpcSource:
         result = await self._request("eth_getLogs", [params])
         if not isinstance(result, list):
             raise self._garbage(doing, "the result is not a list")
+        reader = _LogReader(self.rpc_url, doing)
         out: list[RawLog] = []
         block_hashes: dict[int, bytes] = {}
         seen: set[tuple[int, int]] = set()
         for entry in result:
-            log = self._log(entry, doing)
+            log = reader.log(entry)
             if log.address not in wanted_addresses:
                 raise self._garbage(doing, f"a log of {log.address}, which was not asked for")
             if not log.topics or log.topics[0] not in wanted_topics:
@@ -159,28 +156,6 @@ class JsonRpcSource:
             out.append(log)
         out.sort(key=lambda log: (log.block_number, log.log_index))
         return out
-
-    def _log(self, entry: Any, doing: str) -> RawLog:
-        url = self.rpc_url
-        if not isinstance(entry, dict):
-            raise self._garbage(doing, "a log is not an object")
-        if entry.get("removed") is True:
-            raise self._garbage(doing, "a removed log")
-        address = entry.get("address")
-        if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
-            raise self._garbage(doing, "a log without a valid address")
-        topics = entry.get("topics")
-        if not isinstance(topics, list) or len(topics) > 4:
-            raise self._garbage(doing, "a log without a valid topic list")
-        return RawLog(
-            address=address.lower(),
-            topics=tuple(_hash(topic, doing, url) for topic in topics),
-            data=_data(entry.get("data"), doing, url),
-            block_number=_quantity(entry.get("blockNumber"), doing, url),
-            block_hash=_hash(entry.get("blockHash"), doing, url),
-            tx_hash=_hash(entry.get("transactionHash"), doing, url),
-            log_index=_quantity(entry.get("logIndex"), doing, url),
-        )
 
     async def _request(self, method: str, params: list[Any]) -> Any:
         with self._transport(method):
@@ -221,15 +196,32 @@ def _garbage(url: str, doing: str, what: str) -> ChainUnavailable:
 
 
 def _quantity(value: Any, doing: str, url: str) -> int:
-    if not isinstance(value, str) or not _QUANTITY.fullmatch(value) or len(value) > 66:
-        raise _garbage(url, doing, f"expected a hex quantity, got {_shown(value)}")
-    return int(value, 16)
+    # int(_, 16) alone would also take "0x_1", " 0x1" and non-ASCII digits.
+    if (
+        type(value) is str
+        and value[:2] == "0x"
+        and 2 < len(value) <= 66
+        and value.isascii()
+        and value[2:].isalnum()
+    ):
+        try:
+            return int(value[2:], 16)
+        except ValueError:
+            pass
+    raise _garbage(url, doing, f"expected a hex quantity, got {_shown(value)}")
 
 
 def _data(value: Any, doing: str, url: str) -> bytes:
-    if not isinstance(value, str) or not _DATA.fullmatch(value):
-        raise _garbage(url, doing, f"expected 0x-hex bytes, got {_shown(value)}")
-    return bytes.fromhex(value[2:])
+    if type(value) is str and value[:2] == "0x":
+        try:
+            raw = bytes.fromhex(value[2:])
+        except ValueError:
+            pass
+        else:
+            # fromhex skips whitespace: the lengths tell whether there was any.
+            if 2 * len(raw) == len(value) - 2:
+                return raw
+    raise _garbage(url, doing, f"expected 0x-hex bytes, got {_shown(value)}")
 
 
 def _hash(value: Any, doing: str, url: str) -> bytes:
@@ -237,6 +229,55 @@ def _hash(value: Any, doing: str, url: str) -> bytes:
     if len(raw) != 32:
         raise _garbage(url, doing, f"expected 32 bytes, got {len(raw)}")
     return raw
+
+
+class _LogReader:
+    """Checks the logs of one answer; values that logs share (block and transaction hashes,
+    block numbers, topics) are parsed once."""
+
+    def __init__(self, url: str, doing: str) -> None:
+        self.url = url
+        self.doing = doing
+        self._hashes: dict[str, bytes] = {}
+        self._numbers: dict[str, int] = {}
+
+    def log(self, entry: Any) -> RawLog:
+        """One log of the answer, checked field by field."""
+        if type(entry) is not dict:
+            raise _garbage(self.url, self.doing, "a log is not an object")
+        if entry.get("removed") is True:
+            raise _garbage(self.url, self.doing, "a removed log")
+        address = entry.get("address")
+        if type(address) is not str or len(address) != 42:
+            raise _garbage(self.url, self.doing, "a log without a valid address")
+        topics = entry.get("topics")
+        if type(topics) is not list or len(topics) > 4:
+            raise _garbage(self.url, self.doing, "a log without a valid topic list")
+        return RawLog(
+            address=address.lower(),
+            topics=tuple(self._hash(topic) for topic in topics),
+            data=_data(entry.get("data"), self.doing, self.url),
+            block_number=self._number(entry.get("blockNumber")),
+            block_hash=self._hash(entry.get("blockHash")),
+            tx_hash=self._hash(entry.get("transactionHash")),
+            log_index=_quantity(entry.get("logIndex"), self.doing, self.url),
+        )
+
+    def _hash(self, value: Any) -> bytes:
+        if type(value) is not str:
+            return _hash(value, self.doing, self.url)
+        found = self._hashes.get(value)
+        if found is None:
+            found = self._hashes[value] = _hash(value, self.doing, self.url)
+        return found
+
+    def _number(self, value: Any) -> int:
+        if type(value) is not str:
+            return _quantity(value, self.doing, self.url)
+        found = self._numbers.get(value)
+        if found is None:
+            found = self._numbers[value] = _quantity(value, self.doing, self.url)
+        return found
 
 
 def _shown(value: Any) -> str:

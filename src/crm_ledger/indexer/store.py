@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.crm import feed
+from crm_ledger.crm import bulk, feed
 from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import (
     Batch,
@@ -377,6 +377,58 @@ def _existing_keys(
     return {(bytes(block_hash), int(log_index)) for block_hash, log_index in rows}
 
 
+_BATCH_COLUMNS = (
+    "epoch",
+    "batch_id",
+    "first_seq",
+    "count",
+    "root",
+    "head",
+    "tx_hash",
+    "block_number",
+    "block_hash",
+    "log_index",
+    "indexed_at",
+)
+_TOKEN_COLUMNS = (
+    "epoch",
+    "event",
+    "token_id",
+    "campaign",
+    "reference",
+    "from_address",
+    "to_address",
+    "amount",
+    "tx_hash",
+    "block_number",
+    "block_hash",
+    "log_index",
+    "indexed_at",
+)
+
+
+def _last_pk(session: Session, model: type[IndexedBatch] | type[IndexedTokenEvent]) -> int:
+    return int(session.scalar(select(func.max(model.pk))) or 0)
+
+
+def _pks_after(
+    session: Session, model: type[IndexedBatch] | type[IndexedTokenEvent], last: int, count: int
+) -> list[int]:
+    """The pks of the `count` rows just inserted after pk `last`, in insertion order.
+
+    The indexer is the only writer of these tables (it runs beside the anchorer, under its
+    singleton lock), so within its transaction the rows above `last` are exactly its own: a
+    cheaper way back to them than RETURNING row by row.
+    """
+    pks = [
+        int(pk)
+        for pk in session.scalars(select(model.pk).where(model.pk > last).order_by(model.pk))
+    ]
+    if len(pks) != count:
+        raise StaleRange(f"{model.__tablename__} has rows this indexer did not write")
+    return pks
+
+
 def _insert_batches(
     session: Session,
     batches: Sequence[BatchAnchored],
@@ -390,27 +442,30 @@ def _insert_batches(
     fresh = [b for b in batches if (b.at.block_hash, b.at.log_index) not in existing]
     if not fresh:
         return []
-    now = utcnow()
-    pks = session.scalars(
-        insert(IndexedBatch).returning(IndexedBatch.pk, sort_by_parameter_order=True),
+    now = bulk.processed_now(session)
+    last = _last_pk(session, IndexedBatch)
+    bulk.insert_rows(
+        session,
+        "indexed_batches",
+        _BATCH_COLUMNS,
         [
-            {
-                "epoch": epoch,
-                "batch_id": b.batch_id,
-                "first_seq": b.first_seq,
-                "count": b.count,
-                "root": b.root,
-                "head": b.head,
-                "tx_hash": b.at.tx_hash,
-                "block_number": b.at.block_number,
-                "block_hash": b.at.block_hash,
-                "log_index": b.at.log_index,
-                "indexed_at": now,
-            }
+            (
+                epoch,
+                b.batch_id,
+                b.first_seq,
+                b.count,
+                b.root,
+                b.head,
+                b.at.tx_hash,
+                b.at.block_number,
+                b.at.block_hash,
+                b.at.log_index,
+                now,
+            )
             for b in fresh
         ],
-    ).all()
-    return list(zip((int(pk) for pk in pks), fresh, strict=True))
+    )
+    return list(zip(_pks_after(session, IndexedBatch, last, len(fresh)), fresh, strict=True))
 
 
 def _insert_token_events(
@@ -425,29 +480,32 @@ def _insert_token_events(
     fresh = [e for e in events if (e.at.block_hash, e.at.log_index) not in existing]
     if not fresh:
         return []
-    now = utcnow()
-    pks = session.scalars(
-        insert(IndexedTokenEvent).returning(IndexedTokenEvent.pk, sort_by_parameter_order=True),
+    now = bulk.processed_now(session)
+    last = _last_pk(session, IndexedTokenEvent)
+    bulk.insert_rows(
+        session,
+        "indexed_token_events",
+        _TOKEN_COLUMNS,
         [
-            {
-                "epoch": epoch,
-                "event": e.kind.value,
-                "token_id": e.token_id,
-                "campaign": e.campaign,
-                "reference": e.reference,
-                "from_address": e.from_address,
-                "to_address": e.to_address,
-                "amount": e.amount,
-                "tx_hash": e.at.tx_hash,
-                "block_number": e.at.block_number,
-                "block_hash": e.at.block_hash,
-                "log_index": e.at.log_index,
-                "indexed_at": now,
-            }
+            (
+                epoch,
+                e.kind.value,
+                e.token_id,
+                e.campaign,
+                e.reference,
+                e.from_address,
+                e.to_address,
+                e.amount,
+                e.at.tx_hash,
+                e.at.block_number,
+                e.at.block_hash,
+                e.at.log_index,
+                now,
+            )
             for e in fresh
         ],
-    ).all()
-    return list(zip((int(pk) for pk in pks), fresh, strict=True))
+    )
+    return list(zip(_pks_after(session, IndexedTokenEvent, last, len(fresh)), fresh, strict=True))
 
 
 def _record_events(
