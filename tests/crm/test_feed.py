@@ -186,12 +186,15 @@ def test_concurrent_writers_never_let_a_reader_skip_an_event(
     def reader() -> None:
         cursor: str | None = None
         try:
-            while not stop.is_set() or len(seen) < writers * per_writer:
+            while True:
+                # Read before deciding: a page read after every writer finished that brings
+                # nothing new is the end.
+                writers_done = stop.is_set()
                 with app_sessions() as session:
                     got = feed.read_page(session, after=cursor, limit=5)
                 seen.extend(item.position for item in got.items)
                 cursor = got.next_cursor
-                if stop.is_set() and not got.items:
+                if writers_done and not got.items:
                     return
         except BaseException as exc:
             errors.append(exc)

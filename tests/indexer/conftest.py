@@ -48,7 +48,7 @@ def indexer_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 
 class Dropped(Exception):
-    """A token transaction that a reorg or revert took away before it was seen mined."""
+    """A token transaction that a reorg took away, or made revert, before it was seen mined."""
 
 
 @dataclass
@@ -70,7 +70,9 @@ class Token:
             )
         except TimeExhausted:
             raise Dropped(f"0x{bytes(tx_hash).hex()} was dropped by a reorg") from None
-        assert receipt["status"] == 1
+        if receipt["status"] != 1:
+            # Estimated before a reorg took away what it relied on (a budget, a balance).
+            raise Dropped(f"0x{bytes(tx_hash).hex()} reverted after a reorg")
         return bytes(tx_hash)
 
     async def issue(

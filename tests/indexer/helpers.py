@@ -25,13 +25,17 @@ from tests.anchoring.fakes import make_record
 
 
 async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], *, timeout: float = 60.0, what: str = "condition"
+    predicate: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 60.0,
+    what: str | Callable[[], str] = "condition",
 ) -> None:
-    """Poll `predicate` every 20 ms until it holds; fail after `timeout` seconds."""
+    """Poll `predicate` every 20 ms until it holds; fail after `timeout` seconds, saying `what`
+    (called then, if it is a function, to describe the state)."""
     deadline = time.monotonic() + timeout
     while not await predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         await asyncio.sleep(0.02)
 
 

@@ -131,6 +131,7 @@ class FaultyProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         body = await request.json()
+        calls = body if isinstance(body, list) else [body]
         if self.mode == "timeout":
             await asyncio.sleep(5)
         if self.mode == "http_500":
@@ -138,14 +139,20 @@ class FaultyProxy:
         if self.mode == "not_json":
             return web.Response(text="<html>502 Bad Gateway</html>", content_type="text/html")
         if self.mode == "rpc_error":
-            return web.json_response(
-                {"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": "busy"}}
-            )
+            errors = [
+                {"jsonrpc": "2.0", "id": call["id"], "error": {"code": -32000, "message": "busy"}}
+                for call in calls
+            ]
+            return web.json_response(errors if isinstance(body, list) else errors[0])
         assert self._client is not None
         async with self._client.post(self.upstream, json=body) as upstream:
             answer = await upstream.json()
-        if callable(self.mode) and "result" in answer:
-            answer["result"] = self.mode(body["method"], answer["result"])
+        answers = answer if isinstance(answer, list) else [answer]
+        methods = {call["id"]: call["method"] for call in calls}
+        if callable(self.mode):
+            for one in answers:
+                if "result" in one:
+                    one["result"] = self.mode(methods[one["id"]], one["result"])
         return web.json_response(answer)
 
 
@@ -192,6 +199,13 @@ GARBAGE: dict[str, str | Callable[[str, Any], Any]] = {
     "duplicate_log": corrupt_logs(lambda logs: logs.append(logs[0])),
     "two_hashes_for_one_block": corrupt_logs(
         lambda logs: logs.append({**logs[0], "logIndex": "0x63", "blockHash": "0x" + "ab" * 32})
+    ),
+    "log_of_an_orphaned_block": corrupt_logs(
+        lambda logs: [
+            log.update(blockHash="0x" + "0f" * 32)
+            for log in logs
+            if log["blockNumber"] == logs[0]["blockNumber"]
+        ]
     ),
     "result_not_a_list": lambda method, result: (
         {"logs": result} if method == "eth_getLogs" else result

@@ -22,6 +22,7 @@ from crm_ledger.db.models import (
     LoyaltyChainOp,
     LoyaltyIssuance,
 )
+from crm_ledger.indexer import indexer as indexer_module
 from crm_ledger.indexer.source import JsonRpcSource
 from crm_ledger.loyalty.ops import reset_op
 from tests.anchoring.fakes import add_records
@@ -235,7 +236,11 @@ async def test_balances_that_differ_are_taken_from_the_chain_or_reported(
         assert session.scalars(select(LoyaltyIssuance.points)).one() == 15
 
 
-async def test_the_indexer_runs_reconciliations_once_caught_up(anvil_chain: AnvilChain) -> None:
+async def test_the_indexer_runs_reconciliations_once_caught_up(
+    anvil_chain: AnvilChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Look for requested runs on every idle round, not once a second.
+    monkeypatch.setattr(indexer_module, "REQUEST_POLL_SECONDS", 0.0)
     await anchored_and_indexed(anvil_chain)
     indexer = anvil_chain.indexer(reconcile=True)
     await anvil_chain.index(indexer)

@@ -116,7 +116,13 @@ async def run_under_load(
             head = await chain.head()
             return indexer.state.indexed_through == head - confirmations
 
-        await wait_until(quiet, what="anchoring and indexing to settle")
+        await wait_until(
+            quiet,
+            what=lambda: (
+                f"anchoring and indexing to settle: {indexer.state}, "
+                f"{anchorer.state}, settled={settled(chain.session_factory)}"
+            ),
+        )
         if confirmations:
             await chain.mine(confirmations)
             await wait_until(quiet, what="the last blocks to be confirmed")
@@ -144,16 +150,18 @@ async def run_under_load(
     assert len(confirmed) == record_count
     assert confirmed == feed["records"]
     assert feed["rewards"] == sorted((f"reward.{event}", amount) for event, amount in tokens)
-    for holder in HOLDERS:
-        on_chain = await token.balance_of(holder)
-        indexed = {row[1]: row[2] for row in seen["balances"]}.get(holder, 0)
-        assert indexed == on_chain
+    on_chain = {holder: await token.balance_of(holder) for holder in HOLDERS}
+    head = await chain.head()
 
     await asyncio.to_thread(store.reset_index, chain.session_factory)
     emptied = view_snapshot(chain.session_factory)
     assert emptied["batches"] == emptied["tokens"] == emptied["balances"] == []
     await chain.index(chain.indexer(confirmations=confirmations))
-    assert view_snapshot(chain.session_factory) == seen
+    fresh = view_snapshot(chain.session_factory)
+    for part in ("batches", "tokens", "balances", "streams"):
+        assert fresh[part] == seen[part], (part, head)
+    indexed = {row[1]: row[2] for row in seen["balances"]}
+    assert {holder: indexed.get(holder, 0) for holder in HOLDERS} == on_chain
 
 
 @pytest.mark.parametrize("depth", [1, 10])

@@ -16,9 +16,11 @@ One round (`step`):
    recent hashes and the block hash kept with every indexed event, bisected. Everything above
    it is rolled back (`store.roll_back`) and read again from there.
 4. Read the next range: the streams furthest behind, from their cursor up to `chunk` blocks,
-   never past head - `confirmations`. The hash of the range's last block is read before and
-   after the logs, with the stored tip's: if any moved, the logs may be from two chains, and
-   the round ends without writing. Otherwise the range is written in one transaction.
+   never past head - `confirmations`. The hash of the range's last block is read before the
+   logs; after them, the hashes of that block, of every block with a log and of the stored tip
+   must all still be the chain's. If any moved, the logs may be from two chains (or from
+   orphaned blocks a node still serves), and the round ends without writing. Otherwise the
+   range is written in one transaction.
 
 A node that times out or answers garbage raises `ChainUnavailable`: the round writes nothing,
 and `run` waits twice as long each time (up to `indexer_retry_max_seconds`); failing log
@@ -76,6 +78,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEPLOYMENT_CHECK_SECONDS = 5.0
+#: How often an idle indexer looks for reconciliations requested by other processes.
+REQUEST_POLL_SECONDS = 1.0
+#: Rounds in a row in which the chain moved under a read before that counts as a bad node.
+MAX_UNSETTLED_ROUNDS = 3
 PRUNE_INTERVAL_SECONDS = 3600.0
 _EMPTY_CODE_HASH = keccak(b"")
 
@@ -127,7 +133,11 @@ class Indexer:
     _checked_at: float | None = None
     _caught_up_at: float = field(default_factory=time.monotonic)
     _reconciled_at: float | None = None
+    _requests_checked_at: float | None = None
     _pruned_at: float | None = None
+    _unsettled: int = 0
+    #: (streams, stored tip, when read): see `_position`.
+    _known: tuple[list[Stream], tuple[int, bytes] | None, float] | None = None
 
     def __post_init__(self) -> None:
         self._chunk = self.settings.indexer_chunk_blocks
@@ -167,7 +177,7 @@ class Indexer:
 
     async def step(self) -> bool:
         """One round; True when it changed the view (or must look again at once)."""
-        streams = await asyncio.to_thread(store.sync_streams, self.session_factory)
+        streams, tip = await self._position()
         if not streams:
             self._set("waiting", "no AuditLedger deployment is recorded yet")
             return False
@@ -176,8 +186,8 @@ class Indexer:
             await self.check_deployments(streams)
         head = await self.source.head()
         safe = head - self.settings.confirmations
-        tip = await asyncio.to_thread(store.tip, self.session_factory)
         if tip is not None and await self.source.block_hash(tip[0]) != tip[1]:
+            self._known = None
             await self._roll_back_reorg(streams, tip[0])
             return True
         start = min(stream.next_block for stream in streams)
@@ -187,22 +197,46 @@ class Indexer:
         group = [stream for stream in streams if stream.next_block == start]
         ahead = [stream.next_block - 1 for stream in streams if stream.next_block > start]
         end = min(start + self._chunk - 1, safe, *ahead)
-        applied = await self._index_range(group, start, end, tip)
-        if applied is None:
+        self._known = None
+        indexed = await self._index_range(group, start, end, tip)
+        if indexed is None:
             return True
         self._chunk = min(self._chunk * 2, self.settings.indexer_chunk_blocks)
         moved = [
             dataclasses.replace(stream, next_block=end + 1) if stream in group else stream
             for stream in streams
         ]
+        new_tip = tip if tip is not None and tip[0] > end else (end, indexed)
+        self._known = (moved, new_tip, time.monotonic())
         self._progress(head, safe, moved, caught_up=end >= safe)
         return True
+
+    async def _position(self) -> tuple[list[Stream], tuple[int, bytes] | None]:
+        """The streams and the stored tip: from memory while fresh, else from the database.
+
+        The indexer is the only writer of both, so after writing it knows them without asking;
+        they are read again every `DEPLOYMENT_CHECK_SECONDS` (to notice a deployment recorded
+        meanwhile, such as the LoyaltyToken's) and after anything unexpected. An idle round
+        therefore costs two RPC calls and no database transaction.
+        """
+        known = self._known
+        if known is not None and time.monotonic() - known[2] < DEPLOYMENT_CHECK_SECONDS:
+            return known[0], known[1]
+        streams = await asyncio.to_thread(store.sync_streams, self.session_factory)
+        tip = await asyncio.to_thread(store.tip, self.session_factory)
+        self._known = (streams, tip, time.monotonic())
+        return streams, tip
 
     async def housekeeping(self) -> None:
         """Once caught up: due or requested reconciliations, feed pruning."""
         now = time.monotonic()
         if self.reconciler is not None:
-            await self.reconciler.run_requested()
+            if (
+                self._requests_checked_at is None
+                or now - self._requests_checked_at >= REQUEST_POLL_SECONDS
+            ):
+                self._requests_checked_at = now
+                await self.reconciler.run_requested()
             interval = self.settings.reconcile_interval_seconds
             if self._reconciled_at is None or now - self._reconciled_at >= interval:
                 self._reconciled_at = now
@@ -249,8 +283,9 @@ class Indexer:
 
     async def _index_range(
         self, group: Sequence[Stream], start: int, end: int, tip: tuple[int, bytes] | None
-    ) -> store.Applied | None:
-        """Read and store blocks `start`..`end` for `group`; None when the chain moved."""
+    ) -> bytes | None:
+        """Read and store blocks `start`..`end` for `group`; the hash of block `end` as stored,
+        or None when the chain moved (nothing written)."""
         end_hash = await self.source.block_hash(end)
         if end_hash is None:
             return None
@@ -264,18 +299,30 @@ class Indexer:
         except ChainUnavailable:
             self._chunk = max(1, (end - start + 1) // 2)
             raise
-        if await self.source.block_hash(end) != end_hash or (
+        block_hashes = {raw.block_number: raw.block_hash for raw in logs}
+        if block_hashes.setdefault(end, end_hash) != end_hash:
+            return None
+        # Each log's block must still be the chain's at its height: a node can answer
+        # eth_getLogs with logs of blocks a reorg has just orphaned. Checked after the logs
+        # were read, and with the range's last block unchanged since before: then every block
+        # stored is an ancestor of that one.
+        if await self.source.block_hashes(sorted(block_hashes)) != block_hashes or (
             tip is not None and await self.source.block_hash(tip[0]) != tip[1]
         ):
+            self._unsettled += 1
+            if self._unsettled >= MAX_UNSETTLED_ROUNDS:
+                # Until a range reads cleanly again, every round backs off.
+                raise ChainUnavailable(
+                    f"the node at {self.source.rpc_url} keeps answering eth_getLogs({start}.."
+                    f"{end}) with logs of blocks that are not on its chain"
+                )
+            log.info("indexer: the chain moved while blocks %d..%d were read; again", start, end)
             return None
+        self._unsettled = 0
         by_address = {stream.address.lower(): stream for stream in group}
         batches: list[BatchAnchored] = []
         token_events: list[TokenEvent] = []
-        block_hashes = {end: end_hash}
         for raw in logs:
-            if raw.block_number == end and raw.block_hash != end_hash:
-                return None
-            block_hashes[raw.block_number] = raw.block_hash
             try:
                 if by_address[raw.address].contract == store.LEDGER:
                     batches.append(decode_batch_anchored(raw))
@@ -308,7 +355,7 @@ class Indexer:
         if applied.token_events:
             metrics.indexer_events_total.labels("LoyaltyToken").inc(applied.token_events)
         self.state.events_indexed += applied.batches + applied.token_events
-        return applied
+        return end_hash
 
     async def _roll_back_reorg(self, streams: Sequence[Stream], tip_number: int) -> None:
         """The chain lost the stored tip: check it is not a reset, find the fork, roll back."""

@@ -1,6 +1,6 @@
 """What the indexer reads from the chain, over raw JSON-RPC, checked field by field.
 
-Exports: `ChainSource`, `JsonRpcSource`.
+Exports: `ChainSource`, `JsonRpcSource`, `BATCH_SIZE`.
 
 The indexer asks for tens of thousands of logs at a time, so `JsonRpcSource` skips web3.py's
 result formatters and reads the node's JSON itself: every field is checked for type and size,
@@ -35,7 +35,10 @@ from crm_ledger.chain.client import redact_url
 from crm_ledger.errors import ChainUnavailable
 from crm_ledger.indexer.events import RawLog
 
-__all__ = ["ChainSource", "JsonRpcSource"]
+__all__ = ["BATCH_SIZE", "ChainSource", "JsonRpcSource"]
+
+#: Requests per JSON-RPC batch (block hashes to check logs against).
+BATCH_SIZE = 500
 
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
@@ -53,6 +56,7 @@ class ChainSource(Protocol):
     async def chain_id(self) -> int: ...
     async def head(self) -> int: ...
     async def block_hash(self, number: int) -> bytes | None: ...
+    async def block_hashes(self, numbers: Sequence[int]) -> dict[int, bytes | None]: ...
     async def code_hash(self, address: str) -> bytes: ...
     async def call(self, address: str, data: bytes) -> bytes: ...
     async def logs(
@@ -90,6 +94,9 @@ class JsonRpcSource:
         """Hash of block `number` on the node's current chain, or None beyond its head."""
         doing = f"eth_getBlockByNumber({number})"
         block = await self._request("eth_getBlockByNumber", [hex(number), False])
+        return self._block_hash_of(block, number, doing)
+
+    def _block_hash_of(self, block: Any, number: int, doing: str) -> bytes | None:
         if block is None:
             return None
         if not isinstance(block, dict):
@@ -97,6 +104,24 @@ class JsonRpcSource:
         if _quantity(block.get("number"), doing, self.rpc_url) != number:
             raise self._garbage(doing, "it answered with another block")
         return _hash(block.get("hash"), doing, self.rpc_url)
+
+    async def block_hashes(self, numbers: Sequence[int]) -> dict[int, bytes | None]:
+        """Hashes of blocks `numbers` on the node's current chain (None beyond its head), in
+        JSON-RPC batches of `BATCH_SIZE` requests."""
+        found: dict[int, bytes | None] = {}
+        wanted = sorted(set(numbers))
+        for start in range(0, len(wanted), BATCH_SIZE):
+            chunk = wanted[start : start + BATCH_SIZE]
+            doing = f"eth_getBlockByNumber({chunk[0]}..{chunk[-1]}, batched)"
+            with self._transport(doing):
+                responses = await self._provider.make_batch_request(
+                    [("eth_getBlockByNumber", [hex(number), False]) for number in chunk]
+                )
+            if not isinstance(responses, list) or len(responses) != len(chunk):
+                raise self._garbage(doing, "not one answer per request")
+            for number, response in zip(chunk, responses, strict=True):
+                found[number] = self._block_hash_of(self._result(response, doing), number, doing)
+        return found
 
     async def code_hash(self, address: str) -> bytes:
         """keccak256 of the code at `address` (of b"" when there is none)."""
@@ -160,6 +185,10 @@ class JsonRpcSource:
     async def _request(self, method: str, params: list[Any]) -> Any:
         with self._transport(method):
             response = await self._provider.make_request(method, params)
+        return self._result(response, method)
+
+    def _result(self, response: Any, method: str) -> Any:
+        """The result of one JSON-RPC response; `ChainUnavailable` for an error or garbage."""
         if not isinstance(response, dict):
             raise self._garbage(method, "the answer is not a JSON-RPC response")
         error = response.get("error")
