@@ -1,45 +1,35 @@
-"""The async AuditLedger client: the only code that talks JSON-RPC to the chain.
+"""The async AuditLedger client: anchors, receipts, batch events and deployment over JSON-RPC.
 
 Exports: `LedgerChain`, `AnchorReceipt`, `BatchEvent`, `LedgerBatch`, `LedgerDeployment`,
-`make_async_web3`, `redact_url`, `EMPTY_CODE_HASH`.
+`make_async_web3`, and from `chain.contract`: `redact_url`, `EMPTY_CODE_HASH`.
 
-Errors (see `crm_ledger.errors`): any transport failure (connection refused, timeout, an HTTP
-error status, a body that is not JSON-RPC) and any error the node answers with becomes
-`ChainUnavailable`, whose message names the node by its URL without credentials or path; a
-revert of `anchor` becomes `AnchorRejected`. Both are raised without the underlying exception
-chained, since those can carry the full URL.
+Errors (see `crm_ledger.errors`): transport failures and node errors become `ChainUnavailable`
+as `chain.contract.ContractClient` raises them; a revert of `anchor` becomes `AnchorRejected`.
+Both are raised without the underlying exception chained, since those can carry the full URL.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import time
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 import aiohttp
 from eth_abi.abi import decode as abi_decode
-from eth_abi.abi import encode as abi_encode
-from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32, HexAddress, HexStr
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import (
-    BadResponseFormat,
-    BlockNotFound,
-    ContractLogicError,
-    ProviderConnectionError,
-    TransactionNotFound,
-    Web3RPCError,
-)
-from web3.types import FilterParams, LogReceipt, TxParams, TxReceipt, Wei
+from web3.exceptions import ContractLogicError
+from web3.types import FilterParams, LogReceipt, TxReceipt
 
-from crm_ledger.chain.artifacts import load_artifact
+from crm_ledger.chain.contract import (
+    EMPTY_CODE_HASH,
+    ContractClient,
+    poll_until_found,
+    redact_url,
+    show_arguments,
+)
 from crm_ledger.errors import AnchorRejected, ChainError, ChainUnavailable
 
 __all__ = [
@@ -53,23 +43,9 @@ __all__ = [
     "redact_url",
 ]
 
-#: keccak256 of empty code: what `code_hash` returns for an address without a contract.
-EMPTY_CODE_HASH = keccak(b"")
 ZERO_ADDRESS = ChecksumAddress(HexAddress(HexStr("0x" + "00" * 20)))
-#: Gas limit = estimate + estimate / GAS_HEADROOM_DIVISOR (20 %), for state that changes between
-#: estimation and inclusion.
-GAS_HEADROOM_DIVISOR = 5
 #: Block range per eth_getLogs request; public providers cap ranges at a few thousand blocks.
 LOG_CHUNK_BLOCKS = 2_000
-
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,  # connection refused/reset; TimeoutError is an OSError
-    ProviderConnectionError,
-    BadResponseFormat,
-    json.JSONDecodeError,
-    UnicodeDecodeError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,26 +115,13 @@ def make_async_web3(rpc_url: str, timeout: float) -> AsyncWeb3[AsyncHTTPProvider
     return AsyncWeb3(provider)
 
 
-def redact_url(url: str) -> str:
-    """`url` without credentials, path or query, which may hold an API key."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<unparsable RPC URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    hidden = "/…" if parts.path.strip("/") or parts.query else ""
-    return f"{parts.scheme}://{host}{port}{hidden}"
-
-
-class LedgerChain:
+class LedgerChain(ContractClient):
     """AuditLedger over JSON-RPC: reads, anchors signed locally, receipts and events.
 
     The `AsyncWeb3` and the signer come in from outside; the client neither opens nor closes
     connections. `address` may be None until the contract is deployed (`deploy_ledger`, then
-    `at(address)`); the ledger methods need it.
+    `at(address)`); the ledger methods need it. Chain facts (`chain_id`, `block_hash`,
+    `code_hash`, ...) come from `ContractClient`.
 
     Example::
 
@@ -171,80 +134,14 @@ class LedgerChain:
         await w3.provider.disconnect()
     """
 
-    def __init__(
-        self,
-        w3: AsyncWeb3[Any],
-        signer: LocalAccount,
-        address: str | None,
-        *,
-        abi: Sequence[dict[str, Any]] | None = None,
-    ) -> None:
-        artifact = load_artifact("AuditLedger")
-        self._w3 = w3
-        self._signer = signer
-        self._abi = list(abi if abi is not None else artifact.abi)
-        self._bytecode = artifact.bytecode
-        self.address: ChecksumAddress | None = (
-            to_checksum_address(address) if address is not None else None
-        )
-        self._contract = w3.eth.contract(address=self.address, abi=self._abi)
-        self._errors = _error_decoders(self._abi)
-        self._event_topic = _event_topic(self._abi, "BatchAnchored")
-        self._chain_id: int | None = None
+    contract_name = "AuditLedger"
 
     def __repr__(self) -> str:
         return f"LedgerChain({self.rpc_url}, address={self.address}, signer={self.signer_address})"
 
-    @property
-    def rpc_url(self) -> str:
-        """The node's URL, without credentials, path or query."""
-        endpoint = getattr(self._w3.provider, "endpoint_uri", None)
-        return (
-            redact_url(str(endpoint)) if endpoint is not None else type(self._w3.provider).__name__
-        )
-
-    @property
-    def signer_address(self) -> ChecksumAddress:
-        """The account that signs anchor and deployment transactions."""
-        return self._signer.address
-
     def at(self, address: str) -> LedgerChain:
         """The same node and signer, bound to the AuditLedger at `address`."""
         return LedgerChain(self._w3, self._signer, address, abi=self._abi)
-
-    # Chain -------------------------------------------------------------------------------
-
-    async def chain_id(self) -> int:
-        """The node's chain id."""
-        with self._transport("eth_chainId"):
-            return await self._w3.eth.chain_id
-
-    async def genesis_hash(self) -> bytes:
-        """Hash of block 0: it changes when a dev chain is reset or replaced."""
-        genesis = await self.block_hash(0)
-        if genesis is None:
-            raise ChainUnavailable(f"the node at {self.rpc_url} has no block 0")
-        return genesis
-
-    async def block_number(self) -> int:
-        """Number of the latest block."""
-        with self._transport("eth_blockNumber"):
-            return await self._w3.eth.block_number
-
-    async def block_hash(self, number: int) -> bytes | None:
-        """Hash of block `number` on the node's current chain, or None beyond its head."""
-        with self._transport("eth_getBlockByNumber"):
-            try:
-                block = await self._w3.eth.get_block(number)
-            except BlockNotFound:
-                return None
-        return bytes(block["hash"])
-
-    async def code_hash(self, address: str) -> bytes:
-        """keccak256 of the code at `address` (`EMPTY_CODE_HASH` when there is none)."""
-        with self._transport("eth_getCode"):
-            code = await self._w3.eth.get_code(to_checksum_address(address))
-        return keccak(bytes(code))
 
     # Ledger views ------------------------------------------------------------------------
 
@@ -313,12 +210,7 @@ class LedgerChain:
         self, tx_hash: bytes, timeout: float, *, poll_seconds: float = 0.05
     ) -> AnchorReceipt | None:
         """`receipt(tx_hash)` once it exists, or None if it does not within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = await self.receipt(tx_hash)
-            if found is not None or time.monotonic() >= deadline:
-                return found
-            await asyncio.sleep(poll_seconds)
+        return await poll_until_found(lambda: self.receipt(tx_hash), timeout, poll_seconds)
 
     # Events ------------------------------------------------------------------------------
 
@@ -363,25 +255,19 @@ class LedgerChain:
         constructor = next(entry for entry in self._abi if entry["type"] == "constructor")
         types = [argument["type"] for argument in constructor["inputs"]]
         previous = to_checksum_address(previous_ledger) if previous_ledger else ZERO_ADDRESS
-        arguments = abi_encode(types, [self.signer_address, self.signer_address, epoch, previous])
-        data = HexStr("0x" + (self._bytecode + arguments).hex())
+        arguments = [self.signer_address, self.signer_address, epoch, previous]
         try:
-            gas = await self._estimate_gas({"data": data})
+            tx_hash = await self._send_deployment(types, arguments)
         except ContractLogicError as exc:
             raise ChainError(
                 f"deploying AuditLedger epoch {epoch} on {self.rpc_url} would revert: {exc}"
             ) from None
-        tx_hash = await self._sign_and_send({"data": data, "gas": gas})
-        deadline = time.monotonic() + receipt_timeout
-        raw = await self._raw_receipt(tx_hash)
-        while raw is None:
-            if time.monotonic() >= deadline:
-                raise ChainUnavailable(
-                    f"the AuditLedger deployment 0x{tx_hash.hex()} was not mined on "
-                    f"{self.rpc_url} within {receipt_timeout:.0f} s"
-                )
-            await asyncio.sleep(0.05)
-            raw = await self._raw_receipt(tx_hash)
+        raw = await poll_until_found(lambda: self._raw_receipt(tx_hash), receipt_timeout, 0.05)
+        if raw is None:
+            raise ChainUnavailable(
+                f"the AuditLedger deployment 0x{tx_hash.hex()} was not mined on "
+                f"{self.rpc_url} within {receipt_timeout:.0f} s"
+            )
         address = raw.get("contractAddress")
         if raw["status"] != 1 or address is None:
             raise ChainError(
@@ -397,36 +283,9 @@ class LedgerChain:
 
     # Internals ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _transport(self, doing: str) -> Iterator[None]:
-        """Turn transport failures and node errors into `ChainUnavailable`."""
-        try:
-            yield
-        except Web3RPCError as exc:
-            raise ChainUnavailable(
-                f"the node at {self.rpc_url} answered {doing} with an error: "
-                f"{self._scrub(exc.message)}"
-            ) from None
-        except _TRANSPORT_ERRORS as exc:
-            reason = self._scrub(str(exc)) or type(exc).__name__
-            raise ChainUnavailable(
-                f"cannot reach the chain at {self.rpc_url} ({doing}): {reason}"
-            ) from None
-
-    def _scrub(self, text: str) -> str:
-        """`text` with the full endpoint URL, which may hold an API key, redacted."""
-        endpoint = getattr(self._w3.provider, "endpoint_uri", None)
-        return text.replace(str(endpoint), self.rpc_url) if endpoint else text
-
-    def _bound_contract(self) -> Any:
-        if self.address is None:
-            raise ValueError("this LedgerChain has no contract address: use `at(address)`")
-        return self._contract
-
-    async def _view(self, name: str, *args: Any) -> Any:
-        function = getattr(self._bound_contract().functions, name)
-        with self._transport(f"eth_call {name}"):
-            return await function(*args).call()
+    @functools.cached_property
+    def _event_topic(self) -> bytes:
+        return self._topic("BatchAnchored")
 
     async def _view_or_unknown_batch(self, name: str, batch_id: int) -> Any:
         """`name(batch_id)`, or None when the contract reverts with AuditLedgerUnknownBatch."""
@@ -439,58 +298,6 @@ class LedgerChain:
             raise ChainError(
                 f"AuditLedger.{name}({batch_id}) reverted on {self.rpc_url}: {exc}"
             ) from None
-
-    async def _estimate_gas(self, params: TxParams) -> int:
-        with self._transport("eth_estimateGas"):
-            estimate = await self._w3.eth.estimate_gas({**params, "from": self.signer_address})
-        return estimate + estimate // GAS_HEADROOM_DIVISOR
-
-    async def _sign_and_send(self, params: TxParams) -> bytes:
-        """Fill nonce (from "pending"), EIP-1559 fees and chain id; sign locally; send raw."""
-        sender = self.signer_address
-        with self._transport("preparing a transaction"):
-            if self._chain_id is None:
-                self._chain_id = await self._w3.eth.chain_id
-            nonce = await self._w3.eth.get_transaction_count(sender, "pending")
-            latest = await self._w3.eth.get_block("latest")
-            priority_fee = await self._w3.eth.max_priority_fee
-        base_fee = int(latest.get("baseFeePerGas", 0))
-        transaction: TxParams = {
-            **params,
-            "value": Wei(0),
-            "nonce": nonce,
-            "chainId": self._chain_id,
-            "type": 2,
-            "maxPriorityFeePerGas": priority_fee,
-            # Twice the base fee stays valid through six full blocks of base-fee increases.
-            "maxFeePerGas": Wei(2 * base_fee + priority_fee),
-        }
-        signed = self._signer.sign_transaction(cast(dict[str, Any], transaction))
-        with self._transport("eth_sendRawTransaction"):
-            await self._w3.eth.send_raw_transaction(signed.raw_transaction)
-        return bytes(signed.hash)
-
-    async def _raw_receipt(self, tx_hash: bytes) -> TxReceipt | None:
-        with self._transport("eth_getTransactionReceipt"):
-            try:
-                return await self._w3.eth.get_transaction_receipt(Hash32(tx_hash))
-            except TransactionNotFound:
-                return None
-
-    def _decode_revert(self, exc: ContractLogicError) -> tuple[str, tuple[Any, ...]] | None:
-        """(custom error name, arguments) of a revert, if it is one of the ABI's errors."""
-        data = exc.data.get("data") if isinstance(exc.data, dict) else exc.data
-        if not isinstance(data, str) or not data.startswith("0x") or len(data) < 10:
-            return None
-        raw = bytes.fromhex(data[2:])
-        decoder = self._errors.get(raw[:4])
-        if decoder is None:
-            return None
-        name, types = decoder
-        try:
-            return name, tuple(abi_decode(types, raw[4:]))
-        except Exception:
-            return None
 
     def _rejected(self, exc: ContractLogicError, first_seq: int) -> AnchorRejected:
         decoded = self._decode_revert(exc)
@@ -510,9 +317,9 @@ class LedgerChain:
                 first_seq=first_seq,
                 chain_next_seq=expected,
             )
-        shown = ", ".join(_show(argument) for argument in arguments)
         return AnchorRejected(
-            f"AuditLedger at {self.address} rejects the batch at seq {first_seq}: {name}({shown})",
+            f"AuditLedger at {self.address} rejects the batch at seq {first_seq}: "
+            f"{name}({show_arguments(arguments)})",
             first_seq=first_seq,
             chain_next_seq=None,
         )
@@ -595,24 +402,3 @@ class LedgerChain:
             log_index=int(log["logIndex"]),
             gas_used=gas_used,
         )
-
-
-def _error_decoders(abi: Sequence[dict[str, Any]]) -> dict[bytes, tuple[str, list[str]]]:
-    """Custom error selector -> (name, argument types)."""
-    decoders: dict[bytes, tuple[str, list[str]]] = {}
-    for entry in abi:
-        if entry["type"] == "error":
-            types = [argument["type"] for argument in entry["inputs"]]
-            selector = keccak(text=f"{entry['name']}({','.join(types)})")[:4]
-            decoders[selector] = (entry["name"], types)
-    return decoders
-
-
-def _event_topic(abi: Sequence[dict[str, Any]], name: str) -> bytes:
-    entry = next(item for item in abi if item["type"] == "event" and item["name"] == name)
-    types = ",".join(argument["type"] for argument in entry["inputs"])
-    return keccak(text=f"{name}({types})")
-
-
-def _show(argument: Any) -> str:
-    return "0x" + argument.hex() if isinstance(argument, bytes) else str(argument)

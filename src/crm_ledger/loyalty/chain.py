@@ -3,7 +3,8 @@
 Exports: `LoyaltyToken`, `TokenReceipt`, `TokenEvent`, `TokenDeployment`, `TokenRejected`,
 `ISSUER_ROLE`, `REDEEMER_ROLE`, `EXPIRER_ROLE`, `TX_GAS_CAP`.
 
-Errors follow `crm_ledger.chain.client`: transport failures and node errors become
+Errors follow `crm_ledger.chain.contract.ContractClient`, whose transport, views and signing
+the client shares with the AuditLedger's: transport failures and node errors become
 `ChainUnavailable` naming the node without credentials; a transaction the contract would revert
 (found by gas estimation) raises `TokenRejected` with the decoded custom error, and a mined
 transaction that reverted comes back as a `TokenReceipt` with `status == 0`.
@@ -20,33 +21,26 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import aiohttp
-from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress, Hash32, HexStr
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
-from web3.exceptions import (
-    BadResponseFormat,
-    BlockNotFound,
-    ContractLogicError,
-    ProviderConnectionError,
-    Web3RPCError,
-)
-from web3.types import FilterParams, LogReceipt, RPCEndpoint, TxParams, Wei
+from web3.exceptions import ContractLogicError
+from web3.types import FilterParams, LogReceipt, RPCEndpoint
 
-from crm_ledger.chain.artifacts import load_artifact
-from crm_ledger.chain.client import EMPTY_CODE_HASH, GAS_HEADROOM_DIVISOR, redact_url
+from crm_ledger.chain.contract import (
+    EMPTY_CODE_HASH,
+    GAS_HEADROOM_DIVISOR,
+    ContractClient,
+    poll_until_found,
+    show_arguments,
+)
 from crm_ledger.errors import ChainError, ChainUnavailable
 
 __all__ = [
@@ -70,15 +64,6 @@ TX_GAS_CAP = 16_777_216
 #: Ids per eth_getLogs topic filter when looking events up by id.
 _IDS_PER_LOG_QUERY = 100
 _LOG_CHUNK_BLOCKS = 10_000
-
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,
-    ProviderConnectionError,
-    BadResponseFormat,
-    json.JSONDecodeError,
-    UnicodeDecodeError,
-)
 
 
 class TokenRejected(ChainError):
@@ -127,78 +112,31 @@ class TokenDeployment:
     code_hash: bytes
 
 
-class LoyaltyToken:
-    """LoyaltyToken over JSON-RPC, signing locally with the loyalty operator's key."""
+class LoyaltyToken(ContractClient):
+    """LoyaltyToken over JSON-RPC, signing locally with the loyalty operator's key.
+
+    Chain facts (`chain_id`, `block_hash`, `code_hash`, ...) come from `ContractClient`.
+    """
+
+    contract_name = "LoyaltyToken"
 
     def __init__(self, w3: AsyncWeb3[Any], signer: LocalAccount, address: str | None) -> None:
-        artifact = load_artifact("LoyaltyToken")
-        self._w3 = w3
-        self._signer = signer
-        self._abi = artifact.abi
-        self._bytecode = artifact.bytecode
-        self.address: ChecksumAddress | None = (
-            to_checksum_address(address) if address is not None else None
-        )
-        self._contract = w3.eth.contract(address=self.address, abi=self._abi)
-        self._errors = _error_decoders(self._abi)
+        super().__init__(w3, signer, address)
         self._functions = _function_encoders(self._abi)
-        self._topics = {
-            _event_topic(self._abi, name): name for name in ("Issued", "Redeemed", "Expired")
-        }
-        self._chain_id: int | None = None
+        self._topics = {self._topic(name): name for name in ("Issued", "Redeemed", "Expired")}
         self._address_lower = self.address.lower() if self.address else ""
 
     def __repr__(self) -> str:
         return f"LoyaltyToken({self.rpc_url}, address={self.address}, operator={self.operator})"
 
     @property
-    def rpc_url(self) -> str:
-        """The node's URL, without credentials, path or query."""
-        endpoint = getattr(self._w3.provider, "endpoint_uri", None)
-        return redact_url(str(endpoint)) if endpoint else type(self._w3.provider).__name__
-
-    @property
     def operator(self) -> ChecksumAddress:
         """The account that signs: token admin, issuer, redeemer and expirer."""
-        return self._signer.address
+        return self.signer_address
 
     def at(self, address: str) -> LoyaltyToken:
         """The same node and signer, bound to the LoyaltyToken at `address`."""
         return LoyaltyToken(self._w3, self._signer, address)
-
-    # Chain -------------------------------------------------------------------------------
-
-    async def chain_id(self) -> int:
-        """The node's chain id."""
-        with self._transport("eth_chainId"):
-            return int(await self._w3.eth.chain_id)
-
-    async def genesis_hash(self) -> bytes:
-        """Hash of block 0."""
-        found = await self.block_hash(0)
-        if found is None:
-            raise ChainUnavailable(f"the node at {self.rpc_url} has no block 0")
-        return found
-
-    async def block_number(self) -> int:
-        """Number of the latest block."""
-        with self._transport("eth_blockNumber"):
-            return int(await self._w3.eth.block_number)
-
-    async def block_hash(self, number: int) -> bytes | None:
-        """Hash of block `number`, or None beyond the head."""
-        with self._transport("eth_getBlockByNumber"):
-            try:
-                block = await self._w3.eth.get_block(number)
-            except BlockNotFound:
-                return None
-        return bytes(block["hash"])
-
-    async def code_hash(self, address: str) -> bytes:
-        """keccak256 of the code at `address`."""
-        with self._transport("eth_getCode"):
-            code = await self._w3.eth.get_code(to_checksum_address(address))
-        return keccak(bytes(code))
 
     # Views -------------------------------------------------------------------------------
 
@@ -304,22 +242,14 @@ class LoyaltyToken:
             answer = await self._w3.provider.make_request(RPCEndpoint(method), list(params))
         if not isinstance(answer, dict) or answer.get("error"):
             error = answer.get("error") if isinstance(answer, dict) else answer
-            raise ChainUnavailable(
-                f"the node at {self.rpc_url} answered {method} with an error: "
-                f"{self._scrub(str(error))}"
-            )
+            raise self._node_error(method, str(error))
         return answer.get("result")
 
     async def wait_for_receipt(
         self, tx_hash: bytes, timeout: float, *, poll_seconds: float = 0.02
     ) -> TokenReceipt | None:
         """`receipt(tx_hash)` once mined, or None after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = await self.receipt(tx_hash)
-            if found is not None or time.monotonic() >= deadline:
-                return found
-            await asyncio.sleep(poll_seconds)
+        return await poll_until_found(lambda: self.receipt(tx_hash), timeout, poll_seconds)
 
     async def wait_mined(self, tx_hash: bytes, timeout: float = 60.0) -> TokenReceipt:
         """The successful receipt of `tx_hash`; `ChainUnavailable` or `ChainError` otherwise."""
@@ -350,7 +280,7 @@ class LoyaltyToken:
             while block <= last:
                 end = min(block + _LOG_CHUNK_BLOCKS - 1, last)
                 query: FilterParams = {
-                    "address": self._bound().address,
+                    "address": self._bound_contract().address,
                     "fromBlock": block,
                     "toBlock": end,
                     "topics": topics,
@@ -363,10 +293,9 @@ class LoyaltyToken:
 
     async def deploy(self, *, name: str, symbol: str, timeout: float = 60.0) -> TokenDeployment:
         """Deploy a LoyaltyToken whose admin is the operator, and wait until it is mined."""
-        arguments = abi_encode(["string", "string", "address"], [name, symbol, self.operator])
-        data = HexStr("0x" + (self._bytecode + arguments).hex())
-        gas = await self._estimate({"data": data})
-        tx_hash = await self._sign_and_send({"data": data, "gas": gas})
+        tx_hash = await self._send_deployment(
+            ["string", "string", "address"], [name, symbol, self.operator]
+        )
         mined = await self.wait_mined(tx_hash, timeout)
         with self._transport("eth_getTransactionReceipt"):
             raw = await self._w3.eth.get_transaction_receipt(Hash32(tx_hash))
@@ -382,53 +311,27 @@ class LoyaltyToken:
 
     # Internals ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _transport(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except Web3RPCError as exc:
-            raise ChainUnavailable(
-                f"the node at {self.rpc_url} answered {doing} with an error: "
-                f"{self._scrub(exc.message)}"
-            ) from None
-        except _TRANSPORT_ERRORS as exc:
-            reason = self._scrub(str(exc)) or type(exc).__name__
-            raise ChainUnavailable(
-                f"cannot reach the chain at {self.rpc_url} ({doing}): {reason}"
-            ) from None
-
-    def _scrub(self, text: str) -> str:
-        endpoint = getattr(self._w3.provider, "endpoint_uri", None)
-        return text.replace(str(endpoint), self.rpc_url) if endpoint else text
-
-    def _bound(self) -> Any:
-        if self.address is None:
-            raise ValueError("this LoyaltyToken client has no contract address: use `at(address)`")
-        return self._contract
-
     async def _view(self, name: str, *args: Any) -> Any:
-        function = getattr(self._bound().functions, name)
+        """`ContractClient._view`, with a revert raised as `TokenRejected`."""
         try:
-            with self._transport(f"eth_call {name}"):
-                return await function(*args).call()
+            return await super()._view(name, *args)
         except ContractLogicError as exc:
             raise self._rejected(name, exc) from None
 
     async def _send(self, name: str, *args: Any) -> bytes:
-        contract = self._bound()
+        contract = self._bound_contract()
         # eth_abi directly: web3's encode_abi formats every array element and takes a quarter
         # of a second for a 550-entry issueBatch.
         selector, types = self._functions[name]
         data = HexStr("0x" + (selector + abi_encode(types, list(args))).hex())
         try:
-            gas = await self._estimate({"to": contract.address, "data": data})
+            gas = await self._estimate_gas({"to": contract.address, "data": data})
         except ContractLogicError as exc:
             raise self._rejected(name, exc) from None
         return await self._sign_and_send({"to": contract.address, "data": data, "gas": gas})
 
-    async def _estimate(self, params: TxParams) -> int:
-        with self._transport("eth_estimateGas"):
-            estimate = int(await self._w3.eth.estimate_gas({**params, "from": self.operator}))
+    def _gas_limit(self, estimate: int) -> int:
+        """The estimate with headroom, never over `TX_GAS_CAP`; `TokenRejected` over it."""
         if estimate > TX_GAS_CAP:
             raise TokenRejected(
                 f"the transaction needs {estimate} gas, over the per-transaction cap of "
@@ -438,46 +341,18 @@ class LoyaltyToken:
             )
         return min(estimate + estimate // GAS_HEADROOM_DIVISOR, TX_GAS_CAP)
 
-    async def _sign_and_send(self, params: TxParams) -> bytes:
-        with self._transport("preparing a transaction"):
-            if self._chain_id is None:
-                self._chain_id = int(await self._w3.eth.chain_id)
-            nonce = await self._w3.eth.get_transaction_count(self.operator, "pending")
-            latest = await self._w3.eth.get_block("latest")
-            priority_fee = await self._w3.eth.max_priority_fee
-        base_fee = int(latest.get("baseFeePerGas", 0))
-        transaction: TxParams = {
-            **params,
-            "value": Wei(0),
-            "nonce": nonce,
-            "chainId": self._chain_id,
-            "type": 2,
-            "maxPriorityFeePerGas": priority_fee,
-            "maxFeePerGas": Wei(2 * base_fee + priority_fee),
-        }
-        signed = self._signer.sign_transaction(cast(dict[str, Any], transaction))
-        with self._transport("eth_sendRawTransaction"):
-            await self._w3.eth.send_raw_transaction(signed.raw_transaction)
-        return bytes(signed.hash)
-
     def _rejected(self, doing: str, exc: ContractLogicError) -> TokenRejected:
-        data = exc.data.get("data") if isinstance(exc.data, dict) else exc.data
-        if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
-            raw = bytes.fromhex(data[2:])
-            decoder = self._errors.get(raw[:4])
-            if decoder is not None:
-                name, types = decoder
-                with contextlib.suppress(Exception):
-                    arguments = tuple(abi_decode(types, raw[4:]))
-                    shown = ", ".join(_show(a) for a in arguments)
-                    return TokenRejected(
-                        f"LoyaltyToken at {self.address} rejects {doing}: {name}({shown})",
-                        error=name,
-                        arguments=arguments,
-                    )
+        decoded = self._decode_revert(exc)
+        if decoded is None:
+            return TokenRejected(
+                f"LoyaltyToken at {self.address} rejects {doing}: {exc.message or 'reverted'}",
+                error="Reverted",
+            )
+        name, arguments = decoded
         return TokenRejected(
-            f"LoyaltyToken at {self.address} rejects {doing}: {exc.message or 'reverted'}",
-            error="Reverted",
+            f"LoyaltyToken at {self.address} rejects {doing}: {name}({show_arguments(arguments)})",
+            error=name,
+            arguments=arguments,
         )
 
     def _decode_log(self, log: LogReceipt) -> TokenEvent | None:
@@ -513,18 +388,6 @@ class LoyaltyToken:
         )
 
 
-def _error_decoders(abi: Sequence[dict[str, Any]]) -> dict[bytes, tuple[str, list[str]]]:
-    decoders: dict[bytes, tuple[str, list[str]]] = {}
-    for entry in abi:
-        if entry["type"] == "error":
-            types = [argument["type"] for argument in entry["inputs"]]
-            decoders[keccak(text=f"{entry['name']}({','.join(types)})")[:4]] = (
-                entry["name"],
-                types,
-            )
-    return decoders
-
-
 def _function_encoders(abi: Sequence[dict[str, Any]]) -> dict[str, tuple[bytes, list[str]]]:
     """Function name -> (selector, argument types), for the non-overloaded functions."""
     encoders: dict[str, tuple[bytes, list[str]]] = {}
@@ -538,14 +401,5 @@ def _function_encoders(abi: Sequence[dict[str, Any]]) -> dict[str, tuple[bytes, 
     return encoders
 
 
-def _event_topic(abi: Sequence[dict[str, Any]], name: str) -> bytes:
-    entry = next(item for item in abi if item["type"] == "event" and item["name"] == name)
-    return keccak(text=f"{name}({','.join(a['type'] for a in entry['inputs'])})")
-
-
 def _bytes(value: str) -> bytes:
     return bytes.fromhex(value[2:])
-
-
-def _show(argument: Any) -> str:
-    return "0x" + argument.hex() if isinstance(argument, bytes) else str(argument)
