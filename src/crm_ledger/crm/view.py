@@ -98,6 +98,9 @@ TIMELINE_KINDS = ("interaction", "order", "erasure", "reward", "redemption", "ex
 _RECORD_KINDS = {"interaction": RecordKind.INTERACTION, "order": RecordKind.ORDER}
 _RECORD_KINDS["erasure"] = RecordKind.ERASURE
 _SOURCE_RANK = {"record": 0, "reward": 1, "redemption": 2, "expiry": 3}
+#: Per burn timeline kind: its indexed event and final status (one word), and the detail its
+#: rows add to points, status and burn id.
+_BURN_KINDS = {"redemption": ("redeemed", "reward_ref"), "expiry": ("expired", "reason")}
 _NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_CURSOR_LENGTH = 512
 _MAX_FILTER_TEXT = 200
@@ -261,9 +264,13 @@ def _timeline(
     if "reward" in wanted:
         merged += _reward_items(session, customer.pk, epochs, after, limit)
     if "redemption" in wanted:
-        merged += _redemption_items(session, customer.pk, epochs, after, limit)
+        merged += _burn_items(
+            session, customer.pk, epochs, after, limit, model=LoyaltyRedemption, kind="redemption"
+        )
     if "expiry" in wanted:
-        merged += _expiry_items(session, customer.pk, epochs, after, limit)
+        merged += _burn_items(
+            session, customer.pk, epochs, after, limit, model=LoyaltyExpiration, kind="expiry"
+        )
     merged.sort(key=lambda pair: pair[0], reverse=True)
     return merged[:limit]
 
@@ -498,97 +505,62 @@ def _reward_items(
     return out
 
 
-def _redemption_items(
-    session: Session, customer_pk: int, epochs: _Epochs, after: _Key | None, limit: int
+def _burn_items(
+    session: Session,
+    customer_pk: int,
+    epochs: _Epochs,
+    after: _Key | None,
+    limit: int,
+    *,
+    model: type[LoyaltyRedemption] | type[LoyaltyExpiration],
+    kind: str,
 ) -> list[tuple[_Key, TimelineItem]]:
-    indexed = _indexed_token("redeemed", epochs)
+    """Timeline items of `kind` ("redemption" or "expiry"): `model` rows, points burned on chain."""
+    done, own_detail = _BURN_KINDS[kind]
+    indexed = _indexed_token(done, epochs)
+    query = select(
+        model,
+        indexed.c.indexed_tx_hash,
+        indexed.c.indexed_block_number,
+        indexed.c.indexed_block_hash,
+    )
+    if issubclass(model, LoyaltyExpiration):
+        # An expiration has no public id of its own: its item is named by the lot it expires.
+        query = query.add_columns(LoyaltyIssuance.id.label("item_id")).join(
+            LoyaltyIssuance, LoyaltyIssuance.pk == LoyaltyExpiration.issuance_pk
+        )
+    else:
+        query = query.add_columns(model.id.label("item_id"))
     rows = session.execute(
-        select(
-            LoyaltyRedemption,
-            indexed.c.indexed_tx_hash,
-            indexed.c.indexed_block_number,
-            indexed.c.indexed_block_hash,
-        )
-        .outerjoin(indexed, indexed.c.token_id == LoyaltyRedemption.burn_id)
+        query.outerjoin(indexed, indexed.c.token_id == model.burn_id)
         .where(
-            LoyaltyRedemption.customer_pk == customer_pk,
-            _before(LoyaltyRedemption.created_at, LoyaltyRedemption.pk, "redemption", after),
+            model.customer_pk == customer_pk,
+            _before(model.created_at, model.pk, kind, after),
         )
-        .order_by(LoyaltyRedemption.created_at.desc(), LoyaltyRedemption.pk.desc())
+        .order_by(model.created_at.desc(), model.pk.desc())
         .limit(limit)
     ).all()
     out = []
     for row in rows:
-        redemption: LoyaltyRedemption = row[0]
+        burn: LoyaltyRedemption | LoyaltyExpiration = row[0]
         out.append(
             (
-                (redemption.created_at, _SOURCE_RANK["redemption"], redemption.pk),
+                (burn.created_at, _SOURCE_RANK[kind], burn.pk),
                 TimelineItem(
-                    kind="redemption",
-                    id=redemption.id,
-                    at=format_timestamp(redemption.created_at),
+                    kind=kind,
+                    id=row.item_id,
+                    at=format_timestamp(burn.created_at),
                     details={
-                        "points": redemption.points,
-                        "reward_ref": redemption.reward_ref,
-                        "status": redemption.status,
-                        "burn_id": _hex(redemption.burn_id),
+                        "points": burn.points,
+                        own_detail: getattr(burn, own_detail),
+                        "status": burn.status,
+                        "burn_id": _hex(burn.burn_id),
                     },
                     ledger=_token_state(
-                        redemption.status,
-                        final="redeemed",
-                        tx_hash=redemption.tx_hash,
-                        block_number=redemption.block_number,
-                        indexed=row,
-                        epoch=epochs.token,
-                    ),
-                ),
-            )
-        )
-    return out
-
-
-def _expiry_items(
-    session: Session, customer_pk: int, epochs: _Epochs, after: _Key | None, limit: int
-) -> list[tuple[_Key, TimelineItem]]:
-    indexed = _indexed_token("expired", epochs)
-    rows = session.execute(
-        select(
-            LoyaltyExpiration,
-            LoyaltyIssuance.id.label("lot_id"),
-            indexed.c.indexed_tx_hash,
-            indexed.c.indexed_block_number,
-            indexed.c.indexed_block_hash,
-        )
-        .join(LoyaltyIssuance, LoyaltyIssuance.pk == LoyaltyExpiration.issuance_pk)
-        .outerjoin(indexed, indexed.c.token_id == LoyaltyExpiration.burn_id)
-        .where(
-            LoyaltyExpiration.customer_pk == customer_pk,
-            _before(LoyaltyExpiration.created_at, LoyaltyExpiration.pk, "expiry", after),
-        )
-        .order_by(LoyaltyExpiration.created_at.desc(), LoyaltyExpiration.pk.desc())
-        .limit(limit)
-    ).all()
-    out = []
-    for row in rows:
-        expiry: LoyaltyExpiration = row[0]
-        out.append(
-            (
-                (expiry.created_at, _SOURCE_RANK["expiry"], expiry.pk),
-                TimelineItem(
-                    kind="expiry",
-                    id=row.lot_id,
-                    at=format_timestamp(expiry.created_at),
-                    details={
-                        "points": expiry.points,
-                        "reason": expiry.reason,
-                        "status": expiry.status,
-                        "burn_id": _hex(expiry.burn_id),
-                    },
-                    ledger=_token_state(
-                        expiry.status,
-                        final="expired",
-                        tx_hash=expiry.tx_hash,
-                        block_number=expiry.block_number,
+                        burn.status,
+                        final=done,
+                        tx_hash=burn.tx_hash,
+                        block_number=burn.block_number,
                         indexed=row,
                         epoch=epochs.token,
                     ),
