@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import ast
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
-from eth_abi import decode, encode
-from eth_tester.exceptions import TransactionFailed
 from eth_typing import ChecksumAddress
 from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract
 from web3.types import TxReceipt
 
 from crm_ledger.ledger import merkle
+from tests.contracts.conftest import DEFAULT_ADMIN_ROLE, GAS_LIMIT, reverts_with
 
 ANCHORER_ROLE = Web3.keccak(text="ANCHORER_ROLE")
-DEFAULT_ADMIN_ROLE = bytes(32)
 # The product target: at most 100 gas per record at batches of 1,000 records.
 ANCHOR_GAS_BUDGET = 100_000
 # The first anchor also creates the head slot: a zero to non-zero SSTORE (20,000 gas) instead
 # of a non-zero to non-zero one (2,900 gas).
 FIRST_ANCHOR_EXTRA_GAS = 20_000 - 2_900
-# A gas limit skips eth_estimateGas, which halves the time per transaction on eth-tester; a
-# transaction that reverts is then mined with status 0 rather than raising.
-GAS_LIMIT = 1_000_000
 LARGEST_TREE = 33
 
 
@@ -46,32 +38,6 @@ def anchor(
     receipt = ledger.w3.eth.wait_for_transaction_receipt(tx_hash)
     assert receipt["status"] == 1, f"anchor({first_seq}, {count}, {root.hex()}) reverted"
     return receipt
-
-
-def decode_custom_error(abi: Sequence[Any], data: bytes) -> tuple[str, tuple[Any, ...]]:
-    """(error name, arguments) of revert data, using the error definitions in `abi`."""
-    for entry in abi:
-        if entry["type"] != "error":
-            continue
-        types = [arg["type"] for arg in entry["inputs"]]
-        selector = Web3.keccak(text=f"{entry['name']}({','.join(types)})")[:4]
-        if data[:4] == selector:
-            return entry["name"], decode(types, data[4:])
-    return "<not an error of this ABI>", (data.hex(),)
-
-
-@contextmanager
-def reverts_with(ledger: Contract, error_name: str, *args: Any) -> Iterator[None]:
-    """Expect the block to revert with custom error `error_name(*args)` of `ledger`'s ABI."""
-    with pytest.raises(TransactionFailed) as caught:
-        yield
-    # eth-tester reports revert data as the repr of the bytes: "execution reverted: b'...'".
-    message = str(caught.value.args[0])
-    assert message.startswith("execution reverted: b"), message
-    data = ast.literal_eval(message.removeprefix("execution reverted: "))
-    (entry,) = [e for e in ledger.abi if e["type"] == "error" and e["name"] == error_name]
-    types = [arg["type"] for arg in entry["inputs"]]
-    assert decode_custom_error(ledger.abi, data) == (error_name, decode(types, encode(types, args)))
 
 
 @dataclass(frozen=True)

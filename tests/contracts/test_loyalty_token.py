@@ -6,17 +6,13 @@ followed by the recipient's 4-byte big-endian index in the award.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from eth_abi import decode, encode
-from eth_tester.exceptions import TransactionFailed
 from eth_typing import ChecksumAddress
 from web3 import Web3
 from web3.contract import Contract
@@ -24,13 +20,17 @@ from web3.contract.contract import ContractFunction
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from crm_ledger.chain.artifacts import load_artifact
+from tests.contracts.conftest import (
+    DEFAULT_ADMIN_ROLE,
+    GAS_LIMIT,
+    ZERO_ADDRESS,
+    deploy_artifact,
+    reverts_with,
+)
 
-DEFAULT_ADMIN_ROLE = bytes(32)
 ISSUER_ROLE = Web3.keccak(text="ISSUER_ROLE")
 REDEEMER_ROLE = Web3.keccak(text="REDEEMER_ROLE")
 EXPIRER_ROLE = Web3.keccak(text="EXPIRER_ROLE")
-ZERO_ADDRESS = ChecksumAddress("0x" + "00" * 20)
 
 CAMPAIGN = hashlib.sha256(b"campaign: spring").digest()
 CAMPAIGN_BUDGET = 10_000
@@ -38,9 +38,6 @@ UNBUDGETED_CAMPAIGN = hashlib.sha256(b"campaign: never budgeted").digest()
 REF = hashlib.sha256(b"order 42").digest()
 REASON = hashlib.sha256(b"expiry: 12 months").digest()
 
-# A gas limit skips eth_estimateGas, which halves the time per transaction on eth-tester; a
-# transaction that reverts is then mined with status 0 rather than raising.
-GAS_LIMIT = 1_000_000
 # The product target: at most 30,000 gas per new holder in a 10,000-holder award, split into
 # as few transactions as the 16,777,216-gas per-transaction cap (EIP-7825) allows.
 NEW_HOLDER_GAS_TARGET = 30_000
@@ -82,42 +79,9 @@ def send_expecting_revert(call: ContractFunction, *, sender: ChecksumAddress) ->
     return receipt
 
 
-def decode_custom_error(abi: Sequence[dict[str, Any]], data: bytes) -> tuple[str, tuple[Any, ...]]:
-    """(error name, arguments) of revert data, using the error definitions in `abi`."""
-    for entry in abi:
-        if entry["type"] != "error":
-            continue
-        types = [arg["type"] for arg in entry["inputs"]]
-        selector = Web3.keccak(text=f"{entry['name']}({','.join(types)})")[:4]
-        if data[:4] == selector:
-            return entry["name"], decode(types, data[4:])
-    return "<not an error of this ABI>", (data.hex(),)
-
-
-@contextmanager
-def reverts_with(contract: Contract, error_name: str, *args: Any) -> Iterator[None]:
-    """Expect the block to revert with custom error `error_name(*args)` of `contract`'s ABI."""
-    with pytest.raises(TransactionFailed) as caught:
-        yield
-    # eth-tester reports revert data as the repr of the bytes: "execution reverted: b'...'".
-    message = str(caught.value.args[0])
-    assert message.startswith("execution reverted: b"), message
-    data = ast.literal_eval(message.removeprefix("execution reverted: "))
-    (entry,) = [e for e in contract.abi if e["type"] == "error" and e["name"] == error_name]
-    types = [arg["type"] for arg in entry["inputs"]]
-    assert decode_custom_error(contract.abi, data) == (
-        error_name,
-        decode(types, encode(types, args)),
-    )
-
-
 def deploy_loyalty_token(w3: Web3, *, admin: ChecksumAddress) -> Contract:
     """Deploy a LoyaltyToken from its committed artifact and return it bound to its address."""
-    artifact = load_artifact("LoyaltyToken")
-    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    tx_hash = factory.constructor("Loyalty Points", "PTS", admin).transact({"from": admin})
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash)
-    return w3.eth.contract(address=receipt["contractAddress"], abi=artifact.abi)
+    return deploy_artifact(w3, "LoyaltyToken", "Loyalty Points", "PTS", admin, sender=admin)
 
 
 def issue(
