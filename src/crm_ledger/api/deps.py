@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from crm_ledger.api.transaction import transaction
+from crm_ledger.api.transaction import read_only
 from crm_ledger.config import Settings
 from crm_ledger.errors import Forbidden, Unauthorized
 from crm_ledger.journal.keys import (
@@ -99,7 +99,8 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """A session for one request; handlers open transactions with `api.transaction.transaction`."""
+    """A session for one request; handlers open transactions with `api.transaction`'s
+    `transaction` (to write) or `read_only` (to read)."""
     session = get_runtime(request).session_factory()
     try:
         yield session
@@ -143,7 +144,7 @@ async def _authenticate(
 
 
 def _lookup(runtime: Runtime, key_hash: bytes) -> ApiKeyPrincipal | None:
-    with runtime.session_factory() as session, transaction(session):
+    with runtime.session_factory() as session, read_only(session):
         return lookup_hash(session, key_hash)
 
 

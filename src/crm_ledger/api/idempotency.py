@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from crm_ledger.api.group_commit import committer_for
-from crm_ledger.api.transaction import transaction
+from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import IdempotencyEntry, utcnow
 from crm_ledger.errors import Conflict, IdempotencyConflict
 from crm_ledger.journal.keys import ApiKeyPrincipal
@@ -142,7 +142,7 @@ def run_write(
             # is ours. Otherwise the conflict is real.
             if key is None:
                 raise
-            with transaction(session):
+            with read_only(session):
                 entry = _find(session, principal, key)
             if entry is None:
                 raise

@@ -1,42 +1,33 @@
-"""`transaction(session)`: how every API handler opens its database transaction.
+"""How every API handler opens its database transaction.
 
-Exports: `transaction`.
+Exports: `transaction`, `read_only`.
 
-On SQLite every transaction takes the single write lock (`db.session` begins them with
-`BEGIN IMMEDIATE`), and a transaction that finds it taken retries on SQLite's busy handler, which
-sleeps for milliseconds at a time: under concurrency most of the time goes to sleeping. So this
-process's transactions first queue on an in-process lock, which hands the database to the next
-one the moment the previous one ends. Other processes (a separate anchorer) still meet on SQLite's
-lock. PostgreSQL needs none of this.
+`transaction(session)` is for handlers that write: on SQLite it queues on the engine's write
+queue and takes the write lock (`db.session`). `read_only(session)` is for handlers that only
+read: on SQLite it begins deferred and never waits for a writer (WAL gives it a snapshot), so
+a busy 360 view or change-feed reader cannot hold up writes, the anchorer or the indexer.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-_sqlite_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
-_guard = threading.Lock()
+from crm_ledger.db.session import READ_ONLY
 
 
 @contextmanager
 def transaction(session: Session) -> Iterator[Session]:
-    """`session.begin()`, queued behind this process's other transactions on SQLite."""
-    with _sqlite_lock(session), session.begin():
+    """A write transaction (`session.begin()`)."""
+    with session.begin():
         yield session
 
 
-def _sqlite_lock(session: Session) -> threading.Lock | nullcontext[None]:
-    engine = session.get_bind()
-    if engine.dialect.name != "sqlite" or not isinstance(engine, Engine):
-        return nullcontext()
-    with _guard:
-        lock = _sqlite_locks.get(engine)
-        if lock is None:
-            lock = _sqlite_locks[engine] = threading.Lock()
-        return lock
+@contextmanager
+def read_only(session: Session) -> Iterator[Session]:
+    """A transaction that only reads: one consistent snapshot, no write lock."""
+    with session.begin():
+        session.connection(execution_options={READ_ONLY: True})
+        yield session

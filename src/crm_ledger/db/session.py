@@ -1,10 +1,23 @@
 """Engine and session factory; SQLite is tuned for a durable single-file journal.
 
-Exports: `make_engine`, `make_session_factory`, `upgrade_database`.
+Exports: `make_engine`, `make_session_factory`, `upgrade_database`, `READ_ONLY`, `WriteQueue`.
+
+SQLite has one write lock. A transaction that finds it taken waits in SQLite's busy handler,
+which sleeps for milliseconds at a time and hands the lock to whoever asks at the right moment:
+under steady writes a background worker (the anchorer, the indexer) can lose that race for
+seconds. So this process's write transactions on one engine first queue, first come first
+served, on the engine's `WriteQueue`, which hands the database to the next one the moment the
+previous one commits or rolls back. Other processes still meet on SQLite's own lock.
+
+Read-only transactions (the `READ_ONLY` execution option, set by `api.transaction.read_only`)
+skip the queue and begin deferred: in WAL mode they read a snapshot while writers carry on.
+PostgreSQL needs none of this.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from importlib import resources
 from typing import Any
 
@@ -13,9 +26,57 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+#: Execution option: this transaction only reads (SQLite: deferred BEGIN, no write queue).
+READ_ONLY = "crm_ledger_read_only"
+#: How long a write transaction waits for its turn before going on to SQLite's own busy wait.
+QUEUE_TIMEOUT_SECONDS = 30.0
+# Set in a pooled connection's info while its transaction holds the queue.
+_HOLDS_QUEUE = "crm_ledger_holds_write_queue"
+
+
+class WriteQueue:
+    """A first-come-first-served lock, so a thread that just released it cannot barge back
+    in ahead of threads already waiting (a plain `threading.Lock` lets it)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiting: deque[threading.Lock] = deque()
+        self._held = False
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait for this caller's turn; False if `timeout` seconds pass first."""
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        if turn.acquire(timeout=timeout):
+            return True
+        with self._mutex:
+            if turn in self._waiting:
+                self._waiting.remove(turn)
+                return False
+        # `release` handed the queue over just as the wait timed out: it is ours.
+        return True
+
+    def release(self) -> None:
+        """Hand the lock to the longest waiter, or free it."""
+        with self._mutex:
+            if self._waiting:
+                self._waiting.popleft().release()
+            else:
+                self._held = False
+
+    @property
+    def waiting(self) -> int:
+        """How many callers wait for their turn."""
+        return len(self._waiting)
+
 
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
-    """Engine for `url`; SQLite gets WAL, foreign keys and a busy timeout."""
+    """Engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and a write queue."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
@@ -33,14 +94,75 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
-            # instead of one failing with "database is locked" when it upgrades its lock.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        _install_write_queue(engine)
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def write_queue(engine: Engine) -> WriteQueue | None:
+    """The engine's write queue (SQLite engines made by `make_engine`), else None."""
+    queue = getattr(engine, "_crm_ledger_write_queue", None)
+    return queue if isinstance(queue, WriteQueue) else None
+
+
+def _install_write_queue(engine: Engine) -> None:
+    queue = WriteQueue()
+    engine._crm_ledger_write_queue = queue  # type: ignore[attr-defined]
+
+    def release(info: dict[Any, Any] | None) -> None:
+        if info is not None and info.pop(_HOLDS_QUEUE, False):
+            queue.release()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+            return
+        info = conn.connection.info
+        info[_HOLDS_QUEUE] = queue.acquire(QUEUE_TIMEOUT_SECONDS)
+        try:
+            # IMMEDIATE takes the write lock up front, so two writers (in different processes)
+            # queue on busy_timeout instead of one failing with "database is locked" when it
+            # upgrades its lock.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            release(info)
+            raise
+
+    # The transaction ends in the dialect's commit or rollback (the pool's reset on return
+    # included); a connection invalidated or closed mid-transaction ends it too.
+    dialect = engine.dialect
+    do_commit, do_rollback = dialect.do_commit, dialect.do_rollback
+
+    def commit_then_release(dbapi_connection: Any) -> None:
+        try:
+            do_commit(dbapi_connection)
+        finally:
+            release(_pool_info(dbapi_connection))
+
+    def rollback_then_release(dbapi_connection: Any) -> None:
+        try:
+            do_rollback(dbapi_connection)
+        finally:
+            release(_pool_info(dbapi_connection))
+
+    dialect.do_commit = commit_then_release  # type: ignore[method-assign]
+    dialect.do_rollback = rollback_then_release  # type: ignore[method-assign]
+
+    @event.listens_for(engine, "invalidate")
+    @event.listens_for(engine, "close")
+    def _ended(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+        release(record.info)
+
+
+def _pool_info(connection: Any) -> dict[Any, Any] | None:
+    """The pooled connection's info; None for the bare or ad-hoc connections SQLAlchemy's
+    first-connect check rolls back (they never begin a transaction of ours)."""
+    try:
+        info = connection.info
+    except (AttributeError, NotImplementedError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

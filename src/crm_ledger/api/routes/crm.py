@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, require_roles
 from crm_ledger.api.problems import Problem
-from crm_ledger.api.transaction import transaction
+from crm_ledger.api.transaction import read_only
 from crm_ledger.crm import reconcile, view
 from crm_ledger.crm.schemas import CustomerSummaries, CustomerView, ReconciliationPublic
 from crm_ledger.errors import NotFound
@@ -72,7 +72,7 @@ def customer_360(
     """Profile, records by ledger state, loyalty balance (the chain's), the customer's integrity
     as the latest ledger audit found it, and the timeline, newest first, each item with its
     ledger state (`pending`, `anchored`, `confirmed`) and its batch, transaction and block."""
-    with transaction(session):
+    with read_only(session):
         found = view.customer_view(
             session=session,
             customer_id=customer_id,
@@ -113,7 +113,7 @@ def crm_customers(
 ) -> Response:
     """Customers with their last interaction and loyalty balance; follow `next_cursor` with
     the same filters and sort."""
-    with transaction(session):
+    with read_only(session):
         page = view.list_customers(
             session=session,
             limit=limit,

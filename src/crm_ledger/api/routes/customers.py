@@ -12,7 +12,7 @@ from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.schemas import CustomerPublic, CustomersPublic, customer_public
-from crm_ledger.api.transaction import transaction
+from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import customers
 from crm_ledger.journal.customers import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from crm_ledger.journal.schemas import CustomerCreate
@@ -59,7 +59,7 @@ def create_customer(
 )
 def get_customer(customer_id: str, session: SessionDep, key: AnyKey) -> Response:
     """One customer by id."""
-    with transaction(session):
+    with read_only(session):
         customer = customers.get_customer(session=session, customer_id=customer_id)
         body = customer_public(customer).model_dump_json()
     return Response(content=body, media_type=JSON_MEDIA_TYPE)
@@ -78,7 +78,7 @@ def list_customers(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """Customers in creation order; follow `next_cursor` until it is null."""
-    with transaction(session):
+    with read_only(session):
         page = customers.list_customers(session=session, limit=limit, cursor=cursor)
         body = CustomersPublic(
             items=[customer_public(c) for c in page.items], next_cursor=page.next_cursor

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from crm_ledger.api.deps import AnyKey, SessionDep
 from crm_ledger.api.problems import Problem
-from crm_ledger.api.transaction import transaction
+from crm_ledger.api.transaction import read_only
 from crm_ledger.crm import feed
 from crm_ledger.crm.schemas import FeedEventPublic, FeedPagePublic
 from crm_ledger.journal.schemas import format_timestamp
@@ -62,7 +62,7 @@ def events(
     A cursor older than the retention answers 410: the consumer missed events.
     """
     wanted = None if types is None else [t.strip() for t in types.split(",") if t.strip()]
-    with transaction(session):
+    with read_only(session):
         page = feed.read_page(session, after=after, limit=limit, types=wanted)
     body = FeedPagePublic(
         items=[

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from crm_ledger.api.deps import RuntimeDep
-from crm_ledger.api.transaction import transaction
+from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
 from crm_ledger.journal.records import anchoring_backlog
 
@@ -43,7 +43,7 @@ def readyz(runtime: RuntimeDep) -> Response:
     body: dict[str, Any] = {"status": "ready"}
     ready = True
     try:
-        with runtime.session_factory() as session, transaction(session):
+        with runtime.session_factory() as session, read_only(session):
             session.execute(text("SELECT 1"))
             backlog = anchoring_backlog(session=session)
     except SQLAlchemyError as exc:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, SettingsDep, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
 from crm_ledger.api.problems import Problem
-from crm_ledger.api.transaction import transaction
+from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
 from crm_ledger.errors import ChainError
 from crm_ledger.journal.customers import get_customer
@@ -118,7 +118,7 @@ def create_campaign(
 )
 def list_campaigns(session: SessionDep, key: MarketingKey) -> Response:
     """The newest 200 campaigns."""
-    with transaction(session):
+    with read_only(session):
         found = campaigns.list_campaigns(session=session)
         now = utcnow()
         return _json(CampaignsPublic(items=[campaigns.campaign_public(c, now) for c in found]))
@@ -132,7 +132,7 @@ def list_campaigns(session: SessionDep, key: MarketingKey) -> Response:
 )
 def get_campaign(campaign_id: str, session: SessionDep, key: MarketingKey) -> Response:
     """One campaign and where its budget stands."""
-    with transaction(session):
+    with read_only(session):
         campaign = campaigns.get_campaign(session=session, campaign_id=campaign_id)
         return _json(campaigns.campaign_public(campaign))
 
@@ -243,7 +243,7 @@ async def _chain_remaining(
         return None
 
     def synced_onchain_id() -> bytes | None:
-        with runtime.session_factory() as session, transaction(session):
+        with runtime.session_factory() as session, read_only(session):
             campaign = campaigns.get_campaign(session=session, campaign_id=campaign_id)
             return campaign.onchain_id if campaign.chain_budget == campaign.budget else None
 
@@ -264,7 +264,7 @@ async def _chain_remaining(
 )
 def get_award(campaign_id: str, job_id: str, session: SessionDep, key: MarketingKey) -> Response:
     """How many of the job's lots are issued, pending or failed, and in which transactions."""
-    with transaction(session):
+    with read_only(session):
         campaign = campaigns.get_campaign(session=session, campaign_id=campaign_id)
         job = awards.get_job(session=session, campaign=campaign, job_id=job_id)
         return _json(awards.job_progress(session, campaign, job))
@@ -315,7 +315,7 @@ def create_redemption(
 )
 def get_redemption(redemption_id: str, session: SessionDep, key: AnyKey) -> Response:
     """A redemption and whether its burn is on chain."""
-    with transaction(session):
+    with read_only(session):
         found = redemptions.get_redemption(session=session, redemption_id=redemption_id)
         return _json(redemptions.redemption_public(session, found))
 
@@ -339,7 +339,7 @@ async def get_loyalty_account(
     """Address, the balance the chain reports, lots with expiry, and history with tx hashes."""
 
     def read() -> LoyaltyAccountPublic:
-        with transaction(session):
+        with read_only(session):
             return loyalty_account(
                 session=session,
                 customer_id=customer_id,

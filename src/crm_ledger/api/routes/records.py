@@ -15,7 +15,7 @@ from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.schemas import ReceiptPending, RecordPublic, RecordsPublic, record_public
-from crm_ledger.api.transaction import transaction
+from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import receipts, records
 from crm_ledger.journal.schemas import InteractionBatchCreate, InteractionCreate, OrderCreate
 
@@ -134,7 +134,7 @@ def create_order(
 )
 def get_record(record_id: str, session: SessionDep, key: AnyKey) -> Response:
     """One record: its committed body, commitment and anchoring status."""
-    with transaction(session):
+    with read_only(session):
         record = records.get_record(session=session, record_id=record_id)
     return Response(content=record_public(record).model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
@@ -151,7 +151,7 @@ def get_record(record_id: str, session: SessionDep, key: AnyKey) -> Response:
 )
 def get_receipt(record_id: str, session: SessionDep, key: AnyKey) -> Response:
     """The record's RFC 9162 inclusion proof and where its batch is anchored, once it is."""
-    with transaction(session):
+    with read_only(session):
         record = records.find_record(session=session, record_id=record_id)
         if receipts.anchored_batch(session, record) is None:
             pending = ReceiptPending(

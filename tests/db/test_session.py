@@ -1,0 +1,222 @@
+"""SQLite transactions: writers queue first come first served, readers never wait for them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.api.transaction import read_only, transaction
+from crm_ledger.db.session import (
+    WriteQueue,
+    make_engine,
+    make_session_factory,
+    write_queue,
+)
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.sqlite'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def sessions(sqlite_engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(sqlite_engine)
+
+
+def _queue(engine: Engine) -> WriteQueue:
+    queue = write_queue(engine)
+    assert queue is not None
+    return queue
+
+
+def _wait_for_waiters(queue: WriteQueue, n: int) -> None:
+    done = threading.Event()
+    while queue.waiting < n:
+        done.wait(0.005)
+
+
+def _count(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session, read_only(session):
+        return int(session.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+
+# The queue on its own --------------------------------------------------------------------------
+
+
+def test_queue_hands_over_in_arrival_order() -> None:
+    queue = WriteQueue()
+    assert queue.acquire(WAIT)
+    order: list[int] = []
+
+    def waiter(n: int) -> None:
+        assert queue.acquire(WAIT)
+        order.append(n)
+        queue.release()
+
+    threads = []
+    for n in range(5):
+        thread = threading.Thread(target=waiter, args=(n,))
+        thread.start()
+        _wait_for_waiters(queue, n + 1)
+        threads.append(thread)
+    queue.release()
+    for thread in threads:
+        thread.join(WAIT)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_a_releasing_thread_cannot_barge_ahead_of_a_waiter() -> None:
+    queue = WriteQueue()
+    assert queue.acquire(WAIT)
+    got_in = threading.Event()
+
+    def waiter() -> None:
+        assert queue.acquire(WAIT)
+        got_in.set()
+        queue.release()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    _wait_for_waiters(queue, 1)
+    queue.release()
+    # Straight back in line: the waiter already owns the queue, so this waits for it.
+    assert queue.acquire(WAIT)
+    assert got_in.is_set()
+    queue.release()
+    thread.join(WAIT)
+
+
+def test_a_timed_out_waiter_leaves_the_line() -> None:
+    queue = WriteQueue()
+    assert queue.acquire(WAIT)
+    assert queue.acquire(0.01) is False
+    assert queue.waiting == 0
+    queue.release()
+    assert queue.acquire(0.01)
+    queue.release()
+
+
+# On a SQLite engine ----------------------------------------------------------------------------
+
+
+def test_a_reader_does_not_wait_for_a_writer(sessions: sessionmaker[Session]) -> None:
+    with sessions() as writer, transaction(writer):
+        writer.execute(text("INSERT INTO t VALUES (1)"))
+        writer.flush()
+        # The writer holds SQLite's write lock and the queue; a reader in another thread
+        # sees the last committed snapshot at once (it would block for 30 s otherwise).
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(_count(sessions)))
+        thread.start()
+        thread.join(WAIT)
+        assert result == [0]
+    assert _count(sessions) == 1
+
+
+def test_a_reader_takes_no_place_in_the_queue(
+    sqlite_engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    queue = _queue(sqlite_engine)
+    with sessions() as session, read_only(session):
+        session.execute(text("SELECT 1"))
+        assert queue.acquire(0.01)
+        queue.release()
+
+
+def test_writers_queue_and_each_commit_or_rollback_frees_the_queue(
+    sqlite_engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    queue = _queue(sqlite_engine)
+    second_done = threading.Event()
+
+    def second_writer() -> None:
+        with sessions() as session, transaction(session):
+            session.execute(text("INSERT INTO t VALUES (2)"))
+        second_done.set()
+
+    with sessions() as session, transaction(session):
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        _wait_for_waiters(queue, 1)
+        assert not second_done.is_set()
+    thread.join(WAIT)
+    assert second_done.is_set()
+    assert _count(sessions) == 2
+
+    with pytest.raises(RuntimeError), sessions() as session, transaction(session):
+        session.execute(text("INSERT INTO t VALUES (3)"))
+        raise RuntimeError("handler failed")
+    assert _count(sessions) == 2
+    assert queue.acquire(0.01), "a rolled-back transaction kept the queue"
+    queue.release()
+
+
+def test_a_session_closed_mid_transaction_frees_the_queue(
+    sqlite_engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    queue = _queue(sqlite_engine)
+    session = sessions()
+    session.execute(text("INSERT INTO t VALUES (1)"))  # autobegins a write transaction
+    session.close()
+    assert queue.acquire(0.01)
+    queue.release()
+    assert _count(sessions) == 0
+
+
+def test_an_invalidated_connection_frees_the_queue(sqlite_engine: Engine) -> None:
+    queue = _queue(sqlite_engine)
+    conn = sqlite_engine.connect()
+    conn.begin()
+    conn.execute(text("INSERT INTO t VALUES (1)"))
+    conn.invalidate()
+    conn.close()
+    assert queue.acquire(0.01)
+    queue.release()
+
+
+def test_a_busy_writer_cannot_starve_another(sessions: sessionmaker[Session]) -> None:
+    """One thread commits back to back (the group committer under load); another thread's
+    write (the anchorer's) gets in right after the transaction it arrived behind."""
+    commits = 0
+    stop = threading.Event()
+    started = threading.Event()
+
+    def busy() -> None:
+        nonlocal commits
+        while not stop.is_set() and commits < 10_000:
+            with sessions() as session, transaction(session):
+                session.execute(text("INSERT INTO t VALUES (0)"))
+            commits += 1
+            started.set()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        assert started.wait(WAIT)
+        arrived = commits
+        with sessions() as session, transaction(session):
+            got_in = commits
+            session.execute(text("INSERT INTO t VALUES (1)"))
+    finally:
+        stop.set()
+        thread.join(WAIT)
+    assert got_in - arrived <= 2
+
+
+def test_postgresql_engines_have_no_queue(engine: Engine) -> None:
+    assert (write_queue(engine) is None) == (engine.dialect.name == "postgresql")
