@@ -89,8 +89,8 @@ class BundleExport:
         if self._customer_pk is not None:
             query = query.where(Customer.pk == self._customer_pk)
         else:
-            # EXISTS per customer walks ix_records_customer_pk: a few rows per customer, however
-            # the planner guesses the size of the range.
+            # EXISTS per customer walks ix_records_customer_created: a few rows per customer,
+            # however the planner guesses the size of the range.
             has_records = (
                 select(Record.pk)
                 .where(

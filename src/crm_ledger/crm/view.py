@@ -202,22 +202,31 @@ def _confirmed_batch(epoch: int | None) -> ColumnElement[bool]:
 
 
 def _record_counts(session: Session, customer_pk: int, epochs: _Epochs) -> LedgerCounts:
+    # Counted per batch first: the chain check then runs once per batch, not once per record.
+    per_batch = (
+        select(Record.batch_id, func.count().label("n"))
+        .where(Record.customer_pk == customer_pk)
+        .group_by(Record.batch_id)
+        .subquery()
+    )
     confirmed = select(IndexedBatch.pk).where(_confirmed_batch(epochs.ledger)).exists()
     total, confirmed_count, anchored_count = session.execute(
         select(
-            func.count(Record.pk),
-            func.sum(case((confirmed, 1), else_=0)),
+            func.sum(per_batch.c.n),
+            func.sum(case((confirmed, per_batch.c.n), else_=0)),
             func.sum(
-                case((and_(~confirmed, Batch.status == BatchStatus.ANCHORED.value), 1), else_=0)
+                case(
+                    (and_(~confirmed, Batch.status == BatchStatus.ANCHORED.value), per_batch.c.n),
+                    else_=0,
+                )
             ),
         )
-        .select_from(Record)
-        .outerjoin(Batch, Batch.id == Record.batch_id)
-        .where(Record.customer_pk == customer_pk)
+        .select_from(per_batch)
+        .outerjoin(Batch, Batch.id == per_batch.c.batch_id)
     ).one()
     confirmed_n, anchored_n = int(confirmed_count or 0), int(anchored_count or 0)
     return LedgerCounts(
-        pending=int(total) - confirmed_n - anchored_n,
+        pending=int(total or 0) - confirmed_n - anchored_n,
         anchored=anchored_n,
         confirmed=confirmed_n,
     )

@@ -113,7 +113,8 @@ class Record(Base):
             sqlite_where=text("seq IS NULL"),
             postgresql_where=text("seq IS NULL"),
         ),
-        Index("ix_records_customer_pk", "customer_pk", "pk"),
+        # A customer's records newest first: the 360 timeline reads one page, not a sort.
+        Index("ix_records_customer_created", "customer_pk", "created_at", "pk"),
     )
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
