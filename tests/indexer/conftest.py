@@ -11,27 +11,26 @@ from typing import Any
 
 import pytest_asyncio
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import AsyncWeb3
-from web3.exceptions import TimeExhausted
 
 from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
-from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.chain.client import LedgerChain, make_async_web3
 from crm_ledger.chain.deploy import ensure_ledger_deployment
 from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.chain.signer import dev_account
 from crm_ledger.config import Settings
 from crm_ledger.crm.reconcile import Reconciler, SourceReader
-from crm_ledger.db.models import Deployment, LoyaltyWallet
+from crm_ledger.db.models import LoyaltyWallet
 from crm_ledger.indexer.indexer import Indexer
 from crm_ledger.indexer.source import ChainSource, JsonRpcSource
+from crm_ledger.loyalty.chain import LoyaltyToken
+from crm_ledger.loyalty.deploy import ensure_token_deployment
 from tests.anchoring.fakes import fast_settings
 from tests.chain.conftest import free_port
 
-#: Anvil's unlocked dev account that deploys and runs the LoyaltyToken in these tests.
+#: The dev account that deploys and operates the LoyaltyToken in these tests.
 TOKEN_ADMIN_INDEX = 5
 
 
@@ -53,58 +52,47 @@ class Dropped(Exception):
 
 @dataclass
 class Token:
-    """A LoyaltyToken deployed by dev account `TOKEN_ADMIN_INDEX`, which holds every role."""
+    """The LoyaltyToken of `AnvilChain.deploy_token`; each method waits until its transactions
+    are mined (`Dropped` if a reorg took one away or made it revert)."""
 
-    w3: AsyncWeb3[Any]
-    address: str
-    admin: str
-
-    def _contract(self) -> Any:
-        return self.w3.eth.contract(address=self.address, abi=load_artifact("LoyaltyToken").abi)
-
-    async def _send(self, call: Any) -> bytes:
-        tx_hash = await call.transact({"from": self.admin})
-        try:
-            receipt = await self.w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=5, poll_latency=0.01
-            )
-        except TimeExhausted:
-            raise Dropped(f"0x{bytes(tx_hash).hex()} was dropped by a reorg") from None
-        if receipt["status"] != 1:
-            # Estimated before a reorg took away what it relied on (a budget, a balance).
-            raise Dropped(f"0x{bytes(tx_hash).hex()} reverted after a reorg")
-        return bytes(tx_hash)
+    client: LoyaltyToken
 
     async def issue(
         self, campaign: bytes, entries: list[tuple[bytes, str, int]], *, budget: int = 10**9
     ) -> bytes:
         """issueBatch(campaign, ids, holders, amounts), setting a budget for it first."""
-        contract = self._contract()
-        await self._send(contract.functions.setCampaignBudget(campaign, budget))
-        return await self._send(
-            contract.functions.issueBatch(
+        await self._mined(await self.client.send_set_budget(campaign, budget))
+        return await self._mined(
+            await self.client.send_issue_batch(
                 campaign,
                 [entry[0] for entry in entries],
-                [to_checksum_address(entry[1]) for entry in entries],
+                [entry[1] for entry in entries],
                 [entry[2] for entry in entries],
             )
         )
 
     async def redeem(self, burn_id: bytes, holder: str, amount: int, ref: bytes) -> bytes:
         """redeem(id, from, amount, ref)."""
-        return await self._send(
-            self._contract().functions.redeem(burn_id, to_checksum_address(holder), amount, ref)
-        )
+        return await self._mined(await self.client.send_redeem(burn_id, holder, amount, ref))
 
     async def expire(self, burn_id: bytes, holder: str, amount: int, reason: bytes) -> bytes:
-        """expire(id, from, amount, reason)."""
-        return await self._send(
-            self._contract().functions.expire(burn_id, to_checksum_address(holder), amount, reason)
+        """expireBatch of one entry (id, from, amount) for `reason`."""
+        return await self._mined(
+            await self.client.send_expire_batch([burn_id], [holder], [amount], reason)
         )
 
     async def balance_of(self, holder: str) -> int:
         """balanceOf(holder)."""
-        return int(await self._contract().functions.balanceOf(to_checksum_address(holder)).call())
+        return await self.client.balance_of(holder)
+
+    async def _mined(self, tx_hash: bytes) -> bytes:
+        receipt = await self.client.wait_for_receipt(tx_hash, timeout=5, poll_seconds=0.01)
+        if receipt is None:
+            raise Dropped(f"0x{tx_hash.hex()} was dropped by a reorg")
+        if receipt.status != 1:
+            # Estimated before a reorg took away what it relied on (a budget, a balance).
+            raise Dropped(f"0x{tx_hash.hex()} reverted after a reorg")
+        return tx_hash
 
 
 @dataclass
@@ -183,32 +171,13 @@ class AnvilChain:
 
     async def deploy_token(self) -> Token:
         """Deploy a LoyaltyToken and record it in `deployments` (epoch 1)."""
-        admin = (await self.w3.eth.accounts)[TOKEN_ADMIN_INDEX]
-        artifact = load_artifact("LoyaltyToken")
-        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-        tx_hash = await factory.constructor("points", "PTS", admin).transact({"from": admin})
-        receipt = await self.w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.01)
-        address = to_checksum_address(receipt["contractAddress"])
-        token = Token(w3=self.w3, address=address, admin=admin)
-        contract = token._contract()
-        for role in ("ISSUER_ROLE", "REDEEMER_ROLE", "EXPIRER_ROLE"):
-            await token._send(contract.functions.grantRole(keccak(text=role), admin))
-        genesis = await self.w3.eth.get_block(0)
-        code = await self.w3.eth.get_code(address)
-        with self.session_factory.begin() as session:
-            session.add(
-                Deployment(
-                    contract="LoyaltyToken",
-                    epoch=1,
-                    chain_id=31337,
-                    genesis_hash=bytes(genesis["hash"]),
-                    address=address,
-                    code_hash=keccak(bytes(code)),
-                    tx_hash=bytes(tx_hash),
-                    block_number=int(receipt["blockNumber"]),
-                )
-            )
-        return token
+        unbound = LoyaltyToken(self.w3, dev_account(TOKEN_ADMIN_INDEX), None)
+        deployment = await ensure_token_deployment(
+            session_factory=self.session_factory,
+            token=unbound,
+            settings=indexer_settings(self.tmp_path),
+        )
+        return Token(unbound.at(deployment.address))
 
 
 def add_wallet(session_factory: sessionmaker[Session], customer_pk: int, address: str) -> None:

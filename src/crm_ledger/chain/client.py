@@ -1,7 +1,7 @@
 """The async AuditLedger client: anchors, receipts, batch events and deployment over JSON-RPC.
 
 Exports: `LedgerChain`, `AnchorReceipt`, `BatchEvent`, `LedgerBatch`, `LedgerDeployment`,
-`make_async_web3`, and from `chain.contract`: `redact_url`, `EMPTY_CODE_HASH`.
+`make_async_web3`, and from `chain.contract` and `chain.rpc`: `EMPTY_CODE_HASH`, `redact_url`.
 
 Errors (see `crm_ledger.errors`): transport failures and node errors become `ChainUnavailable`
 as `chain.contract.ContractClient` raises them; a revert of `anchor` becomes `AnchorRejected`.
@@ -27,9 +27,9 @@ from crm_ledger.chain.contract import (
     EMPTY_CODE_HASH,
     ContractClient,
     poll_until_found,
-    redact_url,
     show_arguments,
 )
+from crm_ledger.chain.rpc import redact_url
 from crm_ledger.errors import AnchorRejected, ChainError, ChainUnavailable
 
 __all__ = [
@@ -327,7 +327,7 @@ class LedgerChain(ContractClient):
     async def _reverted_on_chain(self, raw: TxReceipt) -> AnchorRejected:
         """Why a mined anchor failed (it passed estimation, so: a race, or out of gas)."""
         tx_hash = bytes(raw["transactionHash"])
-        with self._transport("eth_getTransactionByHash"):
+        with self._node.transport("eth_getTransactionByHash"):
             sent = await self._w3.eth.get_transaction(Hash32(tx_hash))
         selector_and_args = bytes(sent["input"])
         first_seq = int(abi_decode(["uint64", "uint32", "bytes32"], selector_and_args[4:])[0])
@@ -363,7 +363,7 @@ class LedgerChain(ContractClient):
             "toBlock": to_block,
             "topics": topics,
         }
-        with self._transport("eth_getLogs"):
+        with self._node.transport("eth_getLogs"):
             logs = await self._w3.eth.get_logs(query)
             gas_by_tx: dict[bytes, int] = {}
             for log in logs:

@@ -1,26 +1,23 @@
-"""What every contract client shares: JSON-RPC transport, views, locally signed transactions.
+"""What every contract client shares: chain facts, views, locally signed transactions.
 
-Exports: `ContractClient`, `redact_url`, `poll_until_found`, `show_arguments`,
-`EMPTY_CODE_HASH`, `GAS_HEADROOM_DIVISOR`.
+Exports: `ContractClient`, `poll_until_found`, `show_arguments`, `EMPTY_CODE_HASH`,
+`GAS_HEADROOM_DIVISOR`.
 
-Errors (see `crm_ledger.errors`): any transport failure (connection refused, timeout, an HTTP
-error status, a body that is not JSON-RPC) and any error the node answers with becomes
-`ChainUnavailable`, whose message names the node by its URL without credentials or path. It is
-raised without the underlying exception chained, since that can carry the full URL. A revert is
-left to the subclass: `ContractClient` only decodes it (`_decode_revert`).
+Errors (see `crm_ledger.errors`): the client reaches its node through a `chain.rpc.RpcNode`, so
+any transport failure (connection refused, timeout, an HTTP error status, a body that is not
+JSON-RPC) and any error the node answers with becomes `ChainUnavailable`, whose message names the
+node by its URL without credentials or path. It is raised without the underlying exception
+chained, since that can carry the full URL. A revert is left to the subclass: `ContractClient`
+only decodes it (`_decode_revert`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar, cast
-from urllib.parse import urlsplit
 
-import aiohttp
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
@@ -28,17 +25,11 @@ from eth_typing import ChecksumAddress, Hash32, HexStr
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
-from web3.exceptions import (
-    BadResponseFormat,
-    BlockNotFound,
-    ContractLogicError,
-    ProviderConnectionError,
-    TransactionNotFound,
-    Web3RPCError,
-)
+from web3.exceptions import BlockNotFound, ContractLogicError, TransactionNotFound
 from web3.types import TxParams, TxReceipt, Wei
 
 from crm_ledger.chain.artifacts import load_artifact
+from crm_ledger.chain.rpc import RpcNode
 from crm_ledger.errors import ChainUnavailable
 
 __all__ = [
@@ -46,7 +37,6 @@ __all__ = [
     "GAS_HEADROOM_DIVISOR",
     "ContractClient",
     "poll_until_found",
-    "redact_url",
     "show_arguments",
 ]
 
@@ -56,30 +46,7 @@ EMPTY_CODE_HASH = keccak(b"")
 #: estimation and inclusion.
 GAS_HEADROOM_DIVISOR = 5
 
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,  # connection refused/reset; TimeoutError is an OSError
-    ProviderConnectionError,
-    BadResponseFormat,
-    json.JSONDecodeError,
-    UnicodeDecodeError,
-)
-
 _Found = TypeVar("_Found")
-
-
-def redact_url(url: str) -> str:
-    """`url` without credentials, path or query, which may hold an API key."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "<unparsable RPC URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    hidden = "/…" if parts.path.strip("/") or parts.query else ""
-    return f"{parts.scheme}://{host}{port}{hidden}"
 
 
 async def poll_until_found(
@@ -123,6 +90,7 @@ class ContractClient:
     ) -> None:
         artifact = load_artifact(self.contract_name)
         self._w3 = w3
+        self._node = RpcNode(w3.provider)
         self._signer = signer
         self._abi = list(abi if abi is not None else artifact.abi)
         self._bytecode = artifact.bytecode
@@ -136,8 +104,7 @@ class ContractClient:
     @property
     def rpc_url(self) -> str:
         """The node's URL, without credentials, path or query."""
-        endpoint = getattr(self._w3.provider, "endpoint_uri", None)
-        return redact_url(str(endpoint)) if endpoint else type(self._w3.provider).__name__
+        return self._node.url
 
     @property
     def signer_address(self) -> ChecksumAddress:
@@ -148,7 +115,7 @@ class ContractClient:
 
     async def chain_id(self) -> int:
         """The node's chain id."""
-        with self._transport("eth_chainId"):
+        with self._node.transport("eth_chainId"):
             return int(await self._w3.eth.chain_id)
 
     async def genesis_hash(self) -> bytes:
@@ -160,12 +127,12 @@ class ContractClient:
 
     async def block_number(self) -> int:
         """Number of the latest block."""
-        with self._transport("eth_blockNumber"):
+        with self._node.transport("eth_blockNumber"):
             return int(await self._w3.eth.block_number)
 
     async def block_hash(self, number: int) -> bytes | None:
         """Hash of block `number` on the node's current chain, or None beyond its head."""
-        with self._transport("eth_getBlockByNumber"):
+        with self._node.transport("eth_getBlockByNumber"):
             try:
                 block = await self._w3.eth.get_block(number)
             except BlockNotFound:
@@ -174,35 +141,11 @@ class ContractClient:
 
     async def code_hash(self, address: str) -> bytes:
         """keccak256 of the code at `address` (`EMPTY_CODE_HASH` when there is none)."""
-        with self._transport("eth_getCode"):
+        with self._node.transport("eth_getCode"):
             code = await self._w3.eth.get_code(to_checksum_address(address))
         return keccak(bytes(code))
 
     # For subclasses ----------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _transport(self, doing: str) -> Iterator[None]:
-        """Turn transport failures and node errors into `ChainUnavailable`."""
-        try:
-            yield
-        except Web3RPCError as exc:
-            raise self._node_error(doing, exc.message) from None
-        except _TRANSPORT_ERRORS as exc:
-            reason = self._scrub(str(exc)) or type(exc).__name__
-            raise ChainUnavailable(
-                f"cannot reach the chain at {self.rpc_url} ({doing}): {reason}"
-            ) from None
-
-    def _node_error(self, doing: str, error: str) -> ChainUnavailable:
-        """The node answered `doing` with `error` (a JSON-RPC error object or message)."""
-        return ChainUnavailable(
-            f"the node at {self.rpc_url} answered {doing} with an error: {self._scrub(error)}"
-        )
-
-    def _scrub(self, text: str) -> str:
-        """`text` with the full endpoint URL, which may hold an API key, redacted."""
-        endpoint = getattr(self._w3.provider, "endpoint_uri", None)
-        return text.replace(str(endpoint), self.rpc_url) if endpoint else text
 
     def _bound_contract(self) -> Any:
         if self.address is None:
@@ -222,7 +165,7 @@ class ContractClient:
     async def _view(self, name: str, *args: Any) -> Any:
         """The view function `name(*args)`; a revert raises web3's `ContractLogicError`."""
         function = getattr(self._bound_contract().functions, name)
-        with self._transport(f"eth_call {name}"):
+        with self._node.transport(f"eth_call {name}"):
             return await function(*args).call()
 
     async def _send_deployment(
@@ -242,7 +185,7 @@ class ContractClient:
 
         A transaction that would revert raises web3's `ContractLogicError`.
         """
-        with self._transport("eth_estimateGas"):
+        with self._node.transport("eth_estimateGas"):
             estimate = int(await self._w3.eth.estimate_gas({**params, "from": self.signer_address}))
         return self._gas_limit(estimate)
 
@@ -251,7 +194,7 @@ class ContractClient:
 
     async def _sign_and_send(self, params: TxParams) -> bytes:
         """Fill nonce (from "pending"), EIP-1559 fees and chain id; sign locally; send raw."""
-        with self._transport("preparing a transaction"):
+        with self._node.transport("preparing a transaction"):
             if self._chain_id is None:
                 self._chain_id = int(await self._w3.eth.chain_id)
             nonce = await self._w3.eth.get_transaction_count(self.signer_address, "pending")
@@ -269,12 +212,12 @@ class ContractClient:
             "maxFeePerGas": Wei(2 * base_fee + priority_fee),
         }
         signed = self._signer.sign_transaction(cast(dict[str, Any], transaction))
-        with self._transport("eth_sendRawTransaction"):
+        with self._node.transport("eth_sendRawTransaction"):
             await self._w3.eth.send_raw_transaction(signed.raw_transaction)
         return bytes(signed.hash)
 
     async def _raw_receipt(self, tx_hash: bytes) -> TxReceipt | None:
-        with self._transport("eth_getTransactionReceipt"):
+        with self._node.transport("eth_getTransactionReceipt"):
             try:
                 return await self._w3.eth.get_transaction_receipt(Hash32(tx_hash))
             except TransactionNotFound:

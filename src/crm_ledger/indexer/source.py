@@ -5,10 +5,11 @@ Exports: `ChainSource`, `JsonRpcSource`, `BATCH_SIZE`.
 The indexer asks for tens of thousands of logs at a time, so `JsonRpcSource` skips web3.py's
 result formatters and reads the node's JSON itself: every field is checked for type and size,
 every log for the address, topics and block range that were asked for, and two logs of one
-block must agree on its hash. Whatever fails (a refused connection, a timeout, an HTTP error,
-a body that is not JSON-RPC, a field of the wrong shape, an error object) becomes
-`ChainUnavailable`, whose message names the node without credentials: the indexer backs off
-and asks again, and nothing of a bad answer is written.
+block must agree on its hash. Requests go through a `chain.rpc.RpcNode`, as the contract
+clients' do: whatever fails (a refused connection, a timeout, an HTTP error, a body that is not
+JSON-RPC, an error object, and here also a field of the wrong shape) becomes `ChainUnavailable`,
+whose message names the node without credentials: the indexer backs off and asks again, and
+nothing of a bad answer is written.
 
 Example::
 
@@ -21,31 +22,20 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-import aiohttp
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
-from web3.exceptions import Web3Exception
 
-from crm_ledger.chain.client import redact_url
-from crm_ledger.errors import ChainUnavailable
+from crm_ledger.chain.rpc import RpcNode, answered_garbage
 from crm_ledger.indexer.events import RawLog
 
 __all__ = ["BATCH_SIZE", "ChainSource", "JsonRpcSource"]
 
 #: Requests per JSON-RPC batch (block hashes to check logs against).
 BATCH_SIZE = 500
-
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError,
-    OSError,  # refused, reset; TimeoutError is an OSError
-    ValueError,  # a body that is not JSON (json.JSONDecodeError), or not UTF-8
-    Web3Exception,
-)
 
 
 class ChainSource(Protocol):
@@ -74,35 +64,35 @@ class JsonRpcSource:
 
     def __init__(self, w3: AsyncWeb3[Any]) -> None:
         self._provider = w3.provider
+        self._node = RpcNode(w3.provider)
 
     @property
     def rpc_url(self) -> str:
         """The node's URL, without credentials, path or query."""
-        endpoint = getattr(self._provider, "endpoint_uri", None)
-        return redact_url(str(endpoint)) if endpoint else type(self._provider).__name__
+        return self._node.url
 
     async def chain_id(self) -> int:
         """The node's chain id."""
-        return _quantity(await self._request("eth_chainId", []), "eth_chainId", self.rpc_url)
+        return _quantity(await self._node.request("eth_chainId", []), "eth_chainId", self.rpc_url)
 
     async def head(self) -> int:
         """Number of the latest block."""
-        result = await self._request("eth_blockNumber", [])
+        result = await self._node.request("eth_blockNumber", [])
         return _quantity(result, "eth_blockNumber", self.rpc_url)
 
     async def block_hash(self, number: int) -> bytes | None:
         """Hash of block `number` on the node's current chain, or None beyond its head."""
         doing = f"eth_getBlockByNumber({number})"
-        block = await self._request("eth_getBlockByNumber", [hex(number), False])
+        block = await self._node.request("eth_getBlockByNumber", [hex(number), False])
         return self._block_hash_of(block, number, doing)
 
     def _block_hash_of(self, block: Any, number: int, doing: str) -> bytes | None:
         if block is None:
             return None
         if not isinstance(block, dict):
-            raise self._garbage(doing, "the block is not an object")
+            raise self._node.garbage(doing, "the block is not an object")
         if _quantity(block.get("number"), doing, self.rpc_url) != number:
-            raise self._garbage(doing, "it answered with another block")
+            raise self._node.garbage(doing, "it answered with another block")
         return _hash(block.get("hash"), doing, self.rpc_url)
 
     async def block_hashes(self, numbers: Sequence[int]) -> dict[int, bytes | None]:
@@ -113,24 +103,26 @@ class JsonRpcSource:
         for start in range(0, len(wanted), BATCH_SIZE):
             chunk = wanted[start : start + BATCH_SIZE]
             doing = f"eth_getBlockByNumber({chunk[0]}..{chunk[-1]}, batched)"
-            with self._transport(doing):
+            with self._node.transport(doing):
                 responses = await self._provider.make_batch_request(
                     [("eth_getBlockByNumber", [hex(number), False]) for number in chunk]
                 )
             if not isinstance(responses, list) or len(responses) != len(chunk):
-                raise self._garbage(doing, "not one answer per request")
+                raise self._node.garbage(doing, "not one answer per request")
             for number, response in zip(chunk, responses, strict=True):
-                found[number] = self._block_hash_of(self._result(response, doing), number, doing)
+                found[number] = self._block_hash_of(
+                    self._node.result(response, doing), number, doing
+                )
         return found
 
     async def code_hash(self, address: str) -> bytes:
         """keccak256 of the code at `address` (of b"" when there is none)."""
-        code = await self._request("eth_getCode", [address, "latest"])
+        code = await self._node.request("eth_getCode", [address, "latest"])
         return keccak(_data(code, "eth_getCode", self.rpc_url))
 
     async def call(self, address: str, data: bytes) -> bytes:
         """The return data of `eth_call` to `address` with `data`, at the latest block."""
-        result = await self._request(
+        result = await self._node.request(
             "eth_call", [{"to": address, "data": "0x" + data.hex()}, "latest"]
         )
         return _data(result, "eth_call", self.rpc_url)
@@ -157,9 +149,9 @@ class JsonRpcSource:
             "toBlock": hex(to_block),
             "topics": [["0x" + topic.hex() for topic in topics]],
         }
-        result = await self._request("eth_getLogs", [params])
+        result = await self._node.request("eth_getLogs", [params])
         if not isinstance(result, list):
-            raise self._garbage(doing, "the result is not a list")
+            raise self._node.garbage(doing, "the result is not a list")
         reader = _LogReader(self.rpc_url, doing)
         out: list[RawLog] = []
         block_hashes: dict[int, bytes] = {}
@@ -167,61 +159,20 @@ class JsonRpcSource:
         for entry in result:
             log = reader.log(entry)
             if log.address not in wanted_addresses:
-                raise self._garbage(doing, f"a log of {log.address}, which was not asked for")
+                raise self._node.garbage(doing, f"a log of {log.address}, which was not asked for")
             if not log.topics or log.topics[0] not in wanted_topics:
-                raise self._garbage(doing, "a log with a topic that was not asked for")
+                raise self._node.garbage(doing, "a log with a topic that was not asked for")
             if not from_block <= log.block_number <= to_block:
-                raise self._garbage(doing, f"a log of block {log.block_number}, out of range")
+                raise self._node.garbage(doing, f"a log of block {log.block_number}, out of range")
             if block_hashes.setdefault(log.block_number, log.block_hash) != log.block_hash:
-                raise self._garbage(doing, f"two hashes for block {log.block_number}")
+                raise self._node.garbage(doing, f"two hashes for block {log.block_number}")
             key = (log.block_number, log.log_index)
             if key in seen:
-                raise self._garbage(doing, f"log {log.log_index} of block {key[0]} twice")
+                raise self._node.garbage(doing, f"log {log.log_index} of block {key[0]} twice")
             seen.add(key)
             out.append(log)
         out.sort(key=lambda log: (log.block_number, log.log_index))
         return out
-
-    async def _request(self, method: str, params: list[Any]) -> Any:
-        with self._transport(method):
-            response = await self._provider.make_request(method, params)
-        return self._result(response, method)
-
-    def _result(self, response: Any, method: str) -> Any:
-        """The result of one JSON-RPC response; `ChainUnavailable` for an error or garbage."""
-        if not isinstance(response, dict):
-            raise self._garbage(method, "the answer is not a JSON-RPC response")
-        error = response.get("error")
-        if error is not None:
-            message = error.get("message") if isinstance(error, dict) else error
-            raise ChainUnavailable(
-                f"the node at {self.rpc_url} answered {method} with an error: "
-                f"{self._scrub(str(message))[:300]}"
-            )
-        if "result" not in response:
-            raise self._garbage(method, "the response has no result")
-        return response["result"]
-
-    @contextlib.contextmanager
-    def _transport(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except _TRANSPORT_ERRORS as exc:
-            reason = self._scrub(str(exc))[:300] or type(exc).__name__
-            raise ChainUnavailable(
-                f"cannot read the chain at {self.rpc_url} ({doing}): {reason}"
-            ) from None
-
-    def _scrub(self, text: str) -> str:
-        endpoint = getattr(self._provider, "endpoint_uri", None)
-        return text.replace(str(endpoint), self.rpc_url) if endpoint else text
-
-    def _garbage(self, doing: str, what: str) -> ChainUnavailable:
-        return _garbage(self.rpc_url, doing, what)
-
-
-def _garbage(url: str, doing: str, what: str) -> ChainUnavailable:
-    return ChainUnavailable(f"the node at {url} answered {doing} with garbage: {what}")
 
 
 def _quantity(value: Any, doing: str, url: str) -> int:
@@ -237,7 +188,7 @@ def _quantity(value: Any, doing: str, url: str) -> int:
             return int(value[2:], 16)
         except ValueError:
             pass
-    raise _garbage(url, doing, f"expected a hex quantity, got {_shown(value)}")
+    raise answered_garbage(url, doing, f"expected a hex quantity, got {_shown(value)}")
 
 
 def _data(value: Any, doing: str, url: str) -> bytes:
@@ -250,13 +201,13 @@ def _data(value: Any, doing: str, url: str) -> bytes:
             # fromhex skips whitespace: the lengths tell whether there was any.
             if 2 * len(raw) == len(value) - 2:
                 return raw
-    raise _garbage(url, doing, f"expected 0x-hex bytes, got {_shown(value)}")
+    raise answered_garbage(url, doing, f"expected 0x-hex bytes, got {_shown(value)}")
 
 
 def _hash(value: Any, doing: str, url: str) -> bytes:
     raw = _data(value, doing, url)
     if len(raw) != 32:
-        raise _garbage(url, doing, f"expected 32 bytes, got {len(raw)}")
+        raise answered_garbage(url, doing, f"expected 32 bytes, got {len(raw)}")
     return raw
 
 
@@ -273,15 +224,15 @@ class _LogReader:
     def log(self, entry: Any) -> RawLog:
         """One log of the answer, checked field by field."""
         if type(entry) is not dict:
-            raise _garbage(self.url, self.doing, "a log is not an object")
+            raise answered_garbage(self.url, self.doing, "a log is not an object")
         if entry.get("removed") is True:
-            raise _garbage(self.url, self.doing, "a removed log")
+            raise answered_garbage(self.url, self.doing, "a removed log")
         address = entry.get("address")
         if type(address) is not str or len(address) != 42:
-            raise _garbage(self.url, self.doing, "a log without a valid address")
+            raise answered_garbage(self.url, self.doing, "a log without a valid address")
         topics = entry.get("topics")
         if type(topics) is not list or len(topics) > 4:
-            raise _garbage(self.url, self.doing, "a log without a valid topic list")
+            raise answered_garbage(self.url, self.doing, "a log without a valid topic list")
         return RawLog(
             address=address.lower(),
             topics=tuple(self._hash(topic) for topic in topics),

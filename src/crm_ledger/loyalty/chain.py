@@ -32,7 +32,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError
-from web3.types import FilterParams, LogReceipt, RPCEndpoint
+from web3.types import FilterParams, LogReceipt
 
 from crm_ledger.chain.contract import (
     EMPTY_CODE_HASH,
@@ -216,7 +216,7 @@ class LoyaltyToken(ContractClient):
         Read as raw JSON-RPC: web3's receipt formatters take longer than the node for a
         receipt of 550 events.
         """
-        raw = await self._raw("eth_getTransactionReceipt", "0x" + tx_hash.hex())
+        raw = await self._node.request("eth_getTransactionReceipt", ["0x" + tx_hash.hex()])
         if raw is None:
             return None
         events = tuple(
@@ -225,7 +225,7 @@ class LoyaltyToken(ContractClient):
         status = int(raw["status"], 16)
         gas_limit = 0
         if status != 1:
-            sent = await self._raw("eth_getTransactionByHash", "0x" + tx_hash.hex())
+            sent = await self._node.request("eth_getTransactionByHash", ["0x" + tx_hash.hex()])
             gas_limit = int(sent["gas"], 16) if sent else 0
         return TokenReceipt(
             tx_hash=_bytes(raw["transactionHash"]),
@@ -236,14 +236,6 @@ class LoyaltyToken(ContractClient):
             gas_limit=gas_limit,
             events=events,
         )
-
-    async def _raw(self, method: str, *params: Any) -> Any:
-        with self._transport(method):
-            answer = await self._w3.provider.make_request(RPCEndpoint(method), list(params))
-        if not isinstance(answer, dict) or answer.get("error"):
-            error = answer.get("error") if isinstance(answer, dict) else answer
-            raise self._node_error(method, str(error))
-        return answer.get("result")
 
     async def wait_for_receipt(
         self, tx_hash: bytes, timeout: float, *, poll_seconds: float = 0.02
@@ -285,7 +277,7 @@ class LoyaltyToken(ContractClient):
                     "toBlock": end,
                     "topics": topics,
                 }
-                with self._transport("eth_getLogs"):
+                with self._node.transport("eth_getLogs"):
                     logs = await self._w3.eth.get_logs(query)
                 found += [e for log in logs if (e := self._decode_log(log)) is not None]
                 block = end + 1
@@ -297,7 +289,7 @@ class LoyaltyToken(ContractClient):
             ["string", "string", "address"], [name, symbol, self.operator]
         )
         mined = await self.wait_mined(tx_hash, timeout)
-        with self._transport("eth_getTransactionReceipt"):
+        with self._node.transport("eth_getTransactionReceipt"):
             raw = await self._w3.eth.get_transaction_receipt(Hash32(tx_hash))
         address = raw.get("contractAddress")
         if address is None:
