@@ -29,6 +29,7 @@ from crm_ledger.chain.contract import (
     poll_until_found,
     show_arguments,
 )
+from crm_ledger.chain.provider import KeepAliveHTTPProvider
 from crm_ledger.chain.rpc import redact_url
 from crm_ledger.errors import AnchorRejected, ChainError, ChainUnavailable
 
@@ -102,12 +103,13 @@ class LedgerDeployment:
 
 
 def make_async_web3(rpc_url: str, timeout: float) -> AsyncWeb3[AsyncHTTPProvider]:
-    """An `AsyncWeb3` over HTTP that fails fast: `timeout` seconds per request, no retries.
+    """An `AsyncWeb3` over HTTP that fails fast: `timeout` seconds per request, no retries,
+    connections kept alive between requests (`chain.provider`).
 
     The anchorer retries on its own schedule, so the provider's retries would only delay the
     `ChainUnavailable` it needs to see. Close it with `await w3.provider.disconnect()`.
     """
-    provider = AsyncHTTPProvider(
+    provider = KeepAliveHTTPProvider(
         rpc_url,
         request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
         exception_retry_configuration=None,
