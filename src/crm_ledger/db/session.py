@@ -1,6 +1,7 @@
 """Engine and session factory; SQLite is tuned for a durable single-file journal.
 
-Exports: `make_engine`, `make_session_factory`, `upgrade_database`, `READ_ONLY`, `WriteQueue`.
+Exports: `make_engine`, `make_session_factory`, `upgrade_database`, `READ_ONLY`, `WriteQueue`,
+`write_queue`.
 
 SQLite has one write lock. A transaction that finds it taken waits in SQLite's busy handler,
 which sleeps for milliseconds at a time and hands the lock to whoever asks at the right moment:
