@@ -6,6 +6,7 @@ tests that drive the API without a chain.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +16,10 @@ from crm_ledger.api.group_commit import close_committers
 from crm_ledger.config import Settings, get_settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.runtime import Runtime
+
+#: Where the API keeps the runs it starts in the background, each a set of tasks in `app.state`:
+#: ledger audits (`POST /v1/audit/ledger`) and reconciliations (`POST /v1/crm/reconciliation`).
+_BACKGROUND_RUNS = ("audit_tasks", "reconciliation_tasks")
 
 
 def create_app(settings: Settings | None = None, *, background: bool = True) -> FastAPI:
@@ -37,6 +42,7 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         try:
             yield
         finally:
+            await _finish_background_runs(app)
             await runtime.stop()
             close_committers(engine)
             engine.dispose()
@@ -52,3 +58,14 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
 
     install(app)
     return app
+
+
+async def _finish_background_runs(app: FastAPI) -> None:
+    """Wait until the runs the API started in the background have ended.
+
+    A run reads and writes the database in worker threads. Disposing the engine under one would
+    leave the connection it holds to be returned to a pool nobody closes, open until the garbage
+    collector finds it. Cancelling would not help: it stops the awaiting task, not the thread.
+    """
+    runs = [run for name in _BACKGROUND_RUNS for run in getattr(app.state, name, ())]
+    await asyncio.gather(*runs, return_exceptions=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.models import Base
@@ -59,3 +60,17 @@ def problem(response: Any, status: int) -> dict[str, Any]:
 def fields(body: dict[str, Any]) -> set[str]:
     """The field paths a validation problem names."""
     return {error["field"] for error in body["errors"]}
+
+
+def checked_out_at_dispose(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gets, each time `engine` is disposed, how many of its connections were still
+    checked out: one returned after the dispose goes back to a pool nobody closes any more."""
+    counts: list[int] = []
+    dispose = engine.dispose
+
+    def counting_dispose(close: bool = True) -> None:
+        counts.append(engine.pool.checkedout())  # type: ignore[attr-defined]
+        dispose(close)
+
+    monkeypatch.setattr(engine, "dispose", counting_dispose)
+    return counts

@@ -47,14 +47,16 @@ def fake_chain() -> FakeChain:
 
 
 @pytest.fixture
-def app(tmp_path: Path, database_url: str, fake_chain: FakeChain) -> FastAPI:
+def app(tmp_path: Path, database_url: str, fake_chain: FakeChain) -> Iterator[FastAPI]:
     """The service without background tasks, reading the fake chain."""
     app = create_app(
         Settings(data_dir=tmp_path, database_url=database_url, run_anchorer=False),
         background=False,
     )
     app.dependency_overrides[get_chain_provider] = lambda: FakeChainProvider(fake_chain)
-    return app
+    yield app
+    # The lifespan disposed of it; this closes what a test read after it.
+    app.state.runtime.engine.dispose()
 
 
 @pytest.fixture

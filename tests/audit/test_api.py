@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.api.routes.audit import get_chain_provider
+from crm_ledger.audit.chain import AuditChain
+from crm_ledger.audit.reports import latest_report
 from crm_ledger.audit.verifier import verify_bundle
 from crm_ledger.journal.keys import Role
 from crm_ledger.ledger.canonical import canonical_json
 from tests.anchoring.fakes import FakeChain, add_records
-from tests.audit.conftest import Ledger
+from tests.api.helpers import checked_out_at_dispose
+from tests.audit.conftest import FakeChainProvider, Ledger, TestClient
 from tests.audit.fakes import FakeAuditChain, anchor_all, tamper
 
 pytestmark = pytest.mark.asyncio
@@ -327,6 +335,30 @@ async def test_a_ledger_audit_that_cannot_reach_the_chain_is_reported_failed(
     found = wait_for_report(client, as_role[Role.ADMIN])
     assert found["status"] == "failed"
     assert "down" in found["error"]
+
+
+class SlowChainProvider(FakeChainProvider):
+    """A `FakeChainProvider` that takes its time to connect."""
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Callable[[str], AuditChain]]:
+        await asyncio.sleep(0.3)
+        async with super().connect() as chain_for:
+            yield chain_for
+
+
+async def test_shutdown_waits_for_a_ledger_audit_in_progress(
+    app: FastAPI, as_role: Headers, fake_chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.dependency_overrides[get_chain_provider] = lambda: SlowChainProvider(fake_chain)
+    engine = app.state.runtime.engine
+    at_dispose = checked_out_at_dispose(engine, monkeypatch)
+    with TestClient(app) as client:
+        started = client.post("/v1/audit/ledger", headers=as_role[Role.AUDITOR])
+        assert started.status_code == 202, started.text
+    assert at_dispose == [0]
+    stored = latest_report(engine)
+    assert stored is not None and stored.status == "done", stored
 
 
 async def test_customer_audit_and_record_check_when_the_chain_is_down(

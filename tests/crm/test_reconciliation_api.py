@@ -3,18 +3,20 @@ started in this one, and the stored reports."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.config import Settings
-from crm_ledger.crm.reconcile import Reconciler
+from crm_ledger.crm.reconcile import ChainReader, Reconciler, latest_report
 from crm_ledger.indexer.indexer import Indexer
 from crm_ledger.journal.keys import Role
-from tests.api.helpers import problem
+from tests.api.helpers import checked_out_at_dispose, problem
 from tests.crm import factories as f
 from tests.crm.conftest import TestClient
 
@@ -30,6 +32,27 @@ class QuietChain:
 
     async def token_balance(self, token: str, holder: str) -> int:
         return 0
+
+
+class SlowChain(QuietChain):
+    """A quiet chain that takes its time to answer."""
+
+    async def ledger_next_seq(self, ledger: str) -> int:
+        await asyncio.sleep(0.3)
+        return 0
+
+
+def run_the_indexer_here(
+    app: FastAPI, app_sessions: sessionmaker[Session], chain: ChainReader, tmp_path: Path
+) -> None:
+    """Make the app's process the one that runs the indexer (and so its reconciler)."""
+    f.deployments(app_sessions)
+    app.state.runtime.indexer = Indexer(
+        session_factory=app_sessions,
+        source=None,  # type: ignore[arg-type]  # the reconciler is all these tests use
+        settings=Settings(_env_file=None, data_dir=tmp_path),  # type: ignore[call-arg]
+        reconciler=Reconciler(session_factory=app_sessions, chain=chain),
+    )
 
 
 def test_only_auditors_and_admins_start_runs_and_every_role_reads_them(
@@ -65,14 +88,7 @@ def test_a_process_running_the_indexer_runs_it_at_once(
     headers: dict[Role, dict[str, str]],
     tmp_path: Path,
 ) -> None:
-    f.deployments(app_sessions)
-    runtime = app.state.runtime
-    runtime.indexer = Indexer(
-        session_factory=app_sessions,
-        source=None,  # type: ignore[arg-type]  # the reconciler is all this test uses
-        settings=Settings(_env_file=None, data_dir=tmp_path),  # type: ignore[call-arg]
-        reconciler=Reconciler(session_factory=app_sessions, chain=QuietChain()),
-    )
+    run_the_indexer_here(app, app_sessions, QuietChain(), tmp_path)
     started = client.post("/v1/crm/reconciliation", headers=headers[Role.ADMIN])
     assert started.status_code == 202
     deadline = time.monotonic() + 10
@@ -84,3 +100,20 @@ def test_a_process_running_the_indexer_runs_it_at_once(
     assert run["status"] == "done", run
     assert run["report"]["clean"] is True and run["drift_count"] == 0
     assert run["started_at"] is not None and run["finished_at"] is not None
+
+
+def test_shutdown_waits_for_a_run_in_progress(
+    app: FastAPI,
+    app_sessions: sessionmaker[Session],
+    headers: dict[Role, dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    at_dispose = checked_out_at_dispose(app.state.runtime.engine, monkeypatch)
+    with TestClient(app) as client:
+        run_the_indexer_here(app, app_sessions, SlowChain(), tmp_path)
+        started = client.post("/v1/crm/reconciliation", headers=headers[Role.ADMIN])
+        assert started.status_code == 202
+    assert at_dispose == [0]
+    run = latest_report(app_sessions, report_id=started.json()["id"])
+    assert run is not None and run["status"] == "done", run
