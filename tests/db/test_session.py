@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.api.transaction import read_only, transaction
@@ -220,3 +221,35 @@ def test_a_busy_writer_cannot_starve_another(sessions: sessionmaker[Session]) ->
 
 def test_postgresql_engines_have_no_queue(engine: Engine) -> None:
     assert (write_queue(engine) is None) == (engine.dialect.name == "postgresql")
+
+
+def test_a_read_only_transaction_sees_one_snapshot(engine: Engine) -> None:
+    """Every statement of a read sees the state of its first: a commit in between is not
+    half-visible (PostgreSQL's default READ COMMITTED would show it to the second statement)."""
+    sessions = make_session_factory(engine)
+    with sessions() as session, transaction(session):
+        session.execute(text("CREATE TABLE snap (n INTEGER)"))
+    with sessions() as reader, read_only(reader):
+        first = reader.execute(text("SELECT count(*) FROM snap")).scalar_one()
+        done = threading.Event()
+
+        def write() -> None:
+            with sessions() as writer, transaction(writer):
+                writer.execute(text("INSERT INTO snap VALUES (1)"))
+            done.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join(WAIT)
+        assert done.is_set(), "the writer waited for the reader"
+        assert reader.execute(text("SELECT count(*) FROM snap")).scalar_one() == first == 0
+    with sessions() as reader, read_only(reader):
+        assert reader.execute(text("SELECT count(*) FROM snap")).scalar_one() == 1
+
+
+def test_a_read_only_transaction_refuses_writes_on_postgresql(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no read-only transactions; handlers only read in them")
+    sessions = make_session_factory(engine)
+    with pytest.raises(DBAPIError, match="read-only"), sessions() as s, read_only(s):
+        s.execute(text("CREATE TABLE nope (n INTEGER)"))

@@ -4,8 +4,11 @@ Exports: `transaction`, `read_only`.
 
 `transaction(session)` is for handlers that write: on SQLite it queues on the engine's write
 queue and takes the write lock (`db.session`). `read_only(session)` is for handlers that only
-read: on SQLite it begins deferred and never waits for a writer (WAL gives it a snapshot), so
-a busy 360 view or change-feed reader cannot hold up writes, the anchorer or the indexer.
+read: every statement of it sees the same snapshot, so a response never mixes states (a lot
+counted as spendable in one query and shown unsent by the next). On SQLite it begins deferred
+and never waits for a writer (WAL gives it the snapshot), so a busy 360 view or change-feed
+reader cannot hold up writes, the anchorer or the indexer; on PostgreSQL it is a
+`REPEATABLE READ, READ ONLY` transaction (READ COMMITTED would give each statement its own).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ def transaction(session: Session) -> Iterator[Session]:
 @contextmanager
 def read_only(session: Session) -> Iterator[Session]:
     """A transaction that only reads: one consistent snapshot, no write lock."""
+    options: dict[str, object] = {READ_ONLY: True}
+    if session.get_bind().dialect.name == "postgresql":
+        options |= {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
     with session.begin():
-        session.connection(execution_options={READ_ONLY: True})
+        session.connection(execution_options=options)
         yield session
