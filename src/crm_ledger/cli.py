@@ -7,6 +7,7 @@ Commands:
     crm-ledger keys revoke KEY_ID [--data-dir DIR]
     crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + anchorer (+ Anvil)
     crm-ledger worker anchor [--data-dir DIR]                   the anchorer alone
+    crm-ledger worker index [--data-dir DIR]                    the indexer alone
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
     crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
 
@@ -19,6 +20,7 @@ stderr. Every command builds its settings with `_settings(data_dir)` and its dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Iterator
@@ -200,6 +202,51 @@ def worker_anchor(data_dir: DataDirOption = None, log_level: LogLevelOption = "i
         asyncio.run(run())
     finally:
         engine.dispose()
+
+
+@worker_app.command("index")
+def worker_index(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
+    """Run only the chain indexer and its reconciliations (a singleton: extra copies, and the
+    indexer inside `serve`, stand by until the lock frees).
+
+    Follows the chain at CRM_LEDGER_RPC_URL, or else the Anvil a `crm-ledger serve` on the same
+    data directory started (127.0.0.1:CRM_LEDGER_ANVIL_PORT). Exits 1 if indexing halts (a
+    chain reset: see the message), 0 on SIGINT/SIGTERM.
+    """
+    from crm_ledger.chain.client import make_async_web3
+    from crm_ledger.indexer.indexer import indexing_beside
+
+    settings = _settings(data_dir).model_copy(update={"run_indexer": True})
+    _configure_logging(log_level)
+    engine = _migrated_engine(settings)
+    rpc_url = settings.rpc_url or f"http://127.0.0.1:{settings.anvil_port}"
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        w3 = make_async_web3(rpc_url, settings.rpc_timeout_seconds)
+        try:
+            async with indexing_beside(
+                w3=w3, session_factory=make_session_factory(engine), settings=settings
+            ) as indexer:
+                assert indexer is not None
+                while not stop.is_set():
+                    if indexer.state.state == "halted":
+                        typer.echo(f"indexing halted: {indexer.state.message}", err=True)
+                        return 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=1.0)
+        finally:
+            await w3.provider.disconnect()
+        return 0
+
+    try:
+        code = asyncio.run(run())
+    finally:
+        engine.dispose()
+    raise typer.Exit(code)
 
 
 chain_app = typer.Typer(

@@ -1,6 +1,7 @@
-"""The anchorer is a singleton: one process per journal may cut batches and send them.
+"""The anchorer and the indexer are singletons: one process per journal may cut batches and
+send them, one may write what the chain says into the view.
 
-Exports: `SingletonLock`.
+Exports: `SingletonLock`, `ANCHORER`, `INDEXER`.
 
 On PostgreSQL the lock is a session-level advisory lock held on a dedicated connection, so it is
 released by the server if the process dies. On SQLite (one machine) it is an exclusive `flock` on
@@ -16,16 +17,22 @@ from typing import IO
 
 from sqlalchemy import Connection, Engine, text
 
-# Any fixed 64-bit number; it names "the crm-ledger anchorer" among advisory locks.
-ANCHORER_LOCK_ID = 0x63726D6C_616E6368
+ANCHORER = "anchorer"
+INDEXER = "indexer"
+# Fixed 64-bit numbers naming each role among the database's advisory locks ("crmlanch",
+# "crmlindx").
+_ADVISORY_LOCK_IDS = {ANCHORER: 0x63726D6C_616E6368, INDEXER: 0x63726D6C_696E6478}
 
 
 class SingletonLock:
     """Non-blocking, process-wide exclusive lock tied to one journal database."""
 
-    def __init__(self, engine: Engine, *, name: str = "anchorer") -> None:
+    def __init__(self, engine: Engine, *, name: str = ANCHORER) -> None:
+        if name not in _ADVISORY_LOCK_IDS:
+            raise ValueError(f"no singleton role {name!r}: one of {sorted(_ADVISORY_LOCK_IDS)}")
         self._engine = engine
         self._name = name
+        self._advisory_id = _ADVISORY_LOCK_IDS[name]
         self._connection: Connection | None = None
         self._file: IO[str] | None = None
 
@@ -41,7 +48,7 @@ class SingletonLock:
         if self._engine.dialect.name == "postgresql":
             connection = self._engine.connect()
             got = connection.scalar(
-                text("SELECT pg_try_advisory_lock(:id)"), {"id": ANCHORER_LOCK_ID}
+                text("SELECT pg_try_advisory_lock(:id)"), {"id": self._advisory_id}
             )
             connection.commit()
             if got:
@@ -66,7 +73,7 @@ class SingletonLock:
         """Give the lock back (also released when the process dies)."""
         if self._connection is not None:
             self._connection.execute(
-                text("SELECT pg_advisory_unlock(:id)"), {"id": ANCHORER_LOCK_ID}
+                text("SELECT pg_advisory_unlock(:id)"), {"id": self._advisory_id}
             )
             self._connection.close()
             self._connection = None
@@ -78,5 +85,5 @@ class SingletonLock:
     def _lock_path(self) -> Path:
         database = self._engine.url.database
         if not database or database == ":memory:":
-            raise RuntimeError("the SQLite journal must be a file to guard its anchorer")
+            raise RuntimeError(f"the SQLite journal must be a file to guard its {self._name}")
         return Path(f"{database}.{self._name}.lock")

@@ -1,7 +1,7 @@
 """The indexer: follows AuditLedger and LoyaltyToken events into the CRM view, reorg-safe.
 
 Exports: `Indexer`, `IndexerState`, `make_indexer`, `indexing_beside`,
-`DEPLOYMENT_CHECK_SECONDS`, `PRUNE_INTERVAL_SECONDS`.
+`DEPLOYMENT_CHECK_SECONDS`, `PRUNE_INTERVAL_SECONDS`, `STANDBY_POLL_SECONDS`.
 
 One round (`step`):
 
@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from web3 import AsyncWeb3
 
 from crm_ledger import metrics
+from crm_ledger.anchoring.lock import INDEXER, SingletonLock
 from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.crm.reconcile import TRIGGER_SCHEDULE, Reconciler, SourceReader
@@ -69,6 +70,7 @@ from crm_ledger.loyalty.ops import reset_op
 __all__ = [
     "DEPLOYMENT_CHECK_SECONDS",
     "PRUNE_INTERVAL_SECONDS",
+    "STANDBY_POLL_SECONDS",
     "Indexer",
     "IndexerState",
     "indexing_beside",
@@ -437,29 +439,51 @@ def make_indexer(
     )
 
 
+#: How often an indexer standing by asks for the indexer lock again.
+STANDBY_POLL_SECONDS = 1.0
+
+
 @contextlib.asynccontextmanager
 async def indexing_beside(
     *, w3: AsyncWeb3[Any], session_factory: sessionmaker[Session], settings: Settings
 ) -> AsyncIterator[Indexer | None]:
     """Run an indexer on `w3` for as long as the block runs (None if `run_indexer` is off).
 
-    Used by the runtime beside the anchorer. The indexer backs off on its own while the chain
-    is unavailable and halts on a reset; an unexpected error halts it too (logged, and shown by
-    `/readyz`), so the API and the anchorer keep going whatever happens here.
+    Used by the runtime beside the anchorer, and by `crm-ledger worker index` alone. The
+    indexer is a singleton per journal (`SingletonLock(name=INDEXER)`): while another process
+    holds the lock, this one stands by (state `standby`) and takes over when it frees. The
+    indexer backs off on its own while the chain is unavailable and halts on a reset; an
+    unexpected error halts it too (logged, and shown by `/readyz`), so the API and the
+    anchorer keep going whatever happens here.
     """
     if not settings.run_indexer:
         yield None
         return
     indexer = make_indexer(w3=w3, session_factory=session_factory, settings=settings)
+    engine = session_factory.kw["bind"]
+    lock = SingletonLock(engine, name=INDEXER)
     stop = asyncio.Event()
 
     async def guarded() -> None:
         try:
+            while not await asyncio.to_thread(lock.try_acquire):
+                indexer.state.state = "standby"
+                indexer.state.message = (
+                    "another process holds the indexer lock (crm-ledger worker index?); "
+                    "this one stands by"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=STANDBY_POLL_SECONDS)
+                if stop.is_set():
+                    return
+            indexer.state.state, indexer.state.message = "starting", ""
             await indexer.run(stop)
         except Exception as exc:
             log.exception("indexer failed")
             indexer.state.state = "halted"
             indexer.state.message = f"indexing stopped after an unexpected error: {exc}"
+        finally:
+            await asyncio.to_thread(lock.release)
 
     task = asyncio.create_task(guarded(), name="crm-ledger-indexer")
     try:
