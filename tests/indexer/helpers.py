@@ -136,12 +136,18 @@ def folded_feed(session_factory: sessionmaker[Session]) -> dict[str, Any]:
     """The feed replayed: records anchored and not unanchored since; rewards not retracted."""
     records: dict[str, tuple[int, str, int]] = {}
     anchored_by_event: dict[str, str] = {}
+    history: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     rewards: dict[str, tuple[str, int]] = {}
     with session_factory() as session:
         for event in session.scalars(select(FeedEvent).order_by(FeedEvent.pk)):
             data = json.loads(event.payload)
+            if "record_id" in data:
+                history.setdefault(data["record_id"], []).append((event.type, data))
             if event.type == "record.anchored":
-                assert data["record_id"] not in records, "anchored twice without unanchoring"
+                assert data["record_id"] not in records, (
+                    "anchored twice without unanchoring",
+                    history[data["record_id"]],
+                )
                 records[data["record_id"]] = (
                     data["batch_id"],
                     data["tx_hash"],
