@@ -144,6 +144,12 @@ class FaultyProxy:
                 for call in calls
             ]
             return web.json_response(errors if isinstance(body, list) else errors[0])
+        if isinstance(body, list) and self.mode == "batch_of_non_objects":
+            return web.json_response([42] * len(body))
+        if isinstance(body, list) and self.mode == "batch_with_unknown_ids":
+            return web.json_response(
+                [{"jsonrpc": "2.0", "id": 10_000 + n, "result": None} for n in range(len(body))]
+            )
         assert self._client is not None
         async with self._client.post(self.upstream, json=body) as upstream:
             answer = await upstream.json()
@@ -189,6 +195,9 @@ GARBAGE: dict[str, str | Callable[[str, Any], Any]] = {
     "http_500": "http_500",
     "not_json": "not_json",
     "rpc_error": "rpc_error",
+    # JSON-RPC batches (the block-hash checks) answered with things web3 cannot sort or match.
+    "batch_of_non_objects": "batch_of_non_objects",
+    "batch_with_unknown_ids": "batch_with_unknown_ids",
     "log_of_another_contract": corrupt_logs(_set(0, "address", "0x" + "ee" * 20)),
     "log_outside_the_range": corrupt_logs(_set(0, "blockNumber", "0xffffff")),
     "short_block_hash": corrupt_logs(_set(0, "blockHash", "0x1234")),

@@ -104,9 +104,16 @@ class JsonRpcSource:
             chunk = wanted[start : start + BATCH_SIZE]
             doing = f"eth_getBlockByNumber({chunk[0]}..{chunk[-1]}, batched)"
             with self._node.transport(doing):
-                responses = await self._provider.make_batch_request(
-                    [("eth_getBlockByNumber", [hex(number), False]) for number in chunk]
-                )
+                try:
+                    responses = await self._provider.make_batch_request(
+                        [("eth_getBlockByNumber", [hex(number), False]) for number in chunk]
+                    )
+                except (AttributeError, TypeError, KeyError) as exc:
+                    # web3 sorts a batch's answers by id before returning them: answers that
+                    # are not JSON-RPC objects make it fail like this.
+                    raise self._node.garbage(
+                        doing, f"answers that are not JSON-RPC responses ({type(exc).__name__})"
+                    ) from None
             if not isinstance(responses, list) or len(responses) != len(chunk):
                 raise self._node.garbage(doing, "not one answer per request")
             for number, response in zip(chunk, responses, strict=True):
