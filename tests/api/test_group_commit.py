@@ -6,12 +6,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from sqlalchemy import event, func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import metrics
-from crm_ledger.api.group_commit import GroupCommitter
+from crm_ledger.api.group_commit import GroupCommitter, close_committers, committer_for
 from crm_ledger.db.models import Customer
+from crm_ledger.db.session import make_session_factory
 from crm_ledger.ledger.canonical import new_customer_key
 
 
@@ -100,3 +101,18 @@ def test_a_failed_shared_commit_runs_each_write_alone(
     assert len(commits) == 4  # the failed shared commit, then one commit per write
     with session_factory() as session:
         assert sorted(session.scalars(select(Customer.name))) == ["a", "b", "c"]
+
+
+def test_disposing_the_engine_stops_its_committer(engine: Engine) -> None:
+    with make_session_factory(engine)() as session:
+        committer = committer_for(session)
+        assert committer_for(session) is committer
+    assert committer.run(lambda s: s.scalar(select(func.count()).select_from(Customer))) == 0
+    thread = committer._thread
+    assert thread.is_alive()
+    engine.dispose()
+    thread.join(10)
+    assert not thread.is_alive()
+    with make_session_factory(engine)() as session:
+        assert committer_for(session) is not committer  # a new one, should it be used again
+        close_committers(engine)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import metrics
@@ -125,7 +124,10 @@ class GroupCommitter:
             future.set_result(result)
 
 
-_committers: weakref.WeakKeyDictionary[Engine, GroupCommitter] = weakref.WeakKeyDictionary()
+# One committer per engine. A committer refers to its engine (its sessions are bound to it), so
+# a weak mapping would never let go: each is removed, and its thread stopped, when the engine is
+# disposed (or by `close_committers`).
+_committers: dict[Engine, GroupCommitter] = {}
 _guard = threading.Lock()
 
 
@@ -139,11 +141,13 @@ def committer_for(session: Session) -> GroupCommitter:
             committer = _committers[engine] = GroupCommitter(
                 sessionmaker(engine, expire_on_commit=False)
             )
+            event.listen(engine, "engine_disposed", close_committers)
         return committer
 
 
 def close_committers(engine: Engine) -> None:
-    """Stop the committer of `engine`, if one was started (at shutdown)."""
+    """Stop the committer of `engine`, if one was started (at shutdown, and when the engine is
+    disposed)."""
     with _guard:
         committer = _committers.pop(engine, None)
     if committer is not None:
