@@ -118,8 +118,12 @@ async def run_under_load(
             head = await chain.head()
             return indexer.state.indexed_through == head - confirmations
 
+        # Settling after two disturbances normally takes seconds. About 1 run in 70 here took
+        # ~60 s, on SQLite and PostgreSQL alike, with nothing logged (under investigation, see
+        # the session notes); this test is about what the view holds once settled.
         await wait_until(
             quiet,
+            timeout=150,
             what=lambda: (
                 f"anchoring and indexing to settle: {indexer.state}, "
                 f"{anchorer.state}, settled={settled(chain.session_factory)}"
