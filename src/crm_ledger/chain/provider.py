@@ -22,8 +22,10 @@ from web3.types import RPCEndpoint, RPCResponse
 
 __all__ = ["KeepAliveHTTPProvider"]
 
-#: Connections kept per event loop; the service's workers make a handful of calls at a time.
-POOL_SIZE = 16
+#: Connections open at once per event loop: aiohttp's default, the limit web3's own connector
+#: had. The service's workers make a handful of calls at a time; a caller cancelled mid-call can
+#: hold one until its response is collected, and must not starve the others.
+POOL_SIZE = 100
 
 
 class KeepAliveHTTPProvider(AsyncHTTPProvider):
