@@ -24,16 +24,16 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import benchlib
 import httpx
+from benchlib import free_port, percentile, unix_time
 from eth_account import Account
 from sqlalchemy import create_engine, text
 from web3 import Web3
@@ -43,20 +43,6 @@ from crm_ledger.chain.node import start_anvil
 from crm_ledger.chain.signer import dev_account
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 @dataclass
@@ -113,60 +99,19 @@ def bench_naive(rpc_url: str, records: int) -> Figures:
     )
 
 
-class Service:
-    """`crm-ledger serve` as a subprocess on a fresh data directory."""
+class Service(benchlib.Service):
+    """The service with batches of up to `batch_max_records`; `chain_up=False` starts it
+    against an unreachable node (ready without a running anchorer)."""
 
     def __init__(
         self, data_dir: Path, rpc_url: str, batch_max_records: int, *, chain_up: bool = True
     ) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "CRM_LEDGER_DATA_DIR": str(data_dir),
-            "CRM_LEDGER_RPC_URL": rpc_url,
-            "CRM_LEDGER_BATCH_MAX_RECORDS": str(batch_max_records),
-        }
-        self.key = subprocess.run(
-            [str(BIN / "crm-ledger"), "keys", "create", "--role", "recorder"],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        self.process = subprocess.Popen(
-            [str(BIN / "crm-ledger"), "serve", "--port", str(self.port), "--log-level", "warning"],
-            env=self.env,
+        super().__init__(
+            data_dir,
+            rpc_url,
+            env={"CRM_LEDGER_BATCH_MAX_RECORDS": str(batch_max_records)},
+            ready=lambda readyz: not chain_up or readyz.get("chain", {}).get("state") == "running",
         )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"{self.url}/readyz", timeout=2).json()
-                if not chain_up or ready.get("chain", {}).get("state") == "running":
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the service did not become ready within 60 s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-    def anchored_at(self) -> dict[str, float]:
-        """Record id → UNIX time its batch was recorded as anchored."""
-        engine = create_engine(f"sqlite:///{self.data_dir / 'ledger.sqlite'}")
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT r.id, b.anchored_at FROM records r JOIN batches b ON b.id = r.batch_id"
-                    " WHERE b.status = 'anchored'"
-                )
-            ).all()
-        engine.dispose()
-        return {rid: _unix(at) for rid, at in rows}
 
     def batch_gas(self, first_seq: int) -> tuple[int, int, list[int], float]:
         """(gas used, records, batch sizes, seconds from first cut to last anchored) of the
@@ -181,15 +126,8 @@ class Service:
                 {"s": first_seq},
             ).all()
         engine.dispose()
-        span = max(_unix(r[3]) for r in rows) - min(_unix(r[2]) for r in rows)
+        span = max(unix_time(r[3]) for r in rows) - min(unix_time(r[2]) for r in rows)
         return sum(r[1] for r in rows), sum(r[0] for r in rows), [r[0] for r in rows], span
-
-
-def _unix(value: object) -> float:
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def interaction(customer: str, i: int) -> dict[str, object]:
@@ -229,7 +167,7 @@ async def burst(
             record = r.json()
             # The server's commit time, just before its 2xx: one clock with `anchored_at`,
             # and no client-side queueing in the figure.
-            done[record["id"]] = _unix(record["recorded_at"].replace("Z", "+00:00"))
+            done[record["id"]] = unix_time(record["recorded_at"])
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -253,7 +191,7 @@ async def paced(
             record = r.json()
             # The server's commit time, just before its 2xx: one clock with `anchored_at`,
             # and no client-side queueing in the figure.
-            done[record["id"]] = _unix(record["recorded_at"].replace("Z", "+00:00"))
+            done[record["id"]] = unix_time(record["recorded_at"])
         except httpx.HTTPError:
             failures += 1
 

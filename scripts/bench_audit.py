@@ -29,7 +29,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import socket
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from benchlib import free_port
 from sqlalchemy import Engine, bindparam, create_engine, insert, select, text, update
 
 from crm_ledger.audit.bundle import Scope
@@ -66,12 +66,6 @@ class Journal:
     keys: list[bytes]
     leaf_inputs: list[bytes]
     batches: int
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def build(

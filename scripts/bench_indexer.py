@@ -29,9 +29,6 @@ import multiprocessing
 import multiprocessing.queues
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -43,6 +40,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+from benchlib import Service, free_port, percentile, unix_time
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 from sqlalchemy import Engine, create_engine, func, insert, select, text
@@ -61,7 +59,6 @@ from crm_ledger.indexer.source import JsonRpcSource
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
 
-BIN = Path(sys.executable).parent
 _ANCHOR = keccak(text="anchor(uint64,uint32,bytes32)")[:4]
 _RPC_BATCH = 1000
 _CHUNK_BLOCKS = 2000
@@ -72,19 +69,6 @@ _CHUNK_BLOCKS = 2000
 _VIEW_CUSTOMERS = 10
 _VIEW_PAGE = 150
 _VIEW_ROUND_SECONDS = 0.25
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 # Index phase ---------------------------------------------------------------------------------
@@ -305,45 +289,6 @@ async def bench_index(events: int, engine: Engine, work: Path) -> IndexFigures:
 # View phase ----------------------------------------------------------------------------------
 
 
-class Service:
-    """`crm-ledger serve` as a subprocess on a fresh data directory."""
-
-    def __init__(self, data_dir: Path, rpc_url: str) -> None:
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "CRM_LEDGER_DATA_DIR": str(data_dir),
-            "CRM_LEDGER_RPC_URL": rpc_url,
-        }
-        self.key = subprocess.run(
-            [str(BIN / "crm-ledger"), "keys", "create", "--role", "admin"],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        self.process = subprocess.Popen(
-            [str(BIN / "crm-ledger"), "serve", "--port", str(self.port), "--log-level", "warning"],
-            env=self.env,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"{self.url}/readyz", timeout=2).json()
-                if ready.get("chain", {}).get("indexer", {}).get("state") == "running":
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("the service did not become ready within 60 s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
 @dataclass
 class ViewFigures:
     offered: float
@@ -402,7 +347,12 @@ def watch_views(
 
 async def bench_view(rate: float, seconds: float, work: Path) -> ViewFigures:
     node = start_anvil(port=free_port(), state_path=None)
-    service = Service(work / "service", node.rpc_url)
+    service = Service(
+        work / "service",
+        node.rpc_url,
+        role="admin",
+        ready=lambda readyz: readyz.get("chain", {}).get("indexer", {}).get("state") == "running",
+    )
     headers = {"Authorization": f"Bearer {service.key}"}
     spawn = multiprocessing.get_context("spawn")
     expected: multiprocessing.queues.Queue[list[str]] = spawn.Queue()
@@ -446,7 +396,7 @@ async def bench_view(rate: float, seconds: float, work: Path) -> ViewFigures:
                     record = response.json()
                     # The commit's time on the server's clock: just before the 2xx, so the
                     # latency below is, if anything, longer than from the 2xx.
-                    committed[record["id"]] = _unix(record["recorded_at"])
+                    committed[record["id"]] = unix_time(record["recorded_at"])
                 except httpx.HTTPStatusError as exc:
                     failures += 1
                     reasons[f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"] += 1
@@ -465,7 +415,9 @@ async def bench_view(rate: float, seconds: float, work: Path) -> ViewFigures:
             expected.put(list(committed))
             anchored_at, confirmed_at, reads = await asyncio.to_thread(results.get, True, 120)
             await asyncio.to_thread(watcher.join, 10)
-        server = _server_side_anchoring(work / "service" / "ledger.sqlite", committed)
+        mined_at = service.anchored_at()
+        # Commit -> the anchorer recording the batch as mined, both on the server's clock.
+        server = [mined_at[i] - t for i, t in committed.items() if i in mined_at]
         anchored = [max(0.0, anchored_at[i] - t) for i, t in committed.items() if i in anchored_at]
         confirmed = [
             max(0.0, confirmed_at[i] - t) for i, t in committed.items() if i in confirmed_at
@@ -484,26 +436,6 @@ async def bench_view(rate: float, seconds: float, work: Path) -> ViewFigures:
     finally:
         service.stop()
         node.stop()
-
-
-def _server_side_anchoring(database: Path, committed: dict[str, float]) -> list[float]:
-    """Commit -> the anchorer recording the batch as mined, both on the server's clock."""
-    engine = create_engine(f"sqlite:///{database}")
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT r.id, b.anchored_at FROM records r JOIN batches b ON b.id = r.batch_id"
-                " WHERE b.anchored_at IS NOT NULL"
-            )
-        ).all()
-    engine.dispose()
-    anchored = {str(record): _unix(str(at)) for record, at in rows}
-    return [anchored[i] - t for i, t in committed.items() if i in anchored]
-
-
-def _unix(timestamp: str) -> float:
-    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def bench_engine(database_url: str | None, work: Path) -> tuple[Engine, str, Any]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import socket
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib import free_port
 from eth_account import Account
 from pydantic import SecretStr
 from sqlalchemy import func, insert, select
@@ -50,12 +50,6 @@ from crm_ledger.loyalty.worker import IssuanceWorker, TokenDeploymentRef
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks.md"
 POINTS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
