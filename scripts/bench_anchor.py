@@ -33,7 +33,7 @@ from pathlib import Path
 
 import benchlib
 import httpx
-from benchlib import free_port, percentile, unix_time
+from benchlib import free_port, open_loop, percentile, unix_time
 from eth_account import Account
 from sqlalchemy import create_engine, text
 from web3 import Web3
@@ -195,14 +195,7 @@ async def paced(
         except httpx.HTTPError:
             failures += 1
 
-    tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
+    await open_loop(rate, seconds, one)
     return done, failures
 
 

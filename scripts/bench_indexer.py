@@ -40,7 +40,7 @@ from typing import Any
 
 import aiohttp
 import httpx
-from benchlib import Service, free_port, percentile, unix_time
+from benchlib import Service, free_port, open_loop, percentile, unix_time
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 from sqlalchemy import Engine, create_engine, func, insert, select, text
@@ -404,14 +404,7 @@ async def bench_view(rate: float, seconds: float, work: Path) -> ViewFigures:
                     failures += 1
                     reasons[type(exc).__name__] += 1
 
-            posts = []
-            start = time.monotonic()
-            for n in range(int(rate * seconds)):
-                delay = start + n / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                posts.append(asyncio.create_task(post(n)))
-            await asyncio.gather(*posts)
+            await open_loop(rate, seconds, post)
             expected.put(list(committed))
             anchored_at, confirmed_at, reads = await asyncio.to_thread(results.get, True, 120)
             await asyncio.to_thread(watcher.join, 10)

@@ -4,12 +4,13 @@ path)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ def unix_time(value: object) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+async def open_loop(rate: float, seconds: float, send: Callable[[int], Awaitable[None]]) -> None:
+    """Start `send(n)` `rate` times a second for `seconds`, whether or not earlier ones have
+    answered (open loop: a slow server does not slow the offered load), then wait for all."""
+    sends = []
+    start = time.monotonic()
+    for n in range(int(rate * seconds)):
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sends.append(asyncio.create_task(send(n)))
+    await asyncio.gather(*sends)
 
 
 class Service:

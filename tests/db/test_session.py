@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,9 +46,8 @@ def _queue(engine: Engine) -> WriteQueue:
 
 
 def _wait_for_waiters(queue: WriteQueue, n: int) -> None:
-    done = threading.Event()
     while queue.waiting < n:
-        done.wait(0.005)
+        time.sleep(0.005)
 
 
 def _count(sessions: sessionmaker[Session]) -> int:
