@@ -1,19 +1,29 @@
 """Fixtures for the console's tests: its verifier module run in Node; the API tests' app,
-client and keys."""
+client and keys; Chromium through Playwright; the live service on a real port and Anvil."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI
+from playwright.sync_api import Browser, Page, sync_playwright
 
 import crm_ledger.console
+from crm_ledger.app import create_app
+from crm_ledger.chain.node import LocalNode
+from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.conftest import app, client, keys, session_factory, settings  # noqa: F401
+from tests.chain.conftest import anvil, free_port  # noqa: F401
+from tests.e2e.conftest import service_settings, wait_for
 
 STATIC = Path(crm_ledger.console.__file__).parent / "static"
 HARNESS = Path(__file__).parent / "verifier_harness.mjs"
@@ -43,3 +53,96 @@ def run_js(cases: list[dict[str, Any]]) -> list[Any]:
 def js() -> RunJs:
     """Run cases through the JavaScript verifier (see `run_js`)."""
     return run_js
+
+
+# Browser tests -----------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+AXE = Path(__file__).parents[2] / "hardhat-local" / "node_modules" / "axe-core" / "axe.min.js"
+SCREENSHOTS = Path(__file__).parents[2] / "docs" / "console"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright (its own browser download cannot work here)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make test` installs it (scripts/ensure_system_packages.sh)"
+        )
+    with sync_playwright() as playwright:
+        found = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield found
+        found.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab in a fresh context (its own sessionStorage); fails on uncaught page errors."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
+    context.close()
+    assert not errors, errors
+
+
+def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """Serious and critical accessibility violations axe-core finds on the page as it is."""
+    # evaluate() runs through the DevTools protocol, which the page's CSP does not govern.
+    page.evaluate(AXE.read_text(encoding="utf-8"))
+    results: dict[str, Any] = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        {"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]][:5]}
+        for v in results["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+class LiveService:
+    """The whole service on a real port (uvicorn in a thread), for a browser to reach."""
+
+    def __init__(self, service_app: FastAPI) -> None:
+        self.app = service_app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(service_app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveService:
+        self.thread.start()
+        wait_for(lambda: self.server.started, 30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def key(self, role: Role) -> str:
+        """A new API key of `role`."""
+        with self.app.state.runtime.session_factory.begin() as session:
+            return create_api_key(session, role=role, label=f"console {role}")
+
+
+@pytest.fixture
+def live(tmp_path: Path, database_url: str, anvil: LocalNode) -> Iterator[LiveService]:  # noqa: F811
+    """The service with its anchorer, loyalty worker and indexer on the session's Anvil."""
+    configured = service_settings(
+        tmp_path, database_url, anvil.rpc_url, loyalty_poll_seconds=0.05, indexer_poll_seconds=0.05
+    )
+    with LiveService(create_app(configured)) as service:
+        wait_for(
+            lambda: httpx.get(service.url + "/readyz").json()["chain"]["state"] == "running", 60
+        )
+        yield service

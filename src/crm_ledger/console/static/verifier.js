@@ -367,7 +367,8 @@ export async function checkReceipt(receipt) {
 export class RpcClient {
   constructor(url, { fetchImpl = globalThis.fetch, timeoutMs = 10000 } = {}) {
     this.url = url;
-    this.fetch = fetchImpl;
+    // Called as a plain function: `window.fetch` refuses to run with another `this`.
+    this.post = (...args) => fetchImpl(...args);
     this.timeoutMs = timeoutMs;
     this.nextId = 1;
   }
@@ -376,7 +377,7 @@ export class RpcClient {
   async call(method, params) {
     let response;
     try {
-      response = await this.fetch(this.url, {
+      response = await this.post(this.url, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ jsonrpc: "2.0", id: this.nextId++, method, params }),
