@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer postgres clean
+.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer postgres system-packages clean
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -25,7 +25,11 @@ run: install
 postgres:
 	bash scripts/ensure_postgres.sh
 
-test: install postgres
+# Chromium (the console's browser tests) and wrk, apt-installed when missing.
+system-packages:
+	bash scripts/ensure_system_packages.sh
+
+test: install postgres system-packages
 	$(BIN)/pytest
 
 lint: install

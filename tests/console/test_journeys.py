@@ -208,9 +208,9 @@ def test_sign_in_search_open_a_customer_and_verify_a_receipt_in_the_browser(
     )
     page.get_by_role("button", name="Verify in this browser").click()
     page.locator(".verdict").wait_for()
-    assert page.locator(".verdict").text_content() == "✓ Verified in this browser", (
-        page.locator("ol.steps").inner_text()
-    )
+    assert page.locator(".verdict").text_content() == "✓ Verified in this browser", page.locator(
+        "ol.steps"
+    ).inner_text()
     steps = page.locator("ol.steps li")
     expect(steps).to_have_count(10)
     assert steps.evaluate_all("items => items.map(i => i.dataset.status)") == ["ok"] * 10

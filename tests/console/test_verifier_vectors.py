@@ -168,7 +168,7 @@ ALTERATIONS: dict[str, Any] = {
 }
 
 
-def _python_verdict(receipt: dict[str, Any]) -> dict[str, Any]:
+def python_verdict(receipt: dict[str, Any]) -> dict[str, Any]:
     try:
         parsed = Receipt.from_json(receipt)
     except FormatError:
@@ -176,13 +176,13 @@ def _python_verdict(receipt: dict[str, Any]) -> dict[str, Any]:
     return {"format": True, **{step.name: step.ok for step in check_receipt(parsed)}}
 
 
-def _js_verdict(result: dict[str, Any]) -> dict[str, Any]:
+def js_verdict(result: dict[str, Any]) -> dict[str, Any]:
     return {
         step["name"]: step["status"] == "ok" for step in result["steps"] if step["name"] != "chain"
     }
 
 
-def test_receipts_and_every_alteration_get_the_python_verdicts_step_by_step(js: RunJs) -> None:
+def test_receipts_and_every_alteration_get_thepython_verdicts_step_by_step(js: RunJs) -> None:
     originals = [record["receipt"] for record in vectors("receipts.json")["records"]]
     altered = []
     for original in originals:
@@ -192,8 +192,8 @@ def test_receipts_and_every_alteration_get_the_python_verdicts_step_by_step(js: 
             altered.append((f"seq {original['seq']}: {name}", receipt))
     results = js([{"op": "receipt", "receipt": receipt} for _, receipt in altered])
     for (name, receipt), result in zip(altered, results, strict=True):
-        expected = _python_verdict(receipt)
-        assert _js_verdict(result) == expected, name
+        expected = python_verdict(receipt)
+        assert js_verdict(result) == expected, name
         assert result["ok"] is all(expected.values()), name
     passed = sorted(
         name for (name, _), result in zip(altered, results, strict=True) if result["ok"]

@@ -15,7 +15,7 @@ function svg(tag, attrs = {}, text = null) {
 }
 
 function frame(title, max, unit) {
-  const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title, preserveAspectRatio: "none" });
+  const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
   root.append(svg("title", {}, title));
   root.append(svg("text", { x: 4, y: 12 }, `${Number(max).toLocaleString("en")} ${unit}`));
   root.append(svg("line", { x1: PAD, y1: H - PAD, x2: W, y2: H - PAD, stroke: "#8a939d" }));
@@ -49,6 +49,12 @@ export function lineChart(title, values, { unit = "", labels = [], limit = null 
   if (limit !== null) root.append(svg("line", { class: "limit", x1: PAD, x2: W, y1: y(limit), y2: y(limit) }));
   const points = values.map((v, i) => (v === null ? null : `${x(i)},${y(v)}`)).filter(Boolean);
   root.append(svg("polyline", { class: "line", points: points.join(" ") }));
+  values.forEach((v, i) => {
+    if (v === null) return;
+    const dot = svg("circle", { class: "dot", cx: x(i), cy: y(v), r: 3 });
+    dot.append(svg("title", {}, `${labels[i] || i}: ${v.toLocaleString("en")} ${unit}`));
+    root.append(dot);
+  });
   if (labels.length) {
     root.append(svg("text", { x: PAD, y: H - 6 }, labels[0]));
     root.append(svg("text", { x: W - 4, y: H - 6, "text-anchor": "end" }, labels[labels.length - 1]));
