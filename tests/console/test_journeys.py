@@ -274,8 +274,8 @@ def test_run_an_audit_save_the_digest_and_check_the_ledger_only_grew(
     expect(page.locator("#grew")).to_contain_text("✗ The ledger does not extend this digest")
 
 
-def test_create_a_campaign_award_points_by_tag_and_see_the_balance_change(
-    visit: Visit, live: LiveService, client_for: Clients
+def test_create_a_campaign_award_points_by_tag_and_csv_redeem_and_see_the_balance_change(
+    visit: Visit, live: LiveService, client_for: Clients, tmp_path: Path
 ) -> None:
     page = visit.page
     customer_id, _ = seed_customer(client_for(Role.ADMIN))
@@ -306,6 +306,23 @@ def test_create_a_campaign_award_points_by_tag_and_see_the_balance_change(
     page.goto(live.url + f"/#/customer/{customer_id}")
     expect(page.locator("#chain-balance")).to_have_text("25", timeout=30_000)
 
+    # A second award from a CSV upload (a header and an unrelated column), then a redemption.
+    csv = tmp_path / "winners.csv"
+    csv.write_text(f"customer_id,note\n{customer_id},winner\n", encoding="utf-8")
+    page.goto(live.url + "/#/marketing")
+    page.locator("#a-campaign").select_option(label="Spring tea")
+    page.get_by_label("Points per customer").fill("10")
+    page.get_by_label("CSV of customer ids").set_input_files(str(csv))
+    page.get_by_role("button", name="Award points").click()
+    expect(page.locator("#award-status .badge")).to_have_text("done", timeout=60_000)
+    page.get_by_label("Customer id", exact=True).fill(customer_id)
+    page.get_by_label("Points", exact=True).fill("5")
+    page.get_by_label("Reward reference").fill("mug")
+    page.get_by_role("button", name="Redeem").click()
+    expect(page.locator("#redeem .badge")).to_have_text("redeemed", timeout=60_000)
+    page.goto(live.url + f"/#/customer/{customer_id}")
+    expect(page.locator("#chain-balance")).to_have_text("30", timeout=30_000)
+
 
 def test_operations_charts_and_the_offline_verifier_with_an_export_bundle(
     visit: Visit, live: LiveService, anvil: LocalNode, tmp_path: Path, client_for: Clients
@@ -322,6 +339,14 @@ def test_operations_charts_and_the_offline_verifier_with_an_export_bundle(
     # A call the role may not make is shown as a 403 with the API's reason.
     page.evaluate("import('/console/api.js').then(m => m.api('/v1/campaigns')).catch(() => {})")
     expect(page.get_by_role("alert")).to_contain_text("403 Forbidden")
+
+    # A key revoked or mistyped mid-session: the 401 is shown on the sign-in page.
+    page.evaluate("sessionStorage.setItem('crm-ledger.api-key', 'crml_revoked')")
+    page.evaluate("location.hash = '#/customers'")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("401 Unauthorized")
+    visit.sign_in(live.key(Role.RECORDER))
+    expect(page.locator("#who")).to_contain_text("recorder")
 
     page.goto(live.url + "/#/ops")
     expect(page.locator("svg.chart")).to_have_count(4)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from playwright.sync_api import Page
 
+from crm_ledger.app import create_app
+from crm_ledger.config import Settings
 from crm_ledger.ledger import merkle
 from tests.console.conftest import LiveService
 from tests.console.test_verifier_vectors import ALTERATIONS, js_verdict, python_verdict, vectors
@@ -35,10 +37,16 @@ RUN_IN_PAGE = """async ({receipts, inclusion}) => {
 
 
 @pytest.fixture
-def shell(app: FastAPI) -> Iterator[LiveService]:
-    """The service without a chain, on a real port: enough to serve the console's files."""
+def shell(tmp_path: Path) -> Iterator[LiveService]:
+    """The service without a chain, on a real port: enough to serve the console's files (no
+    database is asked anything, so SQLite alone)."""
+    app = create_app(
+        Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'l.sqlite'}"),
+        background=False,
+    )
     with LiveService(app) as service:
         yield service
+    app.state.runtime.engine.dispose()
 
 
 def test_chromium_and_python_agree_on_vectors_and_altered_receipts(

@@ -22,6 +22,8 @@ const HIDDEN = {
 
 const ctx = { role: null, keyId: null, chain: null, flash };
 let timers = [];
+// A 401 sends the user to the sign-in page; its message must survive that navigation.
+let keepFlash = false;
 
 /** Show a message above the page; kind is "error" or "info". */
 function flash(message, kind = "error") {
@@ -38,6 +40,7 @@ window.addEventListener("api-error", (event) => {
     forgetKey();
     ctx.role = null;
     flash(`The API refused the key (401 Unauthorized): ${error.message}. Sign in again with a valid key.`);
+    keepFlash = true;
     renderNav();
     location.hash = "#/signin";
   } else if (error.status === 403) {
@@ -147,7 +150,8 @@ async function route() {
 }
 
 window.addEventListener("hashchange", () => {
-  flash(null);
+  if (!keepFlash) flash(null);
+  keepFlash = false;
   route();
 });
 
