@@ -7,7 +7,9 @@ import json
 import shutil
 import subprocess
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, sync_playwright
+from sqlalchemy import create_engine, text
 
 import crm_ledger.console
 from crm_ledger.app import create_app
@@ -23,6 +26,7 @@ from crm_ledger.chain.node import LocalNode
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.conftest import app, client, keys, session_factory, settings  # noqa: F401
 from tests.chain.conftest import anvil, free_port  # noqa: F401
+from tests.conftest import POSTGRES_URL
 from tests.e2e.conftest import service_settings, wait_for
 
 STATIC = Path(crm_ledger.console.__file__).parent / "static"
@@ -135,14 +139,45 @@ class LiveService:
             return create_api_key(session, role=role, label=f"console {role}")
 
 
-@pytest.fixture
-def live(tmp_path: Path, database_url: str, anvil: LocalNode) -> Iterator[LiveService]:  # noqa: F811
-    """The service with its anchorer, loyalty worker and indexer on the session's Anvil."""
-    configured = service_settings(
-        tmp_path, database_url, anvil.rpc_url, loyalty_poll_seconds=0.05, indexer_poll_seconds=0.05
-    )
-    with LiveService(create_app(configured)) as service:
-        wait_for(
-            lambda: httpx.get(service.url + "/readyz").json()["chain"]["state"] == "running", 60
+@contextmanager
+def fresh_database(kind: str, directory: Path) -> Iterator[str]:
+    """A fresh database URL like the `database_url` fixture's, for a longer-lived fixture."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'ledger.sqlite'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    anvil: LocalNode,  # noqa: F811
+) -> Iterator[LiveService]:
+    """The service with its anchorer, loyalty worker and indexer on the session's Anvil, on
+    SQLite then PostgreSQL; one per test module (the browser journeys share it, each with
+    customers of its own), so the journeys do not pay for a service start each."""
+    directory = tmp_path_factory.mktemp(f"live-{request.param}")
+    with fresh_database(request.param, directory) as database_url:
+        configured = service_settings(
+            directory,
+            database_url,
+            anvil.rpc_url,
+            loyalty_poll_seconds=0.05,
+            indexer_poll_seconds=0.05,
         )
-        yield service
+        with LiveService(create_app(configured)) as service:
+            wait_for(
+                lambda: httpx.get(service.url + "/readyz").json()["chain"]["state"] == "running",
+                60,
+            )
+            yield service

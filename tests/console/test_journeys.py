@@ -123,11 +123,11 @@ def _client(live: LiveService, role: Role) -> httpx.Client:
     )
 
 
-def seed_customer(api: httpx.Client) -> tuple[str, list[str]]:
-    """Grace, tagged vip, with three interactions and an order, all anchored."""
+def seed_customer(api: httpx.Client, name: str) -> tuple[str, list[str]]:
+    """A customer tagged vip with three interactions and an order, all anchored."""
     customer = api.post(
         "/v1/customers",
-        json={"name": "Grace Hopper", "email": "grace@example.com", "tags": ["vip"]},
+        json={"name": name, "email": "someone@example.com", "tags": ["vip"]},
     )
     assert customer.status_code == 201, customer.text
     customer_id: str = customer.json()["id"]
@@ -165,7 +165,8 @@ class Visit:
 
 
 @pytest.fixture
-def visit(page: Page, live: LiveService, database_url: str) -> Visit:
+def visit(page: Page, live: LiveService) -> Visit:
+    database_url = live.app.state.runtime.settings.resolved_database_url
     return Visit(page, live, screenshots=database_url.startswith("sqlite"))
 
 
@@ -174,7 +175,7 @@ def test_sign_in_search_open_a_customer_and_verify_a_receipt_in_the_browser(
 ) -> None:
     page = visit.page
     api = client_for(Role.ADMIN)
-    seed_customer(api)
+    seed_customer(api, "Grace Hopper")
 
     page.goto(live.url + "/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
@@ -248,7 +249,7 @@ def test_run_an_audit_save_the_digest_and_check_the_ledger_only_grew(
 ) -> None:
     page = visit.page
     api = client_for(Role.ADMIN)
-    seed_customer(api)
+    seed_customer(api, "Alan Turing")
     visit.sign_in(live.key(Role.AUDITOR))
     expect(page.locator("#who")).to_contain_text("auditor")
     page.goto(live.url + "/#/audit")
@@ -258,9 +259,11 @@ def test_run_an_audit_save_the_digest_and_check_the_ledger_only_grew(
 
     page.get_by_role("button", name="Audit the whole ledger now").click()
     expect(page.locator("#ledger-audit .badge")).to_have_text("clean", timeout=60_000)
-    expect(page.locator("#ledger-audit")).to_contain_text("4 records checked")
+    expect(page.locator("#ledger-audit")).to_contain_text(
+        re.compile(r"[1-9][\d,]* records checked")
+    )
 
-    seed_customer(api)  # the ledger grows
+    seed_customer(api, "Alonzo Church")  # the ledger grows
     page.get_by_label("A digest you saved earlier").fill(digest_text)
     page.get_by_role("button", name="Check that the ledger only grew").click()
     expect(page.locator("#grew")).to_contain_text("✓ The ledger only grew")
@@ -278,7 +281,7 @@ def test_create_a_campaign_award_points_by_tag_and_csv_redeem_and_see_the_balanc
     visit: Visit, live: LiveService, client_for: Clients, tmp_path: Path
 ) -> None:
     page = visit.page
-    customer_id, _ = seed_customer(client_for(Role.ADMIN))
+    customer_id, _ = seed_customer(client_for(Role.ADMIN), "Katherine Johnson")
     visit.sign_in(live.key(Role.MARKETING))
     expect(page.locator("#who")).to_contain_text("marketing")
     page.goto(live.url + f"/#/customer/{customer_id}")
@@ -298,7 +301,8 @@ def test_create_a_campaign_award_points_by_tag_and_csv_redeem_and_see_the_balanc
     page.get_by_role("button", name="Award points").click()
     progress = page.locator("#award-progress")
     expect(page.locator("#award-status .badge")).to_have_text("done", timeout=60_000)
-    assert progress.evaluate("p => [p.value, p.max]") == [1, 1]
+    done, recipients = progress.evaluate("p => [p.value, p.max]")
+    assert done == recipients >= 1
     page.reload()
     expect(page.locator("#campaigns")).to_contain_text("Spring tea")
     visit.check("marketing")
@@ -329,7 +333,7 @@ def test_operations_charts_and_the_offline_verifier_with_an_export_bundle(
 ) -> None:
     page = visit.page
     api = client_for(Role.ADMIN)
-    seed_customer(api)
+    seed_customer(api, "Mary Jackson")
     visit.sign_in(live.key(Role.RECORDER))
     nav = page.get_by_role("navigation", name="Pages")
     expect(nav.get_by_role("link", name="Operations")).to_be_visible()

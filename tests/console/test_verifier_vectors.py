@@ -182,7 +182,7 @@ def js_verdict(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_receipts_and_every_alteration_get_thepython_verdicts_step_by_step(js: RunJs) -> None:
+def test_receipts_and_every_alteration_get_the_python_verdicts_step_by_step(js: RunJs) -> None:
     originals = [record["receipt"] for record in vectors("receipts.json")["records"]]
     altered = []
     for original in originals:

@@ -1,7 +1,8 @@
 // The console's entry point: sign-in, the role's navigation, and a hash router over pages.
 //
 // Exports: nothing (it runs on load). Pages live in pages/*.js, each exporting
-// `render(main, params, ctx)`; ctx = {role, chain (from /v1/ops/chain), flash}.
+// `render(main, params, ctx)`; ctx = {role, chain (from /v1/ops/chain), flash, every (an
+// interval that stops when the user leaves the page)}.
 
 import { api, ApiError, forgetKey, getKey, setKey } from "./api.js";
 import { clear, h } from "./dom.js";
@@ -30,9 +31,6 @@ function flash(message, kind = "error") {
   const box = document.getElementById("flash");
   clear(box, message ? h("p", { class: `flash flash-${kind}` }, message) : null);
 }
-
-/** Register an interval that stops when the page changes. */
-ctx.every = (ms, fn) => timers.push(setInterval(fn, ms));
 
 window.addEventListener("api-error", (event) => {
   const error = event.detail;
@@ -125,7 +123,10 @@ function renderHome(main) {
 async function route() {
   timers.forEach(clearInterval);
   timers = [];
-  const main = document.getElementById("main");
+  // Each route renders into a view of its own: a slower, older route that finishes late
+  // writes into a detached element instead of over the page the user went to since.
+  const main = h("div", { class: "view" });
+  document.getElementById("main").replaceChildren(main);
   const [path, query = ""] = location.hash.replace(/^#\/?/, "").split("?");
   const [name, ...rest] = path.split("/");
   const params = { id: rest.length ? decodeURIComponent(rest.join("/")) : null, query: new URLSearchParams(query) };
@@ -140,7 +141,9 @@ async function route() {
   const module = await page.load();
   clear(main);
   try {
-    await module.render(main, params, ctx);
+    // Timers of a route that has been left already are never started.
+    const every = (ms, fn) => main.isConnected && timers.push(setInterval(fn, ms));
+    await module.render(main, params, { ...ctx, every });
   } catch (error) {
     if (!(error instanceof ApiError)) throw error;
     if (error.status !== 401 && error.status !== 403) {
