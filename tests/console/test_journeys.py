@@ -193,6 +193,8 @@ def test_sign_in_search_open_a_customer_and_verify_a_receipt_in_the_browser(
 
     page.get_by_label("Search").fill("Grace")
     page.get_by_role("button", name="Search").click()
+    expect(page.locator("#results tbody tr")).to_have_count(1)
+    visit.check("customers")
     page.get_by_role("link", name="Grace Hopper").click()
     expect(page.get_by_role("heading", name="Grace Hopper")).to_be_visible()
     expect(page.locator("#timeline tbody tr")).to_have_count(4)
@@ -334,6 +336,8 @@ def test_operations_charts_and_the_offline_verifier_with_an_export_bundle(
     page = visit.page
     api = client_for(Role.ADMIN)
     seed_customer(api, "Mary Jackson")
+    erased_id, _ = seed_customer(api, "Dorothy Vaughan")
+    assert api.delete(f"/v1/customers/{erased_id}/personal-data").status_code == 200
     visit.sign_in(live.key(Role.RECORDER))
     nav = page.get_by_role("navigation", name="Pages")
     expect(nav.get_by_role("link", name="Operations")).to_be_visible()
@@ -352,6 +356,13 @@ def test_operations_charts_and_the_offline_verifier_with_an_export_bundle(
     visit.sign_in(live.key(Role.RECORDER))
     expect(page.locator("#who")).to_contain_text("recorder")
 
+    # Erasure reaches the console: no name, no content, each record badged erased.
+    page.goto(live.url + f"/#/customer/{erased_id}")
+    expect(page.get_by_role("heading", name="Erased customer")).to_be_visible()
+    expect(page.locator("#timeline .badge", has_text="erased")).to_have_count(4)
+    expect(page.locator("main")).not_to_contain_text("Dorothy")
+    expect(page.locator("#timeline")).not_to_contain_text("billing")
+
     page.goto(live.url + "/#/ops")
     expect(page.locator("svg.chart")).to_have_count(4)
     expect(page.locator("#lag")).to_contain_text(" s")
@@ -362,7 +373,9 @@ def test_operations_charts_and_the_offline_verifier_with_an_export_bundle(
     good = tmp_path / "bundle.jsonl"
     good.write_text(bundle, encoding="utf-8")
     lines = bundle.splitlines()
-    index = next(i for i, line in enumerate(lines) if '"type":"record"' in line.replace(" ", ""))
+    records = [json.loads(line) for line in lines if json.loads(line).get("type") == "record"]
+    assert any(r["content"] is None for r in records)  # the erased customer's records
+    index = next(i for i, line in enumerate(lines) if "billing" in line)
     record = json.loads(lines[index])
     record["content"] = record["content"].replace("billing", "refund!")
     lines[index] = json.dumps(record)
