@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from web3 import Web3
 
+from crm_ledger.audit.verifier import check_bundle_offline
 from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger import merkle
@@ -218,3 +219,82 @@ def test_the_hard_coded_selector_and_event_topic_match_the_compiled_abi(js: RunJ
         "batch_selector": "0x" + Web3.keccak(text=signature(batch)).hex()[:8].removeprefix("0x"),
         "batch_anchored_topic": "0x" + Web3.keccak(text=signature(event)).hex().removeprefix("0x"),
     }
+
+
+def vector_bundle(*, complete: bool) -> list[dict[str, Any]]:
+    """The worked example (tests/vectors/receipts.json) as a bundle's lines, keys included."""
+    records = vectors("receipts.json")["records"]
+    first = records[0]["receipt"]
+    lines: list[dict[str, Any]] = [
+        {
+            "format": "crm-ledger/bundle/v1",
+            "created_at": "2025-03-01T10:00:00Z",
+            # A bundle of the whole ledger holds whole batches; one with audit paths is a range.
+            "scope": {"kind": "all"} if complete else {"kind": "range", "from_seq": 0, "to_seq": 2},
+            "includes_keys": True,
+            "counts": {"batches": 1, "keys": 2, "records": len(records)},
+        },
+        {"type": "batch", "batch": first["batch"], "chain": first["chain"], "complete": complete},
+    ]
+    keys = {r["content"]["customer_id"]: r["key"] for r in records}
+    lines += [{"type": "key", "customer_id": c, "key": "0x" + k} for c, k in keys.items()]
+    for record in records:
+        receipt = record["receipt"]
+        lines.append(
+            {
+                "type": "record",
+                "seq": receipt["seq"],
+                "record_id": receipt["record_id"],
+                "customer_id": record["content"]["customer_id"],
+                "content": bytes.fromhex(record["content_canonical"]).decode(),
+                "leaf_input": receipt["leaf_input"],
+                "audit_path": None if complete else receipt["audit_path"],
+            }
+        )
+    return lines
+
+
+def _last_record(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    return lines[-1]
+
+
+BUNDLE_ALTERATIONS: dict[str, Any] = {
+    "unaltered": lambda lines: None,
+    "content": lambda lines: _last_record(lines).update(
+        content=_last_record(lines)["content"].replace('"qty":2', '"qty":3')
+    ),
+    "key": lambda lines: lines[2].update(key=_flip(lines[2]["key"])),
+    "leaf input": lambda lines: _last_record(lines).update(
+        leaf_input=_flip(_last_record(lines)["leaf_input"])
+    ),
+    "batch root": lambda lines: lines[1]["batch"].update(root=_flip(lines[1]["batch"]["root"])),
+    "batch head": lambda lines: lines[1]["batch"].update(head=_flip(lines[1]["batch"]["head"])),
+    "header count": lambda lines: lines[0]["counts"].update(records=2),
+    "record dropped": lambda lines: (lines.pop(), lines[0]["counts"].update(records=2)),
+    "customer chain broken": lambda lines: _last_record(lines).update(
+        customer_id=lines[-2]["customer_id"]
+    ),
+}
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["complete batch", "audit paths"])
+def test_bundles_get_the_python_offline_verdicts(js: RunJs, complete: bool) -> None:
+    cases = []
+    for name, alter in BUNDLE_ALTERATIONS.items():
+        lines = copy.deepcopy(vector_bundle(complete=complete))
+        alter(lines)
+        cases.append((name, "".join(json.dumps(line) + "\n" for line in lines)))
+    if complete:
+        lines = copy.deepcopy(vector_bundle(complete=True))
+        lines[1]["complete"] = False
+        cases.append(
+            ("whole ledger, batch not complete", "".join(json.dumps(x) + "\n" for x in lines))
+        )
+    else:
+        lines = copy.deepcopy(vector_bundle(complete=False))
+        lines[-1]["audit_path"][0] = _flip(lines[-1]["audit_path"][0])
+        cases.append(("audit path", "".join(json.dumps(line) + "\n" for line in lines)))
+    results = js([{"op": "bundle", "text": text} for _, text in cases])
+    for (name, text), result in zip(cases, results, strict=True):
+        python, _ = check_bundle_offline(text.encode().splitlines())
+        assert result["ok"] is python.ok is (name == "unaltered"), (name, result["steps"])
