@@ -1,7 +1,7 @@
 // The console's API client: the key lives in sessionStorage (this tab only) and goes out as
 // `Authorization: Bearer`; problems (RFC 9457) become ApiError with the server's detail.
 //
-// Exports: ApiError, getKey, setKey, forgetKey, api, apiText.
+// Exports: ApiError, getKey, setKey, forgetKey, api.
 
 const KEY = "crm-ledger.api-key";
 
@@ -56,9 +56,4 @@ export async function api(path, options = {}) {
   const data = await response.json();
   if (data && typeof data === "object") Object.defineProperty(data, "_status", { value: response.status });
   return data;
-}
-
-/** The raw text of a GET (bundles are JSON Lines). */
-export async function apiText(path) {
-  return (await request(path, { headers: { Accept: "*/*" } })).text();
 }

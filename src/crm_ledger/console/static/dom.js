@@ -1,6 +1,6 @@
 // Small DOM helpers shared by the pages: element builder, formatting, badges, tables.
 //
-// Exports: h, clear, fmtTime, fmtNumber, badge, table, field, section, shortId.
+// Exports: h, clear, fmtTime, fmtNumber, badge, table, section.
 
 /** Build an element: h("a", {href: "#/x", class: "link"}, "text", child, ...). */
 export function h(tag, attrs = {}, ...children) {
@@ -35,11 +35,6 @@ export function fmtNumber(value) {
   return value === null || value === undefined ? "—" : Number(value).toLocaleString("en");
 }
 
-/** The first 8 characters of an id, the whole id in the title. */
-export function shortId(id) {
-  return h("code", { title: id }, String(id).slice(0, 8));
-}
-
 /** A ledger state badge: pending, anchored, confirmed, erased, failed. */
 export function badge(state, title = undefined) {
   return h("span", { class: `badge badge-${state}`, title }, state);
@@ -54,12 +49,6 @@ export function table(caption, headers, rows) {
     h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
     h("tbody", {}, rows.map((row) => h("tr", {}, row.map((cell) => h("td", {}, cell))))),
   );
-}
-
-/** A labelled input: field("Tag", {name: "tag"}). */
-export function field(label, attrs = {}) {
-  const id = attrs.id || `f-${attrs.name}`;
-  return h("label", { for: id }, h("span", {}, label), h("input", { id, ...attrs }));
 }
 
 /** A titled section. */

@@ -35,17 +35,16 @@ function renderReport(container, run) {
 
 async function ledgerAudit(card) {
   const out = h("div", { id: "ledger-audit", "aria-live": "polite" });
-  let polling = null;
+  let polling = false;
+  // Polls while a run is in progress and the page is still shown.
   const poll = async () => {
     try {
       const run = await api("/v1/audit/ledger");
       renderReport(out, run);
-      if (run.status === "running" && !polling) polling = setInterval(poll, POLL_MS);
-      if (run.status !== "running" && polling) {
-        clearInterval(polling);
-        polling = null;
-      }
+      polling = run.status === "running" && card.isConnected;
+      if (polling) setTimeout(poll, POLL_MS);
     } catch (error) {
+      polling = false;
       if (error.status === 404) clear(out, h("p", {}, "No ledger audit has run yet."));
       else throw error;
     }
@@ -53,7 +52,10 @@ async function ledgerAudit(card) {
   const start = h("button", { type: "button", id: "start-audit", onclick: async () => {
     const run = await api("/v1/audit/ledger", { method: "POST" });
     renderReport(out, run);
-    if (!polling) polling = setInterval(poll, POLL_MS);
+    if (!polling) {
+      polling = true;
+      setTimeout(poll, POLL_MS);
+    }
   } }, "Audit the whole ledger now");
   card.append(h("p", {}, "Recomputes every leaf, root and head from the journal and compares them with the chain."), start, out);
   await poll();

@@ -5,7 +5,7 @@
 // Exports: render, parseCustomerIds.
 
 import { api } from "../api.js";
-import { badge, clear, fmtNumber, fmtTime, h, section, table } from "../dom.js";
+import { badge, clear, fmtNumber, h, section, table } from "../dom.js";
 import { barChart, lineChart } from "../charts.js";
 
 const POLL_MS = 700;
