@@ -157,11 +157,16 @@ class Visit:
         self.page.get_by_label("API key").fill(key)
         self.page.get_by_role("button", name="Sign in").click()
 
-    def check(self, name: str) -> None:
+    def check(self, name: str, part: str | None = None) -> None:
+        """No serious or critical axe violation; a screenshot of the viewport, or of `part`."""
         assert axe_violations(self.page) == [], name
         if self.screenshots:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), type="png")
+            path = str(SCREENSHOTS / f"{name}.png")
+            if part is None:
+                self.page.screenshot(path=path, type="png")
+            else:
+                self.page.locator(part).screenshot(path=path, type="png")
 
 
 @pytest.fixture
@@ -217,7 +222,7 @@ def test_sign_in_search_open_a_customer_and_verify_a_receipt_in_the_browser(
     steps = page.locator("ol.steps li")
     expect(steps).to_have_count(10)
     assert steps.evaluate_all("items => items.map(i => i.dataset.status)") == ["ok"] * 10
-    visit.check("receipt-verified")
+    visit.check("receipt-verified", part=".verifier")
 
     # The test alters the receipt: its leaf hash no longer matches its leaf input.
     receipt = page.get_by_label("Receipt JSON: edit it to see the verifier catch the change")
@@ -243,7 +248,7 @@ def test_sign_in_search_open_a_customer_and_verify_a_receipt_in_the_browser(
     expect(failed).to_contain_text(json.loads(original)["batch"]["root"])
     expect(page.locator("li[data-step=inclusion]")).to_have_attribute("data-status", "ok")
     assert lying_node.swapped == 1
-    visit.check("receipt-wrong-root")
+    visit.check("receipt-wrong-root", part=".verifier")
 
 
 def test_run_an_audit_save_the_digest_and_check_the_ledger_only_grew(
