@@ -1,12 +1,14 @@
 """End-to-end journeys in Chromium against the running service and Anvil, as a user walks them.
 
 Each test runs on SQLite and on PostgreSQL. An accessibility check (axe-core) runs on every page
-it visits; the SQLite run saves the screenshots docs/console.md shows.
+it visits; with CRM_LEDGER_CONSOLE_SCREENSHOTS=1 the SQLite run saves the screenshots
+docs/console.md shows.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -157,10 +159,10 @@ class Visit:
         self.page.get_by_label("API key").fill(key)
         self.page.get_by_role("button", name="Sign in").click()
 
-    def check(self, name: str, part: str | None = None) -> None:
+    def check(self, name: str, part: str | None = None, *, screenshot: bool = True) -> None:
         """No serious or critical axe violation; a screenshot of the viewport, or of `part`."""
         assert axe_violations(self.page) == [], name
-        if self.screenshots:
+        if self.screenshots and screenshot:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             path = str(SCREENSHOTS / f"{name}.png")
             if part is None:
@@ -171,8 +173,11 @@ class Visit:
 
 @pytest.fixture
 def visit(page: Page, live: LiveService) -> Visit:
+    """Screenshots only when asked (CRM_LEDGER_CONSOLE_SCREENSHOTS=1), so a test run does not
+    rewrite the committed PNGs; from the SQLite run."""
     database_url = live.app.state.runtime.settings.resolved_database_url
-    return Visit(page, live, screenshots=database_url.startswith("sqlite"))
+    wanted = os.environ.get("CRM_LEDGER_CONSOLE_SCREENSHOTS") == "1"
+    return Visit(page, live, screenshots=wanted and database_url.startswith("sqlite"))
 
 
 def test_sign_in_search_open_a_customer_and_verify_a_receipt_in_the_browser(
@@ -222,7 +227,7 @@ def test_sign_in_search_open_a_customer_and_verify_a_receipt_in_the_browser(
     steps = page.locator("ol.steps li")
     expect(steps).to_have_count(10)
     assert steps.evaluate_all("items => items.map(i => i.dataset.status)") == ["ok"] * 10
-    visit.check("receipt-verified", part=".verifier")
+    visit.check("receipt-verified", screenshot=False)  # the ✗ one below shows the page
 
     # The test alters the receipt: its leaf hash no longer matches its leaf input.
     receipt = page.get_by_label("Receipt JSON: edit it to see the verifier catch the change")
