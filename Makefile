@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer services clean
+.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer services system-packages clean
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -27,7 +27,11 @@ services:
 	bash scripts/ensure_postgres.sh
 	bash scripts/ensure_nats.sh
 
-test: install services
+# Chromium (the console's browser tests) and wrk, apt-installed when missing.
+system-packages:
+	bash scripts/ensure_system_packages.sh
+
+test: install services system-packages
 	$(BIN)/pytest
 
 lint: install

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
 
     auto_migrate: bool = True
 
+    # Web console (issue 13) ------------------------------------------------------------------
+    console_rpc_url: str | None = Field(
+        default=None,
+        description="the JSON-RPC URL the console's in-browser verifier reads the chain from; "
+        "unset: the service's own RPC URL when it carries no credentials",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""
