@@ -75,9 +75,13 @@ AXE = Path(__file__).parents[2] / "hardhat-local" / "node_modules" / "axe-core" 
 SCREENSHOTS = Path(__file__).parents[2] / "docs" / "console"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium driven by Playwright (its own browser download cannot work here)."""
+    """Debian's Chromium driven by Playwright (its own browser download cannot work here).
+
+    Module-scoped: while Playwright's sync API runs, it keeps an event loop running in this
+    thread, so no asyncio test (pytest-asyncio) may run before it has stopped.
+    """
     if not Path(CHROMIUM).exists():
         pytest.fail(
             f"{CHROMIUM} is missing: `make test` installs it (scripts/ensure_system_packages.sh)"

@@ -45,13 +45,19 @@ class ChainConnection:
         self.node: LocalNode | None = None
 
     @property
-    def rpc_url(self) -> str:
-        """The node's URL: the configured one, or the embedded Anvil's."""
+    def rpc_url(self) -> str | None:
+        """The node's URL when known: the configured one, or the embedded Anvil's once it runs
+        (or the one a `serve` starts, for a process that may not start its own)."""
         if self._settings.rpc_url is not None:
             return self._settings.rpc_url
         if self.node is not None:
             return self.node.rpc_url
-        return self._embedded_url()
+        return None if self._may_start_node else self.embedded_url
+
+    @property
+    def embedded_url(self) -> str:
+        """Where the embedded Anvil answers: 127.0.0.1 on the `anvil_port` setting."""
+        return f"http://127.0.0.1:{self._settings.anvil_port}"
 
     async def open(self) -> ChainLink:
         """Connect (once); raises `ChainUnavailable` while the node cannot be reached."""
@@ -84,7 +90,7 @@ class ChainConnection:
         if settings.rpc_url is not None:
             return settings.rpc_url
         if not self._may_start_node:
-            return self._embedded_url()
+            return self.embedded_url
         if self.node is None:
             self.node = await asyncio.to_thread(
                 start_anvil,
@@ -93,6 +99,3 @@ class ChainConnection:
                 binary=settings.anvil_bin,
             )
         return self.node.rpc_url
-
-    def _embedded_url(self) -> str:
-        return f"http://127.0.0.1:{self._settings.anvil_port}"

@@ -69,7 +69,7 @@ class WorkerStatus:
     """A worker's state as its supervisor last saw it."""
 
     name: str
-    state: WorkerState = WorkerState.STARTING
+    state: WorkerState = WorkerState.STOPPED
     message: str = ""
     items_handled: int = 0
     failures_in_a_row: int = 0

@@ -172,6 +172,7 @@ class Supervisor:
         worker, status = entry.worker, entry.status
         backoff = Backoff(initial=self._initial_backoff, maximum=entry.max_backoff_seconds)
         prepared = not isinstance(worker, Preparable)
+        self._show(status, WorkerState.STARTING)
         try:
             while not self._stop.is_set():
                 if entry.lock is not None and not await asyncio.to_thread(entry.lock.try_acquire):

@@ -75,8 +75,10 @@ class ChainUnreachable(ApiError):
 
 def get_chain_provider(runtime: RuntimeDep) -> ChainProvider:
     """Read-only access to the node the service anchors to."""
+    connection = runtime.connection
     return RpcChainProvider(
-        rpc_url=runtime.connection.rpc_url, timeout=runtime.settings.rpc_timeout_seconds
+        rpc_url=connection.rpc_url or connection.embedded_url,
+        timeout=runtime.settings.rpc_timeout_seconds,
     )
 
 

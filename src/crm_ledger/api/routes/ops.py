@@ -102,7 +102,7 @@ def overview(
 def chain_endpoint(runtime: RuntimeDep, key: AnyKey) -> Response:
     """Chain id, AuditLedger address and a JSON-RPC URL the console's verifier may call."""
     settings = runtime.settings
-    service_url = settings.rpc_url or (runtime.node.rpc_url if runtime.node is not None else None)
+    service_url = runtime.connection.rpc_url
     deployment = read_deployment(runtime.engine)
     return _json(
         ChainEndpoint(
