@@ -35,7 +35,7 @@ from eth_account.hdaccount.mnemonic import Mnemonic
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
-from eth_utils.address import to_checksum_address
+from eth_utils.address import is_hex_address, to_checksum_address
 from eth_utils.crypto import keccak
 from pydantic import SecretStr
 from sqlalchemy import select
@@ -287,8 +287,14 @@ def link_wallet(
 
     Refused (`Conflict`) while the current address holds points or points are on their way to
     it (transfers between holders are disabled, so they could not follow), or when another
-    customer linked the address. `Unprocessable` when the signature is not the address's.
+    customer linked the address. `Unprocessable` when the address is not one or the signature is
+    not the address's.
     """
+    if not is_hex_address(address):
+        message = "address must be 0x followed by 40 hexadecimal digits"
+        raise Unprocessable(
+            message, errors=[{"location": "body", "field": "address", "message": message}]
+        )
     checksummed = to_checksum_address(address)
     signer = _recover(link_message(customer_id, checksummed), signature)
     if signer != checksummed:
