@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from functools import cache
 from typing import Any, cast
 
 from coincurve import PublicKey
@@ -42,7 +41,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from crm_ledger.chain.signer import DEV_ACCOUNT_COUNT, dev_account
+from crm_ledger.chain.signer import is_dev_key
 from crm_ledger.config import DEV_CHAIN_ID, DEV_MNEMONIC, Settings
 from crm_ledger.db.models import LoyaltyWallet, utcnow
 from crm_ledger.errors import ConfigError, Conflict, Unprocessable
@@ -174,7 +173,7 @@ def load_operator(settings: Settings, *, chain_id: int, anchorer: str) -> LocalA
         if account is None:
             raise ConfigError("CRM_LEDGER_WALLET_MNEMONIC is not a valid BIP-39 mnemonic")
         source = f"account {OPERATOR_INDEX} of CRM_LEDGER_WALLET_MNEMONIC"
-    if chain_id != DEV_CHAIN_ID and account.address in _dev_addresses():
+    if chain_id != DEV_CHAIN_ID and is_dev_key(account):
         raise ConfigError(
             f"the loyalty operator ({source}) is a key of the public development mnemonic; it is "
             f"accepted on chain id {DEV_CHAIN_ID} only, and the node is chain id {chain_id}"
@@ -186,11 +185,6 @@ def load_operator(settings: Settings, *, chain_id: int, anchorer: str) -> LocalA
             "race for transaction nonces"
         )
     return account
-
-
-@cache
-def _dev_addresses() -> frozenset[str]:
-    return frozenset(dev_account(index).address for index in range(DEV_ACCOUNT_COUNT))
 
 
 def _from_key(secret: SecretStr) -> LocalAccount | None:
