@@ -34,6 +34,7 @@ from crm_ledger.errors import (
     Forbidden,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthorized,
 )
 from crm_ledger.journal.schemas import MAX_QUOTED_CHARS, safe_text
@@ -102,16 +103,18 @@ def problem_response(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    headers = (
-        {"WWW-Authenticate": 'Bearer realm="crm-ledger"'} if isinstance(exc, Unauthorized) else None
-    )
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="crm-ledger"'
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after)
     return problem_response(
         status=exc.status,
         title=exc.title,
         detail=exc.detail,
         type_=problem_type(type(exc).__name__),
         instance=request.url.path,
-        headers=headers,
+        headers=headers or None,
         **exc.extra,
     )
 
@@ -137,7 +140,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 _API_ERRORS: dict[int, type[ApiError]] = {
-    cls.status: cls for cls in (NotFound, Conflict, Unauthorized, Forbidden, PayloadTooLarge)
+    cls.status: cls
+    for cls in (NotFound, Conflict, Unauthorized, Forbidden, PayloadTooLarge, TooManyRequests)
 }
 # FastAPI's answer when the body cannot even be parsed (too deep, a number too long to read).
 _UNPARSABLE = "There was an error parsing the body"
