@@ -1,7 +1,7 @@
 """What handlers receive through `Depends`: settings, a session, the calling key, its role.
 
 Exports: `RuntimeDep`, `SettingsDep`, `SessionDep`, `CurrentKey`, `RecorderKey`, `AnyKey`,
-`require_roles`, `ApiKeyCache`, `key_cache`.
+`require_roles`, `ApiKeyCache`, `key_cache`, `PROBLEM_RESPONSES`, `problem_responses`.
 
 Handlers that touch the database are plain `def`, so FastAPI runs them in its threadpool; the
 dependencies here are `async` and never block on a cache hit, so a request crosses into a
@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from crm_ledger.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from crm_ledger.api.ratelimit import rate_limiter
 from crm_ledger.api.transaction import read_only
 from crm_ledger.config import Settings
@@ -220,3 +221,32 @@ def require_roles(
 
 RecorderKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.RECORDER, Role.ADMIN))]
 AnyKey = CurrentKey
+
+
+#: Every problem status the API answers and when, for `responses=` in the OpenAPI document: a
+#: route file picks the ones its operations can answer with `problem_responses(...)`. Which
+#: dependency brings which status: an API key 401 and 429, a role guard 403, a request body 413
+#: and 422, any parameter 422, an `Idempotency-Key` 409 (tests/api/test_openapi.py checks).
+PROBLEM_RESPONSES: dict[int, dict[str, Any]] = {
+    status: {
+        "model": Problem,
+        "content": {PROBLEM_MEDIA_TYPE: {}},
+        "description": description,
+    }
+    for status, description in {
+        401: "No API key, or one that is unknown, revoked or expired",
+        403: "The key's role may not do this",
+        404: "No such resource",
+        409: "A conflict with the current state, or an Idempotency-Key reused for another request",
+        410: "Gone: the cursor points at events that were pruned",
+        413: "The request body is over the size limit",
+        422: "The request is invalid (each field says why), or its body is not UTF-8 JSON",
+        429: "The key is over its rate limit; the Retry-After header says when to try again",
+        503: "A service this operation needs (the chain) is unavailable; try again later",
+    }.items()
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `PROBLEM_RESPONSES` entries of `statuses`, for a route's `responses=`."""
+    return {status: PROBLEM_RESPONSES[status] for status in statuses}
