@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.models import Customer, Record
@@ -210,3 +211,19 @@ def test_q_still_finds_by_name(
 
     assert response.status_code == 200, response.text
     assert [item["id"] for item in response.json()["items"]] == [customer_id]
+
+
+def test_a_path_quoted_in_the_log_cannot_forge_log_lines(
+    app: FastAPI, client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(rest: str) -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/explode/{rest}", explode)
+
+    response = client.get("/explode/x%0aERROR forged entry%1b[2J")
+
+    problem(response, 500)
+    (record,) = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert "\n" not in record.getMessage() and "\x1b" not in record.getMessage()
+    assert "x\\nERROR forged entry\\x1b[2J" in record.getMessage()
