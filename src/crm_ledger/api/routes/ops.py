@@ -7,15 +7,14 @@ over time, points expiring) are for marketing and admin keys, like the campaigns
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, require_roles
+from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, problem_responses, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
-from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import read_only
 from crm_ledger.audit.ledger import read_deployment
 from crm_ledger.console.operations import (
@@ -35,13 +34,8 @@ from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 
 router = APIRouter(tags=["operations"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}} for status in (401, 422)
-}
-_MARKETING_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 404, 422)
-}
+_ERRORS = problem_responses(401, 422, 429)
+_MARKETING_ERRORS = problem_responses(401, 403, 404, 422, 429)
 MarketingKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.MARKETING, Role.ADMIN))]
 
 
@@ -59,7 +53,7 @@ def _json(model: BaseModel) -> Response:
 @router.get(
     "/v1/me",
     response_class=Response,
-    responses={200: {"model": Me}, 401: _ERRORS[401]},
+    responses={200: {"model": Me}, **problem_responses(401, 429)},
     summary="The calling key's id and role (any role)",
 )
 def me(key: AnyKey) -> Response:
@@ -96,7 +90,7 @@ def overview(
 @router.get(
     "/v1/ops/chain",
     response_class=Response,
-    responses={200: {"model": ChainEndpoint}, 401: _ERRORS[401]},
+    responses={200: {"model": ChainEndpoint}, **problem_responses(401, 429)},
     summary="The chain a browser verifies receipts against (any role)",
 )
 def chain_endpoint(runtime: RuntimeDep, key: AnyKey) -> Response:
