@@ -7,6 +7,7 @@ subclass derives from it too, so callers may catch either.
     ├── ConfigError(ValueError)           settings that cannot work (e.g. dev keys off chain 31337)
     ├── InvalidProof(ValueError)          a Merkle proof that cannot belong to the tree it claims
     ├── FormatError(ValueError)           bytes that are not a valid leaf input / receipt / digest
+    ├── MappingError(ValueError)          a shop delivery that cannot be mapped to records
     ├── ChainError                        the chain did something we cannot work with
     │   ├── ChainUnavailable(ConnectionError)  the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
@@ -35,6 +36,10 @@ class InvalidProof(LedgerError, ValueError):
 
 class FormatError(LedgerError, ValueError):
     """Bytes or a document that do not follow the ledger format."""
+
+
+class MappingError(LedgerError, ValueError):
+    """A shop's webhook delivery that cannot become records; the message says what is missing."""
 
 
 class ChainError(LedgerError):

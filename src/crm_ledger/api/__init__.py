@@ -15,6 +15,8 @@ from crm_ledger.api.middleware import (
 )
 from crm_ledger.api.problems import install_problem_handlers
 from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, records
+from crm_ledger.api.routes import sources as ingest_sources
+from crm_ledger.api.routes import webhooks as ingest_webhooks
 from crm_ledger.config import Settings
 
 # A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
@@ -35,6 +37,9 @@ def install(app: FastAPI) -> None:
     app.include_router(loyalty.router)
     app.include_router(crm.router)
     app.include_router(events.router)
+    # Commerce ingest (issue 11).
+    app.include_router(ingest_sources.router)
+    app.include_router(ingest_webhooks.router)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
         BodyLimitMiddleware,
@@ -43,6 +48,8 @@ def install(app: FastAPI) -> None:
             "/v1/interactions/batch": settings.max_body_bytes * BATCH_BODY_FACTOR,
             # 10,000 customer ids (~390 KB) in one award.
             "/v1/campaigns/{campaign_id}/awards": settings.max_body_bytes * BATCH_BODY_FACTOR,
+            # Shop orders with many lines are larger than a REST write.
+            ingest_webhooks.WEBHOOK_PATH: settings.max_webhook_body_bytes,
         },
     )
     app.add_middleware(UnexpectedErrorMiddleware)
