@@ -1,4 +1,4 @@
-"""The webhook endpoints: signatures, the inbox, duplicates, pings, limits (SQLite and PostgreSQL)."""
+"""The webhook endpoints: signatures, the inbox, duplicates, pings, limits (both databases)."""
 
 from __future__ import annotations
 
