@@ -211,13 +211,13 @@ def retry_delivery(*, session: Session, source_id: str, delivery_id: str) -> Ing
     if delivery.status != DeliveryStatus.FAILED.value:
         raise Conflict(
             f"delivery {delivery.id} is {delivery.status}; only failed deliveries are retried",
-            status=delivery.status,
+            delivery_status=delivery.status,
         )
     if delivery.body is None:
         raise Conflict(
             f"delivery {delivery.id} no longer holds its body (erased or past retention); "
             "resend it from the shop",
-            status=delivery.status,
+            delivery_status=delivery.status,
         )
     delivery.status = DeliveryStatus.PENDING.value
     delivery.error = None

@@ -81,6 +81,9 @@ def erase_customer(*, session: Session, customer_id: str) -> ErasureResult:
     if customer.erased_at is not None:
         return _earlier_erasure(session, customer.pk, customer.id, customer.erased_at)
 
+    # Commerce ingest (issue 11): raw deliveries and shop customer links; it reads the e-mail
+    # and shop ids to find unmapped deliveries, so before they are cleared.
+    erase_ingest_copies(session, customer.pk)
     now = utcnow()
     session.execute(
         update(Customer)
@@ -101,8 +104,6 @@ def erase_customer(*, session: Session, customer_id: str) -> ErasureResult:
         .where(Record.customer_pk == customer.pk, Record.kind != int(RecordKind.ERASURE))
         .values(content=None)
     )
-    # Commerce ingest (issue 11): raw deliveries and shop customer links.
-    erase_ingest_copies(session, customer.pk)
     record_id = new_id()
     content = canonical_json(
         {
