@@ -6,7 +6,8 @@ Each step maps up to `ingest_batch_size` pending deliveries in delivery order, i
 transaction with a savepoint per delivery: the records a delivery writes and its status
 (`mapped`, body deleted) commit together, so a process killed mid-step maps the delivery again
 after restart, and only once. A delivery that cannot be mapped is `failed` with its error (the
-others go on). The database being down propagates, and the supervisor backs off.
+others go on). The database being down is `Unavailable`: the supervisor backs off and the
+deliveries stay pending. The webhook endpoint wakes the worker after each delivery it stores.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.api.transaction import read_only
 from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestDelivery, IngestOrder, IngestSource, utcnow
-from crm_ledger.errors import LedgerError
+from crm_ledger.errors import LedgerError, Unavailable
 from crm_ledger.ingest.apply import apply_event
 from crm_ledger.ingest.clawback import run_clawbacks
 from crm_ledger.ingest.inbox import DeliveryStatus, purge_failed_bodies
@@ -91,7 +92,13 @@ class IngestWorker:
 
     async def step(self) -> int:
         """Map a batch of deliveries and settle ready clawbacks; returns how many."""
-        return await asyncio.to_thread(self.run_once)
+        try:
+            return await asyncio.to_thread(self.run_once)
+        except OperationalError as exc:
+            raise Unavailable(
+                f"the database cannot be reached ({type(exc.orig).__name__}); stored "
+                "deliveries wait and are mapped once it is back"
+            ) from exc
 
     def run_once(self) -> int:
         """`step`, blocking (for the CLI and tests)."""

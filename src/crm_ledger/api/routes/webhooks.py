@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from crm_ledger.api.deps import SessionDep, SettingsDep
+from crm_ledger.api.deps import RuntimeDep, SessionDep, SettingsDep
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
 from crm_ledger.api.problems import Problem
 from crm_ledger.errors import NotFound
@@ -25,6 +25,8 @@ from crm_ledger.ingest.signatures import Platform
 router = APIRouter(tags=["webhooks"])
 
 WEBHOOK_PATH = "/v1/webhooks/{platform}/{source_id}"
+#: The worker that maps what this endpoint stores (`crm_ledger.ingest.worker.IngestWorker`).
+INGEST_WORKER = "ingest"
 
 _PROBLEM: dict[str, Any] = {"model": Problem, "content": {"application/problem+json": {}}}
 
@@ -42,7 +44,12 @@ _PROBLEM: dict[str, Any] = {"model": Problem, "content": {"application/problem+j
     summary="Receive a shop's webhook (signed by the platform; no API key)",
 )
 async def receive_webhook(
-    platform: str, source_id: str, request: Request, session: SessionDep, settings: SettingsDep
+    platform: str,
+    source_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
 ) -> Response:
     """Verify the platform's signature over the raw body, store it, answer 200."""
     if platform not in Platform.__members__.values():
@@ -60,6 +67,8 @@ async def receive_webhook(
             body=body,
         )
     )
+    if accepted.delivery_id is not None and not accepted.duplicate:
+        runtime.supervisor.wake(INGEST_WORKER)
     answer = WebhookAccepted(
         accepted=True, duplicate=accepted.duplicate, delivery_id=accepted.delivery_id
     )
