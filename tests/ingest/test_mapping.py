@@ -375,3 +375,25 @@ def test_raw_bodies_are_never_in_the_deliveries_listing(
     listed = client.get(f"/v1/sources/{shopify['id']}/deliveries", headers=admin).json()
     assert "Lovelace" not in json.dumps(listed)
     assert listed["items"][0]["status"] == "pending"
+
+
+def test_the_360_view_shows_the_shop_ids_until_erasure(
+    client: TestClient,
+    admin: dict[str, str],
+    shopify: dict[str, Any],
+    worker: IngestWorker,
+    session_factory: sessionmaker[Session],
+) -> None:
+    send_shopify(client, shopify, "orders/create", shopify_order())
+    worker.run_once()
+    [customer] = customers(session_factory)
+    view = client.get(f"/v1/crm/customers/{customer.id}", headers=admin)
+    assert view.status_code == 200, view.text
+    assert view.json()["customer"]["external_ids"] == [
+        {"source_id": shopify["id"], "platform": "shopify", "external_id": str(SHOPIFY_CUSTOMER_ID)}
+    ]
+    timeline = view.json()["timeline"]["items"]
+    assert [item["kind"] for item in timeline] == ["order"]
+    client.delete(f"/v1/customers/{customer.id}/personal-data", headers=admin)
+    after = client.get(f"/v1/crm/customers/{customer.id}", headers=admin).json()
+    assert after["customer"]["external_ids"] == []
