@@ -300,17 +300,23 @@ def body_of(document: dict[str, Any]) -> bytes:
 
 
 def shopify_headers(
-    body: bytes, topic: str, *, secret: str = SHOPIFY_SECRET, webhook_id: str | None = None
+    body: bytes,
+    topic: str,
+    *,
+    secret: str = SHOPIFY_SECRET,
+    webhook_id: str | None = None,
+    event_id: str | None = None,
 ) -> dict[str, str]:
-    """Shopify's webhook headers, signed."""
+    """Shopify's webhook headers, signed; a retry repeats the webhook id and the event id."""
+    webhook_id = webhook_id or str(uuid.uuid4())
     return {
         "Content-Type": "application/json",
         "X-Shopify-Topic": topic,
         "X-Shopify-Hmac-Sha256": hmac_sha256_base64(secret, body),
         "X-Shopify-Shop-Domain": "lovelace-prints.myshopify.com",
         "X-Shopify-API-Version": "2026-10",
-        "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
-        "X-Shopify-Event-Id": str(uuid.uuid4()),
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Event-Id": event_id or f"event-of-{webhook_id}",
         "X-Shopify-Triggered-At": "2026-11-25T15:00:05.000Z",
     }
 

@@ -41,7 +41,7 @@ def test_shopify_order_is_stored_with_its_raw_body_and_answered_200(
     assert response.json() == {
         "accepted": True,
         "duplicate": False,
-        "delivery_id": "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043",
+        "delivery_id": "event:event-of-b54557e4-bdd9-4b37-8a5f-bf7d70bcd043:orders/create",
         "op": "success",
     }
     [delivery] = stored(session_factory)
@@ -105,6 +105,21 @@ def test_the_same_delivery_id_twice_is_stored_once(
     again = client.post(webhook_path(shopify), content=body, headers=headers)
     assert first.status_code == again.status_code == 200
     assert (first.json()["duplicate"], again.json()["duplicate"]) == (False, True)
+    assert len(stored(session_factory)) == 1
+
+
+def test_the_same_shopify_event_through_two_subscriptions_is_stored_once(
+    client: TestClient, shopify: dict[str, Any], session_factory: sessionmaker[Session]
+) -> None:
+    body = body_of(shopify_order())
+    for webhook_id in ("subscription-a", "subscription-b"):
+        headers = shopify_headers(
+            body,
+            "orders/create",
+            webhook_id=webhook_id,
+            event_id="98880550-7158-44d4-b7cd-2c97c8a091b5",
+        )
+        assert client.post(webhook_path(shopify), content=body, headers=headers).status_code == 200
     assert len(stored(session_factory)) == 1
 
 

@@ -6,9 +6,14 @@ Exports: `Accepted`, `DeliveryStatus`, `accept_delivery`, `store_delivery`, `lis
 
 A delivery is verified (`signatures`), checked to be a JSON object, and inserted with its raw
 body; a unique (source, delivery id) constraint stores a delivery id once, even when two
-identical deliveries race. The body is personal data: it is deleted in the transaction that maps
-it, when its customer is erased, and (for deliveries that failed) after
-`ingest_failed_retention_days`. What stays is a SHA-256 of the body and the metadata.
+identical deliveries race. The delivery id is the platform's (`X-Shopify-Webhook-Id`,
+`X-WC-Webhook-Delivery-ID`); for Shopify, when `X-Shopify-Event-Id` is present, it is
+`event:<event id>:<topic>`, so the same event reaching two subscriptions is stored once too.
+Without one (Magento), the SHA-256 of the body stands in.
+
+The body is personal data: it is deleted in the transaction that maps it, when its customer is
+erased, and (for deliveries that failed) after `ingest_failed_retention_days`. What stays is a
+SHA-256 of the body and the metadata.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from crm_ledger.ingest.schemas import DeliveryPublic
 from crm_ledger.ingest.signatures import (
     HEADERS,
     MAGENTO_HMAC_HEADER,
+    SHOPIFY_EVENT_HEADER,
     Platform,
     hmac_matches,
     rsa_matches,
@@ -118,6 +124,9 @@ def accept_delivery(
     else:
         topic = headers.get(names.topic or "", "")
     delivery_id = headers.get(names.delivery_id or "", "").strip()
+    event_id = headers.get(SHOPIFY_EVENT_HEADER, "").strip()
+    if keys.platform is Platform.SHOPIFY and event_id:
+        delivery_id = f"event:{event_id}:{topic}"
     if not delivery_id or len(delivery_id) > _MAX_DELIVERY_ID:
         delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()
     stored = store_delivery(

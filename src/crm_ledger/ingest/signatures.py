@@ -1,7 +1,7 @@
 """Each platform's webhook signature over the raw body, compared in constant time.
 
-Exports: `Platform`, `PlatformHeaders`, `HEADERS`, `hmac_sha256_base64`, `hmac_matches`,
-`rsa_matches`, `load_public_key`.
+Exports: `Platform`, `PlatformHeaders`, `HEADERS`, `MAGENTO_HMAC_HEADER`, `SHOPIFY_EVENT_HEADER`,
+`hmac_sha256_base64`, `hmac_matches`, `rsa_matches`, `load_public_key`.
 
 - Shopify and WooCommerce: base64 HMAC-SHA256 of the raw body under the shared secret, in
   `X-Shopify-Hmac-Sha256` / `X-WC-Webhook-Signature`.
@@ -25,6 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 MAGENTO_HMAC_HEADER = "x-magento-hmac-sha256"
+#: Shopify: the same event delivered twice (a retry, or two subscriptions to one topic) carries
+#: the same event id, whatever its webhook id.
+SHOPIFY_EVENT_HEADER = "x-shopify-event-id"
 
 
 class Platform(enum.StrEnum):
