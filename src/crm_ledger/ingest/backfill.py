@@ -17,12 +17,17 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.db.models import IngestDelivery, new_id, utcnow
+from crm_ledger.db.models import IngestDelivery
 from crm_ledger.errors import MappingError
-from crm_ledger.ingest.inbox import DeliveryStatus
+from crm_ledger.ingest.inbox import (
+    DeliveryStatus,
+    insert_deliveries,
+    pending_row,
+    stored_delivery_ids,
+)
 from crm_ledger.ingest.payloads import load_json, parse_order
 from crm_ledger.ingest.signatures import Platform
 from crm_ledger.ingest.sources import get_source
@@ -104,19 +109,12 @@ def _delivery_row(platform: Platform, source_pk: int, line: bytes) -> dict[str, 
     else:
         body = line.strip()
     line_hash = hashlib.sha256(line.strip()).hexdigest()
-    return {
-        "id": new_id(),
-        "source_pk": source_pk,
-        "delivery_id": f"import:{order.order_id}:{line_hash}"[:200],
-        "topic": IMPORT_TOPICS[platform],
-        "status": DeliveryStatus.PENDING.value,
-        "body": body,
-        "body_sha256": hashlib.sha256(body).digest(),
-        "body_size": len(body),
-        "attempts": 0,
-        "record_ids": [],
-        "received_at": utcnow(),
-    }
+    return pending_row(
+        source_pk=source_pk,
+        delivery_id=f"import:{order.order_id}:{line_hash}"[:200],
+        topic=IMPORT_TOPICS[platform],
+        body=body,
+    )
 
 
 def _store(
@@ -125,17 +123,12 @@ def _store(
     """Insert the rows not stored yet; returns their delivery ids."""
     unique = {str(row["delivery_id"]): row for row in rows}
     with session_factory() as session, session.begin():
-        known = set(
-            session.scalars(
-                select(IngestDelivery.delivery_id).where(
-                    IngestDelivery.source_pk == rows[0]["source_pk"],
-                    IngestDelivery.delivery_id.in_(list(unique)),
-                )
-            )
-        )
+        source_pk = rows[0]["source_pk"]
+        assert isinstance(source_pk, int)
+        known = stored_delivery_ids(session, source_pk, list(unique))
         new = [row for key, row in unique.items() if key not in known]
         if new:
-            session.execute(insert(IngestDelivery), new)
+            insert_deliveries(session, new)
     summary.stored += len(new)
     summary.already_stored += len(rows) - len(new)
     return [str(row["delivery_id"]) for row in new]

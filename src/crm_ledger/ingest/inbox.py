@@ -1,6 +1,7 @@
 """The durable inbox: webhook deliveries stored before the 200, mapped afterwards.
 
-Exports: `Accepted`, `DeliveryStatus`, `accept_delivery`, `store_delivery`, `list_deliveries`,
+Exports: `Checked`, `DeliveryStatus`, `MalformedDelivery`, `check_delivery`, `pending_row`,
+`insert_deliveries`, `stored_delivery_ids`, `list_deliveries`,
 `retry_delivery`, `delivery_public`, `purge_failed_bodies`,
 `is_woocommerce_ping`.
 
@@ -28,11 +29,8 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from crm_ledger.api.group_commit import committer_for
-from crm_ledger.api.transaction import read_only
 from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestDelivery, new_id, utcnow
 from crm_ledger.errors import ApiError, Conflict, NotFound, Unauthorized
@@ -63,12 +61,12 @@ class DeliveryStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Accepted:
-    """What became of a webhook: stored, already stored (`duplicate`), or a ping."""
+class Checked:
+    """A verified delivery: whose it is, its delivery id and topic."""
 
-    delivery_id: str | None
-    duplicate: bool
-    ping: bool
+    source_pk: int
+    delivery_id: str
+    topic: str
 
 
 class MalformedDelivery(ApiError):
@@ -86,7 +84,7 @@ def is_woocommerce_ping(platform: Platform, headers: Mapping[str, str], body: by
     )
 
 
-def accept_delivery(
+def check_delivery(
     *,
     session: Session,
     settings: Settings,
@@ -94,22 +92,17 @@ def accept_delivery(
     source_id: str,
     headers: Mapping[str, str],
     body: bytes,
-) -> Accepted:
-    """Verify a webhook and store it durably (committed when this returns).
+) -> Checked | None:
+    """Verify a webhook (in the caller's read transaction); None for a WooCommerce ping.
 
     `headers` has lower-case names. Raises `NotFound` (unknown or deleted source, wrong
     platform), `Unauthorized` (missing or bad signature), `MalformedDelivery` (not a JSON object).
     """
-    with read_only(session):
-        keys = verifying_keys(
-            session=session,
-            settings=settings,
-            platform=platform,
-            source_id=source_id,
-            now=utcnow(),
-        )
+    keys = verifying_keys(
+        session=session, settings=settings, platform=platform, source_id=source_id, now=utcnow()
+    )
     if is_woocommerce_ping(keys.platform, headers, body):
-        return Accepted(delivery_id=None, duplicate=False, ping=True)
+        return None
     names = HEADERS[keys.platform]
     if not _signed(keys.platform, keys.secrets, keys.public_key, headers, body, names.signature):
         raise Unauthorized(
@@ -129,21 +122,12 @@ def accept_delivery(
         delivery_id = f"event:{event_id}:{topic}"
     if not delivery_id or len(delivery_id) > _MAX_DELIVERY_ID:
         delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()
-    stored = store_delivery(
-        session=session,
-        source_pk=keys.source_pk,
-        delivery_id=delivery_id,
-        topic=topic[:_MAX_TOPIC],
-        body=body,
-    )
-    return Accepted(delivery_id=delivery_id, duplicate=not stored, ping=False)
+    return Checked(source_pk=keys.source_pk, delivery_id=delivery_id, topic=topic[:_MAX_TOPIC])
 
 
-def store_delivery(
-    *, session: Session, source_pk: int, delivery_id: str, topic: str, body: bytes
-) -> bool:
-    """Insert a pending delivery and commit (group commit); False when the id was stored."""
-    row = {
+def pending_row(*, source_pk: int, delivery_id: str, topic: str, body: bytes) -> dict[str, Any]:
+    """The `ingest_deliveries` row of a delivery waiting to be mapped."""
+    return {
         "id": new_id(),
         "source_pk": source_pk,
         "delivery_id": delivery_id,
@@ -157,23 +141,22 @@ def store_delivery(
         "received_at": utcnow(),
     }
 
-    def job(tx: Session) -> None:
-        tx.execute(insert(IngestDelivery), row)
 
-    try:
-        committer_for(session).run(job)
-    except IntegrityError:
-        with read_only(session):
-            known = session.scalar(
-                select(IngestDelivery.pk).where(
-                    IngestDelivery.source_pk == source_pk,
-                    IngestDelivery.delivery_id == delivery_id,
-                )
+def insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert `pending_row`s; a delivery id already stored raises `IntegrityError`."""
+    session.execute(insert(IngestDelivery), rows)
+
+
+def stored_delivery_ids(session: Session, source_pk: int, delivery_ids: list[str]) -> set[str]:
+    """Which of `delivery_ids` the source's inbox holds already."""
+    return set(
+        session.scalars(
+            select(IngestDelivery.delivery_id).where(
+                IngestDelivery.source_pk == source_pk,
+                IngestDelivery.delivery_id.in_(delivery_ids),
             )
-        if known is None:
-            raise
-        return False
-    return True
+        )
+    )
 
 
 def list_deliveries(

@@ -11,14 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from crm_ledger.api.deps import RuntimeDep, SessionDep, SettingsDep
+from crm_ledger.api.group_commit import committer_for
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
 from crm_ledger.api.problems import Problem
+from crm_ledger.api.transaction import read_only
+from crm_ledger.config import Settings
 from crm_ledger.errors import NotFound
-from crm_ledger.ingest.inbox import accept_delivery
+from crm_ledger.ingest import inbox
 from crm_ledger.ingest.schemas import WebhookAccepted
 from crm_ledger.ingest.signatures import Platform
 
@@ -57,8 +62,23 @@ async def receive_webhook(
         raise NotFound(f"no platform {platform[:32]!r}: webhook URLs name one of {names}")
     body = await request.body()
     headers = {name.lower(): value for name, value in request.headers.items()}
-    accepted = await run_in_threadpool(
-        lambda: accept_delivery(
+    answer = await run_in_threadpool(_accept, session, settings, platform, source_id, headers, body)
+    if answer.delivery_id is not None and not answer.duplicate:
+        runtime.supervisor.wake(INGEST_WORKER)
+    return Response(content=answer.model_dump_json(), media_type=JSON_MEDIA_TYPE)
+
+
+def _accept(
+    session: Session,
+    settings: Settings,
+    platform: str,
+    source_id: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> WebhookAccepted:
+    """Verify, then store durably (group commit): committed when this returns."""
+    with read_only(session):
+        checked = inbox.check_delivery(
             session=session,
             settings=settings,
             platform=platform,
@@ -66,10 +86,21 @@ async def receive_webhook(
             headers=headers,
             body=body,
         )
+    if checked is None:
+        return WebhookAccepted(accepted=True, duplicate=False, delivery_id=None)
+    row = inbox.pending_row(
+        source_pk=checked.source_pk,
+        delivery_id=checked.delivery_id,
+        topic=checked.topic,
+        body=body,
     )
-    if accepted.delivery_id is not None and not accepted.duplicate:
-        runtime.supervisor.wake(INGEST_WORKER)
-    answer = WebhookAccepted(
-        accepted=True, duplicate=accepted.duplicate, delivery_id=accepted.delivery_id
-    )
-    return Response(content=answer.model_dump_json(), media_type=JSON_MEDIA_TYPE)
+    try:
+        committer_for(session).run(lambda tx: inbox.insert_deliveries(tx, [row]))
+    except IntegrityError:
+        # Two identical deliveries raced: the unique constraint let one through.
+        with read_only(session):
+            known = inbox.stored_delivery_ids(session, checked.source_pk, [checked.delivery_id])
+        if not known:
+            raise
+        return WebhookAccepted(accepted=True, duplicate=True, delivery_id=checked.delivery_id)
+    return WebhookAccepted(accepted=True, duplicate=False, delivery_id=checked.delivery_id)
