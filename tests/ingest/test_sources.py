@@ -123,3 +123,13 @@ def test_delete_is_404_for_an_unknown_source(client: TestClient, admin: dict[str
     problem(client.delete("/v1/sources/0b6a3c1e-4f4e-4d3c-9c1e-2f0a5b7c8d9e", headers=admin), 404)
     made = make_source(client, admin, platform="woocommerce", name="w", secret="0123456789")
     assert client.delete(f"/v1/sources/{made['id']}", headers=admin).json()["deleted_at"]
+
+
+def test_every_status_the_endpoints_answer_is_in_the_openapi_document(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    webhook = paths["/v1/webhooks/{platform}/{source_id}"]["post"]["responses"]
+    assert {"200", "400", "401", "404", "413"} <= webhook.keys()
+    assert "security" not in paths["/v1/webhooks/{platform}/{source_id}"]["post"]
+    retry = paths["/v1/sources/{source_id}/deliveries/{delivery_id}/retry"]["post"]["responses"]
+    assert {"200", "401", "403", "404", "409"} <= retry.keys()
+    assert {"201", "401", "403", "422"} <= paths["/v1/sources"]["post"]["responses"].keys()
