@@ -127,7 +127,6 @@ def resolve_customer(
                 created_at=utcnow(),
             )
         )
-        session.flush()
     return customer
 
 

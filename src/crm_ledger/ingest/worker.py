@@ -38,7 +38,9 @@ PURGE_INTERVAL_SECONDS = 600.0
 
 def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
     """Map up to `limit` pending deliveries; returns how many were handled (mapped or failed)."""
-    with session_factory() as session, session.begin():
+    # No autoflush: each delivery's changes are flushed once, at the end of its savepoint,
+    # instead of before every query the mapping makes.
+    with session_factory(autoflush=False) as session, session.begin():
         rows = session.execute(
             select(IngestDelivery, IngestSource)
             .join(IngestSource, IngestSource.pk == IngestDelivery.source_pk)
@@ -61,6 +63,7 @@ def _map_one(session: Session, delivery: IngestDelivery, source: IngestSource) -
                 raise LedgerError("the delivery's body was erased before it was mapped")
             event = parse_delivery(Platform(source.platform), delivery.topic, delivery.body)
             applied = apply_event(session=session, source=source, topic=delivery.topic, event=event)
+            session.flush()
     except OperationalError:
         raise
     except LedgerError as exc:
