@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.db.models import Customer, IngestCustomerLink, Record
+from crm_ledger.db.models import Customer, IngestCustomerLink, IngestDelivery, Record, utcnow
 from crm_ledger.ingest import worker as worker_module
 from crm_ledger.ingest.worker import IngestWorker
 from crm_ledger.journal.customers import create_customer
@@ -397,3 +398,25 @@ def test_the_360_view_shows_the_shop_ids_until_erasure(
     client.delete(f"/v1/customers/{customer.id}/personal-data", headers=admin)
     after = client.get(f"/v1/crm/customers/{customer.id}", headers=admin).json()
     assert after["customer"]["external_ids"] == []
+
+
+def test_failed_bodies_are_deleted_after_the_retention(
+    client: TestClient,
+    shopify: dict[str, Any],
+    worker: IngestWorker,
+    session_factory: sessionmaker[Session],
+) -> None:
+    send_shopify(client, shopify, "orders/create", shopify_order(currency=None))
+    send_shopify(client, shopify, "products/create", {"id": 1})
+    worker.run_once()
+    with session_factory.begin() as session:
+        session.execute(
+            update(IngestDelivery)
+            .where(IngestDelivery.topic == "orders/create")
+            .values(received_at=utcnow() - timedelta(days=31))
+        )
+    IngestWorker(settings=worker.settings, session_factory=session_factory).run_once()
+    old, recent = deliveries(session_factory)
+    assert (old.status, old.body) == ("failed", None)
+    assert old.body_sha256 and old.error
+    assert (recent.status, recent.body is not None) == ("failed", True)

@@ -1,6 +1,6 @@
 """Loyalty clawback: a refunded or cancelled shop order gives back the points it earned.
 
-Exports: `Clawback`, `run_clawbacks`, `list_clawbacks`.
+Exports: `run_clawbacks`, `list_clawbacks`.
 
 An order marked `clawback_pending` (by `ingest.apply`) waits until loyalty has looked at its
 records: its last record is anchored and the earning cursor is past it, and none of its lots is
@@ -16,7 +16,6 @@ When no campaign exists the order owes nothing, and is cleared at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 
 from sqlalchemy import exists, select
@@ -35,26 +34,13 @@ from crm_ledger.db.models import (
     utcnow,
 )
 from crm_ledger.ingest.apply import CLAWBACK_STATUSES, order_key
+from crm_ledger.ingest.schemas import ClawbackPublic
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.loyalty.earning import EARNING_CURSOR
 from crm_ledger.loyalty.lots import LotStatus
 from crm_ledger.loyalty.redemptions import available_lots, create_redemption
 from crm_ledger.loyalty.schemas import RedemptionCreate
 from crm_ledger.loyalty.wallets import customer_address
-
-
-@dataclass(frozen=True, slots=True)
-class Clawback:
-    """One clawback as the API lists it."""
-
-    order_id: str
-    order_number: str
-    customer_id: str
-    requested_points: int
-    burned_points: int
-    shortfall_points: int
-    redemption_id: str | None
-    created_at: str
 
 
 def run_clawbacks(session: Session, *, limit: int = 100) -> int:
@@ -150,7 +136,7 @@ def _burn(session: Session, order: IngestOrder, customer: Customer, owed: int) -
     order.clawed_points += owed
 
 
-def list_clawbacks(session: Session, *, source_pk: int, limit: int = 200) -> list[Clawback]:
+def list_clawbacks(session: Session, *, source_pk: int, limit: int = 200) -> list[ClawbackPublic]:
     """The source's clawbacks, newest first."""
     rows = session.execute(
         select(IngestClawback, IngestOrder, Customer.id, LoyaltyRedemption.id)
@@ -162,7 +148,7 @@ def list_clawbacks(session: Session, *, source_pk: int, limit: int = 200) -> lis
         .limit(limit)
     ).all()
     return [
-        Clawback(
+        ClawbackPublic(
             order_id=order.external_id,
             order_number=order.order_number,
             customer_id=customer_id,

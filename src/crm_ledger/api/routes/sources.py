@@ -12,14 +12,14 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from crm_ledger.api.deps import SessionDep, SettingsDep, require_roles
+from crm_ledger.api.deps import RuntimeDep, SessionDep, SettingsDep, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
 from crm_ledger.api.problems import Problem
+from crm_ledger.api.routes.webhooks import INGEST_WORKER
 from crm_ledger.api.transaction import read_only, transaction
 from crm_ledger.ingest import clawback, inbox, sources
 from crm_ledger.ingest.inbox import DeliveryStatus
 from crm_ledger.ingest.schemas import (
-    ClawbackPublic,
     ClawbacksPublic,
     DeliveriesPublic,
     DeliveryPublic,
@@ -41,6 +41,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class _NoBody(BaseModel):
+    """The empty body of a retry (what its Idempotency-Key fingerprints)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -196,14 +198,28 @@ def list_deliveries(
     summary="Map a failed delivery again (admin)",
 )
 def retry_delivery(
-    source_id: str, delivery_id: str, session: SessionDep, key: AdminKey
+    source_id: str,
+    delivery_id: str,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    key: AdminKey,
+    idempotency: IdempotencyDep,
 ) -> Response:
     """The delivery goes back to `pending`; the ingest worker maps it on its next step."""
-    with transaction(session):
-        delivery = inbox.retry_delivery(
-            session=session, source_id=source_id, delivery_id=delivery_id
-        )
-        return _json(inbox.delivery_public(delivery))
+
+    def write(tx: Session) -> str:
+        delivery = inbox.retry_delivery(session=tx, source_id=source_id, delivery_id=delivery_id)
+        return inbox.delivery_public(delivery).model_dump_json()
+
+    return run_write(
+        session=session,
+        principal=key,
+        idempotency=idempotency,
+        payload=_NoBody(),
+        status_code=200,
+        write=write,
+        on_commit=lambda: runtime.supervisor.wake(INGEST_WORKER),
+    )
 
 
 @router.get(
@@ -217,9 +233,4 @@ def list_clawbacks(source_id: str, session: SessionDep, key: AdminKey) -> Respon
     with read_only(session):
         source = sources.get_source(session=session, source_id=source_id)
         items = clawback.list_clawbacks(session, source_pk=source.pk)
-    return _json(ClawbacksPublic(items=[ClawbackPublic(**vars_of(c)) for c in items]))
-
-
-def vars_of(item: clawback.Clawback) -> dict[str, Any]:
-    """The fields of a slotted dataclass as a dict."""
-    return {name: getattr(item, name) for name in item.__slots__}
+    return _json(ClawbacksPublic(items=items))
