@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     ingest_failed_retention_days: float = Field(
         default=30.0, gt=0, description="raw bodies of failed deliveries are deleted after this"
     )
-    ingest_batch_size: int = Field(default=200, ge=1, le=5000, description="deliveries per step")
+    ingest_batch_size: int = Field(
+        default=50, ge=1, le=5000, description="deliveries per step (per write transaction)"
+    )
     max_webhook_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     run_ingest: bool = True
 
