@@ -40,12 +40,11 @@ class Platform(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PlatformHeaders:
-    """Where a platform puts the signature, topic, delivery id and shop (lower-case names)."""
+    """Where a platform puts the signature, topic and delivery id (lower-case names)."""
 
     signature: str
     topic: str | None
     delivery_id: str | None
-    shop: str | None
 
 
 HEADERS = {
@@ -53,19 +52,16 @@ HEADERS = {
         signature="x-shopify-hmac-sha256",
         topic="x-shopify-topic",
         delivery_id="x-shopify-webhook-id",
-        shop="x-shopify-shop-domain",
     ),
     Platform.WOOCOMMERCE: PlatformHeaders(
         signature="x-wc-webhook-signature",
         topic="x-wc-webhook-topic",
         delivery_id="x-wc-webhook-delivery-id",
-        shop="x-wc-webhook-source",
     ),
     Platform.MAGENTO: PlatformHeaders(
         signature="x-adobe-commerce-webhook-signature",
         topic=None,
         delivery_id="x-adobe-commerce-webhook-id",
-        shop=None,
     ),
 }
 
