@@ -143,7 +143,7 @@ def test_updates_link_to_the_first_record_and_never_move_the_order_backwards(
     assert [d.status for d in deliveries(session_factory)] == ["mapped"] * 4
 
 
-def test_a_refund_before_its_order_fails_is_listed_and_maps_on_retry(
+def test_a_refund_before_its_order_fails_is_listed_and_maps_once_the_order_arrives(
     client: TestClient,
     admin: dict[str, str],
     shopify: dict[str, Any],
@@ -158,12 +158,7 @@ def test_a_refund_before_its_order_fails_is_listed_and_maps_on_retry(
     assert "has not arrived yet" in failed["error"]
     assert failed["body_kept"] is True
     send_shopify(client, shopify, "orders/create", shopify_order())
-    worker.run_once()
-    retry = client.post(
-        f"/v1/sources/{shopify['id']}/deliveries/{failed['id']}/retry", headers=admin
-    )
-    assert retry.status_code == 200, retry.text
-    assert retry.json()["status"] == "pending"
+    worker.run_once()  # maps the order, and queues the refund again
     worker.run_once()
     _, refund = order_bodies(session_factory)
     assert refund["status"] == "partially_refunded"
@@ -190,7 +185,7 @@ def test_a_refund_before_its_order_fails_is_listed_and_maps_on_retry(
     )
 
 
-def test_unknown_topic_and_missing_currency_fail_with_their_reason(
+def test_unknown_topic_and_missing_currency_fail_with_their_reason_and_retry(
     client: TestClient,
     admin: dict[str, str],
     shopify: dict[str, Any],
@@ -201,10 +196,20 @@ def test_unknown_topic_and_missing_currency_fail_with_their_reason(
     send_shopify(client, shopify, "orders/create", shopify_order(id=42, total_price=199.0))
     assert worker.run_once() == 3
     listed = client.get(f"/v1/sources/{shopify['id']}/deliveries?status=failed", headers=admin)
-    errors = sorted(item["error"] for item in listed.json()["items"])
-    assert len(errors) == 2
-    assert "currency is missing" in errors[0]
-    assert "topic 'products/create' is not one crm-ledger maps" in errors[1]
+    items = sorted(listed.json()["items"], key=lambda item: item["error"])
+    assert len(items) == 2
+    assert "currency is missing" in items[0]["error"]
+    assert "topic 'products/create' is not one crm-ledger maps" in items[1]["error"]
+    path = f"/v1/sources/{shopify['id']}/deliveries/{items[1]['id']}/retry"
+    retry = client.post(path, headers=admin | {"Idempotency-Key": "retry-1"})
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["status"] == "pending"
+    replay = client.post(path, headers=admin | {"Idempotency-Key": "retry-1"})
+    assert replay.json() == retry.json()
+    worker.run_once()
+    listed = client.get(f"/v1/sources/{shopify['id']}/deliveries?status=failed", headers=admin)
+    retried = next(i for i in listed.json()["items"] if i["id"] == items[1]["id"])
+    assert retried["attempts"] == 2
 
 
 def test_woocommerce_guest_order_keeps_cents_sent_as_numbers(

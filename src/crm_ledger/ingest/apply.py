@@ -1,6 +1,7 @@
 """Events into the journal: the buyer matched or created, the order's records written.
 
-Exports: `Applied`, `apply_event`, `resolve_customer`, `order_key`, `CLAWBACK_STATUSES`.
+Exports: `Applied`, `apply_event`, `resolve_customer`, `order_key`, `CLAWBACK_STATUSES`,
+`REFUND_TOPICS`.
 
 A platform customer is the ledger customer linked to (source, platform customer id), else the
 one with the same normalised e-mail (`journal.customers.find_customer_by_email`), else a new
@@ -10,7 +11,8 @@ writes another record that names the first (`first_record_id`): the original is 
 rewritten. A change whose `updated_at` is older than the state already applied is recorded
 (`applied: false`) but leaves the order's status where it is, and the same state delivered
 twice records nothing the second time. A refund or cancellation marks the order for the
-loyalty clawback (`ingest.clawback`).
+loyalty clawback (`ingest.clawback`). A refund that arrives before its order fails, and is
+queued again whenever a new order of its source arrives.
 
 Order record body (canonical JSON, no binary numbers, ids as strings):
 
@@ -27,12 +29,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import (
     Customer,
     IngestCustomerLink,
+    IngestDelivery,
     IngestOrder,
     IngestSource,
     Record,
@@ -40,6 +43,7 @@ from crm_ledger.db.models import (
     utcnow,
 )
 from crm_ledger.errors import MappingError
+from crm_ledger.ingest.inbox import DeliveryStatus
 from crm_ledger.ingest.payloads import (
     CustomerChange,
     Event,
@@ -58,6 +62,9 @@ from crm_ledger.ledger.leaf import RecordKind
 
 #: Order statuses after which the points an order earned are taken back.
 CLAWBACK_STATUSES = frozenset({"cancelled", "refunded"})
+#: Topics of refunds: they fail while their order has not arrived, and are queued again when a
+#: new order of their source arrives.
+REFUND_TOPICS = frozenset({"refunds/create", "observer.sales_order_creditmemo_save_after"})
 
 
 @dataclass
@@ -249,6 +256,7 @@ def _apply_order(session: Session, source: IngestSource, topic: str, event: Orde
         )
         session.add(order)
         previous_status = None
+        _requeue_waiting_refunds(session, source)
     else:
         order.last_record_pk = record_pk
         previous_status = order.status
@@ -265,6 +273,20 @@ def _apply_order(session: Session, source: IngestSource, topic: str, event: Orde
             order.clawback_pending = True
     session.flush()
     return Applied(record_ids=[record_id], customer_pk=customer.pk)
+
+
+def _requeue_waiting_refunds(session: Session, source: IngestSource) -> None:
+    """A refund delivered before its order failed; a new order may be the one it waits for."""
+    session.execute(
+        update(IngestDelivery)
+        .where(
+            IngestDelivery.source_pk == source.pk,
+            IngestDelivery.status == DeliveryStatus.FAILED.value,
+            IngestDelivery.topic.in_(REFUND_TOPICS),
+            IngestDelivery.body.is_not(None),
+        )
+        .values(status=DeliveryStatus.PENDING.value)
+    )
 
 
 def _count_refunds(order: IngestOrder, refunds: tuple[tuple[str, str], ...]) -> None:
