@@ -30,13 +30,19 @@ def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNode]:
         yield node
 
 
-def eventually(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 90) -> Any:
-    """Poll `read()` until `done(value)`; returns the value (fails with the last one)."""
+def eventually(
+    read: Callable[[], Any],
+    done: Callable[[Any], bool],
+    timeout: float = 120,
+    state: Callable[[], Any] = lambda: None,
+) -> Any:
+    """Poll `read()` until `done(value)`; returns the value (fails with the last one and
+    `state()`)."""
     deadline = time.monotonic() + timeout
     value = read()
     while not done(value):
         if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s; last: {value}")
+            raise AssertionError(f"not reached within {timeout} s; last: {value}, {state()}")
         time.sleep(0.2)
         value = read()
     return value
@@ -88,6 +94,7 @@ def test_order_webhook_earns_on_chain_and_refund_and_cancellation_burn_it_back(
         receipt = eventually(
             lambda: client.get(f"/v1/records/{record_ids[0]}/receipt"),
             lambda r: r.status_code == 200,
+            state=lambda: app.state.runtime.chain_status,
         )
         assert receipt.json()["chain"]["tx_hash"]
         customer = client.get(f"/v1/records/{record_ids[0]}").json()["customer_id"]
