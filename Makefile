@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer services system-packages clean
+.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest services system-packages clean
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -41,7 +41,7 @@ lint: install
 
 # Benchmarks print their figures and ratios against a baseline measured in the same run;
 # docs/benchmarks.md records them. Each runs on 127.0.0.1 and stops by itself.
-bench: bench-anchor bench-audit bench-loyalty bench-indexer
+bench: bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest
 
 bench-anchor: install
 	$(BIN)/python scripts/bench_anchor.py
@@ -57,3 +57,6 @@ bench-indexer: install
 
 clean:
 	rm -rf $(VENV) hardhat-local/node_modules data
+
+bench-ingest: install
+	$(BIN)/python scripts/bench_ingest.py

@@ -12,6 +12,7 @@ Commands:
     crm-ledger worker anchor|index|loyalty|NAME [--data-dir DIR]   one background worker alone
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
     crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
+    crm-ledger import orders FILE --source ID                   shop backfill (`ingest/cli.py`)
 
 Only results go to stdout (so `KEY=$(crm-ledger keys create ...)` works); status and errors go to
 stderr. Every command builds its settings with `_settings(data_dir)` and its database with
@@ -41,6 +42,7 @@ from crm_ledger.audit import cli as audit_cli
 from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import Conflict, LedgerError, NotFound
+from crm_ledger.ingest import cli as ingest_cli
 from crm_ledger.journal.keys import (
     Role,
     create_api_key,
@@ -56,6 +58,8 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 audit_cli.register(app)
+# Commerce ingest (issue 11): `crm-ledger import orders FILE --source ID`.
+ingest_cli.register(app)
 
 stderr = Console(stderr=True, highlight=False)
 

@@ -7,6 +7,7 @@ subclass derives from it too, so callers may catch either.
     ├── ConfigError(ValueError)           settings that cannot work (e.g. dev keys off chain 31337)
     ├── InvalidProof(ValueError)          a Merkle proof that cannot belong to the tree it claims
     ├── FormatError(ValueError)           bytes that are not a valid leaf input / receipt / digest
+    ├── MappingError(ValueError)          a shop delivery that cannot be mapped to records
     ├── Unavailable(ConnectionError)      something a worker needs is down: back off, retry later
     ├── WorkerHalted                      a background worker cannot go on until an operator acts
     ├── ChainError                        the chain did something we cannot work with
@@ -38,6 +39,10 @@ class InvalidProof(LedgerError, ValueError):
 
 class FormatError(LedgerError, ValueError):
     """Bytes or a document that do not follow the ledger format."""
+
+
+class MappingError(LedgerError, ValueError):
+    """A shop's webhook delivery that cannot become records; the message says what is missing."""
 
 
 class Unavailable(LedgerError, ConnectionError):

@@ -16,6 +16,8 @@ from crm_ledger.api.middleware import (
 from crm_ledger.api.problems import install_problem_handlers
 from crm_ledger.api.ratelimit import RateLimiter
 from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, ops, records
+from crm_ledger.api.routes import sources as ingest_sources
+from crm_ledger.api.routes import webhooks as ingest_webhooks
 from crm_ledger.config import Settings
 from crm_ledger.console import install_console
 from crm_ledger.journal.keys import KEYS_CHANGED_FILE
@@ -39,6 +41,9 @@ def install(app: FastAPI) -> None:
     app.include_router(loyalty.router)
     app.include_router(crm.router)
     app.include_router(events.router)
+    # Commerce ingest (issue 11).
+    app.include_router(ingest_sources.router)
+    app.include_router(ingest_webhooks.router)
     # Web console (issue 13): /v1/me, /v1/ops, and the console itself at /.
     app.include_router(ops.router)
     install_console(app)
@@ -50,6 +55,8 @@ def install(app: FastAPI) -> None:
             "/v1/interactions/batch": settings.max_body_bytes * BATCH_BODY_FACTOR,
             # 10,000 customer ids (~390 KB) in one award.
             "/v1/campaigns/{campaign_id}/awards": settings.max_body_bytes * BATCH_BODY_FACTOR,
+            # Shop orders with many lines are larger than a REST write.
+            ingest_webhooks.WEBHOOK_PATH: settings.max_webhook_body_bytes,
         },
     )
     app.add_middleware(UnexpectedErrorMiddleware)

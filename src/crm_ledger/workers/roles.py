@@ -53,3 +53,17 @@ def background_workers(
         if worker is not None:
             workers.append(worker)
     return workers
+
+
+# Commerce ingest (issue 11): maps stored shop webhooks to records. ---------------------------
+
+
+def _ingest(*, settings: Settings, session_factory: sessionmaker[Session]) -> Worker | None:
+    if not settings.run_ingest:
+        return None
+    from crm_ledger.ingest.worker import IngestWorker
+
+    return IngestWorker(settings=settings, session_factory=session_factory)
+
+
+ROLES["ingest"] = _ingest
