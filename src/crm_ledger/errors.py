@@ -11,6 +11,8 @@ subclass derives from it too, so callers may catch either.
     │   ├── ChainUnavailable(ConnectionError)  the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
     │   └── AnchorRejected                   the contract reverted an anchor transaction
+    ├── SalesforceError                   Salesforce refused a request or a job (see the message)
+    │   └── SalesforceUnavailable(ConnectionError)  Salesforce cannot be reached (retry later)
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
         └── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
@@ -107,3 +109,11 @@ class PayloadTooLarge(ApiError):
 class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable request"
+
+
+class SalesforceError(LedgerError):
+    """Salesforce refused a request, a login or a whole job; the message says what it said."""
+
+
+class SalesforceUnavailable(SalesforceError, ConnectionError):
+    """Salesforce cannot be reached or answered 5xx / 429; the sync retries later."""
