@@ -10,6 +10,8 @@ Commands:
     crm-ledger worker index [--data-dir DIR]                    the indexer alone
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
     crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
+    crm-ledger sync salesforce [--data-dir DIR]                 Contacts current, once
+    crm-ledger export salesforce --object Contact [-o FILE]     a Data Loader / Bulk API CSV
 
 Only results go to stdout (so `KEY=$(crm-ledger keys create ...)` works); status and errors go to
 stderr. Every command builds its settings with `_settings(data_dir)` and its database with
@@ -40,6 +42,7 @@ from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import LedgerError, NotFound
 from crm_ledger.journal.keys import Role, create_api_key, list_api_keys, revoke_api_key
+from crm_ledger.outbound.salesforce import cli as salesforce_cli
 
 app = typer.Typer(
     help="crm-ledger: a customer ledger anchored on an EVM chain.", no_args_is_help=True
@@ -47,6 +50,7 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 audit_cli.register(app)
+salesforce_cli.register(app)
 
 stderr = Console(stderr=True, highlight=False)
 

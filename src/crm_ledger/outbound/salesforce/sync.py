@@ -1,7 +1,7 @@
 """The Salesforce sync: which Contacts to send, one Bulk API 2.0 job at a time, durably.
 
 Exports: `SalesforceSync`, `JobOutcome`, `SyncSummary`, `JobStage`, `mark_all`, `mark_changed`,
-`plan_job`, `FEED_CURSOR`, `AUDIT_CURSOR`.
+`plan_job`, `sync_from_settings`, `FEED_CURSOR`, `AUDIT_CURSOR`.
 
 State lives in three tables (`salesforce_contacts`, `salesforce_jobs`, `salesforce_cursors`):
 
@@ -35,9 +35,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import httpx
 from sqlalchemy import exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.config import Settings
 from crm_ledger.db.models import (
     AuditReport,
     Customer,
@@ -48,8 +50,8 @@ from crm_ledger.db.models import (
     SalesforceJob,
     utcnow,
 )
-from crm_ledger.errors import SalesforceError
-from crm_ledger.outbound.salesforce.client import BulkClient, JobState, ResultRow
+from crm_ledger.errors import ConfigError, SalesforceError
+from crm_ledger.outbound.salesforce.client import BulkClient, JobState, JwtBearerAuth, ResultRow
 from crm_ledger.outbound.salesforce.contacts import (
     EXTERNAL_ID_FIELD,
     FIELDS,
@@ -69,6 +71,7 @@ __all__ = [
     "mark_all",
     "mark_changed",
     "plan_job",
+    "sync_from_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -605,3 +608,51 @@ class SalesforceSync:
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(self.poll_seconds)
+
+
+def sync_from_settings(
+    *,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    http: httpx.AsyncClient,
+    **overrides: Any,
+) -> SalesforceSync:
+    """A sync configured by the CRM_LEDGER_SALESFORCE_* settings; raises `ConfigError`."""
+    missing = [
+        f"CRM_LEDGER_SALESFORCE_{name.upper()}"
+        for name in ("client_id", "username", "private_key_path")
+        if getattr(settings, f"salesforce_{name}") is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"the Salesforce sync needs {', '.join(missing)} (see docs/salesforce.md: the "
+            "connected app's consumer key, the integration user, the PEM key of its certificate)"
+        )
+    assert settings.salesforce_private_key_path is not None
+    try:
+        key = settings.salesforce_private_key_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read CRM_LEDGER_SALESFORCE_PRIVATE_KEY_PATH "
+            f"{settings.salesforce_private_key_path}: {exc.strerror}"
+        ) from None
+    assert settings.salesforce_client_id is not None and settings.salesforce_username is not None
+    auth = JwtBearerAuth(
+        http=http,
+        login_url=settings.salesforce_login_url,
+        client_id=settings.salesforce_client_id,
+        username=settings.salesforce_username,
+        private_key_pem=key,
+    )
+    values: dict[str, Any] = {
+        "object_name": settings.salesforce_object,
+        "max_bytes": settings.salesforce_job_max_bytes,
+        "max_records": settings.salesforce_job_max_records,
+        "poll_seconds": settings.salesforce_poll_seconds,
+    }
+    values.update(overrides)
+    return SalesforceSync(
+        session_factory=session_factory,
+        client=BulkClient(http=http, auth=auth, api_version=settings.salesforce_api_version),
+        **values,
+    )
