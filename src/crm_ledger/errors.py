@@ -14,7 +14,7 @@ subclass derives from it too, so callers may catch either.
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
     │   └── AnchorRejected                   the contract reverted an anchor transaction
     ├── SalesforceError                   Salesforce refused a request or a job (see the message)
-    │   └── SalesforceUnavailable(ConnectionError)  Salesforce cannot be reached (retry later)
+    │   └── SalesforceUnavailable(Unavailable)  Salesforce cannot be reached (retry later)
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
         └── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
@@ -126,5 +126,5 @@ class SalesforceError(LedgerError):
     """Salesforce refused a request, a login or a whole job; the message says what it said."""
 
 
-class SalesforceUnavailable(SalesforceError, ConnectionError):
+class SalesforceUnavailable(SalesforceError, Unavailable):
     """Salesforce cannot be reached or answered 5xx / 429; the sync retries later."""
