@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import LedgerError, NotFound
 from crm_ledger.journal.keys import Role, create_api_key, list_api_keys, revoke_api_key
+from crm_ledger.observability.logs import LogFormat, configure_logging
 from crm_ledger.outbound.salesforce import cli as salesforce_cli
 
 app = typer.Typer(
@@ -144,14 +144,20 @@ def keys_revoke(
 
 
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
+LogFormatOption = Annotated[
+    LogFormat | None,
+    typer.Option(
+        "--log-format",
+        help="text, or json: one ECS object per line for Splunk/ELK; default "
+        "CRM_LEDGER_LOG_FORMAT or text",
+        case_sensitive=False,
+    ),
+]
 
 
-def _configure_logging(level: str) -> None:
-    """Service logging; web3's provider logs full RPC URLs (API keys included) at INFO."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("web3").setLevel(max(logging.WARNING, logging.getLogger().level))
+def _configure_logging(level: str, log_format: LogFormat | None, settings: Settings) -> None:
+    """Service logging in `--log-format`, else the setting (`crm_ledger.observability.logs`)."""
+    configure_logging(level=level, log_format=log_format or settings.log_format)
 
 
 @app.command("serve")
@@ -160,6 +166,7 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="default 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option("--port", help="default 8000")] = None,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run the service: REST API, anchorer, and (without CRM_LEDGER_RPC_URL) a local Anvil."""
     import uvicorn
@@ -167,12 +174,15 @@ def serve(
     from crm_ledger.app import create_app
 
     settings = _settings(data_dir)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format, settings)
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
         port=port or settings.port,
         log_level=log_level,
+        # Our handler formats uvicorn's lines too; the access lines come from
+        # `RequestLogMiddleware`, with the request id.
+        log_config=None,
         access_log=False,
     )
 
@@ -182,12 +192,16 @@ app.add_typer(worker_app, name="worker")
 
 
 @worker_app.command("anchor")
-def worker_anchor(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
+def worker_anchor(
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
+) -> None:
     """Run only the anchorer (a singleton: extra copies stand by until the lock frees)."""
     from crm_ledger.runtime import Runtime
 
     settings = _settings(data_dir)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format, settings)
     engine = _migrated_engine(settings)
 
     async def run() -> None:
@@ -209,7 +223,11 @@ def worker_anchor(data_dir: DataDirOption = None, log_level: LogLevelOption = "i
 
 
 @worker_app.command("index")
-def worker_index(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
+def worker_index(
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = None,
+) -> None:
     """Run only the chain indexer and its reconciliations (a singleton: extra copies, and the
     indexer inside `serve`, stand by until the lock frees).
 
@@ -221,7 +239,7 @@ def worker_index(data_dir: DataDirOption = None, log_level: LogLevelOption = "in
     from crm_ledger.indexer.indexer import indexing_beside
 
     settings = _settings(data_dir).model_copy(update={"run_indexer": True})
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format, settings)
     engine = _migrated_engine(settings)
     rpc_url = settings.rpc_url or f"http://127.0.0.1:{settings.anvil_port}"
 
@@ -253,7 +271,9 @@ def worker_index(data_dir: DataDirOption = None, log_level: LogLevelOption = "in
     raise typer.Exit(code)
 
 
-def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
+def _run_worker_alone(
+    name: str, data_dir: Path | None, log_level: str, log_format: LogFormat | None
+) -> None:
     """Run the background worker `name` alone under a supervisor until SIGINT/SIGTERM.
 
     Exits 2 when the settings do not enable it, 1 when it halts, 0 on a signal.
@@ -261,7 +281,7 @@ def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
     from crm_ledger.workers import Supervisor, WorkerState, background_workers
 
     settings = _settings(data_dir)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format, settings)
     engine = _migrated_engine(settings)
     workers = background_workers(
         settings=settings, session_factory=make_session_factory(engine), only=name
@@ -298,8 +318,12 @@ def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
 
 
 def _add_worker_command(name: str) -> None:
-    def command(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
-        _run_worker_alone(name, data_dir, log_level)
+    def command(
+        data_dir: DataDirOption = None,
+        log_level: LogLevelOption = "info",
+        log_format: LogFormatOption = None,
+    ) -> None:
+        _run_worker_alone(name, data_dir, log_level, log_format)
 
     command.__doc__ = f"Run only the {name} worker (a singleton: extra copies stand by)."
     worker_app.command(name)(command)

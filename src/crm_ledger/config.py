@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +120,9 @@ class Settings(BaseSettings):
     salesforce_job_max_records: int = Field(default=10_000, ge=1, le=1_000_000)
     salesforce_poll_seconds: float = Field(default=2.0, gt=0)
     salesforce_timeout_seconds: float = Field(default=30.0, gt=0)
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one ECS object per line (Splunk, ELK); --log-format"
+    )
     run_salesforce_sync: bool = Field(
         default=False, description="keep Contacts current from the change feed (a worker)"
     )

@@ -140,6 +140,8 @@ async def _authenticate(
         if principal is None:
             raise Unauthorized("the API key is unknown or was revoked")
         cache.put(key_hash, principal)
+    # For the access log (`RequestLogMiddleware`): the key's id and role, never the key.
+    request.state.api_key = principal
     return principal
 
 

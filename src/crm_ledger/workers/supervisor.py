@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +176,7 @@ class Supervisor:
                         self._show(status, WorkerState.STARTING)
                         await worker.prepare()  # type: ignore[attr-defined]
                         prepared = True
+                    started = time.perf_counter_ns()
                     handled = int(await worker.step())
                 except HALTING as exc:
                     log.error("%s halted: %s", worker.name, exc)
@@ -197,6 +199,18 @@ class Supervisor:
                 status.items_handled += handled
                 metrics.worker_items_total.labels(worker=worker.name).inc(handled)
                 if handled:
+                    # One line per busy step: with --log-format json, ECS fields to query.
+                    log.info(
+                        "%s handled %d items",
+                        worker.name,
+                        handled,
+                        extra={
+                            "event.action": "worker-step",
+                            "event.duration": time.perf_counter_ns() - started,
+                            "labels.worker": worker.name,
+                            "labels.items": handled,
+                        },
+                    )
                     self._show(status, WorkerState.RUNNING)
                     await asyncio.sleep(0)  # let the API's requests in between busy steps
                 else:
