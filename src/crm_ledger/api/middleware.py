@@ -218,13 +218,14 @@ class RequestLogMiddleware:
             try:
                 await self.app(scope, receive, identified_send)
             finally:
-                self._log(scope, status, time.perf_counter_ns() - start)
+                self._log(scope, request_id, status, time.perf_counter_ns() - start)
 
     @staticmethod
-    def _log(scope: Scope, status: int, duration_ns: int) -> None:
+    def _log(scope: Scope, request_id: str, status: int, duration_ns: int) -> None:
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         path = _loggable_path(scope)
         fields: dict[str, object] = {
+            "http.request.id": request_id,
             "http.request.method": method,
             "url.path": path,
             "http.response.status_code": status,
