@@ -6,12 +6,14 @@ import csv
 import io
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from crm_ledger.cli import app
 from crm_ledger.outbound.salesforce.contacts import FIELDS
 from crm_ledger.outbound.salesforce.standin import SalesforceStandIn
+from crm_ledger.workers.lock import SingletonLock
 from tests.outbound.salesforce.conftest import (
     CLIENT_ID,
     USERNAME,
@@ -131,3 +133,29 @@ def test_export_salesforce_writes_a_bulk_api_csv_without_personal_data(
         env={"CRM_LEDGER_DATABASE_URL": database_url},
     )
     assert wrong.exit_code == 2 and "only --object Contact" in _said(wrong)
+
+
+def test_sync_salesforce_does_not_run_beside_the_worker(
+    database_url: str,
+    engine: Engine,
+    session_factory: sessionmaker[Session],
+    standin: SalesforceStandIn,
+    key_pair: KeyPair,
+    tmp_path: Path,
+) -> None:
+    add_customers(session_factory, 3)
+    key_file = tmp_path / "salesforce.pem"
+    key_file.write_bytes(key_pair.private_pem)
+    worker_lock = SingletonLock(engine, name="salesforce")
+    assert worker_lock.try_acquire()
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["sync", "salesforce", "--data-dir", str(tmp_path)],
+            env=_env(database_url, key_file, standin.base_url),
+        )
+    finally:
+        worker_lock.release()
+    assert result.exit_code == 1
+    assert "The salesforce worker runs in another process" in _said(result)
+    assert standin.contacts == {} and standin.uploads == []

@@ -2,7 +2,8 @@
 
 Exports: `register`, `export_salesforce`.
 
-`sync salesforce` compares every customer with what Salesforce last accepted and sends the
+`sync salesforce` (holding the `salesforce` worker's singleton lock, so it never runs beside
+the worker) compares every customer with what Salesforce last accepted and sends the
 changed ones in Bulk API 2.0 jobs, with a progress bar and a summary (exit 1 when Salesforce
 cannot be reached or refuses a login or a job). `export salesforce --object Contact` writes the
 same fields as a CSV that Data Loader or a Bulk API 2.0 upsert job takes by hand.
@@ -24,6 +25,7 @@ from crm_ledger.config import Settings
 from crm_ledger.db.models import Customer
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import LedgerError, SalesforceError
+from crm_ledger.workers.lock import SingletonLock
 
 __all__ = ["export_salesforce", "register"]
 
@@ -66,8 +68,15 @@ def sync_salesforce(data_dir: DataDirOption = None) -> None:
     engine = make_engine(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
+    lock = SingletonLock(engine, name="salesforce")
     try:
         upgrade_database(engine)
+        if not lock.try_acquire():
+            stderr.print(
+                "[red]The salesforce worker runs in another process[/red] (it keeps Contacts "
+                "current already); stop it to run a full sync by hand."
+            )
+            raise typer.Exit(1)
         session_factory = make_session_factory(engine)
         total = mark_all(session_factory)
         with Progress(
@@ -100,6 +109,7 @@ def sync_salesforce(data_dir: DataDirOption = None) -> None:
                     stderr.print("Run it again: it resumes the job in flight, losing nothing.")
                 raise typer.Exit(1) from None
     finally:
+        lock.release()
         engine.dispose()
     unchanged = total - summary.sent
     stderr.print(
