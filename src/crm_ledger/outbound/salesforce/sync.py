@@ -1,7 +1,7 @@
 """The Salesforce sync: which Contacts to send, one Bulk API 2.0 job at a time, durably.
 
-Exports: `SalesforceSync`, `JobOutcome`, `SyncSummary`, `JobStage`, `mark_all`, `mark_changed`,
-`plan_job`, `sync_from_settings`, `FEED_CURSOR`, `AUDIT_CURSOR`.
+Exports: `SalesforceSync`, `SyncJob`, `JobOutcome`, `SyncSummary`, `JobStage`, `mark_all`,
+`mark_changed`, `plan_job`, `sync_from_settings`, `FEED_CURSOR`, `AUDIT_CURSOR`.
 
 State lives in three tables (`salesforce_contacts`, `salesforce_jobs`, `salesforce_cursors`):
 
@@ -67,6 +67,7 @@ __all__ = [
     "JobOutcome",
     "JobStage",
     "SalesforceSync",
+    "SyncJob",
     "SyncSummary",
     "mark_all",
     "mark_changed",
@@ -96,7 +97,9 @@ class JobStage(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class _Job:
+class SyncJob:
+    """A `salesforce_jobs` row in flight: its stage, Salesforce id, CSV and row digests."""
+
     pk: int
     job_id: str | None
     stage: JobStage
@@ -243,7 +246,7 @@ def plan_job(
     object_name: str,
     max_bytes: int,
     max_records: int,
-) -> tuple[_Job | None, int]:
+) -> tuple[SyncJob | None, int]:
     """Plan the next job from dirty customers: (the job or None, customers found unchanged)."""
     header = len(",".join(FIELDS)) + 1
     with session_factory.begin() as session:
@@ -317,7 +320,7 @@ def plan_job(
         )
         session.add(job)
         session.flush()
-        return _Job(job.pk, None, JobStage.PLANNED, payload, digests), len(unchanged)
+        return SyncJob(job.pk, None, JobStage.PLANNED, payload, digests), len(unchanged)
 
 
 def _clean(session: Session, customer_pks: Sequence[int]) -> None:
@@ -332,7 +335,7 @@ def _clean(session: Session, customer_pks: Sequence[int]) -> None:
 # Send ------------------------------------------------------------------------------------------
 
 
-def _unfinished(session_factory: sessionmaker[Session]) -> _Job | None:
+def _unfinished(session_factory: sessionmaker[Session]) -> SyncJob | None:
     with session_factory() as session:
         row = session.scalars(
             select(SalesforceJob)
@@ -346,12 +349,12 @@ def _unfinished(session_factory: sessionmaker[Session]) -> _Job | None:
         ).first()
         if row is None:
             return None
-        return _Job(row.pk, row.job_id, JobStage(row.state), row.payload, dict(row.rows))
+        return SyncJob(row.pk, row.job_id, JobStage(row.state), row.payload, dict(row.rows))
 
 
 def _set_stage(
-    session_factory: sessionmaker[Session], job: _Job, stage: JobStage, job_id: str | None
-) -> _Job:
+    session_factory: sessionmaker[Session], job: SyncJob, stage: JobStage, job_id: str | None
+) -> SyncJob:
     with session_factory.begin() as session:
         session.execute(
             update(SalesforceJob)
@@ -361,7 +364,7 @@ def _set_stage(
     return replace(job, stage=stage, job_id=job_id)
 
 
-def _fail(session_factory: sessionmaker[Session], job: _Job, error: str) -> None:
+def _fail(session_factory: sessionmaker[Session], job: SyncJob, error: str) -> None:
     """The whole job failed in Salesforce: its customers are dirty again."""
     with session_factory.begin() as session:
         session.execute(
@@ -380,7 +383,7 @@ def _fail(session_factory: sessionmaker[Session], job: _Job, error: str) -> None
 
 def _apply(
     session_factory: sessionmaker[Session],
-    job: _Job,
+    job: SyncJob,
     successes: list[ResultRow],
     failures: list[ResultRow],
     processed: int,
@@ -541,7 +544,7 @@ class SalesforceSync:
         outcome = await self._advance(job, resumed=False)
         return unchanged + (outcome.records if outcome is not None else len(job.rows))
 
-    async def _advance(self, job: _Job, *, resumed: bool) -> JobOutcome | None:
+    async def _advance(self, job: SyncJob, *, resumed: bool) -> JobOutcome | None:
         while True:
             if job.stage is JobStage.PLANNED or job.job_id is None:
                 job_id = await self.client.create_upsert_job(
@@ -575,7 +578,7 @@ class SalesforceSync:
                 )
             return await self._finish(job, job_id)
 
-    async def _finish(self, job: _Job, job_id: str) -> JobOutcome | None:
+    async def _finish(self, job: SyncJob, job_id: str) -> JobOutcome | None:
         deadline = time.monotonic() + self.max_wait_seconds
         while True:
             info = await self.client.job_info(job_id)
