@@ -8,6 +8,7 @@ a log platform queries.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -67,6 +68,8 @@ def test_a_service_journey_logs_ecs_json_without_secrets_or_personal_data(
 ) -> None:
     key_file = tmp_path / "salesforce.pem"
     key_file.write_bytes(key_pair.private_pem)
+    # The master key that wraps customers' data keys (issue 10), where this build reads it.
+    master_key = base64.b64encode(os.urandom(32)).decode()
     port = free_port()
     env = {
         **os.environ,
@@ -80,6 +83,7 @@ def test_a_service_journey_logs_ecs_json_without_secrets_or_personal_data(
         "CRM_LEDGER_SALESFORCE_USERNAME": USERNAME,
         "CRM_LEDGER_SALESFORCE_PRIVATE_KEY_PATH": str(key_file),
         "CRM_LEDGER_SALESFORCE_POLL_SECONDS": "0.05",
+        "CRM_LEDGER_MASTER_KEY": master_key,
     }
     created = subprocess.run(
         [str(CLI), "keys", "create", "--role", "admin"],
@@ -172,7 +176,7 @@ def test_a_service_journey_logs_ecs_json_without_secrets_or_personal_data(
         parsed.append(document)
 
     pem_body = key_pair.private_pem.decode().splitlines()[1]
-    secrets = [api_key, api_key[5:], WRONG_KEY, DEV_MNEMONIC, DEV_KEY_0, pem_body]
+    secrets = [api_key, api_key[5:], WRONG_KEY, DEV_MNEMONIC, DEV_KEY_0, pem_body, master_key]
     for line in lines:
         for secret in secrets:
             assert secret not in line, f"a secret in the logs: {line[:300]}"
