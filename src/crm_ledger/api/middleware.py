@@ -123,8 +123,12 @@ class UnexpectedErrorMiddleware:
             await response(scope, receive, send)
         except Exception:
             error_id = uuid.uuid4().hex
+            # The route, not the raw path: a path a client typed may hold personal data.
             log.exception(
-                "unexpected error %s answering %s %s", error_id, scope["method"], scope["path"]
+                "unexpected error %s answering %s %s",
+                error_id,
+                scope["method"],
+                _loggable_path(scope),
             )
             if started:
                 raise
