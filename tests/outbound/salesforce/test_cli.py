@@ -67,6 +67,15 @@ def test_sync_salesforce_sends_then_sends_nothing_when_nothing_changed(
     assert "0 Contacts sent in 0 jobs" in _said(again) and "30 unchanged" in _said(again)
     assert all(contact.writes == 1 for contact in standin.contacts.values())
 
+    # Someone edits a Contact in Salesforce: --resend-all repairs it.
+    standin.contacts[ids[0]].fields["Loyalty_Balance__c"] = "999"
+    repair = runner.invoke(
+        app, ["sync", "salesforce", "--resend-all", "--data-dir", str(tmp_path)], env=env
+    )
+    assert repair.exit_code == 0, repair.output
+    assert "30 Contacts sent in 1 job (0 created, 30 updated" in _said(repair)
+    assert standin.contacts[ids[0]].fields["Loyalty_Balance__c"] == "7"
+
 
 def test_sync_salesforce_says_why_it_stopped(
     database_url: str,

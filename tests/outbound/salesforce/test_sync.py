@@ -8,11 +8,18 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.crm import feed
-from crm_ledger.db.models import AuditReport, Customer, SalesforceContact, SalesforceJob
+from crm_ledger.db.models import (
+    AuditReport,
+    Customer,
+    FeedEvent,
+    FeedMark,
+    SalesforceContact,
+    SalesforceJob,
+)
 from crm_ledger.errors import SalesforceError, SalesforceUnavailable
 from crm_ledger.outbound.salesforce import sync as sync_module
 from crm_ledger.outbound.salesforce.contacts import placeholder_last_name
@@ -352,3 +359,33 @@ async def test_the_assertion_carries_the_documented_claims(key_pair: KeyPair) ->
     assert claims["iss"] == CLIENT_ID and claims["sub"] == USERNAME
     now = datetime.now(UTC).timestamp()
     assert now < claims["exp"] <= now + timedelta(minutes=3).total_seconds()
+
+
+async def test_a_feed_pruned_past_the_cursor_makes_everyone_due(
+    session_factory: sessionmaker[Session],
+    http: httpx.AsyncClient,
+    key_pair: KeyPair,
+    standin: SalesforceStandIn,
+) -> None:
+    ids = add_customers(session_factory, 6)
+    sync = make_sync(session_factory, http, key_pair, standin)
+    await run_steps(sync)
+    # Salesforce's copy drifts (someone edited it), then the feed loses events we never read.
+    for customer_id in ids:
+        standin.contacts[customer_id].fields["Loyalty_Balance__c"] = "999"
+    add_points(session_factory, {ids[0]: 3})
+    with session_factory.begin() as session:
+        feed.append(
+            session,
+            [feed.NewFeedEvent(type=feed.EventType.REWARD_ISSUED, payload={}, customer_id=ids[0])],
+        )
+    with session_factory() as session:
+        newest = session.scalar(select(func.max(FeedEvent.pk)))
+    with session_factory.begin() as session:
+        session.add(FeedMark(name="pruned_through", position=int(newest or 0)))
+    await run_steps(sync)
+    # Everyone was compared; only the customer whose ledger values changed was sent.
+    assert standin.contacts[ids[0]].fields["Loyalty_Balance__c"] == "3"
+    assert [rows for _, rows in standin.uploads[-1:]] == [1]
+    with session_factory() as session:
+        assert not any(s.dirty for s in session.scalars(select(SalesforceContact)))

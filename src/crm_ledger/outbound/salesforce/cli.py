@@ -53,7 +53,16 @@ def _settings(data_dir: Path | None) -> Settings:
     return Settings(data_dir=data_dir) if data_dir is not None else Settings()
 
 
-def sync_salesforce(data_dir: DataDirOption = None) -> None:
+def sync_salesforce(
+    data_dir: DataDirOption = None,
+    resend_all: Annotated[
+        bool,
+        typer.Option(
+            "--resend-all",
+            help="Send every Contact, changed or not (repairs Contacts edited in Salesforce).",
+        ),
+    ] = False,
+) -> None:
     """Send every customer whose Contact fields changed to Salesforce (Bulk API 2.0 upsert)."""
     import httpx
 
@@ -78,7 +87,7 @@ def sync_salesforce(data_dir: DataDirOption = None) -> None:
             )
             raise typer.Exit(1)
         session_factory = make_session_factory(engine)
-        total = mark_all(session_factory)
+        total = mark_all(session_factory, resend=resend_all)
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -113,7 +122,8 @@ def sync_salesforce(data_dir: DataDirOption = None) -> None:
         engine.dispose()
     unchanged = total - summary.sent
     stderr.print(
-        f"Salesforce: {summary.sent:,} Contacts sent in {summary.jobs:,} jobs "
+        f"Salesforce: {summary.sent:,} Contacts sent in {summary.jobs:,} "
+        f"job{'' if summary.jobs == 1 else 's'} "
         f"({summary.created:,} created, {summary.updated:,} updated, {summary.failed:,} failed); "
         f"{unchanged:,} unchanged, not sent."
     )

@@ -149,9 +149,15 @@ class SyncSummary:
 # Mark ------------------------------------------------------------------------------------------
 
 
-def mark_all(session_factory: sessionmaker[Session]) -> int:
-    """Mark every customer dirty; how many there are."""
+def mark_all(session_factory: sessionmaker[Session], *, resend: bool = False) -> int:
+    """Mark every customer dirty; how many there are.
+
+    `resend` forgets what Salesforce last accepted, so every Contact is sent again (to repair
+    Contacts edited by hand in Salesforce).
+    """
     with session_factory.begin() as session:
+        if resend:
+            session.execute(update(SalesforceContact).values(synced_hash=None))
         return _mark_everyone(session)
 
 
