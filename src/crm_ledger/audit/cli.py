@@ -227,7 +227,10 @@ def export(
         from crm_ledger.outbound.salesforce.cli import export_salesforce
 
         if target != "salesforce":
-            _die(f"unknown export target {target!r}: the one there is is `salesforce`")
+            _die(
+                f"unknown export target {target!r}: the only target is `salesforce` "
+                "(or none, for an audit bundle)"
+            )
         rows = export_salesforce(object_name=object_name, output=output, data_dir=data_dir)
         stderr.print(f"Wrote {rows:,} {object_name} rows" + (f" to {output}" if output else ""))
         return
