@@ -95,6 +95,13 @@ class Settings(BaseSettings):
 
     auto_migrate: bool = True
 
+    # Web console (issue 13) ------------------------------------------------------------------
+    console_rpc_url: str | None = Field(
+        default=None,
+        description="the JSON-RPC URL the console's in-browser verifier reads the chain from; "
+        "unset: the service's own RPC URL when it carries no credentials",
+    )
+
     # Salesforce sync (issue 12; docs/salesforce.md) ----------------------------------------
     salesforce_login_url: str = Field(
         default="https://login.salesforce.com",
