@@ -72,7 +72,12 @@ async def test_backs_off_while_salesforce_is_down_then_catches_up(
         assert "503" in supervisor.status()["salesforce"]["message"]
         standin.available = True
         await _until(lambda: len(standin.contacts) == 25)
-        await _until(lambda: supervisor.status()["salesforce"]["state"] == WorkerState.IDLE.value)
+        await _until(
+            lambda: (
+                supervisor.status()["salesforce"]["state"] == WorkerState.RUNNING.value
+                and supervisor.status()["salesforce"]["failures_in_a_row"] == 0
+            )
+        )
     finally:
         await supervisor.stop()
     assert sorted(standin.contacts) == sorted(ids)
