@@ -13,6 +13,8 @@ Commands:
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
     crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
     crm-ledger import orders FILE --source ID                   shop backfill (`ingest/cli.py`)
+    crm-ledger sync salesforce [--data-dir DIR]                 Contacts current, once
+    crm-ledger export salesforce --object Contact [-o FILE]     a Data Loader / Bulk API CSV
 
 Only results go to stdout (so `KEY=$(crm-ledger keys create ...)` works); status and errors go to
 stderr. Every command builds its settings with `_settings(data_dir)` and its database with
@@ -23,7 +25,6 @@ stderr. Every command builds its settings with `_settings(data_dir)` and its dat
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import signal
 from collections.abc import Iterator
@@ -51,6 +52,8 @@ from crm_ledger.journal.keys import (
     revoke_api_key,
     rotate_api_key,
 )
+from crm_ledger.observability.logs import LogFormat, configure_logging
+from crm_ledger.outbound.salesforce import cli as salesforce_cli
 
 app = typer.Typer(
     help="crm-ledger: a customer ledger anchored on an EVM chain.", no_args_is_help=True
@@ -60,6 +63,8 @@ app.add_typer(keys_app, name="keys")
 audit_cli.register(app)
 # Commerce ingest (issue 11): `crm-ledger import orders FILE --source ID`.
 ingest_cli.register(app)
+# Salesforce (issue 12): `crm-ledger sync salesforce`, `crm-ledger export salesforce`.
+salesforce_cli.register(app)
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -214,14 +219,20 @@ def keys_rotate(
 
 
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
+LogFormatOption = Annotated[
+    LogFormat | None,
+    typer.Option(
+        "--log-format",
+        help="text, or json: one ECS object per line for Splunk/ELK; default "
+        "CRM_LEDGER_LOG_FORMAT or text",
+        case_sensitive=False,
+    ),
+]
 
 
-def _configure_logging(level: str) -> None:
-    """Service logging; web3's provider logs full RPC URLs (API keys included) at INFO."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("web3").setLevel(max(logging.WARNING, logging.getLogger().level))
+def _configure_logging(level: str, log_format: LogFormat | None, settings: Settings) -> None:
+    """Service logging in `--log-format`, else the setting (`crm_ledger.observability.logs`)."""
+    configure_logging(level=level, log_format=log_format or settings.log_format)
 
 
 @app.command("serve")
@@ -248,6 +259,7 @@ def serve(
             exists=True,
         ),
     ] = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run the service: REST API, anchorer, and (without CRM_LEDGER_RPC_URL) a local Anvil."""
     import uvicorn
@@ -260,12 +272,15 @@ def serve(
     if (certfile is None) != (keyfile is None):
         stderr.print("[red]HTTPS needs both --tls-certfile and --tls-keyfile[/red]")
         raise typer.Exit(code=2)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format, settings)
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
         port=port or settings.port,
         log_level=log_level,
+        # Our handler formats uvicorn's lines too; the access lines come from
+        # `RequestLogMiddleware`, with the request id.
+        log_config=None,
         access_log=False,
         ssl_certfile=str(certfile) if certfile else None,
         ssl_keyfile=str(keyfile) if keyfile else None,
@@ -276,7 +291,9 @@ worker_app = typer.Typer(help="Run one background role without the API.", no_arg
 app.add_typer(worker_app, name="worker")
 
 
-def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
+def _run_worker_alone(
+    name: str, data_dir: Path | None, log_level: str, log_format: LogFormat | None
+) -> None:
     """Run the background worker `name` alone until SIGINT/SIGTERM (a singleton: extra copies,
     and the one inside `serve`, stand by until the lock frees).
 
@@ -287,7 +304,7 @@ def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
     from crm_ledger.workers import WorkerState
 
     settings = _settings(data_dir)
-    _configure_logging(log_level)
+    _configure_logging(log_level, log_format, settings)
     engine = _migrated_engine(settings)
     runtime = Runtime(
         settings=settings, engine=engine, session_factory=make_session_factory(engine), only=name
@@ -330,8 +347,12 @@ _WORKER_HELP = {
 
 
 def _add_worker_command(command_name: str, worker_name: str, help_text: str) -> None:
-    def command(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
-        _run_worker_alone(worker_name, data_dir, log_level)
+    def command(
+        data_dir: DataDirOption = None,
+        log_level: LogLevelOption = "info",
+        log_format: LogFormatOption = None,
+    ) -> None:
+        _run_worker_alone(worker_name, data_dir, log_level, log_format)
 
     command.__doc__ = f"Run only {help_text} (a singleton: extra copies stand by)."
     worker_app.command(command_name)(command)

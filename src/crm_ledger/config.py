@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -131,6 +132,38 @@ class Settings(BaseSettings):
     )
     max_webhook_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     run_ingest: bool = True
+
+    # Salesforce sync (issue 12; docs/salesforce.md) ----------------------------------------
+    salesforce_login_url: str = Field(
+        default="https://login.salesforce.com",
+        description="OAuth token host and JWT audience (https://test.salesforce.com: sandboxes)",
+    )
+    salesforce_client_id: str | None = Field(
+        default=None, description="the connected app's consumer key (JWT `iss`)"
+    )
+    salesforce_username: str | None = Field(
+        default=None, description="the integration user the JWT bearer flow logs in as (`sub`)"
+    )
+    salesforce_private_key_path: Path | None = Field(
+        default=None, description="PEM RSA key whose certificate the connected app holds"
+    )
+    salesforce_api_version: str = Field(default="v62.0", pattern=r"^v\d+\.\d$")
+    salesforce_object: str = Field(default="Contact", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+    salesforce_job_max_bytes: int = Field(
+        default=100_000_000,
+        ge=1024,
+        le=150_000_000,
+        description="CSV bytes per Bulk API 2.0 job (the API takes up to 150 MB per upload)",
+    )
+    salesforce_job_max_records: int = Field(default=10_000, ge=1, le=1_000_000)
+    salesforce_poll_seconds: float = Field(default=2.0, gt=0)
+    salesforce_timeout_seconds: float = Field(default=30.0, gt=0)
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one ECS object per line (Splunk, ELK); --log-format"
+    )
+    run_salesforce_sync: bool = Field(
+        default=False, description="keep Contacts current from the change feed (a worker)"
+    )
 
     @property
     def resolved_database_url(self) -> str:

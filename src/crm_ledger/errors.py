@@ -14,6 +14,8 @@ subclass derives from it too, so callers may catch either.
     │   ├── ChainUnavailable(Unavailable)      the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
     │   └── AnchorRejected                   the contract reverted an anchor transaction
+    ├── SalesforceError                   Salesforce refused a request or a job (see the message)
+    │   └── SalesforceUnavailable(Unavailable)  Salesforce cannot be reached (retry later)
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
         ├── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
@@ -135,3 +137,11 @@ class TooManyRequests(ApiError):
     def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
         super().__init__(detail, retry_after=retry_after, **extra)
         self.retry_after = retry_after
+
+
+class SalesforceError(LedgerError):
+    """Salesforce refused a request, a login or a whole job; the message says what it said."""
+
+
+class SalesforceUnavailable(SalesforceError, Unavailable):
+    """Salesforce cannot be reached or answered 5xx / 429; the sync retries later."""

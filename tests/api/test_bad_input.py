@@ -225,5 +225,9 @@ def test_a_path_quoted_in_the_log_cannot_forge_log_lines(
 
     problem(response, 500)
     (record,) = [r for r in caplog.records if "unexpected error" in r.getMessage()]
-    assert "\n" not in record.getMessage() and "\x1b" not in record.getMessage()
-    assert "x\\nERROR forged entry\\x1b[2J" in record.getMessage()
+    message = record.getMessage()
+    assert "\n" not in message and "\x1b" not in message
+    # The route template stands for the path: what the client typed (maybe personal data, here
+    # a forged log line) never reaches the log.
+    assert message.endswith("answering GET /explode/{rest}")
+    assert "forged" not in message

@@ -11,6 +11,7 @@ from crm_ledger.api.deps import ApiKeyCache
 from crm_ledger.api.middleware import (
     BodyLimitMiddleware,
     MetricsMiddleware,
+    RequestLogMiddleware,
     UnexpectedErrorMiddleware,
 )
 from crm_ledger.api.problems import install_problem_handlers
@@ -61,3 +62,5 @@ def install(app: FastAPI) -> None:
     )
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware)
+    # Outermost: the request id covers every line logged while answering, the 500s included.
+    app.add_middleware(RequestLogMiddleware)

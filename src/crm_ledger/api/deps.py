@@ -178,6 +178,8 @@ async def _authenticate(
             "ask an operator for a new one (`crm-ledger keys create`, or `keys rotate` before a "
             "key expires)"
         )
+    # For the access log (`RequestLogMiddleware`): the key's id and role, never the key.
+    request.state.api_key = principal
     rate_limiter(request.app).take(principal)
     return principal
 

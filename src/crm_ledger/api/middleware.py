@@ -1,6 +1,7 @@
 """Pure ASGI middleware: request metrics, a last-resort error handler, the body size limit.
 
-Exports: `MetricsMiddleware`, `UnexpectedErrorMiddleware`, `BodyLimitMiddleware`, `BodyTooLarge`.
+Exports: `MetricsMiddleware`, `UnexpectedErrorMiddleware`, `BodyLimitMiddleware`, `BodyTooLarge`,
+`RequestLogMiddleware`.
 
 Pure ASGI rather than `BaseHTTPMiddleware`: no extra task per request, and the body limit can
 count the bytes as they stream in instead of buffering them first.
@@ -9,6 +10,7 @@ count the bytes as they stream in instead of buffering them first.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from crm_ledger import metrics
 from crm_ledger.api.problems import problem_response, problem_type
 from crm_ledger.errors import PayloadTooLarge
 from crm_ledger.journal.schemas import safe_text
+from crm_ledger.observability.logs import request_context, sane_request_id
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +124,13 @@ class UnexpectedErrorMiddleware:
             await response(scope, receive, send)
         except Exception:
             error_id = uuid.uuid4().hex
-            # The path is the client's: escaped, so it cannot forge log lines.
+            # The route, not the raw path: a path a client typed may hold personal data (and
+            # the method is the client's too: escaped, so it cannot forge log lines).
             log.exception(
                 "unexpected error %s answering %s %s",
                 error_id,
                 safe_text(scope["method"], limit=20),
-                safe_text(scope["path"], limit=200),
+                _loggable_path(scope),
             )
             if started:
                 raise
@@ -171,3 +175,86 @@ class MetricsMiddleware:
             metrics.http_request_duration_seconds.labels(method, template).observe(
                 time.perf_counter() - start
             )
+
+
+# Request ids and access logs (issue 12, part 5) -------------------------------------------------
+
+_access_log = logging.getLogger("crm_ledger.access")
+_ID_PARAMETER = re.compile(
+    r"^(?:[0-9]{1,20}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+)
+
+
+class RequestLogMiddleware:
+    """Give each request an id (a sane incoming `X-Request-ID`, else a new one), return it in
+    `X-Request-ID`, and log one access line with ECS fields when the answer is sent.
+
+    The line names the route with only its id parameters filled in (UUIDs, integers): never a
+    query string or a path segment a client typed that could be a person's name or e-mail. The
+    calling key's id and role are `user.id` and `user.roles` (set by the auth dependency in the
+    request state); the key itself never.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = sane_request_id(value.decode("latin-1"))
+                break
+        request_id = incoming or uuid.uuid4().hex
+        start = time.perf_counter_ns()
+        status = 500
+
+        async def identified_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        with request_context(request_id):
+            try:
+                await self.app(scope, receive, identified_send)
+            finally:
+                self._log(scope, request_id, status, time.perf_counter_ns() - start)
+
+    @staticmethod
+    def _log(scope: Scope, request_id: str, status: int, duration_ns: int) -> None:
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        path = _loggable_path(scope)
+        fields: dict[str, object] = {
+            "http.request.id": request_id,
+            "http.request.method": method,
+            "url.path": path,
+            "http.response.status_code": status,
+            "event.duration": duration_ns,
+            "event.kind": "event",
+            "event.category": ["web"],
+            "event.outcome": "success" if status < 400 else "failure",
+        }
+        principal = scope.get("state", {}).get("api_key")
+        if principal is not None:
+            fields["user.id"] = principal.id
+            fields["user.roles"] = [str(principal.role)]
+        level = logging.ERROR if status >= 500 else logging.INFO
+        _access_log.log(level, "%s %s %d", method, path, status, extra=fields)
+
+
+def _loggable_path(scope: Scope) -> str:
+    """The route template with its id parameters filled in; `unmatched` without a route."""
+    template = getattr(scope.get("route"), "path", None)
+    if template is None:
+        return "unmatched"
+    params = scope.get("path_params", {})
+    for name, value in params.items():
+        if isinstance(value, int) or (isinstance(value, str) and _ID_PARAMETER.match(value)):
+            template = template.replace("{" + name + "}", str(value))
+    return str(template)

@@ -189,6 +189,16 @@ def audit(
 
 
 def export(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="`salesforce`: write a Data Loader / Bulk API CSV instead of a bundle.",
+            show_default=False,
+        ),
+    ] = None,
+    object_name: Annotated[
+        str, typer.Option("--object", help="With `salesforce`: the object (Contact).")
+    ] = "Contact",
     customer: Annotated[
         str | None, typer.Option("--customer", help="Only this customer's records.")
     ] = None,
@@ -207,11 +217,23 @@ def export(
     """Write a self-contained bundle (JSON Lines) that `crm-ledger verify` checks offline.
 
     Without --customer or a range, the bundle holds the whole anchored ledger. It includes
-    customers' keys unless --no-keys: hand it only to auditors.
+    customers' keys unless --no-keys: hand it only to auditors. `export salesforce --object
+    Contact` writes the Salesforce Contact fields as a Data Loader / Bulk API CSV instead.
     """
     from crm_ledger.audit.bundle import Scope
     from crm_ledger.audit.export import open_export
 
+    if target is not None:
+        from crm_ledger.outbound.salesforce.cli import export_salesforce
+
+        if target != "salesforce":
+            _die(
+                f"unknown export target {target!r}: the only target is `salesforce` "
+                "(or none, for an audit bundle)"
+            )
+        rows = export_salesforce(object_name=object_name, output=output, data_dir=data_dir)
+        stderr.print(f"Wrote {rows:,} {object_name} rows" + (f" to {output}" if output else ""))
+        return
     if customer is not None and (from_seq is not None or to_seq is not None):
         _die("give either --customer or --from-seq/--to-seq, not both")
     if customer is not None:

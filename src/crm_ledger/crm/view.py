@@ -1,7 +1,7 @@
 """The customer 360 view and the CRM customer list, read from the journal, the loyalty tables
 and what the indexer derived from the chain.
 
-Exports: `customer_view`, `list_customers`, `SORT_KEYS`, `TIMELINE_KINDS`,
+Exports: `customer_view`, `customer_integrity`, `list_customers`, `SORT_KEYS`, `TIMELINE_KINDS`,
 `DEFAULT_PAGE_SIZE`, `MAX_PAGE_SIZE`, `DEFAULT_TIMELINE_SIZE`, `MAX_TIMELINE_SIZE`.
 
 Ledger states are computed when read, from three sources that each move on their own: the
@@ -179,6 +179,11 @@ def customer_view(
         integrity=_integrity(session, customer),
         timeline=Timeline(items=[item for _, item in page], next_cursor=next_cursor),
     )
+
+
+def customer_integrity(*, session: Session, customer: Customer) -> IntegrityStatus:
+    """The customer's integrity as the latest finished ledger audit found it."""
+    return _integrity(session, customer)
 
 
 def _profile(customer: Customer) -> CustomerProfile:

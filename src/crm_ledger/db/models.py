@@ -7,6 +7,8 @@ Exports: `Base`, `Customer`, `Record`, `Batch`, `BatchStatus`, `Deployment`, `Ap
 `IndexedBlock`, `IndexedBatch`, `IndexedTokenEvent`, `IndexedBalance`, `FeedEvent`, `FeedMark`,
 `ReconciliationReport`; commerce ingest's `IngestSource`, `IngestDelivery`, `IngestCustomerLink`,
 `IngestOrder`, `IngestClawback`.
+`ReconciliationReport`; the Salesforce sync's `SalesforceContact`, `SalesforceJob`,
+`SalesforceCursor`.
 
 Public ids are UUID strings; an integer `pk` gives a stable insertion order for cursors and for
 the anchorer, which cuts pending records (seq IS NULL) in `pk` order.
@@ -697,3 +699,61 @@ class IngestClawback(Base):
     shortfall_points: Mapped[int] = mapped_column(BigInteger)
     redemption_pk: Mapped[int | None] = mapped_column(ForeignKey("loyalty_redemptions.pk"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# Salesforce sync (issue 12, part 3) ----------------------------------------------------------
+# The sync's durable state: which customers must be sent, what was last sent for each (a hash of
+# the values, never the values), the one Bulk API 2.0 job in flight, and its cursors.
+
+
+class SalesforceContact(Base):
+    """What the Salesforce sync knows of one customer's Contact."""
+
+    __tablename__ = "salesforce_contacts"
+    __table_args__ = (Index("ix_salesforce_contacts_dirty", "dirty", "customer_pk"),)
+
+    customer_pk: Mapped[int] = mapped_column(
+        ForeignKey("customers.pk"), primary_key=True, autoincrement=False
+    )
+    # Something about the customer may have changed: the next job compares and maybe sends.
+    dirty: Mapped[bool] = mapped_column(Boolean, default=True)
+    # SHA-256 of the field values Salesforce last accepted (NULL: never accepted).
+    synced_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    salesforce_id: Mapped[str | None] = mapped_column(String(18))
+    # The Contact does not exist yet: the next upsert also sets the required LastName.
+    needs_create: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class SalesforceJob(Base):
+    """One Bulk API 2.0 ingest job: planned, open (created), uploaded, done or failed."""
+
+    __tablename__ = "salesforce_jobs"
+    __table_args__ = (Index("ix_salesforce_jobs_state", "state"),)
+
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    # The job's id in Salesforce once created.
+    job_id: Mapped[str | None] = mapped_column(String(18))
+    object: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    # The CSV uploaded, kept so a job lost mid-upload is sent again byte for byte.
+    payload: Mapped[str] = mapped_column(Text)
+    # {customer id: hex SHA-256 of the values in this job}.
+    rows: Mapped[dict[str, str]] = mapped_column(JSON)
+    records: Mapped[int] = mapped_column(Integer)
+    processed: Mapped[int | None] = mapped_column(Integer)
+    failed: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class SalesforceCursor(Base):
+    """Where the sync stands: "feed" (change-feed position), "audit" (last audit report pk)."""
+
+    __tablename__ = "salesforce_cursors"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -80,7 +80,11 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     """Engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and a write queue."""
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=8,
+            # Bound values (names, e-mails...) never appear in an error message or log line.
+            hide_parameters=True,
         )
 
         @event.listens_for(engine, "connect")
@@ -97,7 +101,9 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
 
         _install_write_queue(engine)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def write_queue(engine: Engine) -> WriteQueue | None:

@@ -67,3 +67,15 @@ def _ingest(*, settings: Settings, session_factory: sessionmaker[Session]) -> Wo
 
 
 ROLES["ingest"] = _ingest
+# Salesforce sync (issue 12) -------------------------------------------------------------------
+
+
+def _salesforce(*, settings: Settings, session_factory: sessionmaker[Session]) -> Worker | None:
+    if not settings.run_salesforce_sync:
+        return None
+    from crm_ledger.outbound.salesforce.worker import SalesforceSyncWorker
+
+    return SalesforceSyncWorker(settings=settings, session_factory=session_factory)
+
+
+ROLES["salesforce"] = _salesforce

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,6 +189,7 @@ class Supervisor:
                         self._show(status, WorkerState.STARTING)
                         await worker.prepare()  # type: ignore[attr-defined]
                         prepared = True
+                    started = time.perf_counter_ns()
                     handled = int(await worker.step())
                 except Exception as exc:
                     if isinstance(exc, HALTING) and not isinstance(exc, Unavailable):
@@ -211,6 +213,18 @@ class Supervisor:
                 metrics.worker_items_total.labels(worker=worker.name).inc(handled)
                 self._show(status, WorkerState.RUNNING)
                 if handled:
+                    # One line per busy step: with --log-format json, ECS fields to query.
+                    log.info(
+                        "%s handled %d items",
+                        worker.name,
+                        handled,
+                        extra={
+                            "event.action": "worker-step",
+                            "event.duration": time.perf_counter_ns() - started,
+                            "labels.worker": worker.name,
+                            "labels.items": handled,
+                        },
+                    )
                     await asyncio.sleep(0)  # let the API's requests in between busy steps
                 else:
                     await self._pause(entry, entry.idle_seconds)
