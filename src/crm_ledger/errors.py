@@ -11,6 +11,7 @@ subclass derives from it too, so callers may catch either.
     │   ├── ChainUnavailable(ConnectionError)  the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
     │   └── AnchorRejected                   the contract reverted an anchor transaction
+    ├── BrokerUnavailable(ConnectionError) the message broker (NATS) cannot be reached (retry later)
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
         └── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
@@ -107,3 +108,7 @@ class PayloadTooLarge(ApiError):
 class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable request"
+
+
+class BrokerUnavailable(LedgerError, ConnectionError):
+    """The message broker cannot be reached or did not acknowledge; the relay retries later."""

@@ -1,0 +1,99 @@
+"""The relay worker: the change feed, in order, to a message broker, at least once.
+
+Exports: `FeedRelay`, `load_cursor`, `NATS_RELAY`.
+
+The feed is the outbox. The relay's durable cursor (`outbound_cursors`, one row per relay) is
+the feed position up to which the broker acknowledged every event. Each `step` reads up to
+`batch_size` events after it, hands them to its `Publisher` and commits the cursor past the
+acknowledged prefix only. So:
+
+- broker down or slow: nothing is acknowledged, the cursor stays, `BrokerUnavailable` is
+  raised and the supervisor backs off; the next step sends the same events again;
+- relay killed between the broker's ack and the commit: a fresh relay sends those events
+  again. The broker deduplicates them by event id inside its duplicate window; consumers that
+  must be exact deduplicate on the event id too (every feed consumer does).
+
+A relay starts from the oldest event the feed retains. If it falls further behind than the
+feed's retention (30 days by default) the events it missed are gone: it stops with a message
+instead of skipping them silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.crm import feed
+from crm_ledger.db.models import OutboundCursor, utcnow
+from crm_ledger.errors import BrokerUnavailable
+from crm_ledger.outbound.publisher import OutboundMessage, Publisher, message_for
+
+__all__ = ["NATS_RELAY", "FeedRelay", "load_cursor"]
+
+log = logging.getLogger(__name__)
+
+#: The worker (and cursor) name of the NATS JetStream relay.
+NATS_RELAY = "nats-relay"
+
+
+def load_cursor(session: Session, name: str) -> int:
+    """The feed position relay `name` has delivered through (0: nothing yet)."""
+    position = session.scalar(select(OutboundCursor.position).where(OutboundCursor.name == name))
+    return int(position or 0)
+
+
+class FeedRelay:
+    """A worker that publishes the change feed to one broker (`name` is also its cursor)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        publisher: Publisher,
+        session_factory: sessionmaker[Session],
+        batch_size: int = 500,
+    ) -> None:
+        self.name = name
+        self.publisher = publisher
+        self.session_factory = session_factory
+        self.batch_size = batch_size
+
+    async def step(self) -> int:
+        """Publish the next events after the cursor; returns how many were acknowledged."""
+        messages = await asyncio.to_thread(self._read)
+        if not messages:
+            return 0
+        outcome = await self.publisher.publish(messages)
+        if outcome.acked:
+            await asyncio.to_thread(self.save_cursor, messages[outcome.acked - 1].position)
+        if outcome.error is not None:
+            raise BrokerUnavailable(
+                f"{self.name}: {outcome.error}; {outcome.acked} of {len(messages)} events "
+                "acknowledged, the rest will be sent again"
+            )
+        return outcome.acked
+
+    async def close(self) -> None:
+        """Close the publisher's connection."""
+        await self.publisher.close()
+
+    def save_cursor(self, position: int) -> None:
+        """Commit the cursor at `position` (it only ever moves forward)."""
+        with self.session_factory.begin() as session:
+            row = session.get(OutboundCursor, self.name, with_for_update=True)
+            if row is None:
+                session.add(OutboundCursor(name=self.name, position=position, updated_at=utcnow()))
+            elif row.position < position:
+                row.position = position
+                row.updated_at = utcnow()
+
+    def _read(self) -> list[OutboundMessage]:
+        with self.session_factory() as session, session.begin():
+            position = load_cursor(session, self.name)
+            page = feed.read_page(
+                session, after=feed.encode_cursor(position), limit=self.batch_size
+            )
+        return [message_for(item) for item in page.items]
