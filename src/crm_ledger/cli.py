@@ -249,6 +249,68 @@ def worker_index(data_dir: DataDirOption = None, log_level: LogLevelOption = "in
     raise typer.Exit(code)
 
 
+def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
+    """Run the background worker `name` alone under a supervisor until SIGINT/SIGTERM.
+
+    Exits 2 when the settings do not enable it, 1 when it halts, 0 on a signal.
+    """
+    from crm_ledger.workers import Supervisor, WorkerState, background_workers
+
+    settings = _settings(data_dir)
+    _configure_logging(log_level)
+    engine = _migrated_engine(settings)
+    workers = background_workers(
+        settings=settings, session_factory=make_session_factory(engine), only=name
+    )
+    if not workers:
+        engine.dispose()
+        typer.echo(f"the {name} worker is not enabled by the settings (see the README)", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> int:
+        supervisor = Supervisor(
+            engine=engine, max_backoff_seconds=settings.anchor_retry_max_seconds
+        )
+        supervisor.add(workers[0])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await supervisor.start()
+        done = asyncio.create_task(supervisor.wait())
+        await asyncio.wait([done, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+        await supervisor.stop()
+        status = supervisor.status()[name]
+        if status["state"] == WorkerState.HALTED:
+            typer.echo(f"{name} halted: {status['message']}", err=True)
+            return 1
+        return 0
+
+    try:
+        code = asyncio.run(run())
+    finally:
+        engine.dispose()
+    raise typer.Exit(code)
+
+
+def _add_worker_command(name: str) -> None:
+    def command(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
+        _run_worker_alone(name, data_dir, log_level)
+
+    command.__doc__ = f"Run only the {name} worker (a singleton: extra copies stand by)."
+    worker_app.command(name)(command)
+
+
+def _add_worker_commands() -> None:
+    from crm_ledger.workers.roles import ROLES
+
+    for name in ROLES:
+        _add_worker_command(name)
+
+
+_add_worker_commands()
+
+
 chain_app = typer.Typer(
     help="Operate on the chain the ledger is anchored on.", no_args_is_help=True
 )

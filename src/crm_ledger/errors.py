@@ -7,8 +7,10 @@ subclass derives from it too, so callers may catch either.
     ├── ConfigError(ValueError)           settings that cannot work (e.g. dev keys off chain 31337)
     ├── InvalidProof(ValueError)          a Merkle proof that cannot belong to the tree it claims
     ├── FormatError(ValueError)           bytes that are not a valid leaf input / receipt / digest
+    ├── Unavailable(ConnectionError)      something a worker needs is down: back off, retry later
+    ├── WorkerHalted                      a background worker cannot go on until an operator acts
     ├── ChainError                        the chain did something we cannot work with
-    │   ├── ChainUnavailable(ConnectionError)  the node cannot be reached (retry later)
+    │   ├── ChainUnavailable(Unavailable)      the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
     │   └── AnchorRejected                   the contract reverted an anchor transaction
     ├── BrokerUnavailable(ConnectionError) the message broker (NATS) cannot be reached (retry later)
@@ -38,11 +40,20 @@ class FormatError(LedgerError, ValueError):
     """Bytes or a document that do not follow the ledger format."""
 
 
+class Unavailable(LedgerError, ConnectionError):
+    """A node, broker, database or receiver a worker needs cannot be reached; the worker's
+    supervisor backs off and retries (nothing is lost: the work stays queued)."""
+
+
+class WorkerHalted(LedgerError):
+    """A background worker cannot go on until an operator acts (the message says how)."""
+
+
 class ChainError(LedgerError):
     """The chain did something the service cannot work with."""
 
 
-class ChainUnavailable(ChainError, ConnectionError):
+class ChainUnavailable(ChainError, Unavailable):
     """The JSON-RPC node cannot be reached or answered garbage; anchoring retries later."""
 
 

@@ -23,7 +23,6 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
-from crm_ledger.anchoring.lock import SingletonLock
 from crm_ledger.chain.client import LedgerChain, make_async_web3
 from crm_ledger.chain.deploy import ensure_ledger_deployment
 from crm_ledger.chain.node import LocalNode, start_anvil
@@ -33,6 +32,8 @@ from crm_ledger.crm.reconcile import Reconciler
 from crm_ledger.errors import ChainReset, ChainUnavailable, ConfigError
 from crm_ledger.indexer.indexer import Indexer, indexing_beside
 from crm_ledger.loyalty.service import LoyaltyRuntime
+from crm_ledger.workers import Supervisor, background_workers
+from crm_ledger.workers.lock import SingletonLock
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Runtime:
     anchorer: Anchorer | None = None
     indexer: Indexer | None = None
     loyalty: LoyaltyRuntime = field(init=False)
+    supervisor: Supervisor = field(init=False)
     _status: dict[str, Any] = field(default_factory=lambda: {"state": "starting"})
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -55,6 +57,13 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.loyalty = LoyaltyRuntime(settings=self.settings, session_factory=self.session_factory)
+        self.supervisor = Supervisor(
+            engine=self.engine, max_backoff_seconds=self.settings.anchor_retry_max_seconds
+        )
+        for worker in background_workers(
+            settings=self.settings, session_factory=self.session_factory
+        ):
+            self.supervisor.add(worker)
 
     @property
     def chain_status(self) -> dict[str, Any]:
@@ -72,6 +81,7 @@ class Runtime:
         status["indexer"] = (
             self.indexer.state.to_json() if self.indexer is not None else {"state": "stopped"}
         )
+        status["workers"] = self.supervisor.status()
         return status
 
     @property
@@ -83,10 +93,12 @@ class Runtime:
         """Start the supervisor in the background; returns at once."""
         self._stop.clear()
         self._task = asyncio.create_task(self._supervise(), name="crm-ledger-anchoring")
+        await self.supervisor.start()
 
     async def stop(self) -> None:
         """Stop the anchorer, release its lock, stop the embedded node (its state is saved)."""
         self._stop.set()
+        await self.supervisor.stop()
         if self._task is not None:
             await self._task
             self._task = None

@@ -51,7 +51,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from web3 import AsyncWeb3
 
 from crm_ledger import metrics
-from crm_ledger.anchoring.lock import INDEXER, SingletonLock
 from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.crm.reconcile import TRIGGER_SCHEDULE, Reconciler, SourceReader
@@ -66,6 +65,7 @@ from crm_ledger.indexer.events import (
 from crm_ledger.indexer.source import ChainSource, JsonRpcSource
 from crm_ledger.indexer.store import StaleRange, Stream
 from crm_ledger.loyalty.ops import reset_op
+from crm_ledger.workers.lock import INDEXER, SingletonLock
 
 __all__ = [
     "DEPLOYMENT_CHECK_SECONDS",

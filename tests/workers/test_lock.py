@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from crm_ledger.anchoring.lock import SingletonLock
 from crm_ledger.db.session import make_engine
+from crm_ledger.workers.lock import SingletonLock
 
 
 def test_second_holder_is_refused_until_the_first_releases(engine: Engine) -> None:

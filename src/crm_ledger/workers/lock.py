@@ -1,5 +1,5 @@
-"""The anchorer and the indexer are singletons: one process per journal may cut batches and
-send them, one may write what the chain says into the view.
+"""Every background worker is a singleton per journal: one process may cut and send batches,
+one may write what the chain says into the view, one may relay the feed to a broker, and so on.
 
 Exports: `SingletonLock`, `ANCHORER`, `INDEXER`.
 
@@ -11,7 +11,9 @@ a file beside the database, released by the kernel when the process dies.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import IO
 
@@ -19,20 +21,31 @@ from sqlalchemy import Connection, Engine, text
 
 ANCHORER = "anchorer"
 INDEXER = "indexer"
-# Fixed 64-bit numbers naming each role among the database's advisory locks ("crmlanch",
-# "crmlindx").
+# Fixed 64-bit numbers naming the first roles among the database's advisory locks ("crmlanch",
+# "crmlindx"); kept so a process of an older release and one of this release exclude each other.
 _ADVISORY_LOCK_IDS = {ANCHORER: 0x63726D6C_616E6368, INDEXER: 0x63726D6C_696E6478}
+_LOCK_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
+
+
+def advisory_lock_id(name: str) -> int:
+    """The signed 64-bit advisory lock id naming role `name` in PostgreSQL."""
+    if name in _ADVISORY_LOCK_IDS:
+        return _ADVISORY_LOCK_IDS[name]
+    digest = hashlib.sha256(b"crm-ledger worker lock:" + name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class SingletonLock:
     """Non-blocking, process-wide exclusive lock tied to one journal database."""
 
     def __init__(self, engine: Engine, *, name: str = ANCHORER) -> None:
-        if name not in _ADVISORY_LOCK_IDS:
-            raise ValueError(f"no singleton role {name!r}: one of {sorted(_ADVISORY_LOCK_IDS)}")
+        if _LOCK_NAME.fullmatch(name) is None:
+            raise ValueError(
+                f"a singleton role is named in lower case letters, digits and -: {name!r}"
+            )
         self._engine = engine
         self._name = name
-        self._advisory_id = _ADVISORY_LOCK_IDS[name]
+        self._advisory_id = advisory_lock_id(name)
         self._connection: Connection | None = None
         self._file: IO[str] | None = None
 
