@@ -8,12 +8,12 @@ subclass derives from it too, so callers may catch either.
     ├── InvalidProof(ValueError)          a Merkle proof that cannot belong to the tree it claims
     ├── FormatError(ValueError)           bytes that are not a valid leaf input / receipt / digest
     ├── Unavailable(ConnectionError)      something a worker needs is down: back off, retry later
+    │   └── BrokerUnavailable                the message broker (NATS) did not take a batch
     ├── WorkerHalted                      a background worker cannot go on until an operator acts
     ├── ChainError                        the chain did something we cannot work with
     │   ├── ChainUnavailable(Unavailable)      the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
     │   └── AnchorRejected                   the contract reverted an anchor transaction
-    ├── BrokerUnavailable(ConnectionError) the message broker (NATS) cannot be reached (retry later)
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
         └── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
@@ -121,5 +121,5 @@ class Unprocessable(ApiError):
     title = "Unprocessable request"
 
 
-class BrokerUnavailable(LedgerError, ConnectionError):
+class BrokerUnavailable(Unavailable):
     """The message broker cannot be reached or did not acknowledge; the relay retries later."""

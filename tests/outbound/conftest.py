@@ -1,9 +1,10 @@
 """Fixtures for the outbound tests: feed events, JetStream streams of their own on the shared
-NATS server (deleted afterwards), a private nats-server that can be stopped, and a reader that
-consumes a whole stream."""
+NATS server (deleted afterwards), a private nats-server that can be stopped, a reader that
+consumes a whole stream, and a webhook receiver on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 import nats
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 from sqlalchemy.orm import Session, sessionmaker
@@ -173,3 +175,76 @@ def private_nats(tmp_path: Path) -> Iterator[PrivateNats]:
         yield server
     finally:
         server.kill()
+
+
+@dataclass
+class Received:
+    """One request a test receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: `status[path]` answers (default 200), `delay[path]`
+    seconds before answering, `hold[path]` an event to wait for before answering,
+    `fail_first[path]` requests answered 500 first."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.status: dict[str, int] = {}
+        self.delay: dict[str, float] = {}
+        self.fail_first: dict[str, int] = {}
+        self.hold: dict[str, asyncio.Event] = {}
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def url(self, path: str) -> str:
+        """The URL of `path` on this receiver."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str) -> list[Received]:
+        """What `path` received, in order."""
+        return [r for r in self.received if r.path == path]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        path = request.path
+        self.received.append(Received(path, dict(request.headers), body, time.monotonic()))
+        if self.delay.get(path):
+            await asyncio.sleep(self.delay[path])
+        if path in self.hold:
+            await self.hold[path].wait()
+        if self.fail_first.get(path, 0) > 0:
+            self.fail_first[path] -= 1
+            return web.Response(status=500, text="try again")
+        return web.Response(status=self.status.get(path, 200), text="ok")
+
+    async def start(self) -> None:
+        """Listen on a free port."""
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=0.1
+        )
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on 127.0.0.1."""
+    server = Receiver()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -14,7 +14,16 @@ from crm_ledger.api.middleware import (
     UnexpectedErrorMiddleware,
 )
 from crm_ledger.api.problems import install_problem_handlers
-from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, records
+from crm_ledger.api.routes import (
+    audit,
+    crm,
+    customers,
+    events,
+    health,
+    loyalty,
+    records,
+    webhook_subscriptions,
+)
 from crm_ledger.config import Settings
 
 # A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
@@ -35,6 +44,7 @@ def install(app: FastAPI) -> None:
     app.include_router(loyalty.router)
     app.include_router(crm.router)
     app.include_router(events.router)
+    app.include_router(webhook_subscriptions.router)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -1,6 +1,6 @@
 """The relay worker: the change feed, in order, to a message broker, at least once.
 
-Exports: `FeedRelay`, `load_cursor`, `NATS_RELAY`.
+Exports: `FeedRelay`, `load_cursor`, `nats_relay`, `NATS_RELAY`.
 
 The feed is the outbox. The relay's durable cursor (`outbound_cursors`, one row per relay) is
 the feed position up to which the broker acknowledged every event. Each `step` reads up to
@@ -14,8 +14,8 @@ acknowledged prefix only. So:
   must be exact deduplicate on the event id too (every feed consumer does).
 
 A relay starts from the oldest event the feed retains. If it falls further behind than the
-feed's retention (30 days by default) the events it missed are gone: it stops with a message
-instead of skipping them silently.
+feed's retention (30 days by default) the events it missed are gone: it halts with a message
+(`WorkerHalted`) instead of skipping them silently.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.db.models import OutboundCursor, utcnow
-from crm_ledger.errors import BrokerUnavailable
+from crm_ledger.errors import BrokerUnavailable, WorkerHalted
+from crm_ledger.outbound.nats import NatsPublisher
 from crm_ledger.outbound.publisher import OutboundMessage, Publisher, message_for
 
-__all__ = ["NATS_RELAY", "FeedRelay", "load_cursor"]
+__all__ = ["NATS_RELAY", "FeedRelay", "load_cursor", "nats_relay"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,33 @@ class FeedRelay:
     def _read(self) -> list[OutboundMessage]:
         with self.session_factory() as session, session.begin():
             position = load_cursor(session, self.name)
-            page = feed.read_page(
-                session, after=feed.encode_cursor(position), limit=self.batch_size
-            )
+            try:
+                page = feed.read_page(
+                    session, after=feed.encode_cursor(position), limit=self.batch_size
+                )
+            except feed.CursorExpired as exc:
+                raise WorkerHalted(
+                    f"{self.name} fell behind the change feed's retention: {exc.detail} "
+                    f"(to resume from the oldest retained event, delete the row "
+                    f"'{self.name}' of outbound_cursors and restart)"
+                ) from None
         return [message_for(item) for item in page.items]
+
+
+def nats_relay(*, settings: Settings, session_factory: sessionmaker[Session]) -> FeedRelay:
+    """The NATS JetStream relay the settings describe (`CRM_LEDGER_NATS_URL` must be set)."""
+    assert settings.nats_url is not None
+    publisher = NatsPublisher(
+        url=settings.nats_url,
+        stream=settings.nats_stream,
+        subject_prefix=settings.nats_subject_prefix,
+        max_age_seconds=settings.nats_max_age_days * 86_400,
+        duplicate_window_seconds=settings.nats_duplicate_window_seconds,
+        ack_timeout_seconds=settings.nats_ack_timeout_seconds,
+    )
+    return FeedRelay(
+        name=NATS_RELAY,
+        publisher=publisher,
+        session_factory=session_factory,
+        batch_size=settings.nats_batch_size,
+    )

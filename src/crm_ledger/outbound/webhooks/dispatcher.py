@@ -1,0 +1,497 @@
+"""The webhook worker: turns change-feed events into deliveries and delivers them, signed.
+
+Exports: `WebhookDispatcher`, `WebhookPolicy`, `Attempt`, `retry_delay`, `sign_headers`,
+`WEBHOOKS`.
+
+Each `step`:
+
+1. fan out: for every active subscription, the feed events after its cursor (of its types)
+   become `webhook_deliveries` rows and the cursor moves past them, in one transaction;
+2. launch due deliveries (pending, `next_attempt_at` passed, subscription active) as tasks, at
+   most `max_concurrency` at a time and `max_per_subscription` per subscription, so a slow or
+   dead receiver holds a few slots and never the others';
+3. wait briefly for some in flight to finish; each records its own outcome when it does.
+
+A delivery is an HTTP POST of `{"type", "timestamp", "data"}` (data: the event as
+`GET /v1/events` serves it) with the Standard Webhooks headers `webhook-id` (the event id,
+the same on every attempt and redelivery: receivers deduplicate on it), `webhook-timestamp`
+and `webhook-signature` (`v1,<base64 HMAC-SHA256>`, plus a second signature with the previous
+secret for a day after a rotation). Any 2xx is success. Anything else, a timeout
+(`timeout_seconds` for the whole exchange), a refused connection, a redirect or an address
+refused by the SSRF check (done again here, after resolution; the request then goes to the
+checked address) is a failed attempt, retried after the schedule's next wait with ±20%
+jitter; after the last one the delivery is `failed`. A subscription whose attempts fail
+`auto_pause_failures` times in a row is paused, and a `subscription.paused` event is appended
+to the feed.
+
+At least once: a delivery's row is updated only after its attempt ends. A worker killed
+mid-attempt leaves it pending and due; the next worker sends it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from crm_ledger.config import Settings
+from crm_ledger.crm import feed
+from crm_ledger.crm.feed import EventType, NewFeedEvent
+from crm_ledger.db.models import WebhookDelivery, WebhookSubscription, new_id, utcnow
+from crm_ledger.journal.schemas import format_timestamp
+from crm_ledger.outbound.publisher import message_for
+from crm_ledger.outbound.webhooks import urls
+from crm_ledger.outbound.webhooks.secrets import encryption_key, unseal
+from crm_ledger.outbound.webhooks.subscriptions import DeliveryStatus, SubscriptionStatus
+
+__all__ = [
+    "WEBHOOKS",
+    "Attempt",
+    "WebhookDispatcher",
+    "WebhookPolicy",
+    "retry_delay",
+    "sign_headers",
+]
+
+log = logging.getLogger(__name__)
+
+#: The worker's name (and its singleton lock's).
+WEBHOOKS = "webhooks"
+_FAN_OUT_BATCH = 500
+_JITTER = 0.2
+_WAIT_SECONDS = 0.2
+_USER_AGENT = "crm-ledger-webhooks/1"
+
+Resolver = Callable[[str, int], Awaitable[list[urls.IPAddress]]]
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    """How deliveries are made and retried (see `Settings` for the defaults)."""
+
+    allow_private_urls: bool = False
+    timeout_seconds: float = 10.0
+    max_concurrency: int = 32
+    max_per_subscription: int = 4
+    retry_schedule_seconds: Sequence[float] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    auto_pause_failures: int = 50
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebhookPolicy:
+        """The policy the settings describe."""
+        return cls(
+            allow_private_urls=settings.webhook_allow_private_urls,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            max_concurrency=settings.webhook_max_concurrency,
+            max_per_subscription=settings.webhook_max_per_subscription,
+            retry_schedule_seconds=tuple(settings.webhook_retry_schedule_seconds),
+            auto_pause_failures=settings.webhook_auto_pause_failures,
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one attempt went: a response code, or an error (never both None)."""
+
+    response_code: int | None
+    error: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        """A 2xx answer."""
+        return (
+            self.error is None
+            and self.response_code is not None
+            and (200 <= self.response_code < 300)
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    delivery_pk: int
+    subscription_pk: int
+    url: str
+    message_id: str
+    payload: str
+    secrets: tuple[str, ...]
+
+
+@dataclass
+class _InFlight:
+    tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    per_subscription: dict[int, int] = field(default_factory=dict)
+
+
+def retry_delay(schedule: Sequence[float], attempts: int, rng: random.Random) -> float | None:
+    """Seconds to wait after the `attempts`-th failed attempt, jittered; None: give up."""
+    if attempts > len(schedule):
+        return None
+    base = schedule[attempts - 1]
+    return base * rng.uniform(1 - _JITTER, 1 + _JITTER)
+
+
+def sign_headers(
+    *, message_id: str, payload: str, secrets: Sequence[str], at: datetime
+) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt, one signature per secret."""
+    signatures = " ".join(Webhook(secret).sign(message_id, at, payload) for secret in secrets)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signatures,
+    }
+
+
+class WebhookDispatcher:
+    """The `webhooks` worker (see the module docstring)."""
+
+    name = WEBHOOKS
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        secret_key: bytes,
+        policy: WebhookPolicy,
+        transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver = urls.resolve,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.session_factory = session_factory
+        self.secret_key = secret_key
+        self.policy = policy
+        self.resolver = resolver
+        self.rng = rng or random.Random()
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._in_flight = _InFlight()
+        self._finished = 0
+
+    @classmethod
+    def from_settings(
+        cls, *, settings: Settings, session_factory: sessionmaker[Session]
+    ) -> WebhookDispatcher:
+        """The worker the settings describe."""
+        return cls(
+            session_factory=session_factory,
+            secret_key=encryption_key(settings),
+            policy=WebhookPolicy.from_settings(settings),
+        )
+
+    async def step(self) -> int:
+        """Fan out new events, launch due deliveries, wait a little for some to finish."""
+        fanned = await asyncio.to_thread(self._fan_out)
+        launched = await self._launch_due()
+        if self._in_flight.tasks:
+            await asyncio.wait(
+                list(self._in_flight.tasks.values()),
+                timeout=_WAIT_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finished, self._finished = self._finished, 0
+        return fanned + launched + finished
+
+    async def close(self) -> None:
+        """Let deliveries in flight finish (each is bounded by the timeout), then close."""
+        tasks = list(self._in_flight.tasks.values())
+        if tasks:
+            await asyncio.wait(tasks)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries being attempted right now."""
+        return len(self._in_flight.tasks)
+
+    def report(self) -> dict[str, object]:
+        """Extra `/readyz` fields."""
+        return {"in_flight": self.in_flight}
+
+    # 1. fan out ---------------------------------------------------------------------------
+
+    def _fan_out(self) -> int:
+        created = 0
+        with self.session_factory.begin() as session:
+            subscriptions = list(
+                session.scalars(
+                    select(WebhookSubscription)
+                    .where(WebhookSubscription.status == SubscriptionStatus.ACTIVE.value)
+                    .order_by(WebhookSubscription.pk)
+                    .with_for_update()
+                )
+            )
+            for subscription in subscriptions:
+                created += self._fan_out_one(session, subscription)
+        return created
+
+    def _fan_out_one(self, session: Session, subscription: WebhookSubscription) -> int:
+        try:
+            page = feed.read_page(
+                session,
+                after=feed.encode_cursor(subscription.position),
+                limit=_FAN_OUT_BATCH,
+                types=list(subscription.event_types),
+            )
+        except feed.CursorExpired as exc:
+            log.error(
+                "webhook subscription %s fell behind the feed's retention; events were "
+                "pruned before they were delivered: %s",
+                subscription.id,
+                exc.detail,
+            )
+            page = feed.read_page(
+                session, after=None, limit=_FAN_OUT_BATCH, types=list(subscription.event_types)
+            )
+        now = utcnow()
+        for item in page.items:
+            event = json.loads(message_for(item).body)
+            session.add(
+                WebhookDelivery(
+                    id=new_id(),
+                    subscription_pk=subscription.pk,
+                    message_id=item.id,
+                    event_type=item.type,
+                    feed_position=item.position,
+                    payload=json.dumps(
+                        {"type": item.type, "timestamp": event["created_at"], "data": event},
+                        separators=(",", ":"),
+                    ),
+                    status=DeliveryStatus.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+        position = feed.decode_cursor(page.next_cursor)
+        if position > subscription.position:
+            subscription.position = position
+        return len(page.items)
+
+    # 2. launch ----------------------------------------------------------------------------
+
+    async def _launch_due(self) -> int:
+        free = self.policy.max_concurrency - len(self._in_flight.tasks)
+        if free <= 0:
+            return 0
+        jobs = await asyncio.to_thread(self._due, free)
+        for job in jobs:
+            self._in_flight.tasks[job.delivery_pk] = asyncio.create_task(
+                self._run(job), name=f"webhook delivery {job.delivery_pk}"
+            )
+            counts = self._in_flight.per_subscription
+            counts[job.subscription_pk] = counts.get(job.subscription_pk, 0) + 1
+        return len(jobs)
+
+    def _due(self, free: int) -> list[_Job]:
+        busy = set(self._in_flight.tasks)
+        counts = dict(self._in_flight.per_subscription)
+        jobs: list[_Job] = []
+        with self.session_factory() as session, session.begin():
+            rows = session.execute(
+                select(WebhookDelivery, WebhookSubscription)
+                .join(
+                    WebhookSubscription, WebhookSubscription.pk == WebhookDelivery.subscription_pk
+                )
+                .where(
+                    WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                    WebhookDelivery.next_attempt_at <= utcnow(),
+                    WebhookSubscription.status == SubscriptionStatus.ACTIVE.value,
+                )
+                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.pk)
+                .limit(free + len(busy) + self.policy.max_concurrency * 4)
+            ).all()
+            now = utcnow()
+            for delivery, subscription in rows:
+                if len(jobs) >= free:
+                    break
+                if delivery.pk in busy:
+                    continue
+                if counts.get(subscription.pk, 0) >= self.policy.max_per_subscription:
+                    continue
+                counts[subscription.pk] = counts.get(subscription.pk, 0) + 1
+                jobs.append(
+                    _Job(
+                        delivery_pk=delivery.pk,
+                        subscription_pk=subscription.pk,
+                        url=subscription.url,
+                        message_id=delivery.message_id,
+                        payload=delivery.payload,
+                        secrets=self._secrets(subscription, now),
+                    )
+                )
+        return jobs
+
+    def _secrets(self, subscription: WebhookSubscription, now: datetime) -> tuple[str, ...]:
+        current = unseal(subscription.secret, key=self.secret_key, subscription_id=subscription.id)
+        if (
+            subscription.previous_secret is not None
+            and subscription.previous_secret_expires_at is not None
+            and subscription.previous_secret_expires_at > now
+        ):
+            previous = unseal(
+                subscription.previous_secret, key=self.secret_key, subscription_id=subscription.id
+            )
+            return (current, previous)
+        return (current,)
+
+    # 3. attempt and record ----------------------------------------------------------------
+
+    async def _run(self, job: _Job) -> None:
+        try:
+            attempt = await self._attempt(job)
+            await asyncio.to_thread(self._record, job, attempt)
+            self._finished += 1
+        except Exception:  # one delivery's bug must not stop the others; it stays due
+            log.exception("webhook delivery %s could not be recorded", job.delivery_pk)
+        finally:
+            self._in_flight.tasks.pop(job.delivery_pk, None)
+            counts = self._in_flight.per_subscription
+            counts[job.subscription_pk] -= 1
+            if counts[job.subscription_pk] <= 0:
+                del counts[job.subscription_pk]
+
+    async def _attempt(self, job: _Job) -> Attempt:
+        scheme, host, port = urls.check_url(job.url)
+        try:
+            addresses = await self.resolver(host, port)
+        except OSError as exc:
+            return Attempt(None, f"cannot resolve {host}: {exc.strerror or exc}")
+        if not self.policy.allow_private_urls:
+            refused = urls.refusal(host, addresses)
+            if refused is not None:
+                return Attempt(None, f"refused: {refused}")
+        if not addresses:
+            return Attempt(None, f"{host} resolves to no address")
+        target, extensions = _pinned(job.url, addresses[0], host, scheme)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": _USER_AGENT,
+            "host": _host_header(job.url),
+            **sign_headers(
+                message_id=job.message_id, payload=job.payload, secrets=job.secrets, at=utcnow()
+            ),
+        }
+        client = self._http()
+        try:
+            async with asyncio.timeout(self.policy.timeout_seconds):
+                request = client.build_request(
+                    "POST",
+                    target,
+                    content=job.payload.encode(),
+                    headers=headers,
+                    extensions=extensions,
+                )
+                response = await client.send(request, stream=True)
+                await response.aclose()
+        except TimeoutError:
+            return Attempt(None, f"no answer within {self.policy.timeout_seconds:g} s")
+        except httpx.HTTPError as exc:
+            return Attempt(None, f"{type(exc).__name__}: {exc}"[:300])
+        if 300 <= response.status_code < 400:
+            return Attempt(response.status_code, "redirects are not followed")
+        if not 200 <= response.status_code < 300:
+            return Attempt(response.status_code, f"answered {response.status_code}")
+        return Attempt(response.status_code, None)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            limits = httpx.Limits(
+                max_connections=self.policy.max_concurrency,
+                max_keepalive_connections=self.policy.max_concurrency,
+            )
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                follow_redirects=False,
+                timeout=self.policy.timeout_seconds,
+                limits=limits,
+                trust_env=False,
+            )
+        return self._client
+
+    def _record(self, job: _Job, attempt: Attempt) -> None:
+        now = utcnow()
+        with self.session_factory.begin() as session:
+            delivery = session.get(WebhookDelivery, job.delivery_pk, with_for_update=True)
+            if delivery is None or delivery.status != DeliveryStatus.PENDING.value:
+                return  # deleted with its subscription meanwhile
+            delivery.attempts += 1
+            delivery.last_attempt_at = now
+            delivery.last_response_code = attempt.response_code
+            delivery.last_error = attempt.error[:500] if attempt.error else None
+            if attempt.succeeded:
+                delivery.status = DeliveryStatus.SUCCEEDED.value
+                delivery.next_attempt_at = None
+                session.execute(
+                    update(WebhookSubscription)
+                    .where(WebhookSubscription.pk == job.subscription_pk)
+                    .values(consecutive_failures=0)
+                )
+                return
+            wait = retry_delay(self.policy.retry_schedule_seconds, delivery.attempts, self.rng)
+            if wait is None:
+                delivery.status = DeliveryStatus.FAILED.value
+                delivery.next_attempt_at = None
+            else:
+                delivery.next_attempt_at = now + timedelta(seconds=wait)
+            self._count_failure(session, job.subscription_pk, attempt)
+
+    def _count_failure(self, session: Session, subscription_pk: int, attempt: Attempt) -> None:
+        subscription = session.get(WebhookSubscription, subscription_pk, with_for_update=True)
+        if subscription is None:
+            return
+        subscription.consecutive_failures += 1
+        if (
+            subscription.status != SubscriptionStatus.ACTIVE.value
+            or subscription.consecutive_failures < self.policy.auto_pause_failures
+        ):
+            return
+        reason = (
+            f"paused after {subscription.consecutive_failures} failed attempts in a row "
+            f"(last: {attempt.error})"
+        )[:500]
+        subscription.status = SubscriptionStatus.PAUSED.value
+        subscription.paused_reason = reason
+        subscription.updated_at = utcnow()
+        feed.append(
+            session,
+            [
+                NewFeedEvent(
+                    type=EventType.SUBSCRIPTION_PAUSED,
+                    payload={
+                        "subscription_id": subscription.id,
+                        "consecutive_failures": subscription.consecutive_failures,
+                        "reason": reason,
+                        "paused_at": format_timestamp(utcnow()),
+                    },
+                )
+            ],
+        )
+        log.warning("webhook subscription %s %s", subscription.id, reason)
+
+
+def _pinned(
+    url: str, address: urls.IPAddress, host: str, scheme: str
+) -> tuple[str, dict[str, object]]:
+    """The URL with its host replaced by the checked address (TLS still checks `host`)."""
+    parts = urlsplit(url)
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = literal + (f":{parts.port}" if parts.port else "")
+    extensions: dict[str, object] = {"sni_hostname": host} if scheme == "https" else {}
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), extensions
+
+
+def _host_header(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc.rsplit("@", 1)[-1]
