@@ -32,6 +32,7 @@ from crm_ledger.db.models import OutboundCursor, utcnow
 from crm_ledger.errors import BrokerUnavailable, WorkerHalted
 from crm_ledger.outbound.nats import NatsPublisher
 from crm_ledger.outbound.publisher import OutboundMessage, Publisher, message_for
+from crm_ledger.outbound.reading import reading
 
 __all__ = ["NATS_RELAY", "FeedRelay", "load_cursor", "nats_relay"]
 
@@ -93,7 +94,7 @@ class FeedRelay:
                 row.updated_at = utcnow()
 
     def _read(self) -> list[OutboundMessage]:
-        with self.session_factory() as session, session.begin():
+        with reading(self.session_factory) as session:
             position = load_cursor(session, self.name)
             try:
                 page = feed.read_page(

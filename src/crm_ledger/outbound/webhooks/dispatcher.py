@@ -40,16 +40,17 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.crm.feed import EventType, NewFeedEvent
-from crm_ledger.db.models import WebhookDelivery, WebhookSubscription, new_id, utcnow
+from crm_ledger.db.models import FeedEvent, WebhookDelivery, WebhookSubscription, new_id, utcnow
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.publisher import message_for
+from crm_ledger.outbound.reading import reading
 from crm_ledger.outbound.webhooks import urls
 from crm_ledger.outbound.webhooks.secrets import encryption_key, unseal
 from crm_ledger.outbound.webhooks.subscriptions import DeliveryStatus, SubscriptionStatus
@@ -222,12 +223,27 @@ class WebhookDispatcher:
     # 1. fan out ---------------------------------------------------------------------------
 
     def _fan_out(self) -> int:
+        with reading(self.session_factory) as session:
+            head = session.scalar(select(func.max(FeedEvent.pk)))
+            behind = list(
+                session.scalars(
+                    select(WebhookSubscription.pk).where(
+                        WebhookSubscription.status == SubscriptionStatus.ACTIVE.value,
+                        WebhookSubscription.position < int(head or 0),
+                    )
+                )
+            )
+        if not behind:
+            return 0  # no write transaction when there is nothing to fan out
         created = 0
         with self.session_factory.begin() as session:
             subscriptions = list(
                 session.scalars(
                     select(WebhookSubscription)
-                    .where(WebhookSubscription.status == SubscriptionStatus.ACTIVE.value)
+                    .where(
+                        WebhookSubscription.pk.in_(behind),
+                        WebhookSubscription.status == SubscriptionStatus.ACTIVE.value,
+                    )
                     .order_by(WebhookSubscription.pk)
                     .with_for_update()
                 )
@@ -298,7 +314,7 @@ class WebhookDispatcher:
         busy = set(self._in_flight.tasks)
         counts = dict(self._in_flight.per_subscription)
         jobs: list[_Job] = []
-        with self.session_factory() as session, session.begin():
+        with reading(self.session_factory) as session:
             rows = session.execute(
                 select(WebhookDelivery, WebhookSubscription)
                 .join(
@@ -363,7 +379,10 @@ class WebhookDispatcher:
                 del counts[job.subscription_pk]
 
     async def _attempt(self, job: _Job) -> Attempt:
-        scheme, host, port = urls.check_url(job.url)
+        try:
+            scheme, host, port = urls.check_url(job.url)
+        except urls.UnsafeWebhookUrl as exc:
+            return Attempt(None, f"refused: {exc.detail}")
         try:
             addresses = await self.resolver(host, port)
         except OSError as exc:
