@@ -63,7 +63,7 @@ def dispatcher(session_factory: sessionmaker[Session], **policy: object) -> Webh
     settings.update(policy)
     return WebhookDispatcher(
         session_factory=session_factory,
-        secret_key=KEY,
+        secret_key=lambda: KEY,
         policy=WebhookPolicy(**settings),  # type: ignore[arg-type]
         rng=random.Random(7),
     )

@@ -34,6 +34,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, StreamConfig
 
+from crm_ledger.errors import BrokerUnavailable
 from crm_ledger.outbound.publisher import OutboundMessage, PublishOutcome
 
 __all__ = ["NatsPublisher", "ensure_stream"]
@@ -111,6 +112,14 @@ class NatsPublisher:
     def subject(self, event_type: str) -> str:
         """The subject of an event type: `<prefix>.<type>` (e.g. crm-ledger.record.anchored)."""
         return f"{self.subject_prefix}.{event_type}"
+
+    async def connect(self) -> None:
+        """Connect and make sure the stream exists; raises `BrokerUnavailable`."""
+        try:
+            await self._connect()
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            await self.close()
+            raise BrokerUnavailable(f"cannot reach {self.destination}: {exc!r}") from None
 
     async def publish(self, messages: Sequence[OutboundMessage]) -> PublishOutcome:
         """Publish in order; the outcome counts the acknowledged prefix."""

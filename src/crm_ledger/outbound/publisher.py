@@ -5,7 +5,7 @@ Exports: `OutboundMessage`, `PublishOutcome`, `Publisher`, `message_for`.
 A relay (`outbound.relay.FeedRelay`) turns change-feed events into `OutboundMessage`s and hands
 them, in feed order, to a `Publisher`. The publisher answers how many of them, counted from the
 first, the broker acknowledged; the relay moves its cursor past exactly those. NATS JetStream is
-the one implemented (`outbound.nats`); a Kafka or RabbitMQ publisher implements the same two
+the one implemented (`outbound.nats`); a Kafka or RabbitMQ publisher implements the same three
 methods (Kafka: `acks=all` + an idempotent producer keyed on `id`; RabbitMQ: publisher confirms
 with `message_id` = `id`).
 
@@ -51,6 +51,10 @@ class Publisher(Protocol):
 
     #: Where messages go, for logs and `/readyz` (never carries credentials).
     destination: str
+
+    async def connect(self) -> None:
+        """Connect (and set up the destination); raises `BrokerUnavailable`."""
+        ...
 
     async def publish(self, messages: Sequence[OutboundMessage]) -> PublishOutcome:
         """Publish `messages` in order and wait for the broker's acknowledgements."""

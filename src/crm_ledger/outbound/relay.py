@@ -79,6 +79,10 @@ class FeedRelay:
             )
         return outcome.acked
 
+    async def prepare(self) -> None:
+        """Connect to the broker before the first step (the supervisor calls it)."""
+        await self.publisher.connect()
+
     async def close(self) -> None:
         """Close the publisher's connection."""
         await self.publisher.close()

@@ -162,14 +162,15 @@ class WebhookDispatcher:
         self,
         *,
         session_factory: sessionmaker[Session],
-        secret_key: bytes,
+        secret_key: Callable[[], bytes],
         policy: WebhookPolicy,
         transport: httpx.AsyncBaseTransport | None = None,
         resolver: Resolver = urls.resolve,
         rng: random.Random | None = None,
     ) -> None:
         self.session_factory = session_factory
-        self.secret_key = secret_key
+        self._secret_key_source = secret_key
+        self._secret_key: bytes | None = None
         self.policy = policy
         self.resolver = resolver
         self.rng = rng or random.Random()
@@ -185,7 +186,7 @@ class WebhookDispatcher:
         """The worker the settings describe."""
         return cls(
             session_factory=session_factory,
-            secret_key=encryption_key(settings),
+            secret_key=lambda: encryption_key(settings),
             policy=WebhookPolicy.from_settings(settings),
         )
 
@@ -201,6 +202,11 @@ class WebhookDispatcher:
             )
         finished, self._finished = self._finished, 0
         return fanned + launched + finished
+
+    async def prepare(self) -> None:
+        """Load the secrets' encryption key (the supervisor halts the worker if it is bad)."""
+        if self._secret_key is None:
+            self._secret_key = await asyncio.to_thread(self._secret_key_source)
 
     async def close(self) -> None:
         """Let deliveries in flight finish (each is bounded by the timeout), then close."""
@@ -350,14 +356,18 @@ class WebhookDispatcher:
         return jobs
 
     def _secrets(self, subscription: WebhookSubscription, now: datetime) -> tuple[str, ...]:
-        current = unseal(subscription.secret, key=self.secret_key, subscription_id=subscription.id)
+        if self._secret_key is None:
+            # Read when first needed: a process that never delivers never touches the key.
+            self._secret_key = self._secret_key_source()
+        key = self._secret_key
+        current = unseal(subscription.secret, key=key, subscription_id=subscription.id)
         if (
             subscription.previous_secret is not None
             and subscription.previous_secret_expires_at is not None
             and subscription.previous_secret_expires_at > now
         ):
             previous = unseal(
-                subscription.previous_secret, key=self.secret_key, subscription_id=subscription.id
+                subscription.previous_secret, key=key, subscription_id=subscription.id
             )
             return (current, previous)
         return (current,)
