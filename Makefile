@@ -6,6 +6,7 @@ NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer postgres clean
+.PHONY: nats bench-outbound
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -25,7 +26,10 @@ run: install
 postgres:
 	bash scripts/ensure_postgres.sh
 
-test: install postgres
+nats:
+	bash scripts/ensure_nats.sh
+
+test: install postgres nats
 	$(BIN)/pytest
 
 lint: install
@@ -35,7 +39,7 @@ lint: install
 
 # Benchmarks print their figures and ratios against a baseline measured in the same run;
 # docs/benchmarks.md records them. Each runs on 127.0.0.1 and stops by itself.
-bench: bench-anchor bench-audit bench-loyalty bench-indexer
+bench: bench-anchor bench-audit bench-loyalty bench-indexer bench-outbound
 
 bench-anchor: install
 	$(BIN)/python scripts/bench_anchor.py
@@ -48,6 +52,9 @@ bench-loyalty: install
 
 bench-indexer: install
 	$(BIN)/python scripts/bench_indexer.py
+
+bench-outbound: install nats
+	$(BIN)/python scripts/bench_outbound.py
 
 clean:
 	rm -rf $(VENV) hardhat-local/node_modules data

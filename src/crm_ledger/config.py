@@ -127,8 +127,8 @@ class Settings(BaseSettings):
         "file in the data directory, made on first use",
     )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    webhook_max_concurrency: int = Field(default=32, ge=1, le=1000)
-    webhook_max_per_subscription: int = Field(default=4, ge=1, le=100)
+    webhook_max_concurrency: int = Field(default=64, ge=1, le=1000)
+    webhook_max_per_subscription: int = Field(default=16, ge=1, le=100)
     webhook_retry_schedule_seconds: list[float] = Field(
         default=[5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
         min_length=1,

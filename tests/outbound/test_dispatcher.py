@@ -338,8 +338,10 @@ async def test_a_worker_killed_mid_delivery_leaves_it_due_and_a_fresh_one_sends_
     def killed(*args: object) -> None:
         raise RuntimeError("killed after the receiver answered, before the result was stored")
 
-    monkeypatch.setattr(first, "_record", killed)
-    await run_until(first, lambda: len(receiver.on("/hooks")) == 1)
+    monkeypatch.setattr(first, "_record_all", killed)
+    with pytest.raises(RuntimeError, match="killed after the receiver answered"):
+        await run_until(first, lambda: False)
+    assert len(receiver.on("/hooks")) == 1
     await first.close()
     (delivery,) = deliveries(session_factory)
     assert delivery.status == "pending" and delivery.attempts == 0

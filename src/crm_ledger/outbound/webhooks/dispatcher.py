@@ -5,12 +5,14 @@ Exports: `WebhookDispatcher`, `WebhookPolicy`, `Attempt`, `retry_delay`, `sign_h
 
 Each `step`:
 
-1. fan out: for every active subscription, the feed events after its cursor (of its types)
+1. record every attempt that ended since the last step, in one transaction (one commit per
+   step, not per delivery), while the deliveries in flight go on;
+2. fan out: for every active subscription, the feed events after its cursor (of its types)
    become `webhook_deliveries` rows and the cursor moves past them, in one transaction;
-2. launch due deliveries (pending, `next_attempt_at` passed, subscription active) as tasks, at
+3. launch due deliveries (pending, `next_attempt_at` passed, subscription active) as tasks, at
    most `max_concurrency` at a time and `max_per_subscription` per subscription, so a slow or
    dead receiver holds a few slots and never the others';
-3. wait briefly for some in flight to finish; each records its own outcome when it does.
+4. wait until one in flight finishes (at most 0.2 s).
 
 A delivery is an HTTP POST of `{"type", "timestamp", "data"}` (data: the event as
 `GET /v1/events` serves it) with the Standard Webhooks headers `webhook-id` (the event id,
@@ -82,8 +84,8 @@ class WebhookPolicy:
 
     allow_private_urls: bool = False
     timeout_seconds: float = 10.0
-    max_concurrency: int = 32
-    max_per_subscription: int = 4
+    max_concurrency: int = 64
+    max_per_subscription: int = 16
     retry_schedule_seconds: Sequence[float] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     auto_pause_failures: int = 50
 
@@ -177,7 +179,9 @@ class WebhookDispatcher:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._in_flight = _InFlight()
-        self._finished = 0
+        # Attempts that ended, waiting to be recorded (all in one transaction per step).
+        self._results: list[tuple[_Job, Attempt]] = []
+        self._recording: set[int] = set()
 
     @classmethod
     def from_settings(
@@ -192,6 +196,8 @@ class WebhookDispatcher:
 
     async def step(self) -> int:
         """Fan out new events, launch due deliveries, wait a little for some to finish."""
+        # Recording runs in a thread while the deliveries in flight go on in the loop.
+        recorded = await self._flush()
         fanned = await asyncio.to_thread(self._fan_out)
         launched = await self._launch_due()
         if self._in_flight.tasks:
@@ -200,8 +206,7 @@ class WebhookDispatcher:
                 timeout=_WAIT_SECONDS,
                 return_when=asyncio.FIRST_COMPLETED,
             )
-        finished, self._finished = self._finished, 0
-        return fanned + launched + finished
+        return fanned + launched + recorded
 
     async def prepare(self) -> None:
         """Load the secrets' encryption key (the supervisor halts the worker if it is bad)."""
@@ -213,6 +218,7 @@ class WebhookDispatcher:
         tasks = list(self._in_flight.tasks.values())
         if tasks:
             await asyncio.wait(tasks)
+        await self._flush()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -317,7 +323,7 @@ class WebhookDispatcher:
         return len(jobs)
 
     def _due(self, free: int) -> list[_Job]:
-        busy = set(self._in_flight.tasks)
+        busy = set(self._in_flight.tasks) | self._recording
         counts = dict(self._in_flight.per_subscription)
         jobs: list[_Job] = []
         with reading(self.session_factory) as session:
@@ -375,18 +381,31 @@ class WebhookDispatcher:
     # 3. attempt and record ----------------------------------------------------------------
 
     async def _run(self, job: _Job) -> None:
+        self._recording.add(job.delivery_pk)
         try:
             attempt = await self._attempt(job)
-            await asyncio.to_thread(self._record, job, attempt)
-            self._finished += 1
+            self._results.append((job, attempt))
         except Exception:  # one delivery's bug must not stop the others; it stays due
-            log.exception("webhook delivery %s could not be recorded", job.delivery_pk)
+            log.exception("webhook delivery %s failed unexpectedly", job.delivery_pk)
+            self._recording.discard(job.delivery_pk)
         finally:
             self._in_flight.tasks.pop(job.delivery_pk, None)
             counts = self._in_flight.per_subscription
             counts[job.subscription_pk] -= 1
             if counts[job.subscription_pk] <= 0:
                 del counts[job.subscription_pk]
+
+    async def _flush(self) -> int:
+        """Record the attempts that ended, in one transaction; how many."""
+        results, self._results = self._results, []
+        if not results:
+            return 0
+        try:
+            await asyncio.to_thread(self._record_all, results)
+        finally:
+            # Recorded, or (the database failed) left pending and due: either way, free to go.
+            self._recording.difference_update(job.delivery_pk for job, _ in results)
+        return len(results)
 
     async def _attempt(self, job: _Job) -> Attempt:
         try:
@@ -449,32 +468,36 @@ class WebhookDispatcher:
             )
         return self._client
 
-    def _record(self, job: _Job, attempt: Attempt) -> None:
-        now = utcnow()
+    def _record_all(self, results: Sequence[tuple[_Job, Attempt]]) -> None:
         with self.session_factory.begin() as session:
-            delivery = session.get(WebhookDelivery, job.delivery_pk, with_for_update=True)
-            if delivery is None or delivery.status != DeliveryStatus.PENDING.value:
-                return  # deleted with its subscription meanwhile
-            delivery.attempts += 1
-            delivery.last_attempt_at = now
-            delivery.last_response_code = attempt.response_code
-            delivery.last_error = attempt.error[:500] if attempt.error else None
-            if attempt.succeeded:
-                delivery.status = DeliveryStatus.SUCCEEDED.value
-                delivery.next_attempt_at = None
-                session.execute(
-                    update(WebhookSubscription)
-                    .where(WebhookSubscription.pk == job.subscription_pk)
-                    .values(consecutive_failures=0)
-                )
-                return
-            wait = retry_delay(self.policy.retry_schedule_seconds, delivery.attempts, self.rng)
-            if wait is None:
-                delivery.status = DeliveryStatus.FAILED.value
-                delivery.next_attempt_at = None
-            else:
-                delivery.next_attempt_at = now + timedelta(seconds=wait)
-            self._count_failure(session, job.subscription_pk, attempt)
+            for job, attempt in results:
+                self._record(session, job, attempt)
+
+    def _record(self, session: Session, job: _Job, attempt: Attempt) -> None:
+        now = utcnow()
+        delivery = session.get(WebhookDelivery, job.delivery_pk, with_for_update=True)
+        if delivery is None or delivery.status != DeliveryStatus.PENDING.value:
+            return  # deleted with its subscription meanwhile
+        delivery.attempts += 1
+        delivery.last_attempt_at = now
+        delivery.last_response_code = attempt.response_code
+        delivery.last_error = attempt.error[:500] if attempt.error else None
+        if attempt.succeeded:
+            delivery.status = DeliveryStatus.SUCCEEDED.value
+            delivery.next_attempt_at = None
+            session.execute(
+                update(WebhookSubscription)
+                .where(WebhookSubscription.pk == job.subscription_pk)
+                .values(consecutive_failures=0)
+            )
+            return
+        wait = retry_delay(self.policy.retry_schedule_seconds, delivery.attempts, self.rng)
+        if wait is None:
+            delivery.status = DeliveryStatus.FAILED.value
+            delivery.next_attempt_at = None
+        else:
+            delivery.next_attempt_at = now + timedelta(seconds=wait)
+        self._count_failure(session, job.subscription_pk, attempt)
 
     def _count_failure(self, session: Session, subscription_pk: int, attempt: Attempt) -> None:
         subscription = session.get(WebhookSubscription, subscription_pk, with_for_update=True)
