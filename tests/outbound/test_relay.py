@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import timedelta
 
 import nats
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.crm import feed
 from crm_ledger.crm.schemas import FeedEventPublic
-from crm_ledger.errors import BrokerUnavailable
+from crm_ledger.errors import BrokerUnavailable, WorkerHalted
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.nats import NatsPublisher
 from crm_ledger.outbound.relay import NATS_RELAY, FeedRelay, load_cursor
@@ -252,3 +253,16 @@ def positions(session_factory: sessionmaker[Session]) -> list[int]:
             if not page.has_more:
                 return items
             cursor = page.next_cursor
+
+
+@pytest.mark.asyncio
+async def test_a_relay_behind_the_feeds_retention_halts_instead_of_skipping(
+    session_factory: sessionmaker[Session], subject_prefix: str
+) -> None:
+    write_events(session_factory, 5)
+    feed.prune(session_factory, retention=timedelta(0))
+    write_events(session_factory, 2, start=5)
+    relay = make_relay(session_factory, url=SHARED_NATS_URL, stream="UNUSED", prefix=subject_prefix)
+    with pytest.raises(WorkerHalted, match="fell behind the change feed's retention"):
+        await relay.step()
+    assert cursor_of(session_factory) == 0

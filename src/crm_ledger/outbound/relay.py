@@ -31,7 +31,7 @@ from crm_ledger.crm import feed
 from crm_ledger.db.models import OutboundCursor, utcnow
 from crm_ledger.errors import BrokerUnavailable, WorkerHalted
 from crm_ledger.outbound.nats import NatsPublisher
-from crm_ledger.outbound.publisher import OutboundMessage, Publisher, message_for
+from crm_ledger.outbound.publisher import OutboundMessage, Publisher, messages_after
 from crm_ledger.outbound.reading import reading
 
 __all__ = ["NATS_RELAY", "FeedRelay", "load_cursor", "nats_relay"]
@@ -101,16 +101,13 @@ class FeedRelay:
         with reading(self.session_factory) as session:
             position = load_cursor(session, self.name)
             try:
-                page = feed.read_page(
-                    session, after=feed.encode_cursor(position), limit=self.batch_size
-                )
+                return messages_after(session, position=position, limit=self.batch_size)
             except feed.CursorExpired as exc:
                 raise WorkerHalted(
-                    f"{self.name} fell behind the change feed's retention: {exc.detail} "
-                    f"(to resume from the oldest retained event, delete the row "
-                    f"'{self.name}' of outbound_cursors and restart)"
+                    f"{self.name} fell behind the change feed's retention: {exc.detail}; "
+                    f"those events are gone (to resume from the oldest retained event, "
+                    f"delete the row '{self.name}' of outbound_cursors and restart)"
                 ) from None
-        return [message_for(item) for item in page.items]
 
 
 def nats_relay(*, settings: Settings, session_factory: sessionmaker[Session]) -> FeedRelay:
