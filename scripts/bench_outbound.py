@@ -16,7 +16,7 @@ Phases, all in one run:
             p50 / p99.
   webhooks  W events delivered to a local aiohttp receiver by the webhook worker (default
             policy: 64 deliveries in flight, 16 per subscription), to 1 subscription and then
-            to 8 subscriptions (8 W deliveries). Baseline: W bare httpx POSTs of a body of the
+            to 8 subscriptions (8 W deliveries). Baseline: W bare aiohttp POSTs of a body of the
             same size to the same receiver, 16 in flight.
 """
 
@@ -33,7 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
+import aiohttp
 import nats
 from aiohttp import web
 from benchlib import free_port, percentile, unix_time
@@ -223,19 +223,19 @@ async def webhook_phase(events: int, database_url: str | None, tmp: Path) -> Non
     await web.TCPSite(runner, "127.0.0.1", port).start()
     key = random.randbytes(32)
     try:
-        # Baseline: bare httpx POSTs of a same-sized body to the same receiver, 16 at a time.
+        # Baseline: bare aiohttp POSTs (the worker's client) of a same-sized body, 16 at a time.
         body = b"x" * 420
-        async with httpx.AsyncClient() as client:
+        async with aiohttp.ClientSession() as client:
             gate = asyncio.Semaphore(16)
 
             async def post(n: int) -> None:
-                async with gate:
-                    await client.post(f"http://127.0.0.1:{port}/bare", content=body)
+                async with gate, client.post(f"http://127.0.0.1:{port}/bare", data=body):
+                    pass
 
             start = time.perf_counter()
             await asyncio.gather(*(post(n) for n in range(events)))
             bare_rate = events / (time.perf_counter() - start)
-        print(f"webhooks  baseline: bare httpx POST loop, 16 in flight: {bare_rate:,.0f} posts/s")
+        print(f"webhooks  baseline: bare aiohttp POST loop, 16 in flight: {bare_rate:,.0f} posts/s")
         for subscribers in (1, 8):
             sessions = fresh_journal(database_url, tmp)
             with sessions.begin() as session:

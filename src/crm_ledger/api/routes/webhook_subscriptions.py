@@ -25,7 +25,6 @@ from crm_ledger.api.idempotency import (
 )
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import read_only, transaction
-from crm_ledger.config import Settings
 from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.webhooks import subscriptions as service
@@ -79,10 +78,6 @@ def _with_secret(response: Response, secret: str) -> Response:
     )
 
 
-def _key(settings: Settings) -> bytes:
-    return encryption_key(settings)
-
-
 @router.post(
     _PREFIX,
     status_code=201,
@@ -101,7 +96,7 @@ def create_subscription(
     ones). The URL must resolve to public addresses only."""
     check_public(payload.url, allow_private=settings.webhook_allow_private_urls)
     secret = new_signing_secret()
-    sealing_key = _key(settings)
+    sealing_key = encryption_key(settings)
 
     def write(tx: Session) -> str:
         created = service.create_subscription(
@@ -246,7 +241,7 @@ def rotate_secret(
 ) -> Response:
     """Deliveries are signed with both secrets for 24 hours, then with the new one only."""
     secret = new_signing_secret()
-    sealing_key = _key(settings)
+    sealing_key = encryption_key(settings)
 
     def write(tx: Session) -> str:
         rotated = service.rotate_secret(

@@ -39,10 +39,11 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-from sqlalchemy import func, select, update
+import aiohttp
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -76,6 +77,23 @@ _WAIT_SECONDS = 0.2
 _USER_AGENT = "crm-ledger-webhooks/1"
 
 Resolver = Callable[[str, int], Awaitable[list[urls.IPAddress]]]
+_DELIVERIES = cast(Table, WebhookDelivery.__table__)
+# A delivery deleted meanwhile (with its subscription) matches no row: nothing to record.
+_RECORD_SUCCESS = (
+    update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.pk == bindparam("b_pk"),
+        _DELIVERIES.c.status == DeliveryStatus.PENDING.value,
+    )
+    .values(
+        status=DeliveryStatus.SUCCEEDED.value,
+        attempts=_DELIVERIES.c.attempts + 1,
+        last_attempt_at=bindparam("b_at"),
+        last_response_code=bindparam("b_code"),
+        last_error=None,
+        next_attempt_at=None,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -166,7 +184,6 @@ class WebhookDispatcher:
         session_factory: sessionmaker[Session],
         secret_key: Callable[[], bytes],
         policy: WebhookPolicy,
-        transport: httpx.AsyncBaseTransport | None = None,
         resolver: Resolver = urls.resolve,
         rng: random.Random | None = None,
     ) -> None:
@@ -176,8 +193,7 @@ class WebhookDispatcher:
         self.policy = policy
         self.resolver = resolver
         self.rng = rng or random.Random()
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._in_flight = _InFlight()
         # Attempts that ended, waiting to be recorded (all in one transaction per step).
         self._results: list[tuple[_Job, Attempt]] = []
@@ -220,7 +236,7 @@ class WebhookDispatcher:
             await asyncio.wait(tasks)
         await self._flush()
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     @property
@@ -325,10 +341,10 @@ class WebhookDispatcher:
     def _due(self, free: int) -> list[_Job]:
         busy = set(self._in_flight.tasks) | self._recording
         counts = dict(self._in_flight.per_subscription)
-        jobs: list[_Job] = []
+        chosen: list[tuple[int, int]] = []
         with reading(self.session_factory) as session:
-            rows = session.execute(
-                select(WebhookDelivery, WebhookSubscription)
+            candidates = session.execute(
+                select(WebhookDelivery.pk, WebhookDelivery.subscription_pk)
                 .join(
                     WebhookSubscription, WebhookSubscription.pk == WebhookDelivery.subscription_pk
                 )
@@ -340,26 +356,46 @@ class WebhookDispatcher:
                 .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.pk)
                 .limit(free + len(busy) + self.policy.max_concurrency * 4)
             ).all()
-            now = utcnow()
-            for delivery, subscription in rows:
-                if len(jobs) >= free:
+            for delivery_pk, subscription_pk in candidates:
+                if len(chosen) >= free:
                     break
-                if delivery.pk in busy:
+                if delivery_pk in busy:
                     continue
-                if counts.get(subscription.pk, 0) >= self.policy.max_per_subscription:
+                if counts.get(subscription_pk, 0) >= self.policy.max_per_subscription:
                     continue
-                counts[subscription.pk] = counts.get(subscription.pk, 0) + 1
-                jobs.append(
-                    _Job(
-                        delivery_pk=delivery.pk,
-                        subscription_pk=subscription.pk,
-                        url=subscription.url,
-                        message_id=delivery.message_id,
-                        payload=delivery.payload,
-                        secrets=self._secrets(subscription, now),
+                counts[subscription_pk] = counts.get(subscription_pk, 0) + 1
+                chosen.append((delivery_pk, subscription_pk))
+            if not chosen:
+                return []
+            bodies = {
+                pk: (message_id, payload)
+                for pk, message_id, payload in session.execute(
+                    select(
+                        WebhookDelivery.pk, WebhookDelivery.message_id, WebhookDelivery.payload
+                    ).where(WebhookDelivery.pk.in_([pk for pk, _ in chosen]))
+                )
+            }
+            now = utcnow()
+            subscriptions = {
+                sub.pk: (sub.url, self._secrets(sub, now))
+                for sub in session.scalars(
+                    select(WebhookSubscription).where(
+                        WebhookSubscription.pk.in_({sub_pk for _, sub_pk in chosen})
                     )
                 )
-        return jobs
+            }
+        return [
+            _Job(
+                delivery_pk=delivery_pk,
+                subscription_pk=subscription_pk,
+                url=subscriptions[subscription_pk][0],
+                message_id=bodies[delivery_pk][0],
+                payload=bodies[delivery_pk][1],
+                secrets=subscriptions[subscription_pk][1],
+            )
+            for delivery_pk, subscription_pk in chosen
+            if delivery_pk in bodies and subscription_pk in subscriptions
+        ]
 
     def _secrets(self, subscription: WebhookSubscription, now: datetime) -> tuple[str, ...]:
         if self._secret_key is None:
@@ -422,7 +458,7 @@ class WebhookDispatcher:
                 return Attempt(None, f"refused: {refused}")
         if not addresses:
             return Attempt(None, f"{host} resolves to no address")
-        target, extensions = _pinned(job.url, addresses[0], host, scheme)
+        target = _pinned(job.url, addresses[0])
         headers = {
             "content-type": "application/json",
             "user-agent": _USER_AGENT,
@@ -431,49 +467,65 @@ class WebhookDispatcher:
                 message_id=job.message_id, payload=job.payload, secrets=job.secrets, at=utcnow()
             ),
         }
-        client = self._http()
         try:
-            async with asyncio.timeout(self.policy.timeout_seconds):
-                request = client.build_request(
-                    "POST",
+            async with (
+                asyncio.timeout(self.policy.timeout_seconds),
+                self._http().post(
                     target,
-                    content=job.payload.encode(),
+                    data=job.payload.encode(),
                     headers=headers,
-                    extensions=extensions,
-                )
-                response = await client.send(request, stream=True)
-                await response.aclose()
+                    allow_redirects=False,
+                    # TLS checks the certificate against the name, not the pinned address.
+                    server_hostname=host if scheme == "https" else None,
+                ) as response,
+            ):
+                status = response.status
         except TimeoutError:
             return Attempt(None, f"no answer within {self.policy.timeout_seconds:g} s")
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             return Attempt(None, f"{type(exc).__name__}: {exc}"[:300])
-        if 300 <= response.status_code < 400:
-            return Attempt(response.status_code, "redirects are not followed")
-        if not 200 <= response.status_code < 300:
-            return Attempt(response.status_code, f"answered {response.status_code}")
-        return Attempt(response.status_code, None)
+        if 300 <= status < 400:
+            return Attempt(status, "redirects are not followed")
+        if not 200 <= status < 300:
+            return Attempt(status, f"answered {status}")
+        return Attempt(status, None)
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> aiohttp.ClientSession:
         if self._client is None:
-            limits = httpx.Limits(
-                max_connections=self.policy.max_concurrency,
-                max_keepalive_connections=self.policy.max_concurrency,
-            )
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                follow_redirects=False,
-                timeout=self.policy.timeout_seconds,
-                limits=limits,
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.policy.max_concurrency, use_dns_cache=False
+                ),
                 trust_env=False,
+                auto_decompress=False,
             )
         return self._client
 
     def _record_all(self, results: Sequence[tuple[_Job, Attempt]]) -> None:
+        now = utcnow()
+        succeeded = [(job, attempt) for job, attempt in results if attempt.succeeded]
         with self.session_factory.begin() as session:
+            if succeeded:
+                # The common case in bulk: one executemany and one update per step.
+                session.connection().execute(
+                    _RECORD_SUCCESS,
+                    [
+                        {"b_pk": job.delivery_pk, "b_at": now, "b_code": attempt.response_code}
+                        for job, attempt in succeeded
+                    ],
+                )
+                session.execute(
+                    update(WebhookSubscription)
+                    .where(
+                        WebhookSubscription.pk.in_({job.subscription_pk for job, _ in succeeded})
+                    )
+                    .values(consecutive_failures=0)
+                )
             for job, attempt in results:
-                self._record(session, job, attempt)
+                if not attempt.succeeded:
+                    self._record_failure(session, job, attempt)
 
-    def _record(self, session: Session, job: _Job, attempt: Attempt) -> None:
+    def _record_failure(self, session: Session, job: _Job, attempt: Attempt) -> None:
         now = utcnow()
         delivery = session.get(WebhookDelivery, job.delivery_pk, with_for_update=True)
         if delivery is None or delivery.status != DeliveryStatus.PENDING.value:
@@ -482,15 +534,6 @@ class WebhookDispatcher:
         delivery.last_attempt_at = now
         delivery.last_response_code = attempt.response_code
         delivery.last_error = attempt.error[:500] if attempt.error else None
-        if attempt.succeeded:
-            delivery.status = DeliveryStatus.SUCCEEDED.value
-            delivery.next_attempt_at = None
-            session.execute(
-                update(WebhookSubscription)
-                .where(WebhookSubscription.pk == job.subscription_pk)
-                .values(consecutive_failures=0)
-            )
-            return
         wait = retry_delay(self.policy.retry_schedule_seconds, delivery.attempts, self.rng)
         if wait is None:
             delivery.status = DeliveryStatus.FAILED.value
@@ -533,15 +576,12 @@ class WebhookDispatcher:
         log.warning("webhook subscription %s %s", subscription.id, reason)
 
 
-def _pinned(
-    url: str, address: urls.IPAddress, host: str, scheme: str
-) -> tuple[str, dict[str, object]]:
-    """The URL with its host replaced by the checked address (TLS still checks `host`)."""
+def _pinned(url: str, address: urls.IPAddress) -> str:
+    """The URL with its host replaced by the checked address."""
     parts = urlsplit(url)
     literal = f"[{address}]" if address.version == 6 else str(address)
     netloc = literal + (f":{parts.port}" if parts.port else "")
-    extensions: dict[str, object] = {"sni_hostname": host} if scheme == "https" else {}
-    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), extensions
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
 
 
 def _host_header(url: str) -> str:
