@@ -21,6 +21,7 @@ feed's retention (30 days by default) the events it missed are gone: it halts wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from sqlalchemy import select
@@ -63,16 +64,22 @@ class FeedRelay:
         self.publisher = publisher
         self.session_factory = session_factory
         self.batch_size = batch_size
+        # The batch after the one being published, read meanwhile (feed position it follows).
+        self._prefetch: tuple[int, asyncio.Future[list[OutboundMessage]]] | None = None
 
     async def step(self) -> int:
         """Publish the next events after the cursor; returns how many were acknowledged."""
-        messages = await asyncio.to_thread(self._read)
+        messages = await self._next_batch()
         if not messages:
             return 0
+        # Read the following batch in a thread while this one is published.
+        last = messages[-1].position
+        self._prefetch = (last, asyncio.ensure_future(asyncio.to_thread(self._read, last)))
         outcome = await self.publisher.publish(messages)
         if outcome.acked:
             await asyncio.to_thread(self.save_cursor, messages[outcome.acked - 1].position)
         if outcome.error is not None:
+            await self._drop_prefetch()
             raise BrokerUnavailable(
                 f"{self.name}: {outcome.error}; {outcome.acked} of {len(messages)} events "
                 "acknowledged, the rest will be sent again"
@@ -85,7 +92,31 @@ class FeedRelay:
 
     async def close(self) -> None:
         """Close the publisher's connection."""
+        await self._drop_prefetch()
         await self.publisher.close()
+
+    async def _next_batch(self) -> list[OutboundMessage]:
+        """The prefetched batch when it follows the cursor and is not empty; else a fresh read
+        (an empty prefetch may be stale: events may have come since)."""
+        position = await asyncio.to_thread(self._load_cursor)
+        if self._prefetch is not None:
+            after, future = self._prefetch
+            self._prefetch = None
+            prefetched = await future
+            if after == position and prefetched:
+                return prefetched
+        return await asyncio.to_thread(self._read, position)
+
+    async def _drop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            _, future = self._prefetch
+            self._prefetch = None
+            with contextlib.suppress(Exception):
+                await future
+
+    def _load_cursor(self) -> int:
+        with reading(self.session_factory) as session:
+            return load_cursor(session, self.name)
 
     def save_cursor(self, position: int) -> None:
         """Commit the cursor at `position` (it only ever moves forward)."""
@@ -97,9 +128,8 @@ class FeedRelay:
                 row.position = position
                 row.updated_at = utcnow()
 
-    def _read(self) -> list[OutboundMessage]:
+    def _read(self, position: int) -> list[OutboundMessage]:
         with reading(self.session_factory) as session:
-            position = load_cursor(session, self.name)
             try:
                 return messages_after(session, position=position, limit=self.batch_size)
             except feed.CursorExpired as exc:
