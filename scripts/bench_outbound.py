@@ -2,7 +2,8 @@
 
 Run with `.venv/bin/python scripts/bench_outbound.py [--events N] [--rate R] [--seconds S]
 [--webhooks W] [--nats-url URL] [--database-url URL]`. Needs a NATS server with JetStream
-(default nats://127.0.0.1:4222); its streams are made for the run and deleted after. Prints
+(default nats://127.0.0.1:4222); its streams are made for the run and deleted after. With a
+PostgreSQL URL each phase makes a schema `bench_outbound_*` of its own (left for inspection). Prints
 the figures; docs/benchmarks.md ("Outbound") records what it printed.
 
 Phases, all in one run:
@@ -38,7 +39,7 @@ import nats
 from aiohttp import web
 from benchlib import free_port, percentile, unix_time
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.crm import feed
@@ -84,7 +85,17 @@ def append(session_factory: sessionmaker[Session], count: int, *, per_tx: int = 
 
 
 def fresh_journal(database_url: str | None, tmp: Path) -> sessionmaker[Session]:
-    engine = make_engine(database_url or f"sqlite:///{tmp / f'{uuid.uuid4().hex}.sqlite'}")
+    """An empty, migrated journal: a new SQLite file, or a new schema of `database_url`."""
+    url = f"sqlite:///{tmp / f'{uuid.uuid4().hex}.sqlite'}"
+    if database_url is not None:
+        schema = f"bench_outbound_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        admin.dispose()
+        separator = "&" if "?" in database_url else "?"
+        url = f"{database_url}{separator}options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
     upgrade_database(engine)
     return make_session_factory(engine)
 
