@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer postgres clean
-.PHONY: nats bench-outbound
+.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer services system-packages clean
+.PHONY: bench-outbound
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -23,13 +23,16 @@ $(NPM_STAMP): hardhat-local/package.json hardhat-local/package-lock.json
 run: install
 	$(BIN)/crm-ledger serve
 
-postgres:
+# What the tests talk to on 127.0.0.1: PostgreSQL (:5432) and NATS JetStream (:4222).
+services:
 	bash scripts/ensure_postgres.sh
-
-nats:
 	bash scripts/ensure_nats.sh
 
-test: install postgres nats
+# Chromium (the console's browser tests) and wrk, apt-installed when missing.
+system-packages:
+	bash scripts/ensure_system_packages.sh
+
+test: install services system-packages
 	$(BIN)/pytest
 
 lint: install
@@ -53,7 +56,7 @@ bench-loyalty: install
 bench-indexer: install
 	$(BIN)/python scripts/bench_indexer.py
 
-bench-outbound: install nats
+bench-outbound: install services
 	$(BIN)/python scripts/bench_outbound.py
 
 clean:

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Make sure a NATS server with JetStream answers on 127.0.0.1:4222 (what tests/outbound
-# expects). Installs Debian's nats-server when it is missing and starts it in the background
-# with its store under ./data/nats. Only for development and CI machines.
+# Make sure a NATS server with JetStream answers on 127.0.0.1:4222 (the outbound relay's tests
+# and benchmark publish there). Installs Debian's nats-server and starts it in the background
+# when it is missing. Only for development and CI machines.
 set -euo pipefail
 
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
+listening() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
 
-if port_open; then
+if listening; then
   exit 0
 fi
 
@@ -16,11 +16,13 @@ if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
   apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
 fi
 server=$(command -v nats-server || echo /usr/sbin/nats-server)
-mkdir -p data/nats
-nohup "$server" -js -a 127.0.0.1 -p 4222 -sd "$PWD/data/nats" >data/nats/server.log 2>&1 &
-for _ in $(seq 1 50); do
-  port_open && exit 0
-  sleep 0.2
+store=/var/lib/nats-server
+mkdir -p "$store"
+start-stop-daemon --start --oknodo --background --exec "$server" -- \
+  -a 127.0.0.1 -p 4222 -js -sd "$store" -l /var/log/nats-server.log
+for _ in $(seq 1 30); do
+  listening && exit 0
+  sleep 0.5
 done
-echo "NATS still not reachable at 127.0.0.1:4222 (see data/nats/server.log)" >&2
+echo "NATS still not listening on 127.0.0.1:4222 (see /var/log/nats-server.log)" >&2
 exit 1

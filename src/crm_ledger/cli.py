@@ -5,9 +5,8 @@ Commands:
     crm-ledger keys create --role ROLE [--label L] [--data-dir DIR]   prints the new key, alone
     crm-ledger keys list [--data-dir DIR]
     crm-ledger keys revoke KEY_ID [--data-dir DIR]
-    crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + anchorer (+ Anvil)
-    crm-ledger worker anchor [--data-dir DIR]                   the anchorer alone
-    crm-ledger worker index [--data-dir DIR]                    the indexer alone
+    crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + every worker (+ Anvil)
+    crm-ledger worker anchor|index|loyalty|NAME [--data-dir DIR]   one background worker alone
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
     crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
 
@@ -20,7 +19,6 @@ stderr. Every command builds its settings with `_settings(data_dir)` and its dat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Iterator
@@ -177,110 +175,39 @@ worker_app = typer.Typer(help="Run one background role without the API.", no_arg
 app.add_typer(worker_app, name="worker")
 
 
-@worker_app.command("anchor")
-def worker_anchor(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
-    """Run only the anchorer (a singleton: extra copies stand by until the lock frees)."""
-    from crm_ledger.runtime import Runtime
-
-    settings = _settings(data_dir)
-    _configure_logging(log_level)
-    engine = _migrated_engine(settings)
-
-    async def run() -> None:
-        runtime = Runtime(
-            settings=settings, engine=engine, session_factory=make_session_factory(engine)
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await runtime.start()
-        await stop.wait()
-        await runtime.stop()
-
-    try:
-        asyncio.run(run())
-    finally:
-        engine.dispose()
-
-
-@worker_app.command("index")
-def worker_index(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
-    """Run only the chain indexer and its reconciliations (a singleton: extra copies, and the
-    indexer inside `serve`, stand by until the lock frees).
-
-    Follows the chain at CRM_LEDGER_RPC_URL, or else the Anvil a `crm-ledger serve` on the same
-    data directory started (127.0.0.1:CRM_LEDGER_ANVIL_PORT). Exits 1 if indexing halts (a
-    chain reset: see the message), 0 on SIGINT/SIGTERM.
-    """
-    from crm_ledger.chain.client import make_async_web3
-    from crm_ledger.indexer.indexer import indexing_beside
-
-    settings = _settings(data_dir).model_copy(update={"run_indexer": True})
-    _configure_logging(log_level)
-    engine = _migrated_engine(settings)
-    rpc_url = settings.rpc_url or f"http://127.0.0.1:{settings.anvil_port}"
-
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        w3 = make_async_web3(rpc_url, settings.rpc_timeout_seconds)
-        try:
-            async with indexing_beside(
-                w3=w3, session_factory=make_session_factory(engine), settings=settings
-            ) as indexer:
-                assert indexer is not None
-                while not stop.is_set():
-                    if indexer.state.state == "halted":
-                        typer.echo(f"indexing halted: {indexer.state.message}", err=True)
-                        return 1
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=1.0)
-        finally:
-            await w3.provider.disconnect()
-        return 0
-
-    try:
-        code = asyncio.run(run())
-    finally:
-        engine.dispose()
-    raise typer.Exit(code)
-
-
 def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
-    """Run the background worker `name` alone under a supervisor until SIGINT/SIGTERM.
+    """Run the background worker `name` alone until SIGINT/SIGTERM (a singleton: extra copies,
+    and the one inside `serve`, stand by until the lock frees).
 
-    Exits 2 when the settings do not enable it, 1 when it halts, 0 on a signal.
+    Exits 2 when the settings do not enable it, 1 when it halts (the message says why), 0 on a
+    signal.
     """
-    from crm_ledger.workers import Supervisor, WorkerState, background_workers
+    from crm_ledger.runtime import Runtime
+    from crm_ledger.workers import WorkerState
 
     settings = _settings(data_dir)
     _configure_logging(log_level)
     engine = _migrated_engine(settings)
-    workers = background_workers(
-        settings=settings, session_factory=make_session_factory(engine), only=name
+    runtime = Runtime(
+        settings=settings, engine=engine, session_factory=make_session_factory(engine), only=name
     )
-    if not workers:
+    if not runtime.supervisor.names:
         engine.dispose()
         typer.echo(f"the {name} worker is not enabled by the settings (see the README)", err=True)
         raise typer.Exit(2)
 
     async def run() -> int:
-        supervisor = Supervisor(
-            engine=engine, max_backoff_seconds=settings.anchor_retry_max_seconds
-        )
-        supervisor.add(workers[0])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await supervisor.start()
-        done = asyncio.create_task(supervisor.wait())
-        await asyncio.wait([done, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
-        await supervisor.stop()
-        status = supervisor.status()[name]
+        await runtime.start()
+        finished = asyncio.ensure_future(runtime.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        await runtime.stop()
+        status = runtime.supervisor.status()[name]
         if status["state"] == WorkerState.HALTED:
             typer.echo(f"{name} halted: {status['message']}", err=True)
             return 1
@@ -293,19 +220,30 @@ def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
     raise typer.Exit(code)
 
 
-def _add_worker_command(name: str) -> None:
-    def command(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
-        _run_worker_alone(name, data_dir, log_level)
+_WORKER_HELP = {
+    "anchor": "the anchorer: cuts the journal into batches and anchors them",
+    "index": "the chain indexer and its reconciliations (follows CRM_LEDGER_RPC_URL, or else "
+    "the Anvil a `crm-ledger serve` on the same data directory started)",
+    "loyalty": "loyalty issuance: earnings, awards, redemptions and expiries onto the token",
+}
 
-    command.__doc__ = f"Run only the {name} worker (a singleton: extra copies stand by)."
-    worker_app.command(name)(command)
+
+def _add_worker_command(command_name: str, worker_name: str, help_text: str) -> None:
+    def command(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
+        _run_worker_alone(worker_name, data_dir, log_level)
+
+    command.__doc__ = f"Run only {help_text} (a singleton: extra copies stand by)."
+    worker_app.command(command_name)(command)
 
 
 def _add_worker_commands() -> None:
+    from crm_ledger.runtime import CHAIN_WORKERS
     from crm_ledger.workers.roles import ROLES
 
+    for command_name, worker_name in zip(_WORKER_HELP, CHAIN_WORKERS, strict=True):
+        _add_worker_command(command_name, worker_name, _WORKER_HELP[command_name])
     for name in ROLES:
-        _add_worker_command(name)
+        _add_worker_command(name, name, f"the {name} worker")
 
 
 _add_worker_commands()

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
 
     auto_migrate: bool = True
 
+    # Web console (issue 13) ------------------------------------------------------------------
+    console_rpc_url: str | None = Field(
+        default=None,
+        description="the JSON-RPC URL the console's in-browser verifier reads the chain from; "
+        "unset: the service's own RPC URL when it carries no credentials",
+    )
+
     # Outbound relays (issue 12): NATS JetStream and signed webhooks. -------------------------
     nats_url: str | None = Field(
         default=None, description="NATS server URL, e.g. nats://127.0.0.1:4222; unset: no relay"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ from sqlalchemy import Engine
 
 from crm_ledger.errors import ChainUnavailable, ConfigError, Unavailable, WorkerHalted
 from crm_ledger.workers import Backoff, Supervisor, WorkerState
+from tests.workers.helpers import until
 
 
 class ScriptedWorker:
@@ -51,15 +51,6 @@ class PreparingWorker(ScriptedWorker):
         return {"prepared": self.prepared}
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until `condition()` holds; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
-
-
 def fast(engine: Engine | None) -> Supervisor:
     return Supervisor(
         engine=engine,
@@ -73,10 +64,13 @@ def fast(engine: Engine | None) -> Supervisor:
 @pytest.mark.asyncio
 async def test_busy_steps_run_back_to_back_then_the_worker_idles() -> None:
     worker = ScriptedWorker("busy", [5, 7, 1])
-    supervisor = fast(None)
+    supervisor = Supervisor(engine=None, idle_seconds=60)
     supervisor.add(worker, singleton=False)
     await supervisor.start()
-    await until(lambda: supervisor.status()["busy"]["state"] == "idle")
+    await until(lambda: worker.steps == 4)
+    await asyncio.sleep(0.1)
+    assert worker.steps == 4, "an idle step waits idle_seconds before the next"
+    assert supervisor.status()["busy"]["state"] == "running"
     await supervisor.stop()
     status = supervisor.status()["busy"]
     assert status["items_handled"] == 13
@@ -132,7 +126,9 @@ async def test_halting_errors_halt_only_their_worker(error: Exception) -> None:
 
 
 @pytest.mark.asyncio
-async def test_an_unexpected_error_is_backed_off_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_unexpected_error_is_backed_off_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     worker = ScriptedWorker("buggy", [ZeroDivisionError("oops"), 2])
     supervisor = fast(None)
     supervisor.add(worker, singleton=False)

@@ -21,10 +21,12 @@ from crm_ledger.api.routes import (
     events,
     health,
     loyalty,
+    ops,
     records,
     webhook_subscriptions,
 )
 from crm_ledger.config import Settings
+from crm_ledger.console import install_console
 
 # A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
 # item a thousand of them do not fit in the single-request limit, so the batch endpoint gets
@@ -44,6 +46,9 @@ def install(app: FastAPI) -> None:
     app.include_router(loyalty.router)
     app.include_router(crm.router)
     app.include_router(events.router)
+    # Web console (issue 13): /v1/me, /v1/ops, and the console itself at /.
+    app.include_router(ops.router)
+    install_console(app)
     app.include_router(webhook_subscriptions.router)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(

@@ -55,9 +55,8 @@ class WorkerState(StrEnum):
     STARTING = "starting"
     #: Another process holds this worker's singleton lock; this one waits to take over.
     STANDBY = "standby"
+    #: Stepping: busy, or idle between steps (`items_handled` and the worker's report tell).
     RUNNING = "running"
-    #: Nothing to do at the last step.
-    IDLE = "idle"
     #: Something it needs is down; it retries after a pause that grows with each failure.
     BACKING_OFF = "backing_off"
     #: It cannot go on until an operator acts; the message says how.

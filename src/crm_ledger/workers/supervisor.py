@@ -12,7 +12,8 @@ For each worker, forever until `stop()`:
 4. a failure is backed off (`Backoff`: exponential with jitter, capped): `Unavailable` and
    database errors quietly, anything unexpected with its traceback in the log; nothing a worker
    raises stops the API or another worker;
-5. `WorkerHalted`, `ConfigError` or `ChainReset` halt the worker (state `halted`, the message in
+5. `WorkerHalted`, `ConfigError` or a `ChainError` other than `ChainUnavailable` (a reset chain,
+   a node answering what cannot be on its chain) halt the worker (state `halted`, the message in
    `/readyz`) until the process restarts: an operator must act.
 
 Usage::
@@ -37,15 +38,16 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from crm_ledger import metrics
-from crm_ledger.errors import ChainReset, ConfigError, Unavailable, WorkerHalted
+from crm_ledger.errors import ChainError, ConfigError, Unavailable, WorkerHalted
 from crm_ledger.workers.backoff import Backoff
 from crm_ledger.workers.base import Preparable, Reporting, Worker, WorkerState, WorkerStatus
 from crm_ledger.workers.lock import SingletonLock
 
 log = logging.getLogger(__name__)
 
-#: Errors after which a worker cannot go on until an operator acts.
-HALTING = (WorkerHalted, ConfigError, ChainReset)
+#: Errors after which a worker cannot go on until an operator acts (a chain error that is not
+#: mere unavailability: a reset chain, a node answering what cannot be on its chain...).
+HALTING = (WorkerHalted, ConfigError, ChainError)
 #: Errors that are the world's, not a bug: logged in one line, without a traceback.
 TRANSIENT = (Unavailable, DBAPIError)
 
@@ -55,6 +57,7 @@ class _Entry:
     worker: Worker
     status: WorkerStatus
     idle_seconds: float
+    max_backoff_seconds: float
     lock: SingletonLock | None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -82,9 +85,15 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(
-        self, worker: Worker, *, singleton: bool = True, idle_seconds: float | None = None
+        self,
+        worker: Worker,
+        *,
+        singleton: bool = True,
+        idle_seconds: float | None = None,
+        max_backoff_seconds: float | None = None,
     ) -> None:
-        """Run `worker` from `start()` on (or at once, if already started)."""
+        """Run `worker` from `start()` on (or at once, if already started); the pauses default
+        to the supervisor's."""
         if worker.name in self._entries:
             raise ValueError(f"a worker named {worker.name!r} runs already")
         lock = None
@@ -96,6 +105,9 @@ class Supervisor:
             worker=worker,
             status=WorkerStatus(name=worker.name),
             idle_seconds=self._idle_seconds if idle_seconds is None else idle_seconds,
+            max_backoff_seconds=(
+                self._max_backoff if max_backoff_seconds is None else max_backoff_seconds
+            ),
             lock=lock,
         )
         self._entries[worker.name] = entry
@@ -158,7 +170,7 @@ class Supervisor:
 
     async def _run(self, entry: _Entry) -> None:
         worker, status = entry.worker, entry.status
-        backoff = Backoff(initial=self._initial_backoff, maximum=self._max_backoff)
+        backoff = Backoff(initial=self._initial_backoff, maximum=entry.max_backoff_seconds)
         prepared = not isinstance(worker, Preparable)
         try:
             while not self._stop.is_set():
@@ -176,11 +188,11 @@ class Supervisor:
                         await worker.prepare()  # type: ignore[attr-defined]
                         prepared = True
                     handled = int(await worker.step())
-                except HALTING as exc:
-                    log.error("%s halted: %s", worker.name, exc)
-                    self._show(status, WorkerState.HALTED, str(exc))
-                    return
                 except Exception as exc:
+                    if isinstance(exc, HALTING) and not isinstance(exc, Unavailable):
+                        log.error("%s halted: %s", worker.name, exc)
+                        self._show(status, WorkerState.HALTED, str(exc))
+                        return
                     pause = backoff.next()
                     status.failures_in_a_row = backoff.failures
                     message = _describe(exc)
@@ -196,11 +208,10 @@ class Supervisor:
                 status.failures_in_a_row = 0
                 status.items_handled += handled
                 metrics.worker_items_total.labels(worker=worker.name).inc(handled)
+                self._show(status, WorkerState.RUNNING)
                 if handled:
-                    self._show(status, WorkerState.RUNNING)
                     await asyncio.sleep(0)  # let the API's requests in between busy steps
                 else:
-                    self._show(status, WorkerState.IDLE)
                     await self._pause(entry, entry.idle_seconds)
         finally:
             if status.state is not WorkerState.HALTED:

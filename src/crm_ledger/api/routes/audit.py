@@ -75,15 +75,9 @@ class ChainUnreachable(ApiError):
 
 def get_chain_provider(runtime: RuntimeDep) -> ChainProvider:
     """Read-only access to the node the service anchors to."""
-    settings = runtime.settings
-    rpc_url = settings.rpc_url
-    if rpc_url is None:
-        rpc_url = (
-            runtime.node.rpc_url
-            if runtime.node is not None
-            else f"http://127.0.0.1:{settings.anvil_port}"
-        )
-    return RpcChainProvider(rpc_url=rpc_url, timeout=settings.rpc_timeout_seconds)
+    return RpcChainProvider(
+        rpc_url=runtime.connection.rpc_url, timeout=runtime.settings.rpc_timeout_seconds
+    )
 
 
 ChainProviderDep = Annotated[ChainProvider, Depends(get_chain_provider)]
