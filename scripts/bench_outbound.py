@@ -12,7 +12,8 @@ Phases, all in one run:
             publishing the same N bodies with the same headers to a stream of its own,
             pipelined the same way (publish_async, then wait for every ack).
   lag       R events per second appended for S seconds (a writer thread, one transaction per
-            10 ms) while the relay runs under the service's supervisor (idle poll 0.5 s) and
+            10 ms) while the relay runs under a supervisor polling as the service's does (an idle
+            worker steps again after CRM_LEDGER_ANCHOR_POLL_SECONDS, 0.05 s) and
             a JetStream consumer receives them: lag = receipt time - the event's created_at,
             p50 / p99.
   webhooks  W events delivered to a local aiohttp receiver by the webhook worker (default
@@ -42,6 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import WebhookDelivery
@@ -168,7 +170,8 @@ async def lag_phase(
     stream = f"BENCH_LAG_{uuid.uuid4().hex[:8]}"
     prefix = f"bench-{stream.lower()}"
     publisher = NatsPublisher(url=url, stream=stream, subject_prefix=prefix)
-    supervisor = Supervisor(engine=None)
+    # Polled as `crm-ledger serve` polls its workers (CRM_LEDGER_ANCHOR_POLL_SECONDS).
+    supervisor = Supervisor(engine=None, idle_seconds=Settings().anchor_poll_seconds)
     supervisor.add(
         FeedRelay(name=NATS_RELAY, publisher=publisher, session_factory=sessions), singleton=False
     )
