@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest services system-packages clean
+.PHONY: install run test lint services system-packages clean
+.PHONY: bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -41,7 +42,7 @@ lint: install
 
 # Benchmarks print their figures and ratios against a baseline measured in the same run;
 # docs/benchmarks.md records them. Each runs on 127.0.0.1 and stops by itself.
-bench: bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest
+bench: bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound
 
 bench-anchor: install
 	$(BIN)/python scripts/bench_anchor.py
@@ -54,6 +55,9 @@ bench-loyalty: install
 
 bench-indexer: install
 	$(BIN)/python scripts/bench_indexer.py
+
+bench-outbound: install services
+	$(BIN)/python scripts/bench_outbound.py
 
 clean:
 	rm -rf $(VENV) hardhat-local/node_modules data

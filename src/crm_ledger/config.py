@@ -165,6 +165,51 @@ class Settings(BaseSettings):
         default=False, description="keep Contacts current from the change feed (a worker)"
     )
 
+    # Outbound relays (issue 12): NATS JetStream and signed webhooks. -------------------------
+    nats_url: str | None = Field(
+        default=None, description="NATS server URL, e.g. nats://127.0.0.1:4222; unset: no relay"
+    )
+    nats_stream: str = Field(
+        default="CRM_LEDGER", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="JetStream stream"
+    )
+    nats_subject_prefix: str = Field(
+        default="crm-ledger",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="events go to <prefix>.<event type>",
+    )
+    nats_max_age_days: float = Field(
+        default=7.0, gt=0, description="the stream keeps messages this long (created if absent)"
+    )
+    nats_duplicate_window_seconds: float = Field(
+        default=600.0, gt=0, description="JetStream drops a repeated Nats-Msg-Id this long"
+    )
+    nats_batch_size: int = Field(default=500, ge=1, le=4000, description="events per publish")
+    nats_ack_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    run_webhooks: bool = True
+    webhook_allow_private_urls: bool = Field(
+        default=False,
+        description="let subscriptions target loopback, private, link-local and metadata "
+        "addresses (tests and closed networks only)",
+    )
+    webhook_secret_key: SecretStr | None = Field(
+        default=None,
+        description="base64 of 32 bytes that encrypt signing secrets at rest; unset: a key "
+        "file in the data directory, made on first use",
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_max_concurrency: int = Field(default=64, ge=1, le=1000)
+    webhook_max_per_subscription: int = Field(default=16, ge=1, le=100)
+    webhook_retry_schedule_seconds: list[float] = Field(
+        default=[5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        max_length=30,
+        description="waits before each retry (jittered ±20%); default about 27 hours",
+    )
+    webhook_auto_pause_failures: int = Field(
+        default=50, ge=1, description="failed attempts in a row that pause a subscription"
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""

@@ -9,6 +9,7 @@ subclass derives from it too, so callers may catch either.
     ├── FormatError(ValueError)           bytes that are not a valid leaf input / receipt / digest
     ├── MappingError(ValueError)          a shop delivery that cannot be mapped to records
     ├── Unavailable(ConnectionError)      something a worker needs is down: back off, retry later
+    │   └── BrokerUnavailable                the message broker (NATS) did not take a batch
     ├── WorkerHalted                      a background worker cannot go on until an operator acts
     ├── ChainError                        the chain did something we cannot work with
     │   ├── ChainUnavailable(Unavailable)      the node cannot be reached (retry later)
@@ -145,3 +146,7 @@ class SalesforceError(LedgerError):
 
 class SalesforceUnavailable(SalesforceError, Unavailable):
     """Salesforce cannot be reached or answered 5xx / 429; the sync retries later."""
+
+
+class BrokerUnavailable(Unavailable):
+    """The message broker cannot be reached or did not acknowledge; the relay retries later."""

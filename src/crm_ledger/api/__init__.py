@@ -16,7 +16,17 @@ from crm_ledger.api.middleware import (
 )
 from crm_ledger.api.problems import install_problem_handlers
 from crm_ledger.api.ratelimit import RateLimiter
-from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, ops, records
+from crm_ledger.api.routes import (
+    audit,
+    crm,
+    customers,
+    events,
+    health,
+    loyalty,
+    ops,
+    records,
+    webhook_subscriptions,
+)
 from crm_ledger.api.routes import sources as ingest_sources
 from crm_ledger.api.routes import webhooks as ingest_webhooks
 from crm_ledger.config import Settings
@@ -48,6 +58,7 @@ def install(app: FastAPI) -> None:
     # Web console (issue 13): /v1/me, /v1/ops, and the console itself at /.
     app.include_router(ops.router)
     install_console(app)
+    app.include_router(webhook_subscriptions.router)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -94,6 +94,8 @@ class EventType(enum.StrEnum):
     REWARD_RETRACTED = "reward.retracted"
     #: Reconciliation found a new disagreement between the database and the chain.
     DRIFT_DETECTED = "drift.detected"
+    #: A webhook subscription was paused after a run of failed deliveries (issue 12).
+    SUBSCRIPTION_PAUSED = "subscription.paused"
 
 
 class CursorExpired(ApiError):

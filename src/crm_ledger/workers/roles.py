@@ -79,3 +79,26 @@ def _salesforce(*, settings: Settings, session_factory: sessionmaker[Session]) -
 
 
 ROLES["salesforce"] = _salesforce
+# Outbound relays (issue 12) -------------------------------------------------------------------
+
+
+def _nats_relay(*, settings: Settings, session_factory: sessionmaker[Session]) -> Worker | None:
+    if settings.nats_url is None:
+        return None
+    from crm_ledger.outbound.relay import nats_relay
+
+    return nats_relay(settings=settings, session_factory=session_factory)
+
+
+ROLES["nats-relay"] = _nats_relay
+
+
+def _webhooks(*, settings: Settings, session_factory: sessionmaker[Session]) -> Worker | None:
+    if not settings.run_webhooks:
+        return None
+    from crm_ledger.outbound.webhooks.dispatcher import WebhookDispatcher
+
+    return WebhookDispatcher.from_settings(settings=settings, session_factory=session_factory)
+
+
+ROLES["webhooks"] = _webhooks

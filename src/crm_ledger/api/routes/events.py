@@ -54,7 +54,8 @@ def events(
     Types: `record.anchored` (the indexer saw the record's batch on chain, confirmed),
     `record.unanchored` (a reorg took that block away; names the event it retracts),
     `reward.issued`, `reward.redeemed`, `reward.expired`, `reward.retracted` (a reorg took a
-    reward event's block away), `drift.detected` (reconciliation found a disagreement).
+    reward event's block away), `drift.detected` (reconciliation found a disagreement),
+    `subscription.paused` (a webhook subscription was paused after a run of failures).
     A cursor older than the retention answers 410: the consumer missed events.
     """
     wanted = None if types is None else [t.strip() for t in types.split(",") if t.strip()]

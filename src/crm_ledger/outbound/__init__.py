@@ -1,0 +1,1 @@
+"""Outbound: the change feed carried to the systems around the ledger."""
