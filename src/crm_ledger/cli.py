@@ -40,6 +40,7 @@ from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import LedgerError, NotFound
 from crm_ledger.journal.keys import Role, create_api_key, list_api_keys, revoke_api_key
+from crm_ledger.journal.privacy import attach_keyring, load_keyring
 
 app = typer.Typer(
     help="crm-ledger: a customer ledger anchored on an EVM chain.", no_args_is_help=True
@@ -71,6 +72,7 @@ def _migrated_engine(settings: Settings) -> Engine:
     engine = make_engine(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
+    attach_keyring(engine, load_keyring(settings))
     upgrade_database(engine)
     return engine
 

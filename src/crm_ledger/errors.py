@@ -5,6 +5,7 @@ subclass derives from it too, so callers may catch either.
 
     LedgerError
     ├── ConfigError(ValueError)           settings that cannot work (e.g. dev keys off chain 31337)
+    ├── KeyUnavailable                    sealed personal data no configured master key opens
     ├── InvalidProof(ValueError)          a Merkle proof that cannot belong to the tree it claims
     ├── FormatError(ValueError)           bytes that are not a valid leaf input / receipt / digest
     ├── ChainError                        the chain did something we cannot work with
@@ -13,7 +14,8 @@ subclass derives from it too, so callers may catch either.
     │   └── AnchorRejected                   the contract reverted an anchor transaction
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
-        └── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
+        ├── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
+        └── Gone                            what the request concerned was erased
 """
 
 from __future__ import annotations
@@ -107,3 +109,15 @@ class PayloadTooLarge(ApiError):
 class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable request"
+
+
+# Personal data (issue 10) ---------------------------------------------------------------------
+
+
+class KeyUnavailable(LedgerError):
+    """Sealed personal data that the configured master key(s) cannot open."""
+
+
+class Gone(ApiError):
+    status = 410
+    title = "Gone"

@@ -10,8 +10,15 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.config import Settings
-from crm_ledger.db.models import Customer, Record
+from crm_ledger.db.models import Customer, Record, new_id
 from crm_ledger.errors import AnchorRejected, ChainUnavailable
+from crm_ledger.journal.privacy import (
+    PersonalFields,
+    keyring_of,
+    new_data_key,
+    seal_personal,
+    wrap_data_key,
+)
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.canonical import canonical_json, commitment, new_customer_key
 from crm_ledger.ledger.leaf import RecordKind
@@ -140,12 +147,25 @@ def fast_settings(tmp_path: object, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def make_customer(session: Session, **overrides: object) -> Customer:
-    """A customer with a fresh key."""
+def make_customer(
+    session: Session,
+    *,
+    name: str | None = "Ada",
+    email: str | None = "ada@example.com",
+    phone: str | None = None,
+    **overrides: object,
+) -> Customer:
+    """A customer with a fresh key and personal fields sealed as the journal seals them."""
+    customer_id = new_id()
+    data_key = new_data_key()
+    fields = PersonalFields(name=name, email=email, phone=phone)
+    keyring = keyring_of(session)
     values: dict[str, object] = {
-        "name": "Ada",
-        "email": "ada@example.com",
+        "id": customer_id,
         "key": new_customer_key(),
+        "wrapped_data_key": wrap_data_key(keyring, customer_id=customer_id, data_key=data_key),
+        "personal": seal_personal(data_key, customer_id=customer_id, fields=fields),
+        "email_index": keyring.current.email_index(email) if email is not None else None,
     }
     values.update(overrides)
     customer = Customer(**values)

@@ -1,7 +1,11 @@
-"""Customers: create, fetch, list a page at a time.
+"""Customers: create, fetch, list a page at a time, find by email, open personal fields.
 
-Exports: `CustomerPage`, `create_customer`, `get_customer`, `list_customers`, `encode_cursor`,
+Exports: `CustomerPage`, `create_customer`, `get_customer`, `list_customers`,
+`find_customer_by_email`, `personal_fields`, `personal_fields_of`, `encode_cursor`,
 `decode_cursor`, `DEFAULT_PAGE_SIZE`, `MAX_PAGE_SIZE`.
+
+Personal fields are sealed on the way in and opened on the way out with the key ring of the
+session's database (`crm_ledger.journal.privacy`); nothing here stores them in the clear.
 
 Writers flush but do not commit: the caller owns the transaction (the API commits the customer
 and its idempotency entry together).
@@ -19,6 +23,16 @@ from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import Customer, new_id, utcnow
 from crm_ledger.errors import Conflict, NotFound, Unprocessable
+from crm_ledger.journal.privacy import (
+    KeyRing,
+    PersonalFields,
+    keyring_of,
+    new_data_key,
+    open_personal,
+    seal_personal,
+    unwrap_data_key,
+    wrap_data_key,
+)
 from crm_ledger.journal.schemas import CustomerCreate, is_public_id, shorten
 from crm_ledger.ledger.canonical import new_customer_key
 
@@ -48,11 +62,17 @@ def create_customer(*, session: Session, payload: CustomerCreate) -> Customer:
         )
         if taken is not None:
             raise _external_ref_taken(payload.external_ref, taken)
+    keyring = keyring_of(session)
+    customer_id = new_id()
+    data_key = new_data_key()
+    fields = PersonalFields(name=payload.name, email=payload.email, phone=payload.phone)
     customer = Customer(
-        id=new_id(),
-        name=payload.name,
-        email=payload.email,
-        phone=payload.phone,
+        id=customer_id,
+        wrapped_data_key=wrap_data_key(keyring, customer_id=customer_id, data_key=data_key),
+        personal=seal_personal(data_key, customer_id=customer_id, fields=fields),
+        email_index=(
+            keyring.current.email_index(payload.email) if payload.email is not None else None
+        ),
         external_ref=payload.external_ref,
         tags=list(payload.tags),
         key=new_customer_key(),
@@ -78,6 +98,34 @@ def get_customer(*, session: Session, customer_id: str) -> Customer:
         shown = shorten(customer_id)
         raise NotFound(f"no customer with id {shown!r}", customer_id=shown)
     return customer
+
+
+def find_customer_by_email(session: Session, email: str) -> Customer | None:
+    """The oldest unerased customer whose email matches `email` (trimmed, any case), or None.
+
+    Matches on the blind index, so the email is never compared in the clear; during a master
+    key rotation rows under either key are found.
+    """
+    keyring = keyring_of(session)
+    return session.scalars(
+        select(Customer)
+        .where(Customer.email_index.in_(keyring.email_indexes(email)))
+        .order_by(Customer.pk)
+        .limit(1)
+    ).first()
+
+
+def personal_fields(session: Session, customer: Customer) -> PersonalFields:
+    """The customer's name, email and phone in the clear (all None once erased)."""
+    return personal_fields_of(keyring_of(session), customer)
+
+
+def personal_fields_of(keyring: KeyRing, customer: Customer) -> PersonalFields:
+    """`personal_fields` with the key ring at hand (for loops over many customers)."""
+    if customer.wrapped_data_key is None or customer.personal is None:
+        return PersonalFields()
+    data_key = unwrap_data_key(keyring, customer_id=customer.id, wrapped=customer.wrapped_data_key)
+    return open_personal(data_key, customer_id=customer.id, sealed=customer.personal)
 
 
 def list_customers(

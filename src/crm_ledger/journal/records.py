@@ -1,7 +1,8 @@
 """Records: interactions and orders committed to the journal, and read back.
 
 Exports: `RecordView`, `Backlog`, `record_interaction`, `record_interactions`, `record_order`,
-`get_record`, `find_record`, `anchoring_backlog`, `kind_name`, `DOCUMENT_VERSION`.
+`record_accesses`, `get_record`, `find_record`, `anchoring_backlog`, `kind_name`,
+`DOCUMENT_VERSION`.
 
 Every record commits to exactly this document, serialised with RFC 8785:
 
@@ -133,6 +134,23 @@ def record_order(*, session: Session, payload: OrderCreate) -> RecordView:
     _check_total(payload)
     body = payload.model_dump(mode="json", exclude={"customer_id"})
     return _write(session, [_Item(payload.customer_id, RecordKind.ORDER, body, "customer_id")])[0]
+
+
+def record_accesses(*, session: Session, customer_ids: Sequence[str], body: dict[str, Any]) -> int:
+    """One access record (kind `access`, the same `body`) per customer of `customer_ids` whose
+    personal data is not erased; returns how many were written.
+
+    An erased customer has no personal data left to read, so their reads leave no record.
+    """
+    wanted = sorted({customer_id.lower() for customer_id in customer_ids})
+    if not wanted:
+        return 0
+    rows = session.connection().execute(_LOCK_CUSTOMERS, {"ids": wanted})
+    readable = [row.id for row in rows if row.key is not None]
+    if not readable:
+        return 0
+    _write(session, [_Item(cid, RecordKind.ACCESS, body, "customer_id") for cid in readable])
+    return len(readable)
 
 
 def get_record(*, session: Session, record_id: str) -> RecordView:

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, SettingsDep, require_roles
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
+from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
@@ -292,9 +292,10 @@ def create_redemption(
     409 with `balance` when the customer has fewer spendable points than asked.
     """
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         redemption = redemptions.create_redemption(session=session, payload=payload)
-        return redemptions.redemption_public(session, redemption).model_dump_json()
+        body = redemptions.redemption_public(session, redemption).model_dump_json()
+        return Written(body, [payload.customer_id])
 
     return run_write(
         session=session,
@@ -379,7 +380,7 @@ def link_customer_wallet(
     Refused (409) while the current address holds or is owed points.
     """
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         customer = get_customer(session=session, customer_id=customer_id)
         link_wallet(
             session=session,
@@ -390,9 +391,10 @@ def link_customer_wallet(
             signature=payload.signature,
             live_points=live_points(session, customer.pk),
         )
-        return loyalty_account(
+        account = loyalty_account(
             session=session, customer_id=customer.id, keyring=None, now=utcnow()
-        ).model_dump_json()
+        )
+        return Written(account.model_dump_json(), [customer.id])
 
     return run_write(
         session=session,

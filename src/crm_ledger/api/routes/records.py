@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from crm_ledger import metrics
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
+from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.schemas import ReceiptPending, RecordPublic, RecordsPublic, record_public
 from crm_ledger.api.transaction import read_only
@@ -49,9 +49,9 @@ def create_interaction(
 ) -> Response:
     """Commit one interaction to the journal; it is anchored on chain asynchronously."""
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         record = records.record_interaction(session=session, payload=payload)
-        return record_public(record).model_dump_json()
+        return Written(record_public(record).model_dump_json(), [record.customer_id])
 
     return run_write(
         session=session,
@@ -80,13 +80,14 @@ def create_interactions(
 ) -> Response:
     """Commit up to `max_batch_items` interactions in one transaction; answers in request order."""
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         written = records.record_interactions(
             session=session, payloads=payload.items, max_items=settings.max_batch_items
         )
-        return RecordsPublic.model_construct(
+        body = RecordsPublic.model_construct(
             items=[record_public(r) for r in written]
         ).model_dump_json()
+        return Written(body, [r.customer_id for r in written])
 
     return run_write(
         session=session,
@@ -111,9 +112,9 @@ def create_order(
 ) -> Response:
     """Commit one order; `total` must equal the sum of quantity * unit_price over its lines."""
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         record = records.record_order(session=session, payload=payload)
-        return record_public(record).model_dump_json()
+        return Written(record_public(record).model_dump_json(), [record.customer_id])
 
     return run_write(
         session=session,

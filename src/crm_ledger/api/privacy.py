@@ -1,0 +1,79 @@
+"""Personal data on the read path: who sees it, and the trace each read leaves.
+
+Exports: `PurposeDep`, `sees_personal_data`, `journal_reads`, `PURPOSE_HEADER`.
+
+Roles listed in the `personal_data_roles` setting (recorder, auditor and admin by default) see
+customers' personal fields; the others (marketing by default) get the same answers with those
+fields null, and leave no access record. Every answer that shows personal fields is preceded by
+its access records, committed through the group committer (so concurrent reads share one
+commit): no personal field leaves the service without a durable trace of who read it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import Depends, Header
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
+from sqlalchemy.orm import Session
+
+from crm_ledger.api.group_commit import committer_for
+from crm_ledger.config import Settings
+from crm_ledger.journal.access import access_body
+from crm_ledger.journal.keys import ApiKeyPrincipal
+from crm_ledger.journal.records import record_accesses
+
+PURPOSE_HEADER = "X-Purpose"
+_PURPOSE = re.compile(r"[\x20-\x7e]{1,200}")
+
+
+def _check_purpose(value: str | None) -> str | None:
+    if value is not None and not _PURPOSE.fullmatch(value):
+        raise PydanticCustomError(
+            "purpose", "must be 1 to 200 printable ASCII characters, e.g. 'support ticket 4711'"
+        )
+    return value
+
+
+async def get_purpose(
+    purpose: Annotated[
+        str | None,
+        AfterValidator(_check_purpose),
+        Header(
+            alias=PURPOSE_HEADER,
+            description="Why personal data is read (1 to 200 printable ASCII characters); "
+            "journaled in the customer's access log.",
+        ),
+    ] = None,
+) -> str | None:
+    """The declared purpose of a read, if any."""
+    return purpose
+
+
+PurposeDep = Annotated[str | None, Depends(get_purpose)]
+
+
+def sees_personal_data(settings: Settings, principal: ApiKeyPrincipal) -> bool:
+    """True when the caller's role is one the settings let see personal fields."""
+    roles = {role.strip() for role in settings.personal_data_roles.split(",")}
+    return principal.role.value in roles
+
+
+def journal_reads(
+    *,
+    session: Session,
+    principal: ApiKeyPrincipal,
+    customer_ids: Sequence[str],
+    purpose: str | None,
+    operation: str,
+) -> None:
+    """Commit one access record per (unerased) customer read; returns after the commit."""
+    if not customer_ids:
+        return
+    body = access_body(principal=principal, purpose=purpose, operation=operation)
+    committer_for(session).run(
+        lambda tx: record_accesses(session=tx, customer_ids=customer_ids, body=body)
+    )
