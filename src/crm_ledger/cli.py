@@ -5,6 +5,7 @@ Commands:
     crm-ledger keys create --role ROLE [--label L] [--data-dir DIR]   prints the new key, alone
     crm-ledger keys list [--data-dir DIR]
     crm-ledger keys revoke KEY_ID [--data-dir DIR]
+    crm-ledger keys rotate-master [--new-key-file F] [--data-dir DIR]   re-wrap every data key
     crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + anchorer (+ Anvil)
     crm-ledger worker anchor [--data-dir DIR]                   the anchorer alone
     crm-ledger worker index [--data-dir DIR]                    the indexer alone
@@ -22,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +43,17 @@ from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import LedgerError, NotFound
 from crm_ledger.journal.keys import Role, create_api_key, list_api_keys, revoke_api_key
-from crm_ledger.journal.privacy import attach_keyring, load_keyring
+from crm_ledger.journal.privacy import (
+    NEXT_SUFFIX,
+    KeyRing,
+    MasterKey,
+    attach_keyring,
+    key_file,
+    load_keyring,
+    read_key_file,
+    write_key_file,
+)
+from crm_ledger.journal.rotation import rotate_master_key
 
 app = typer.Typer(
     help="crm-ledger: a customer ledger anchored on an EVM chain.", no_args_is_help=True
@@ -139,6 +152,75 @@ def keys_revoke(
         raise typer.Exit(code=1) from None
     assert info.revoked_at is not None
     stderr.print(f"Key {info.id} ({info.role}) is revoked since {_when(info.revoked_at)}.")
+
+
+@keys_app.command("rotate-master")
+def keys_rotate_master(
+    data_dir: DataDirOption = None,
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key-file",
+            help="The new master key (base64 in a file; created with a random key if missing). "
+            "Required when the key comes from CRM_LEDGER_MASTER_KEY; optional with a key file.",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Re-wrap every customer's data key under a new master key; records are not touched.
+
+    With a key file (CRM_LEDGER_MASTER_KEY_FILE, or the data directory's master.key) the new
+    key goes to `<file>.next` first and replaces the file once every row is re-wrapped; an
+    interrupted rotation is finished by running the command again. Run it with the service
+    stopped, or restart every process right after: a running process knows only the old key.
+    """
+    settings = _settings(data_dir)
+    try:
+        current = load_keyring(settings)
+        pending: Path | None = None
+        if settings.master_key is not None:
+            if new_key_file is None:
+                stderr.print(
+                    "[red]The master key comes from CRM_LEDGER_MASTER_KEY: pass --new-key-file "
+                    "FILE; the new key goes there.[/red]"
+                )
+                raise typer.Exit(code=1)
+            if not new_key_file.exists():
+                write_key_file(new_key_file, secrets.token_bytes(32))
+            keyring = KeyRing(MasterKey(read_key_file(new_key_file)), current.current)
+        else:
+            path = key_file(settings)
+            pending = path.with_name(path.name + NEXT_SUFFIX)
+            if pending.exists():
+                keyring = current  # a rotation was interrupted: its next key is already current
+            else:
+                fresh = read_key_file(new_key_file) if new_key_file else secrets.token_bytes(32)
+                write_key_file(pending, fresh)
+                keyring = KeyRing(MasterKey(fresh), current.current)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(
+            settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        try:
+            attach_keyring(engine, keyring)
+            upgrade_database(engine)
+            result = rotate_master_key(
+                session_factory=make_session_factory(engine), keyring=keyring
+            )
+        finally:
+            engine.dispose()
+    except LedgerError as exc:
+        stderr.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(code=1) from None
+    if pending is not None:
+        os.replace(pending, key_file(settings))
+        where = f"it replaced {key_file(settings)}"
+    else:
+        where = f"set CRM_LEDGER_MASTER_KEY to the content of {new_key_file} before restarting"
+    stderr.print(
+        f"Re-wrapped {result.data_keys} data keys and {result.answers} stored answers under "
+        f"master key {keyring.current.key_id.hex()}; {where}."
+    )
 
 
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]

@@ -1,6 +1,7 @@
 """Personal data on the read path: who sees it, and the trace each read leaves.
 
-Exports: `PurposeDep`, `sees_personal_data`, `journal_reads`, `PURPOSE_HEADER`.
+Exports: `PurposeDep`, `sees_personal_data`, `journal_reads`, `PURPOSE_HEADER`,
+`ERASED_REPLAY`.
 
 Roles listed in the `personal_data_roles` setting (recorder, auditor and admin by default) see
 customers' personal fields; the others (marketing by default) get the same answers with those
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header
 from pydantic import AfterValidator
@@ -21,6 +22,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
 
 from crm_ledger.api.group_commit import committer_for
+from crm_ledger.api.problems import Problem
 from crm_ledger.config import Settings
 from crm_ledger.journal.access import access_body
 from crm_ledger.journal.keys import ApiKeyPrincipal
@@ -28,6 +30,15 @@ from crm_ledger.journal.records import record_accesses
 
 PURPOSE_HEADER = "X-Purpose"
 _PURPOSE = re.compile(r"[\x20-\x7e]{1,200}")
+#: The 410 a write whose answer concerns customers may give when replayed after an erasure.
+ERASED_REPLAY: dict[int | str, dict[str, Any]] = {
+    410: {
+        "model": Problem,
+        "content": {"application/problem+json": {}},
+        "description": "A replay (same Idempotency-Key) of a request whose stored answer was "
+        "erased with a customer it concerned; the request is not carried out again.",
+    }
+}
 
 
 def _check_purpose(value: str | None) -> str | None:

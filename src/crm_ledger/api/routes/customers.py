@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
-from crm_ledger.api.privacy import PurposeDep, journal_reads, sees_personal_data
+from crm_ledger.api.privacy import ERASED_REPLAY, PurposeDep, journal_reads, sees_personal_data
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.schemas import (
     AccessLogPublic,
@@ -44,7 +44,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     "",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": CustomerPublic}, **_ERRORS},
+    responses={201: {"model": CustomerPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Create a customer (recorder, admin)",
 )
 def create_customer(

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, SettingsDep, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
+from crm_ledger.api.privacy import ERASED_REPLAY
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
@@ -277,7 +278,7 @@ def get_award(campaign_id: str, job_id: str, session: SessionDep, key: Marketing
     "/v1/redemptions",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": RedemptionPublic}, **_ERRORS},
+    responses={201: {"model": RedemptionPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Redeem points (recorder, marketing, admin)",
 )
 def create_redemption(
@@ -364,7 +365,7 @@ async def get_loyalty_account(
 @router.post(
     "/v1/customers/{customer_id}/loyalty/wallet",
     response_class=Response,
-    responses={200: {"model": LoyaltyAccountPublic}, **_ERRORS},
+    responses={200: {"model": LoyaltyAccountPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Link an address the customer owns (recorder, marketing, admin)",
 )
 def link_customer_wallet(

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from crm_ledger import metrics
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
+from crm_ledger.api.privacy import ERASED_REPLAY
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.schemas import ReceiptPending, RecordPublic, RecordsPublic, record_public
 from crm_ledger.api.transaction import read_only
@@ -41,7 +42,7 @@ def _count(kind: str, n: int = 1) -> Callable[[], None]:
     "/v1/interactions",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": RecordPublic}, **_ERRORS},
+    responses={201: {"model": RecordPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record an interaction (recorder, admin)",
 )
 def create_interaction(
@@ -68,7 +69,7 @@ def create_interaction(
     "/v1/interactions/batch",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": RecordsPublic}, **_ERRORS},
+    responses={201: {"model": RecordsPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record several interactions at once, all or none (recorder, admin)",
 )
 def create_interactions(
@@ -104,7 +105,7 @@ def create_interactions(
     "/v1/orders",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": RecordPublic}, **_ERRORS},
+    responses={201: {"model": RecordPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record an order (recorder, admin)",
 )
 def create_order(
