@@ -166,4 +166,4 @@ def test_erasure_destroys_the_data_key_and_every_copy(
         assert (row.wrapped_data_key, row.personal, row.email_index) == (None, None, None)
         assert personal_fields(session, row) == PersonalFields()
         assert find_customer_by_email(session, "ada@example.com") is None
-        assert session.scalars(select(LoyaltyRedemption.reward_ref)).all() == [None]
+        assert session.scalars(select(LoyaltyRedemption.reward_ref)).all() == [""]

@@ -382,8 +382,8 @@ class LoyaltyRedemption(Base):
     id: Mapped[str] = mapped_column(String(36), unique=True, default=new_id)
     customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.pk"))
     points: Mapped[int] = mapped_column(BigInteger)
-    # The client's reference of the reward (free text); NULL once the customer is erased.
-    reward_ref: Mapped[str | None] = mapped_column(String(200))
+    # The client's reference of the reward (free text); "" once the customer is erased.
+    reward_ref: Mapped[str] = mapped_column(String(200))
     burn_id: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     # The opaque `ref` the chain sees: never the reward_ref itself.
     chain_ref: Mapped[bytes] = mapped_column(LargeBinary(32))

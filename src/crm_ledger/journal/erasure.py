@@ -67,11 +67,11 @@ def _erase_idempotent_answers(session: Session, customer_pk: int) -> None:
 
 
 def _erase_reward_refs(session: Session, customer_pk: int) -> None:
-    """The free-text reward references of the customer's redemptions."""
+    """The free-text reward references of the customer's redemptions (left empty)."""
     session.execute(
         update(LoyaltyRedemption)
         .where(LoyaltyRedemption.customer_pk == customer_pk)
-        .values(reward_ref=None)
+        .values(reward_ref="")
     )
 
 

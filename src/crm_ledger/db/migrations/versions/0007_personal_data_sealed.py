@@ -7,7 +7,9 @@
   (`idempotency_subjects`: every "id" / "customer_id" in the answer that names a customer);
   answers concerning an already erased customer are dropped (`erased_at` set), so a replay
   answers 410; the plaintext `response_body` is dropped. `created_at` is indexed for pruning.
-- loyalty_redemptions.reward_ref becomes nullable, and is cleared for erased customers.
+- loyalty_redemptions.reward_ref is emptied for customers already erased.
+
+Columns are added and dropped with plain ALTER TABLE (SQLite 3.35+), never a batch rebuild.
 
 Sealing needs the master key: the engine's key ring (`journal.privacy.attach_keyring`, done by
 the service and the CLI before migrating). A database with rows to seal and no key ring is
@@ -93,11 +95,12 @@ def upgrade() -> None:
     bind = op.get_bind()
     keyring = _keyring(_count("customers") + _count("idempotency"))
 
-    with op.batch_alter_table("customers", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("wrapped_data_key", sa.LargeBinary(), nullable=True))
-        batch_op.add_column(sa.Column("personal", sa.LargeBinary(), nullable=True))
-        batch_op.add_column(sa.Column("email_index", sa.LargeBinary(length=32), nullable=True))
-        batch_op.create_index(batch_op.f("ix_customers_email_index"), ["email_index"])
+    # Plain ALTER TABLE, never a batch rebuild: on SQLite a rebuild drops the old table, and
+    # with foreign keys on that deletes (or is refused for) the rows that reference it.
+    op.add_column("customers", sa.Column("wrapped_data_key", sa.LargeBinary(), nullable=True))
+    op.add_column("customers", sa.Column("personal", sa.LargeBinary(), nullable=True))
+    op.add_column("customers", sa.Column("email_index", sa.LargeBinary(length=32), nullable=True))
+    op.create_index(op.f("ix_customers_email_index"), "customers", ["email_index"])
     seal = sa.text(
         "UPDATE customers SET wrapped_data_key = :wrapped, personal = :personal, "
         "email_index = :email_index WHERE pk = :pk"
@@ -121,10 +124,8 @@ def upgrade() -> None:
                     ),
                 },
             )
-    with op.batch_alter_table("customers", schema=None) as batch_op:
-        batch_op.drop_column("name")
-        batch_op.drop_column("email")
-        batch_op.drop_column("phone")
+    for column in ("name", "email", "phone"):
+        op.drop_column("customers", column)
 
     op.create_table(
         "idempotency_subjects",
@@ -152,10 +153,9 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_idempotency_subjects_customer_pk"), "idempotency_subjects", ["customer_pk"]
     )
-    with op.batch_alter_table("idempotency", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("response_sealed", sa.LargeBinary(), nullable=True))
-        batch_op.add_column(sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True))
-        batch_op.create_index(batch_op.f("ix_idempotency_created_at"), ["created_at"])
+    op.add_column("idempotency", sa.Column("response_sealed", sa.LargeBinary(), nullable=True))
+    op.add_column("idempotency", sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_index(op.f("ix_idempotency_created_at"), "idempotency", ["created_at"])
     customers = {
         row.id: (row.pk, row.key is None)
         for row in bind.execute(sa.text("SELECT pk, id, key FROM customers"))
@@ -193,14 +193,11 @@ def upgrade() -> None:
                 ).bindparams(sa.bindparam("erased_at", type_=sa.DateTime(timezone=True))),
                 {**values, "pk": row.pk},
             )
-    with op.batch_alter_table("idempotency", schema=None) as batch_op:
-        batch_op.drop_column("response_body")
+    op.drop_column("idempotency", "response_body")
 
-    with op.batch_alter_table("loyalty_redemptions", schema=None) as batch_op:
-        batch_op.alter_column("reward_ref", existing_type=sa.String(length=200), nullable=True)
     bind.execute(
         sa.text(
-            "UPDATE loyalty_redemptions SET reward_ref = NULL WHERE customer_pk IN "
+            "UPDATE loyalty_redemptions SET reward_ref = '' WHERE customer_pk IN "
             "(SELECT pk FROM customers WHERE key IS NULL)"
         )
     )
@@ -210,12 +207,7 @@ def downgrade() -> None:
     bind = op.get_bind()
     keyring = _keyring(_count("customers") + _count("idempotency"))
 
-    bind.execute(sa.text("UPDATE loyalty_redemptions SET reward_ref = '' WHERE reward_ref IS NULL"))
-    with op.batch_alter_table("loyalty_redemptions", schema=None) as batch_op:
-        batch_op.alter_column("reward_ref", existing_type=sa.String(length=200), nullable=False)
-
-    with op.batch_alter_table("idempotency", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("response_body", sa.Text(), nullable=True))
+    op.add_column("idempotency", sa.Column("response_body", sa.Text(), nullable=True))
     for rows in _chunks(
         "SELECT pk, api_key_pk, key, response_sealed FROM idempotency WHERE pk > :after "
         "ORDER BY pk LIMIT :n"
@@ -237,18 +229,17 @@ def downgrade() -> None:
                 sa.text("UPDATE idempotency SET response_body = :body WHERE pk = :pk"),
                 {"body": body, "pk": row.pk},
             )
-    with op.batch_alter_table("idempotency", schema=None) as batch_op:
-        batch_op.alter_column("response_body", existing_type=sa.Text(), nullable=False)
-        batch_op.drop_index(batch_op.f("ix_idempotency_created_at"))
-        batch_op.drop_column("erased_at")
-        batch_op.drop_column("response_sealed")
     op.drop_index(op.f("ix_idempotency_subjects_customer_pk"), table_name="idempotency_subjects")
     op.drop_table("idempotency_subjects")
+    op.drop_index(op.f("ix_idempotency_created_at"), table_name="idempotency")
+    op.drop_column("idempotency", "erased_at")
+    op.drop_column("idempotency", "response_sealed")
+    # response_body stays nullable after a downgrade: making it NOT NULL again would rebuild
+    # the table on SQLite; every row has a body.
 
-    with op.batch_alter_table("customers", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("name", sa.String(length=200), nullable=True))
-        batch_op.add_column(sa.Column("email", sa.String(length=320), nullable=True))
-        batch_op.add_column(sa.Column("phone", sa.String(length=40), nullable=True))
+    op.add_column("customers", sa.Column("name", sa.String(length=200), nullable=True))
+    op.add_column("customers", sa.Column("email", sa.String(length=320), nullable=True))
+    op.add_column("customers", sa.Column("phone", sa.String(length=40), nullable=True))
     for rows in _chunks(
         "SELECT pk, id, wrapped_data_key, personal FROM customers "
         "WHERE wrapped_data_key IS NOT NULL AND pk > :after ORDER BY pk LIMIT :n"
@@ -266,8 +257,6 @@ def downgrade() -> None:
                 ),
                 {"name": fields.name, "email": fields.email, "phone": fields.phone, "pk": row.pk},
             )
-    with op.batch_alter_table("customers", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_customers_email_index"))
-        batch_op.drop_column("email_index")
-        batch_op.drop_column("personal")
-        batch_op.drop_column("wrapped_data_key")
+    op.drop_index(op.f("ix_customers_email_index"), table_name="customers")
+    for column in ("email_index", "personal", "wrapped_data_key"):
+        op.drop_column("customers", column)
