@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.api.idempotency import configure_retention
 from crm_ledger.db.models import IdempotencyEntry, IdempotencySubject, Record, utcnow
 from crm_ledger.journal.keys import Role
+from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.ledger.leaf import RecordKind
 from tests.api.conftest import TestClient
 from tests.api.helpers import interaction, problem
@@ -280,4 +281,23 @@ def test_the_new_statuses_are_in_the_openapi_document(client: TestClient) -> Non
         paths["/v1/customers/{customer_id}/access-log"]["get"]["responses"]
     )
     for path in ("/v1/customers", "/v1/interactions", "/v1/orders", "/v1/redemptions"):
-        assert "410" in paths[path]["post"]["responses"], path
+        assert {"410", "503"} <= set(paths[path]["post"]["responses"]), path
+    for path in ("/v1/customers/{customer_id}", "/v1/crm/customers/{customer_id}"):
+        assert "503" in paths[path]["get"]["responses"], path
+
+
+def test_a_master_key_that_does_not_open_the_data_answers_503(
+    app: FastAPI, client: TestClient, keys: dict[Role, str]
+) -> None:
+    customer = create(client, bearer(keys, Role.RECORDER), "c")["id"]
+    attach_keyring(app.state.runtime.engine, KeyRing.generate())
+    for path in (f"/v1/customers/{customer}", f"/v1/crm/customers/{customer}"):
+        body = problem(client.get(path, headers=bearer(keys, Role.ADMIN)), 503)
+        assert "master key" in body["detail"]
+    replay = client.post(
+        "/v1/customers", json=ADA, headers={**bearer(keys, Role.RECORDER), "Idempotency-Key": "c"}
+    )
+    problem(replay, 503)
+    # Marketing's pseudonymous view opens nothing, so it still works.
+    got = client.get(f"/v1/customers/{customer}", headers=bearer(keys, Role.MARKETING))
+    assert got.status_code == 200

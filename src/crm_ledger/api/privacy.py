@@ -1,7 +1,7 @@
 """Personal data on the read path: who sees it, and the trace each read leaves.
 
 Exports: `PurposeDep`, `sees_personal_data`, `journal_reads`, `PURPOSE_HEADER`,
-`ERASED_REPLAY`.
+`ERASED_REPLAY`, `SEALED_DATA_UNAVAILABLE`.
 
 Roles listed in the `personal_data_roles` setting (recorder, auditor and admin by default) see
 customers' personal fields; the others (marketing by default) get the same answers with those
@@ -30,6 +30,14 @@ from crm_ledger.journal.records import record_accesses
 
 PURPOSE_HEADER = "X-Purpose"
 _PURPOSE = re.compile(r"[\x20-\x7e]{1,200}")
+#: The 503 of an endpoint that opens sealed data when the master key configured does not open it.
+SEALED_DATA_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": Problem,
+        "content": {"application/problem+json": {}},
+        "description": "The configured master key does not open this database's personal data.",
+    }
+}
 #: The 410 a write whose answer concerns customers may give when replayed after an erasure.
 ERASED_REPLAY: dict[int | str, dict[str, Any]] = {
     410: {
@@ -37,7 +45,8 @@ ERASED_REPLAY: dict[int | str, dict[str, Any]] = {
         "content": {"application/problem+json": {}},
         "description": "A replay (same Idempotency-Key) of a request whose stored answer was "
         "erased with a customer it concerned; the request is not carried out again.",
-    }
+    },
+    **SEALED_DATA_UNAVAILABLE,
 }
 
 

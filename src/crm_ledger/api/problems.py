@@ -14,6 +14,7 @@ personal data, and they may be large.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -29,10 +30,13 @@ from crm_ledger.errors import (
     ApiError,
     Conflict,
     Forbidden,
+    KeyUnavailable,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
 )
+
+log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "urn:crm-ledger:problem:"
@@ -188,3 +192,17 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(KeyUnavailable, _key_unavailable)
+
+
+async def _key_unavailable(request: Request, exc: Exception) -> Response:
+    """Sealed personal data the configured master key cannot open: the operator's to fix."""
+    log.error("personal data cannot be opened: %s", exc)
+    return problem_response(
+        status=503,
+        title="Service unavailable",
+        detail="personal data cannot be opened with the configured master key; the operator "
+        "must configure the key this database was sealed with (see docs/privacy.md)",
+        type_=problem_type("KeyUnavailable"),
+        instance=request.url.path,
+    )

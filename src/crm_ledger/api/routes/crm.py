@@ -20,7 +20,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, SettingsDep, require_roles
-from crm_ledger.api.privacy import PurposeDep, journal_reads, sees_personal_data
+from crm_ledger.api.privacy import (
+    SEALED_DATA_UNAVAILABLE,
+    PurposeDep,
+    journal_reads,
+    sees_personal_data,
+)
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import read_only
 from crm_ledger.crm import reconcile, view
@@ -53,7 +58,7 @@ def _split(value: str | None) -> list[str] | None:
 @router.get(
     "/customers/{customer_id}",
     response_class=Response,
-    responses={200: {"model": CustomerView}, **_ERRORS},
+    responses={200: {"model": CustomerView}, **_ERRORS, **SEALED_DATA_UNAVAILABLE},
     summary="A customer's 360 view (any role)",
 )
 def customer_360(
@@ -101,7 +106,7 @@ def customer_360(
 @router.get(
     "/customers",
     response_class=Response,
-    responses={200: {"model": CustomerSummaries}, **_ERRORS},
+    responses={200: {"model": CustomerSummaries}, **_ERRORS, **SEALED_DATA_UNAVAILABLE},
     summary="Search, filter and sort customers (any role)",
 )
 def crm_customers(

@@ -14,7 +14,13 @@ from starlette.responses import Response
 
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
-from crm_ledger.api.privacy import ERASED_REPLAY, PurposeDep, journal_reads, sees_personal_data
+from crm_ledger.api.privacy import (
+    ERASED_REPLAY,
+    SEALED_DATA_UNAVAILABLE,
+    PurposeDep,
+    journal_reads,
+    sees_personal_data,
+)
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.schemas import (
     AccessLogPublic,
@@ -70,7 +76,7 @@ def create_customer(
 @router.get(
     "/{customer_id}",
     response_class=Response,
-    responses={200: {"model": CustomerPublic}, **_ERRORS},
+    responses={200: {"model": CustomerPublic}, **_ERRORS, **SEALED_DATA_UNAVAILABLE},
     summary="Fetch a customer (any role; personal fields for the roles allowed them)",
 )
 def get_customer(
@@ -100,7 +106,7 @@ def get_customer(
 @router.get(
     "",
     response_class=Response,
-    responses={200: {"model": CustomersPublic}, **_ERRORS},
+    responses={200: {"model": CustomersPublic}, **_ERRORS, **SEALED_DATA_UNAVAILABLE},
     summary="List customers (any role; personal fields for the roles allowed them)",
 )
 def list_customers(
