@@ -12,7 +12,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.api.idempotency import configure_retention
+from crm_ledger.api.routes import customers as customers_route
 from crm_ledger.db.models import IdempotencyEntry, IdempotencySubject, Record, utcnow
+from crm_ledger.journal.erasure import erase_customer
 from crm_ledger.journal.keys import Role
 from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.ledger.leaf import RecordKind
@@ -301,3 +303,25 @@ def test_a_master_key_that_does_not_open_the_data_answers_503(
     # Marketing's pseudonymous view opens nothing, so it still works.
     got = client.get(f"/v1/customers/{customer}", headers=bearer(keys, Role.MARKETING))
     assert got.status_code == 200
+
+
+def test_a_customer_erased_while_being_read_is_not_shown(
+    client: TestClient,
+    keys: dict[Role, str],
+    session_factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    customer = create(client, bearer(keys, Role.RECORDER), "c")["id"]
+    shown = customers_route.customer_public
+
+    def erase_meanwhile(*args: Any) -> Any:
+        # The read has opened the fields; the erasure commits before its access record.
+        with session_factory.begin() as session:
+            erase_customer(session=session, customer_id=customer)
+        return shown(*args)
+
+    monkeypatch.setattr(customers_route, "customer_public", erase_meanwhile)
+    response = client.get(f"/v1/customers/{customer}", headers=bearer(keys, Role.ADMIN))
+    body = problem(response, 409)
+    assert "erased while it was being read" in body["detail"]
+    assert "Ada" not in response.text

@@ -1,7 +1,7 @@
 """Personal data on the read path: who sees it, and the trace each read leaves.
 
 Exports: `PurposeDep`, `sees_personal_data`, `journal_reads`, `PURPOSE_HEADER`,
-`ERASED_REPLAY`, `SEALED_DATA_UNAVAILABLE`.
+`ERASED_REPLAY`, `SEALED_DATA_UNAVAILABLE`, `PERSONAL_READ_ERRORS`.
 
 Roles listed in the `personal_data_roles` setting (recorder, auditor and admin by default) see
 customers' personal fields; the others (marketing by default) get the same answers with those
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from crm_ledger.api.group_commit import committer_for
 from crm_ledger.api.problems import Problem
 from crm_ledger.config import Settings
+from crm_ledger.errors import Conflict
 from crm_ledger.journal.access import access_body
 from crm_ledger.journal.keys import ApiKeyPrincipal
 from crm_ledger.journal.records import record_accesses
@@ -37,6 +38,15 @@ SEALED_DATA_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
         "content": {"application/problem+json": {}},
         "description": "The configured master key does not open this database's personal data.",
     }
+}
+#: What a read that shows personal fields may answer besides the usual.
+PERSONAL_READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": Problem,
+        "content": {"application/problem+json": {}},
+        "description": "A customer shown was erased while being read; read again.",
+    },
+    **SEALED_DATA_UNAVAILABLE,
 }
 #: The 410 a write whose answer concerns customers may give when replayed after an erasure.
 ERASED_REPLAY: dict[int | str, dict[str, Any]] = {
@@ -90,10 +100,22 @@ def journal_reads(
     purpose: str | None,
     operation: str,
 ) -> None:
-    """Commit one access record per (unerased) customer read; returns after the commit."""
-    if not customer_ids:
+    """Commit one access record per customer whose personal fields are about to be shown;
+    returns after the commit.
+
+    Raises `Conflict` when one of them was erased since it was read (it has no key to commit
+    with any more): the answer holding their fields must not go out.
+    """
+    wanted = {customer_id.lower() for customer_id in customer_ids}
+    if not wanted:
         return
     body = access_body(principal=principal, purpose=purpose, operation=operation)
-    committer_for(session).run(
-        lambda tx: record_accesses(session=tx, customer_ids=customer_ids, body=body)
-    )
+
+    def write(tx: Session) -> None:
+        written = record_accesses(session=tx, customer_ids=sorted(wanted), body=body)
+        if written != len(wanted):
+            raise Conflict(
+                "a customer's personal data was erased while it was being read; read again"
+            )
+
+    committer_for(session).run(write)

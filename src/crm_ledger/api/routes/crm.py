@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, SettingsDep, require_roles
 from crm_ledger.api.privacy import (
-    SEALED_DATA_UNAVAILABLE,
+    PERSONAL_READ_ERRORS,
     PurposeDep,
     journal_reads,
     sees_personal_data,
@@ -58,7 +58,7 @@ def _split(value: str | None) -> list[str] | None:
 @router.get(
     "/customers/{customer_id}",
     response_class=Response,
-    responses={200: {"model": CustomerView}, **_ERRORS, **SEALED_DATA_UNAVAILABLE},
+    responses={200: {"model": CustomerView}, **_ERRORS, **PERSONAL_READ_ERRORS},
     summary="A customer's 360 view (any role)",
 )
 def customer_360(
@@ -96,7 +96,7 @@ def customer_360(
         journal_reads(
             session=session,
             principal=key,
-            customer_ids=[found.customer.id],
+            customer_ids=[found.customer.id] if found.customer.erased_at is None else [],
             purpose=purpose,
             operation="crm.customer_view",
         )
@@ -106,7 +106,7 @@ def customer_360(
 @router.get(
     "/customers",
     response_class=Response,
-    responses={200: {"model": CustomerSummaries}, **_ERRORS, **SEALED_DATA_UNAVAILABLE},
+    responses={200: {"model": CustomerSummaries}, **_ERRORS, **PERSONAL_READ_ERRORS},
     summary="Search, filter and sort customers (any role)",
 )
 def crm_customers(
@@ -157,7 +157,7 @@ def crm_customers(
         journal_reads(
             session=session,
             principal=key,
-            customer_ids=[item.id for item in page.items],
+            customer_ids=[item.id for item in page.items if item.erased_at is None],
             purpose=purpose,
             operation="crm.customers",
         )

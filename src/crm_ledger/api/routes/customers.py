@@ -16,7 +16,7 @@ from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep, re
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
 from crm_ledger.api.privacy import (
     ERASED_REPLAY,
-    SEALED_DATA_UNAVAILABLE,
+    PERSONAL_READ_ERRORS,
     PurposeDep,
     journal_reads,
     sees_personal_data,
@@ -76,7 +76,7 @@ def create_customer(
 @router.get(
     "/{customer_id}",
     response_class=Response,
-    responses={200: {"model": CustomerPublic}, **_ERRORS, **SEALED_DATA_UNAVAILABLE},
+    responses={200: {"model": CustomerPublic}, **_ERRORS, **PERSONAL_READ_ERRORS},
     summary="Fetch a customer (any role; personal fields for the roles allowed them)",
 )
 def get_customer(
@@ -96,7 +96,7 @@ def get_customer(
         journal_reads(
             session=session,
             principal=key,
-            customer_ids=[customer.id],
+            customer_ids=[customer.id] if customer.erased_at is None else [],
             purpose=purpose,
             operation="customers.get",
         )
@@ -106,7 +106,7 @@ def get_customer(
 @router.get(
     "",
     response_class=Response,
-    responses={200: {"model": CustomersPublic}, **_ERRORS, **SEALED_DATA_UNAVAILABLE},
+    responses={200: {"model": CustomersPublic}, **_ERRORS, **PERSONAL_READ_ERRORS},
     summary="List customers (any role; personal fields for the roles allowed them)",
 )
 def list_customers(
@@ -134,7 +134,7 @@ def list_customers(
         journal_reads(
             session=session,
             principal=key,
-            customer_ids=[c.id for c in page.items],
+            customer_ids=[c.id for c in page.items if c.erased_at is None],
             purpose=purpose,
             operation="customers.list",
         )
