@@ -325,3 +325,14 @@ def test_a_customer_erased_while_being_read_is_not_shown(
     body = problem(response, 409)
     assert "erased while it was being read" in body["detail"]
     assert "Ada" not in response.text
+
+
+def test_marketing_cannot_use_the_email_index_as_an_oracle(
+    client: TestClient, keys: dict[Role, str]
+) -> None:
+    customer = create(client, bearer(keys, Role.RECORDER), "c")["id"]
+    params = {"q": ADA["email"]}
+    found = client.get("/v1/crm/customers", headers=bearer(keys, Role.ADMIN), params=params)
+    assert [item["id"] for item in found.json()["items"]] == [customer]
+    hidden = client.get("/v1/crm/customers", headers=bearer(keys, Role.MARKETING), params=params)
+    assert hidden.status_code == 200 and hidden.json()["items"] == []
