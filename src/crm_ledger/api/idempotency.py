@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import threading
 import time
@@ -35,7 +36,7 @@ from fastapi import Depends, Header, Request
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Row, Table, bindparam, delete, insert, literal, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
@@ -46,6 +47,8 @@ from crm_ledger.errors import Conflict, Gone, IdempotencyConflict
 from crm_ledger.journal.keys import ApiKeyPrincipal
 from crm_ledger.journal.privacy import keyring_of, open_response, seal_response
 from crm_ledger.ledger.canonical import canonical_json
+
+log = logging.getLogger(__name__)
 
 REPLAY_HEADER = "Idempotent-Replayed"
 JSON_MEDIA_TYPE = "application/json"
@@ -60,7 +63,6 @@ _FIND_ENTRY = select(
     _ENTRIES.c.request_hash,
     _ENTRIES.c.status_code,
     _ENTRIES.c.response_sealed,
-    _ENTRIES.c.erased_at,
 ).where(_ENTRIES.c.api_key_pk == bindparam("api_key_pk"), _ENTRIES.c.key == bindparam("key"))
 
 
@@ -289,9 +291,13 @@ class _Pruner:
             if now < self._next.get(id(engine), 0.0):
                 return
             self._next[id(engine)] = now + interval
-        committer_for(session).run(
-            lambda tx: prune_expired(session=tx, older_than=timedelta(hours=retention))
-        )
+        try:
+            committer_for(session).run(
+                lambda tx: prune_expired(session=tx, older_than=timedelta(hours=retention))
+            )
+        except SQLAlchemyError:
+            # Housekeeping must not fail the write it rides on; the next interval retries.
+            log.warning("pruning expired idempotency entries failed", exc_info=True)
 
 
 def configure_retention(engine: object, *, retention_hours: float, interval_seconds: float) -> None:
