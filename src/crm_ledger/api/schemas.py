@@ -45,7 +45,7 @@ class RecordPublic(BaseModel):
 
     id: str
     customer_id: str
-    kind: str = Field(description='"interaction", "order" or "erasure"')
+    kind: str = Field(description='"interaction", "order", "erasure" or "access"')
     content: dict[str, Any] | None
     recorded_at: str
     commitment: str

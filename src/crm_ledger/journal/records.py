@@ -96,7 +96,8 @@ class _Item:
 
 
 def kind_name(kind: int) -> str:
-    """The name of a record kind in documents and JSON: "interaction", "order", "erasure"."""
+    """The name of a record kind in documents and JSON: "interaction", "order", "erasure",
+    "access"."""
     return RecordKind(kind).name.lower()
 
 
