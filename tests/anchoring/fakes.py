@@ -196,10 +196,15 @@ def make_record(session: Session, customer: Customer, *, note: str = "call") -> 
 
 
 def add_records(session_factory: sessionmaker[Session], *, customers: int, each: int) -> list[str]:
-    """Insert `customers` times `each` pending records, interleaved; returns record ids."""
+    """Insert `customers` times `each` pending records, interleaved; returns record ids.
+
+    The customers are named (and have the external ref) c0, c1...
+    """
     ids = []
     with session_factory() as session, session.begin():
-        people = [make_customer(session, name=f"c{i}") for i in range(customers)]
+        people = [
+            make_customer(session, name=f"c{i}", external_ref=f"c{i}") for i in range(customers)
+        ]
         for n in range(each):
             for person in people:
                 ids.append(make_record(session, person, note=f"n{n}").id)
