@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.config import Settings
@@ -198,12 +199,15 @@ def make_record(session: Session, customer: Customer, *, note: str = "call") -> 
 def add_records(session_factory: sessionmaker[Session], *, customers: int, each: int) -> list[str]:
     """Insert `customers` times `each` pending records, interleaved; returns record ids.
 
-    The customers are named (and have the external ref) c0, c1...
+    The customers are named c0, c1...; their external refs number every customer of the
+    journal (c0, c1... on the first call), so raw SQL can find them.
     """
     ids = []
     with session_factory() as session, session.begin():
+        known = session.scalar(select(func.count()).select_from(Customer)) or 0
         people = [
-            make_customer(session, name=f"c{i}", external_ref=f"c{i}") for i in range(customers)
+            make_customer(session, name=f"c{i}", external_ref=f"c{known + i}")
+            for i in range(customers)
         ]
         for n in range(each):
             for person in people:
