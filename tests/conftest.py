@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
+from crm_ledger.journal.privacy import KeyRing, attach_keyring
 
 POSTGRES_URL = os.environ.get(
     "CRM_LEDGER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -38,8 +39,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated engine on the parametrised database."""
+    """A migrated engine on the parametrised database, with a master key of its own."""
     engine = make_engine(database_url)
+    attach_keyring(engine, KeyRing.generate())
     upgrade_database(engine)
     try:
         yield engine

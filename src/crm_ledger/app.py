@@ -13,8 +13,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from crm_ledger.api.group_commit import close_committers
+from crm_ledger.api.idempotency import configure_retention
 from crm_ledger.config import Settings, get_settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
+from crm_ledger.journal.privacy import attach_keyring, load_keyring
 from crm_ledger.runtime import Runtime
 
 #: Where the API keeps the runs it starts in the background, each a set of tasks in `app.state`:
@@ -28,6 +30,13 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
+    )
+    # Personal data (issue 10): the master key before the migrations (0007 seals old rows).
+    attach_keyring(engine, load_keyring(settings))
+    configure_retention(
+        engine,
+        retention_hours=settings.idempotency_retention_hours,
+        interval_seconds=settings.idempotency_prune_interval_seconds,
     )
     if settings.auto_migrate:
         upgrade_database(engine)

@@ -7,6 +7,7 @@ Commands:
     crm-ledger keys list [--data-dir DIR]
     crm-ledger keys revoke KEY_ID [--data-dir DIR]
     crm-ledger keys rotate KEY_ID [--overlap 24h] [--data-dir DIR]   prints the new key, alone
+    crm-ledger keys rotate-master [--new-key-file F] [--data-dir DIR]   re-wrap every data key
     crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + every worker (+ Anvil)
                      [--tls-certfile PEM --tls-keyfile PEM]     HTTPS
     crm-ledger worker anchor|index|loyalty|NAME [--data-dir DIR]   one background worker alone
@@ -25,7 +26,9 @@ stderr. Every command builds its settings with `_settings(data_dir)` and its dat
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import secrets
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +55,17 @@ from crm_ledger.journal.keys import (
     revoke_api_key,
     rotate_api_key,
 )
+from crm_ledger.journal.privacy import (
+    NEXT_SUFFIX,
+    KeyRing,
+    MasterKey,
+    attach_keyring,
+    key_file,
+    load_keyring,
+    read_key_file,
+    write_key_file,
+)
+from crm_ledger.journal.rotation import rotate_master_key
 from crm_ledger.observability.logs import LogFormat, configure_logging
 from crm_ledger.outbound.salesforce import cli as salesforce_cli
 
@@ -89,6 +103,7 @@ def _migrated_engine(settings: Settings) -> Engine:
     engine = make_engine(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
+    attach_keyring(engine, load_keyring(settings))
     upgrade_database(engine)
     return engine
 
@@ -216,6 +231,75 @@ def keys_rotate(
         f"{_when(old.expires_at)}. Store the new key now: it is not shown again."
     )
     typer.echo(plaintext)
+
+
+@keys_app.command("rotate-master")
+def keys_rotate_master(
+    data_dir: DataDirOption = None,
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key-file",
+            help="The new master key (base64 in a file; created with a random key if missing). "
+            "Required when the key comes from CRM_LEDGER_MASTER_KEY; optional with a key file.",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Re-wrap every customer's data key under a new master key; records are not touched.
+
+    With a key file (CRM_LEDGER_MASTER_KEY_FILE, or the data directory's master.key) the new
+    key goes to `<file>.next` first and replaces the file once every row is re-wrapped; an
+    interrupted rotation is finished by running the command again. Run it with the service
+    stopped, or restart every process right after: a running process knows only the old key.
+    """
+    settings = _settings(data_dir)
+    try:
+        current = load_keyring(settings)
+        pending: Path | None = None
+        if settings.master_key is not None:
+            if new_key_file is None:
+                stderr.print(
+                    "[red]The master key comes from CRM_LEDGER_MASTER_KEY: pass --new-key-file "
+                    "FILE; the new key goes there.[/red]"
+                )
+                raise typer.Exit(code=1)
+            if not new_key_file.exists():
+                write_key_file(new_key_file, secrets.token_bytes(32))
+            keyring = KeyRing(MasterKey(read_key_file(new_key_file)), current.current)
+        else:
+            path = key_file(settings)
+            pending = path.with_name(path.name + NEXT_SUFFIX)
+            if pending.exists():
+                keyring = current  # a rotation was interrupted: its next key is already current
+            else:
+                fresh = read_key_file(new_key_file) if new_key_file else secrets.token_bytes(32)
+                write_key_file(pending, fresh)
+                keyring = KeyRing(MasterKey(fresh), current.current)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(
+            settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        try:
+            attach_keyring(engine, keyring)
+            upgrade_database(engine)
+            result = rotate_master_key(
+                session_factory=make_session_factory(engine), keyring=keyring
+            )
+        finally:
+            engine.dispose()
+    except LedgerError as exc:
+        stderr.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(code=1) from None
+    if pending is not None:
+        os.replace(pending, key_file(settings))
+        where = f"it replaced {key_file(settings)}"
+    else:
+        where = f"set CRM_LEDGER_MASTER_KEY to the content of {new_key_file} before restarting"
+    stderr.print(
+        f"Re-wrapped {result.data_keys} data keys and {result.answers} stored answers under "
+        f"master key {keyring.current.key_id.hex()}; {where}."
+    )
 
 
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]

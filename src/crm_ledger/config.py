@@ -210,6 +210,25 @@ class Settings(BaseSettings):
         default=50, ge=1, description="failed attempts in a row that pause a subscription"
     )
 
+    # Personal data (issue 10): encryption at rest, access log, idempotency retention.
+    master_key: SecretStr | None = Field(
+        default=None, description="32 random bytes, base64: wraps every customer's data key"
+    )
+    master_key_file: Path | None = Field(
+        default=None,
+        description="file holding the master key (base64); default <data_dir>/master.key",
+    )
+    idempotency_retention_hours: float = Field(
+        default=24.0, gt=0, description="stored idempotent answers older than this are pruned"
+    )
+    idempotency_prune_interval_seconds: float = Field(
+        default=300.0, gt=0, description="how often the write path prunes expired answers"
+    )
+    personal_data_roles: str = Field(
+        default="recorder,auditor,admin",
+        description="comma-separated roles that see personal fields; others get pseudonymous views",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""

@@ -5,6 +5,7 @@ subclass derives from it too, so callers may catch either.
 
     LedgerError
     ├── ConfigError(ValueError)           settings that cannot work (e.g. dev keys off chain 31337)
+    ├── KeyUnavailable                    sealed personal data no configured master key opens
     ├── InvalidProof(ValueError)          a Merkle proof that cannot belong to the tree it claims
     ├── FormatError(ValueError)           bytes that are not a valid leaf input / receipt / digest
     ├── MappingError(ValueError)          a shop delivery that cannot be mapped to records
@@ -20,7 +21,8 @@ subclass derives from it too, so callers may catch either.
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
         ├── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
-        └── TooManyRequests                 over the key's rate limit (carries `retry_after`)
+        ├── TooManyRequests                 over the key's rate limit (carries `retry_after`)
+        └── Gone                            what the request concerned was erased
 """
 
 from __future__ import annotations
@@ -150,3 +152,15 @@ class SalesforceUnavailable(SalesforceError, Unavailable):
 
 class BrokerUnavailable(Unavailable):
     """The message broker cannot be reached or did not acknowledge; the relay retries later."""
+
+
+# Personal data (issue 10) ---------------------------------------------------------------------
+
+
+class KeyUnavailable(LedgerError):
+    """Sealed personal data that the configured master key(s) cannot open."""
+
+
+class Gone(ApiError):
+    status = 410
+    title = "Gone"

@@ -7,11 +7,19 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.config import Settings
-from crm_ledger.db.models import Customer, Record
+from crm_ledger.db.models import Customer, Record, new_id
 from crm_ledger.errors import AnchorRejected, ChainUnavailable
+from crm_ledger.journal.privacy import (
+    PersonalFields,
+    keyring_of,
+    new_data_key,
+    seal_personal,
+    wrap_data_key,
+)
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.canonical import canonical_json, commitment, new_customer_key
 from crm_ledger.ledger.leaf import RecordKind
@@ -140,12 +148,25 @@ def fast_settings(tmp_path: object, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def make_customer(session: Session, **overrides: object) -> Customer:
-    """A customer with a fresh key."""
+def make_customer(
+    session: Session,
+    *,
+    name: str | None = "Ada",
+    email: str | None = "ada@example.com",
+    phone: str | None = None,
+    **overrides: object,
+) -> Customer:
+    """A customer with a fresh key and personal fields sealed as the journal seals them."""
+    customer_id = new_id()
+    data_key = new_data_key()
+    fields = PersonalFields(name=name, email=email, phone=phone)
+    keyring = keyring_of(session)
     values: dict[str, object] = {
-        "name": "Ada",
-        "email": "ada@example.com",
+        "id": customer_id,
         "key": new_customer_key(),
+        "wrapped_data_key": wrap_data_key(keyring, customer_id=customer_id, data_key=data_key),
+        "personal": seal_personal(data_key, customer_id=customer_id, fields=fields),
+        "email_index": keyring.current.email_index(email) if email is not None else None,
     }
     values.update(overrides)
     customer = Customer(**values)
@@ -176,10 +197,18 @@ def make_record(session: Session, customer: Customer, *, note: str = "call") -> 
 
 
 def add_records(session_factory: sessionmaker[Session], *, customers: int, each: int) -> list[str]:
-    """Insert `customers` times `each` pending records, interleaved; returns record ids."""
+    """Insert `customers` times `each` pending records, interleaved; returns record ids.
+
+    The customers are named c0, c1...; their external refs number every customer of the
+    journal (c0, c1... on the first call), so raw SQL can find them.
+    """
     ids = []
     with session_factory() as session, session.begin():
-        people = [make_customer(session, name=f"c{i}") for i in range(customers)]
+        known = session.scalar(select(func.count()).select_from(Customer)) or 0
+        people = [
+            make_customer(session, name=f"c{i}", external_ref=f"c{known + i}")
+            for i in range(customers)
+        ]
         for n in range(each):
             for person in people:
                 ids.append(make_record(session, person, note=f"n{n}").id)

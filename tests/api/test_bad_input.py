@@ -198,16 +198,17 @@ def test_a_control_character_in_tag_is_422(client: TestClient, recorder: dict[st
     assert problem(response, 422)["errors"][0]["field"] == "tag"
 
 
-def test_q_still_finds_by_name(
+def test_q_still_finds_by_exact_email(
     client: TestClient, recorder: dict[str, str], customer_id: str
 ) -> None:
+    """Names are sealed at rest, so `q` matches an exact email (blind index), not a name."""
     client.post(
         "/v1/customers",
         json={"name": "Grace Hopper", "email": "grace@example.com"},
         headers=recorder,
     )
 
-    response = client.get("/v1/crm/customers", params={"q": "lovel"}, headers=recorder)
+    response = client.get("/v1/crm/customers", params={"q": " ADA@example.com"}, headers=recorder)
 
     assert response.status_code == 200, response.text
     assert [item["id"] for item in response.json()["items"]] == [customer_id]

@@ -301,7 +301,7 @@ def test_erased_customer_is_409(
         session.execute(
             update(Customer)
             .where(Customer.id == customer_id)
-            .values(key=None, name=None, email=None, erased_at=utcnow())
+            .values(key=None, wrapped_data_key=None, personal=None, erased_at=utcnow())
         )
     headers = {**recorder, "Idempotency-Key": "after-erasure"}
     body = problem(

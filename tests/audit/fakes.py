@@ -14,6 +14,7 @@ from sqlalchemy.pool import NullPool
 
 from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
 from crm_ledger.db.models import Customer, Deployment, Record
+from crm_ledger.journal.customers import personal_fields
 from crm_ledger.journal.receipts import AUDIT_LEDGER
 from tests.anchoring.fakes import (
     ADDRESS,
@@ -127,12 +128,16 @@ async def build_ledger(
 def seqs_of(session_factory: sessionmaker[Session], customer_name: str) -> list[int]:
     """The seqs of one customer's records (customers from `add_records` are named c0, c1...)."""
     with session_factory() as session:
+        named = [
+            customer.pk
+            for customer in session.scalars(select(Customer))
+            if personal_fields(session, customer).name == customer_name
+        ]
         return [
             seq
             for seq in session.scalars(
                 select(Record.seq)
-                .join(Customer, Customer.pk == Record.customer_pk)
-                .where(Customer.name == customer_name, Record.seq.is_not(None))
+                .where(Record.customer_pk.in_(named), Record.seq.is_not(None))
                 .order_by(Record.seq)
             )
             if seq is not None

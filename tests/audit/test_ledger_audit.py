@@ -125,7 +125,12 @@ async def test_an_altered_customer_key_names_every_seq_of_that_customer(
 ) -> None:
     tamper(
         database_url,
-        [("UPDATE customers SET key = :k WHERE name = 'c1'", {"k": secrets.token_bytes(32)})],
+        [
+            (
+                "UPDATE customers SET key = :k WHERE external_ref = 'c1'",
+                {"k": secrets.token_bytes(32)},
+            )
+        ],
     )
     assert_names(await audit(engine, chain), {1, 4, 7, 10}, {Kind.COMMITMENT_MISMATCH})
 
@@ -133,13 +138,13 @@ async def test_an_altered_customer_key_names_every_seq_of_that_customer(
 async def test_swapped_customer_keys_name_every_seq_of_both_customers(
     engine: Engine, database_url: str, chain: FakeChain
 ) -> None:
-    key0 = bytes(row(database_url, "SELECT key FROM customers WHERE name = 'c0'").key)
-    key2 = bytes(row(database_url, "SELECT key FROM customers WHERE name = 'c2'").key)
+    key0 = bytes(row(database_url, "SELECT key FROM customers WHERE external_ref = 'c0'").key)
+    key2 = bytes(row(database_url, "SELECT key FROM customers WHERE external_ref = 'c2'").key)
     tamper(
         database_url,
         [
-            ("UPDATE customers SET key = :k WHERE name = 'c0'", {"k": key2}),
-            ("UPDATE customers SET key = :k WHERE name = 'c2'", {"k": key0}),
+            ("UPDATE customers SET key = :k WHERE external_ref = 'c0'", {"k": key2}),
+            ("UPDATE customers SET key = :k WHERE external_ref = 'c2'", {"k": key0}),
         ],
     )
     assert_names(await audit(engine, chain), {0, 3, 6, 9, 2, 5, 8, 11}, {Kind.COMMITMENT_MISMATCH})
@@ -148,7 +153,7 @@ async def test_swapped_customer_keys_name_every_seq_of_both_customers(
 async def test_a_deleted_key_names_every_seq_of_that_customer(
     engine: Engine, database_url: str, chain: FakeChain
 ) -> None:
-    tamper(database_url, [("UPDATE customers SET key = NULL WHERE name = 'c2'", {})])
+    tamper(database_url, [("UPDATE customers SET key = NULL WHERE external_ref = 'c2'", {})])
     assert_names(await audit(engine, chain), {2, 5, 8, 11}, {Kind.KEY_MISSING})
 
 
@@ -173,7 +178,9 @@ async def test_an_inserted_record_names_its_seq(
     engine: Engine, database_url: str, chain: FakeChain
 ) -> None:
     # A well-formed record for c0, chained to c0's last leaf, claiming the last batch.
-    c0 = row(database_url, "SELECT pk, id, key, last_leaf_hash FROM customers WHERE name = 'c0'")
+    c0 = row(
+        database_url, "SELECT pk, id, key, last_leaf_hash FROM customers WHERE external_ref = 'c0'"
+    )
     content = (
         b'{"body":{"type":"forged"},"customer_id":"%s","id":"%s","kind":"interaction",'
         % (

@@ -20,6 +20,7 @@ from crm_ledger.audit.verifier import BundleCheck, check_bundle_offline, check_b
 from crm_ledger.cli import app
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import FormatError
+from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from tests.anchoring.fakes import FakeChain
 from tests.audit.fakes import FakeAuditChain, build_ledger
 
@@ -41,6 +42,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, list[b
     """Bundles of one small ledger (SQLite; the verifier never sees the database)."""
     directory = tmp_path_factory.mktemp("ledger")
     engine = make_engine(f"sqlite:///{directory / 'ledger.sqlite'}")
+    attach_keyring(engine, KeyRing.generate())
     upgrade_database(engine)
     chain = FakeChain()
     asyncio.run(build_ledger(make_session_factory(engine), chain, directory))

@@ -22,6 +22,7 @@ from crm_ledger.db.models import Customer, Record
 from crm_ledger.journal.keys import Role
 from crm_ledger.ledger.canonical import canonical_json, commitment, new_customer_key
 from crm_ledger.ledger.leaf import RecordKind
+from tests.anchoring.fakes import make_customer
 from tests.console.conftest import LiveService
 
 pytestmark = pytest.mark.skipif(
@@ -45,8 +46,6 @@ def seed(session_factory: sessionmaker[Session]) -> str:
                 [
                     {
                         "id": str(uuid.uuid4()),
-                        "name": f"Customer {i:06d}",
-                        "email": f"c{i}@example.com",
                         "tags": ["vip"] if i % 10 == 0 else [],
                         "key": new_customer_key(),
                         "created_at": start + timedelta(seconds=i),
@@ -54,7 +53,7 @@ def seed(session_factory: sessionmaker[Session]) -> str:
                     for i in range(first, first + 10_000)
                 ],
             )
-        busy = Customer(name="Busy Customer", email="busy@example.com", key=new_customer_key())
+        busy = make_customer(session, name="Busy Customer", email="busy@example.com")
         session.add(busy)
         session.flush()
         assert busy.key is not None

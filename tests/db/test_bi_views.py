@@ -22,6 +22,7 @@ from crm_ledger.db.models import (
 )
 from crm_ledger.ledger.canonical import canonical_json
 from crm_ledger.ledger.leaf import RecordKind
+from tests.anchoring.fakes import make_customer
 from tests.loyalty.fakes import make_campaign
 
 D1 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
@@ -56,11 +57,16 @@ def _record(
 
 def _seed(session_factory: sessionmaker[Session]) -> dict[str, Any]:
     with session_factory.begin() as session:
-        ada = Customer(
-            name=PERSONAL[0], email=PERSONAL[1], phone=PERSONAL[2], tags=["vip"], key=_digest("ada")
+        ada = make_customer(
+            session,
+            name=PERSONAL[0],
+            email=PERSONAL[1],
+            phone=PERSONAL[2],
+            tags=["vip"],
+            key=_digest("ada"),
         )
-        bob = Customer(name=None, email=None, tags=[], key=None, erased_at=D3)
-        session.add_all([ada, bob])
+        bob = Customer(tags=[], key=None, erased_at=D3)
+        session.add(bob)
         session.flush()
         call = _record(
             session,

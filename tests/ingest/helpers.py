@@ -9,6 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.models import Customer, IngestDelivery, IngestOrder, Record
+from crm_ledger.journal.customers import personal_fields
+from crm_ledger.journal.privacy import PersonalFields
 from tests.ingest.conftest import TestClient, webhook_path
 from tests.ingest.shops import body_of, shopify_headers, woo_headers
 
@@ -72,3 +74,9 @@ def orders(session_factory: sessionmaker[Session]) -> list[IngestOrder]:
     """Every shop order."""
     with session_factory() as session:
         return list(session.scalars(select(IngestOrder).order_by(IngestOrder.pk)))
+
+
+def personal(session_factory: sessionmaker[Session], customer: Customer) -> PersonalFields:
+    """The customer's name, email and phone as the journal opens them (all None once erased)."""
+    with session_factory() as session:
+        return personal_fields(session, customer)

@@ -44,6 +44,7 @@ def test_layout_constants() -> None:
         "INTERACTION": 1,
         "ORDER": 2,
         "ERASURE": 3,
+        "ACCESS": 4,
     }
 
 
@@ -89,7 +90,7 @@ def test_encode_refuses(case: dict[str, Any]) -> None:
 
 
 def test_vectors_cover_every_kind_and_the_seq_extremes() -> None:
-    assert {case["kind"] for case in VECTORS["cases"]} == {1, 2, 3}
+    assert {case["kind"] for case in VECTORS["cases"]} == {1, 2, 3, 4}
     assert {0, 2**64 - 1} <= {case["seq"] for case in VECTORS["cases"]}
 
 

@@ -1,6 +1,7 @@
 """Idempotent writes: the `Idempotency-Key` header, accepted on every POST.
 
-Exports: `Idempotency`, `IdempotencyDep`, `run_write`, `request_hash`, `REPLAY_HEADER`.
+Exports: `Idempotency`, `IdempotencyDep`, `Written`, `run_write`, `request_hash`,
+`prune_expired`, `configure_retention`, `REPLAY_HEADER`.
 
 Keys are scoped to the API key that sent them. The first request with a key stores its status
 and exact response bytes in the same transaction as the records it wrote, so a crash leaves
@@ -9,31 +10,45 @@ both or neither. A later request with the same key gets those bytes back (header
 409 when it is not. Two concurrent first requests race on the unique (api key, key)
 constraint: the loser rolls back everything it wrote and replays the winner's answer. Requests
 that fail store nothing, so a corrected retry may reuse the key.
+
+Stored answers may hold personal data, so they are sealed (`journal.privacy.seal_response`)
+and linked to the customers they concern (`Written.customer_ids`). Erasing one of those
+customers deletes the answer but keeps the entry: a replay then answers 410 Gone instead of
+writing again. Entries older than `idempotency_retention_hours` (24 h by default, as Stripe
+keeps keys) are deleted by `prune_expired`, which the write path runs at most once every
+`idempotency_prune_interval_seconds` per process; after that a key may be used afresh.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Header, Request
 from pydantic import AfterValidator, BaseModel
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Row, Table, bindparam, insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Row, Table, bindparam, delete, insert, literal, select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from crm_ledger.api.group_commit import committer_for
 from crm_ledger.api.transaction import read_only
-from crm_ledger.db.models import IdempotencyEntry, utcnow
-from crm_ledger.errors import Conflict, IdempotencyConflict
+from crm_ledger.db.models import Customer, IdempotencyEntry, IdempotencySubject, utcnow
+from crm_ledger.errors import Conflict, Gone, IdempotencyConflict
 from crm_ledger.journal.keys import ApiKeyPrincipal
+from crm_ledger.journal.privacy import keyring_of, open_response, seal_response
 from crm_ledger.ledger.canonical import canonical_json
+
+log = logging.getLogger(__name__)
 
 REPLAY_HEADER = "Idempotent-Replayed"
 JSON_MEDIA_TYPE = "application/json"
@@ -43,9 +58,20 @@ _ATTEMPTS = 3
 _PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
 _ENTRIES = cast(Table, IdempotencyEntry.__table__)
 _INSERT_ENTRY = insert(_ENTRIES)
+_SUBJECTS = cast(Table, IdempotencySubject.__table__)
 _FIND_ENTRY = select(
-    _ENTRIES.c.request_hash, _ENTRIES.c.status_code, _ENTRIES.c.response_body
+    _ENTRIES.c.request_hash,
+    _ENTRIES.c.status_code,
+    _ENTRIES.c.response_sealed,
 ).where(_ENTRIES.c.api_key_pk == bindparam("api_key_pk"), _ENTRIES.c.key == bindparam("key"))
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A write's JSON answer and the public ids of the customers it concerns."""
+
+    body: str
+    customer_ids: Sequence[str] = field(default_factory=tuple)
 
 
 def _check_key(value: str | None) -> str | None:
@@ -98,7 +124,7 @@ def run_write(
     idempotency: Idempotency,
     payload: BaseModel,
     status_code: int,
-    write: Callable[[Session], str],
+    write: Callable[[Session], str | Written],
     on_commit: Callable[[], None] | None = None,
 ) -> Response:
     """Run `write` (which returns the JSON response body) idempotently, and commit it.
@@ -106,7 +132,9 @@ def run_write(
     The write shares a transaction with concurrent ones (`api.group_commit`), in a savepoint
     of its own; the answer goes out only after the commit.
 
-    `on_commit` runs only when this request's write committed (not on a replay).
+    `write` returns the body, or a `Written` naming the customers the answer concerns (their
+    erasure deletes the stored answer). `on_commit` runs only when this request's write
+    committed (not on a replay).
     """
     key = idempotency.key
     fingerprint = request_hash(idempotency, payload) if key is not None else b""
@@ -115,21 +143,14 @@ def run_write(
         if key is not None:
             entry = _find(tx, principal, key)
             if entry is not None:
-                return _replay(entry, fingerprint, key)
-        body = write(tx)
+                return _replay(tx, entry, fingerprint, principal, key)
+        written = write(tx)
+        outcome = written if isinstance(written, Written) else Written(written)
         if key is not None:
-            tx.connection().execute(
-                _INSERT_ENTRY,
-                {
-                    "api_key_pk": principal.pk,
-                    "key": key,
-                    "request_hash": fingerprint,
-                    "status_code": status_code,
-                    "response_body": body,
-                    "created_at": utcnow(),
-                },
-            )
-        return body
+            _store(tx, principal, key, fingerprint, status_code, outcome)
+        return outcome.body
+
+    _pruner.maybe_prune(session)
 
     committer = committer_for(session)
     for attempt in range(1, _ATTEMPTS + 1):
@@ -146,7 +167,7 @@ def run_write(
                 entry = _find(session, principal, key)
             if entry is None:
                 raise
-            return _replay(entry, fingerprint, key)
+            return _replay(session, entry, fingerprint, principal, key)
         except OperationalError as exc:
             if attempt == _ATTEMPTS or _sqlstate(exc) not in _RETRYABLE_SQLSTATES:
                 raise
@@ -167,15 +188,66 @@ def _find(session: Session, principal: ApiKeyPrincipal, key: str) -> Row[Any] | 
     )
 
 
-def _replay(entry: Row[Any], fingerprint: bytes, key: str) -> Response:
+def _scope(principal: ApiKeyPrincipal, key: str) -> str:
+    """What a sealed answer is bound to: it opens only in its own (API key, key) row."""
+    return f"{principal.pk}|{key}"
+
+
+def _store(
+    tx: Session,
+    principal: ApiKeyPrincipal,
+    key: str,
+    fingerprint: bytes,
+    status_code: int,
+    outcome: Written,
+) -> None:
+    connection = tx.connection()
+    result = connection.execute(
+        _INSERT_ENTRY,
+        {
+            "api_key_pk": principal.pk,
+            "key": key,
+            "request_hash": fingerprint,
+            "status_code": status_code,
+            "response_sealed": seal_response(
+                keyring_of(tx), scope=_scope(principal, key), body=outcome.body
+            ),
+            "created_at": utcnow(),
+        },
+    )
+    if outcome.customer_ids:
+        entry_pk = result.inserted_primary_key[0]  # type: ignore[index]
+        connection.execute(
+            insert(_SUBJECTS).from_select(
+                ["idempotency_pk", "customer_pk"],
+                select(literal(entry_pk), Customer.pk).where(
+                    Customer.id.in_(sorted({c.lower() for c in outcome.customer_ids}))
+                ),
+            )
+        )
+
+
+def _replay(
+    session: Session, entry: Row[Any], fingerprint: bytes, principal: ApiKeyPrincipal, key: str
+) -> Response:
     if not hmac.compare_digest(bytes(entry.request_hash), fingerprint):
         raise IdempotencyConflict(
             f"Idempotency-Key {key!r} was already used for a different request (another "
             "method, path or body); use a new key for a new request",
             idempotency_key=key,
         )
+    if entry.response_sealed is None:
+        raise Gone(
+            f"the request with Idempotency-Key {key!r} was carried out, but the personal data "
+            "of a customer it concerned has since been erased, and its answer with it; it is "
+            "not carried out again",
+            idempotency_key=key,
+        )
+    body = open_response(
+        keyring_of(session), scope=_scope(principal, key), sealed=bytes(entry.response_sealed)
+    )
     return Response(
-        content=entry.response_body.encode(),
+        content=body.encode(),
         status_code=entry.status_code,
         media_type=JSON_MEDIA_TYPE,
         headers={REPLAY_HEADER: "true"},
@@ -185,3 +257,58 @@ def _replay(entry: Row[Any], fingerprint: bytes, key: str) -> Response:
 def _sqlstate(exc: OperationalError) -> str | None:
     state = getattr(exc.orig, "sqlstate", None)
     return state if isinstance(state, str) else None
+
+
+def prune_expired(*, session: Session, older_than: timedelta) -> int:
+    """Delete stored answers (and their subject links) older than `older_than`; the count.
+
+    The caller owns the transaction.
+    """
+    cutoff = utcnow() - older_than
+    expired = select(IdempotencyEntry.pk).where(IdempotencyEntry.created_at < cutoff)
+    session.execute(
+        delete(IdempotencySubject).where(IdempotencySubject.idempotency_pk.in_(expired))
+    )
+    result = session.execute(delete(IdempotencyEntry).where(IdempotencyEntry.created_at < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+class _Pruner:
+    """Runs `prune_expired` from the write path at most once per interval per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[int, float] = {}
+
+    def maybe_prune(self, session: Session) -> None:
+        engine = session.get_bind()
+        settings = _retention_of(engine)
+        if settings is None:
+            return
+        retention, interval = settings
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next.get(id(engine), 0.0):
+                return
+            self._next[id(engine)] = now + interval
+        try:
+            committer_for(session).run(
+                lambda tx: prune_expired(session=tx, older_than=timedelta(hours=retention))
+            )
+        except SQLAlchemyError:
+            # Housekeeping must not fail the write it rides on; the next interval retries.
+            log.warning("pruning expired idempotency entries failed", exc_info=True)
+
+
+def configure_retention(engine: object, *, retention_hours: float, interval_seconds: float) -> None:
+    """Turn on pruning of expired idempotent answers for writes on `engine` (`create_app`)."""
+    setattr(engine, _RETENTION_ATTRIBUTE, (retention_hours, interval_seconds))
+
+
+def _retention_of(engine: object) -> tuple[float, float] | None:
+    value = getattr(engine, _RETENTION_ATTRIBUTE, None)
+    return value if isinstance(value, tuple) else None
+
+
+_RETENTION_ATTRIBUTE = "_crm_ledger_idempotency_retention"
+_pruner = _Pruner()

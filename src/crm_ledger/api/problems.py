@@ -17,6 +17,7 @@ and long text is cut, so no input can break the rendering (a 500) or a terminal 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -32,12 +33,15 @@ from crm_ledger.errors import (
     ApiError,
     Conflict,
     Forbidden,
+    KeyUnavailable,
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
     Unauthorized,
 )
 from crm_ledger.journal.schemas import MAX_QUOTED_CHARS, safe_text
+
+log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "urn:crm-ledger:problem:"
@@ -237,3 +241,17 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(KeyUnavailable, _key_unavailable)
+
+
+async def _key_unavailable(request: Request, exc: Exception) -> Response:
+    """Sealed personal data the configured master key cannot open: the operator's to fix."""
+    log.error("personal data cannot be opened: %s", exc)
+    return problem_response(
+        status=503,
+        title="Service unavailable",
+        detail="personal data cannot be opened with the configured master key; the operator "
+        "must configure the key this database was sealed with (see docs/privacy.md)",
+        type_=problem_type("KeyUnavailable"),
+        instance=request.url.path,
+    )

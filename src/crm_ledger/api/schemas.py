@@ -1,7 +1,8 @@
 """What the API answers: public JSON shapes, named by role, and how journal objects become them.
 
 Exports: `CustomerPublic`, `CustomersPublic`, `RecordPublic`, `RecordsPublic`, `ReceiptPending`,
-`customer_public`, `record_public`, `receipt_url`.
+`AccessEntryPublic`, `AccessLogPublic`, `customer_public`, `record_public`, `receipt_url`,
+`access_log_public`.
 
 Request shapes live in `crm_ledger.journal.schemas`: they are what the ledger commits to.
 """
@@ -13,12 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from crm_ledger.db.models import Customer
+from crm_ledger.journal.access import AccessPage
+from crm_ledger.journal.privacy import PersonalFields
 from crm_ledger.journal.records import RecordView, kind_name
 from crm_ledger.journal.schemas import format_timestamp
 
 
 class CustomerPublic(BaseModel):
-    """A customer; personal fields are null once erased."""
+    """A customer; personal fields are null once erased, and for roles that do not see them."""
 
     id: str
     name: str | None
@@ -42,7 +45,7 @@ class RecordPublic(BaseModel):
 
     id: str
     customer_id: str
-    kind: str = Field(description='"interaction", "order" or "erasure"')
+    kind: str = Field(description='"interaction", "order", "erasure" or "access"')
     content: dict[str, Any] | None
     recorded_at: str
     commitment: str
@@ -72,13 +75,14 @@ def receipt_url(record_id: str) -> str:
     return f"/v1/records/{record_id}/receipt"
 
 
-def customer_public(customer: Customer) -> CustomerPublic:
-    """The public form of a customer row."""
+def customer_public(customer: Customer, personal: PersonalFields | None) -> CustomerPublic:
+    """The public form of a customer row; `personal` None gives the pseudonymous form."""
+    shown = personal or PersonalFields()
     return CustomerPublic(
         id=customer.id,
-        name=customer.name,
-        email=customer.email,
-        phone=customer.phone,
+        name=shown.name,
+        email=shown.email,
+        phone=shown.phone,
         external_ref=customer.external_ref,
         tags=list(customer.tags or []),
         created_at=format_timestamp(customer.created_at),
@@ -99,4 +103,46 @@ def record_public(record: RecordView) -> RecordPublic:
         seq=record.seq,
         batch_id=record.batch_id,
         receipt_url=receipt_url(record.id),
+    )
+
+
+class AccessEntryPublic(BaseModel):
+    """One read of the customer's personal data (fields null once the customer was erased)."""
+
+    record_id: str
+    recorded_at: str
+    key_id: str | None
+    role: str | None
+    purpose: str | None
+    operation: str | None
+    status: Literal["pending", "anchored"]
+    seq: int | None
+    receipt_url: str
+
+
+class AccessLogPublic(BaseModel):
+    """A page of the customer's access records, newest first (`next_cursor` null: no more)."""
+
+    items: list[AccessEntryPublic]
+    next_cursor: str | None
+
+
+def access_log_public(page: AccessPage) -> AccessLogPublic:
+    """The public form of a page of access records."""
+    return AccessLogPublic(
+        items=[
+            AccessEntryPublic(
+                record_id=entry.record_id,
+                recorded_at=entry.recorded_at,
+                key_id=entry.key_id,
+                role=entry.role,
+                purpose=entry.purpose,
+                operation=entry.operation,
+                status="anchored" if entry.anchored else "pending",
+                seq=entry.seq,
+                receipt_url=receipt_url(entry.record_id),
+            )
+            for entry in page.items
+        ],
+        next_cursor=page.next_cursor,
     )

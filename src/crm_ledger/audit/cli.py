@@ -86,11 +86,13 @@ def _settings(data_dir: Path | None) -> Settings:
 def _journal(data_dir: Path | None) -> Iterator[tuple[Settings, Any]]:
     """Settings and the migrated journal engine of `data_dir`."""
     from crm_ledger.db.session import make_engine, upgrade_database
+    from crm_ledger.journal.privacy import attach_keyring, load_keyring
 
     settings = _settings(data_dir)
     engine = make_engine(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
+    attach_keyring(engine, load_keyring(settings))
     try:
         upgrade_database(engine)
         yield settings, engine

@@ -12,6 +12,11 @@ confirmations). So a reorg that the indexer rolls back turns `confirmed` into `a
 
 Cursors are opaque (URL-safe base64 of a small JSON document) and tied to what they page:
 a list cursor remembers its sort and a digest of its filters, and is refused with other ones.
+
+Personal fields are sealed at rest (`journal.privacy`): the views open them only when the
+caller asks for them (`show_personal`), and the list searches what can be searched without
+opening them: `q` is an exact email (its blind index), part of an external ref, or an id.
+There is no name search and no sort by name: both would need every name in the clear.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ from crm_ledger.db.models import (
     UTCDateTime,
 )
 from crm_ledger.errors import NotFound, Unprocessable
+from crm_ledger.journal.customers import personal_fields_of
+from crm_ledger.journal.privacy import KeyRing, PersonalFields, keyring_of
 from crm_ledger.journal.schemas import format_timestamp, is_public_id, shorten
 from crm_ledger.ledger.leaf import RecordKind
 
@@ -96,7 +103,7 @@ MAX_TIMELINE_SIZE = 200
 LEDGER = "AuditLedger"
 TOKEN = "LoyaltyToken"
 #: Sort keys of the list; prefix "-" for descending.
-SORT_KEYS = ("created_at", "name", "last_interaction_at", "balance")
+SORT_KEYS = ("created_at", "last_interaction_at", "balance")
 #: Timeline kinds, in the order that breaks ties between items recorded at the same instant.
 TIMELINE_KINDS = ("interaction", "order", "erasure", "reward", "redemption", "expiry")
 _RECORD_KINDS = {"interaction": RecordKind.INTERACTION, "order": RecordKind.ORDER}
@@ -149,8 +156,12 @@ def customer_view(
     timeline_limit: int = DEFAULT_TIMELINE_SIZE,
     timeline_cursor: str | None = None,
     kinds: Sequence[str] | None = None,
+    show_personal: bool = True,
 ) -> CustomerView:
-    """The 360 view of one customer; raises `NotFound`, or `Unprocessable` for bad parameters."""
+    """The 360 view of one customer; raises `NotFound`, or `Unprocessable` for bad parameters.
+
+    `show_personal=False` gives the pseudonymous view: name, email and phone null.
+    """
     if not 1 <= timeline_limit <= MAX_TIMELINE_SIZE:
         raise _bad("timeline_limit", f"must be from 1 to {MAX_TIMELINE_SIZE}")
     wanted = _check_kinds(kinds)
@@ -171,9 +182,10 @@ def customer_view(
         last_key = page[-1][0]
         next_cursor = _encode({"t": last_key[0].isoformat(), "r": last_key[1], "k": last_key[2]})
     return CustomerView(
-        customer=_profile(customer).model_copy(
-            update={"external_ids": _shop_ids(session, customer.pk)}
-        ),
+        customer=_profile(
+            customer,
+            personal_fields_of(keyring_of(session), customer) if show_personal else None,
+        ).model_copy(update={"external_ids": _shop_ids(session, customer.pk)}),
         records=_record_counts(session, customer.pk, epochs),
         loyalty=_loyalty(session, customer.pk, epochs),
         integrity=_integrity(session, customer),
@@ -186,12 +198,13 @@ def customer_integrity(*, session: Session, customer: Customer) -> IntegrityStat
     return _integrity(session, customer)
 
 
-def _profile(customer: Customer) -> CustomerProfile:
+def _profile(customer: Customer, personal: PersonalFields | None) -> CustomerProfile:
+    shown = personal or PersonalFields()
     return CustomerProfile(
         id=customer.id,
-        name=customer.name,
-        email=customer.email,
-        phone=customer.phone,
+        name=shown.name,
+        email=shown.email,
+        phone=shown.phone,
         external_ref=customer.external_ref,
         tags=list(customer.tags or []),
         created_at=format_timestamp(customer.created_at),
@@ -230,7 +243,8 @@ def _record_counts(session: Session, customer_pk: int, epochs: _Epochs) -> Ledge
     # Counted per batch first: the chain check then runs once per batch, not once per record.
     per_batch = (
         select(Record.batch_id, func.count().label("n"))
-        .where(Record.customer_pk == customer_pk)
+        # Access records are reads of the customer, not their history: not counted here.
+        .where(Record.customer_pk == customer_pk, Record.kind != int(RecordKind.ACCESS))
         .group_by(Record.batch_id)
         .subquery()
     )
@@ -755,10 +769,13 @@ def list_customers(
     balance_max: int | None = None,
     last_interaction_after: datetime | None = None,
     last_interaction_before: datetime | None = None,
+    show_personal: bool = True,
 ) -> CustomerSummaries:
     """A page of customers, searched, filtered and sorted; raises `Unprocessable` for bad input.
 
-    `q` matches a substring of name, email or external ref (any case), or the exact id;
+    `q` matches an exact email (any case, by its blind index), a substring of the external ref
+    (any case), or the exact id; `show_personal=False` leaves name, email and phone null and
+    does not match emails;
     `tag` one of the customer's tags; balances are the chain's (no address counts as 0);
     `last_interaction_*` bound the newest interaction (customers without one never match).
     """
@@ -798,11 +815,14 @@ def list_customers(
     balance = func.coalesce(balance_column, 0)
     sort_expression: Any = {
         "created_at": Customer.created_at,
-        "name": func.coalesce(Customer.name, ""),
         "last_interaction_at": func.coalesce(last_interaction, literal(_NEVER, UTCDateTime())),
         "balance": balance,
     }[key]
-    query = _apply_filters(session, query, filters, last_interaction, balance)
+    keyring = keyring_of(session)
+    # A role that does not see emails must not use the index as an oracle either.
+    query = _apply_filters(
+        session, keyring if show_personal else None, query, filters, last_interaction, balance
+    )
     if cursor is not None:
         value, pk = _decode_list_cursor(cursor, sort, filters)
         bound = literal(value, UTCDateTime()) if isinstance(value, datetime) else value
@@ -823,12 +843,13 @@ def list_customers(
     items = []
     for row in rows[:limit]:
         customer: Customer = row[0]
+        shown = personal_fields_of(keyring, customer) if show_personal else PersonalFields()
         items.append(
             CustomerSummary(
                 id=customer.id,
-                name=customer.name,
-                email=customer.email,
-                phone=customer.phone,
+                name=shown.name,
+                email=shown.email,
+                phone=shown.phone,
                 external_ref=customer.external_ref,
                 tags=list(customer.tags or []),
                 created_at=format_timestamp(customer.created_at),
@@ -843,7 +864,6 @@ def list_customers(
         last_customer: Customer = last[0]
         value_out: Any = {
             "created_at": last_customer.created_at.isoformat(),
-            "name": last_customer.name or "",
             "last_interaction_at": (_aware(last.last_interaction_at) or _NEVER).isoformat(),
             "balance": int(last.balance or 0),
         }[key]
@@ -902,15 +922,18 @@ def _check_filters(
 
 
 def _apply_filters(
-    session: Session, query: Select[Any], filters: _Filters, last_interaction: Any, balance: Any
+    session: Session,
+    keyring: KeyRing | None,
+    query: Select[Any],
+    filters: _Filters,
+    last_interaction: Any,
+    balance: Any,
 ) -> Select[Any]:
     if filters.q is not None:
         needle = filters.q.lower()
-        matches = [
-            func.lower(Customer.name).contains(needle, autoescape=True),
-            func.lower(Customer.email).contains(needle, autoescape=True),
-            func.lower(Customer.external_ref).contains(needle, autoescape=True),
-        ]
+        matches = [func.lower(Customer.external_ref).contains(needle, autoescape=True)]
+        if keyring is not None:
+            matches.append(Customer.email_index.in_(keyring.email_indexes(filters.q)))
         if is_public_id(filters.q):
             matches.append(Customer.id == needle)
         query = query.where(or_(*matches))

@@ -5,10 +5,9 @@ Exports: `Base`, `Customer`, `Record`, `Batch`, `BatchStatus`, `Deployment`, `Ap
 `LoyaltyChainOp`, `LoyaltyAwardJob`, `LoyaltyIssuance`, `LoyaltyRedemption`, `LoyaltyLotUse`,
 `LoyaltyExpiration`, `LoyaltyCursor`; and the indexer's and CRM view's `IndexerStream`,
 `IndexedBlock`, `IndexedBatch`, `IndexedTokenEvent`, `IndexedBalance`, `FeedEvent`, `FeedMark`,
-`ReconciliationReport`; commerce ingest's `IngestSource`, `IngestDelivery`, `IngestCustomerLink`,
-`IngestOrder`, `IngestClawback`.
-`ReconciliationReport`; the Salesforce sync's `SalesforceContact`, `SalesforceJob`,
-`SalesforceCursor`.
+`ReconciliationReport`; `IdempotencySubject` (issue 10); commerce ingest's `IngestSource`,
+`IngestDelivery`, `IngestCustomerLink`, `IngestOrder`, `IngestClawback`; the Salesforce sync's
+`SalesforceContact`, `SalesforceJob`, `SalesforceCursor`.
 
 Public ids are UUID strings; an integer `pk` gives a stable insertion order for cursors and for
 the anchorer, which cuts pending records (seq IS NULL) in `pk` order.
@@ -85,15 +84,21 @@ Base.metadata.naming_convention = {
 
 
 class Customer(Base):
-    """A customer, their personal fields and the key their commitments are made with."""
+    """A customer, their sealed personal fields and the key their commitments are made with.
+
+    Name, email and phone are never stored in the clear (`crm_ledger.journal.privacy`): they are
+    one AES-GCM ciphertext (`personal`) under the customer's data key, which is stored wrapped
+    by the master key (`wrapped_data_key`); `email_index` is the email's blind index. All three
+    are NULL once the customer's personal data is erased.
+    """
 
     __tablename__ = "customers"
 
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(36), unique=True, default=new_id)
-    name: Mapped[str | None] = mapped_column(String(200))
-    email: Mapped[str | None] = mapped_column(String(320))
-    phone: Mapped[str | None] = mapped_column(String(40))
+    wrapped_data_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    personal: Mapped[bytes | None] = mapped_column(LargeBinary)
+    email_index: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
     external_ref: Mapped[str | None] = mapped_column(String(200), unique=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     # 32 random bytes; NULL once the customer's personal data is erased.
@@ -215,8 +220,11 @@ class IdempotencyEntry(Base):
     key: Mapped[str] = mapped_column(String(255))
     request_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     status_code: Mapped[int] = mapped_column(Integer)
-    response_body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The answer, sealed (`journal.privacy.seal_response`); NULL once a customer it concerned
+    # was erased (a replay then answers 410).
+    response_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AuditReport(Base):
@@ -378,6 +386,7 @@ class LoyaltyRedemption(Base):
     id: Mapped[str] = mapped_column(String(36), unique=True, default=new_id)
     customer_pk: Mapped[int] = mapped_column(ForeignKey("customers.pk"))
     points: Mapped[int] = mapped_column(BigInteger)
+    # The client's reference of the reward (free text); "" once the customer is erased.
     reward_ref: Mapped[str] = mapped_column(String(200))
     burn_id: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     # The opaque `ref` the chain sees: never the reward_ref itself.
@@ -825,3 +834,19 @@ class WebhookDelivery(Base):
     last_response_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# Personal data (issue 10) ---------------------------------------------------------------------
+
+
+class IdempotencySubject(Base):
+    """A customer a stored idempotent answer concerns: erasing them redacts the answer."""
+
+    __tablename__ = "idempotency_subjects"
+
+    idempotency_pk: Mapped[int] = mapped_column(
+        ForeignKey("idempotency.pk", ondelete="CASCADE"), primary_key=True
+    )
+    customer_pk: Mapped[int] = mapped_column(
+        ForeignKey("customers.pk"), primary_key=True, index=True
+    )

@@ -538,6 +538,8 @@ def _record_events(
         select(Record.id, Record.seq, Record.kind, Record.batch_id, Customer.id.label("customer"))
         .join(Customer, Customer.pk == Record.customer_pk)
         .where(Record.batch_id.between(min(matched), max(matched)))
+        # Access records (reads of personal data) stay out of the feed: see docs/privacy.md.
+        .where(Record.kind != int(RecordKind.ACCESS))
         .order_by(Record.seq)
     )
     events: list[NewFeedEvent] = []

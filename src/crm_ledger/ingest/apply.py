@@ -39,7 +39,6 @@ from crm_ledger.db.models import (
     IngestOrder,
     IngestSource,
     Record,
-    new_id,
     utcnow,
 )
 from crm_ledger.errors import MappingError
@@ -53,11 +52,16 @@ from crm_ledger.ingest.payloads import (
     Refund,
     ShopCustomer,
 )
-from crm_ledger.journal.customers import find_customer_by_email
+from crm_ledger.journal.customers import (
+    add_customer,
+    find_customer_by_email,
+    update_personal_fields,
+)
 from crm_ledger.journal.erasure import erase_customer
+from crm_ledger.journal.privacy import PersonalFields
 from crm_ledger.journal.records import record_document
 from crm_ledger.journal.schemas import format_timestamp
-from crm_ledger.ledger.canonical import canonical_json, new_customer_key
+from crm_ledger.ledger.canonical import canonical_json
 from crm_ledger.ledger.leaf import RecordKind
 
 #: Order statuses after which the points an order earned are taken back.
@@ -114,16 +118,10 @@ def resolve_customer(
     if customer is None:
         if not create:
             return None
-        customer = Customer(
-            id=new_id(),
-            name=buyer.name,
-            email=buyer.email,
-            phone=buyer.phone,
-            tags=[],
-            key=new_customer_key(),
-            created_at=utcnow(),
+        customer = add_customer(
+            session=session,
+            fields=PersonalFields(name=buyer.name, email=buyer.email, phone=buyer.phone),
         )
-        session.add(customer)
         session.flush()
     if buyer.external_id is not None:
         session.add(
@@ -375,10 +373,13 @@ def _apply_customer(
     if customer.key is None:
         return _erased(customer)
     buyer = event.customer
-    customer.name = buyer.name or customer.name
-    customer.email = buyer.email or customer.email
-    customer.phone = buyer.phone or customer.phone
-    session.flush()
+    update_personal_fields(
+        session=session,
+        customer=customer,
+        name=buyer.name or None,
+        email=buyer.email or None,
+        phone=buyer.phone or None,
+    )
     view = record_document(
         session=session,
         customer_id=customer.id,

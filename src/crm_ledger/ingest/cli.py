@@ -21,6 +21,7 @@ from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import NotFound
 from crm_ledger.ingest.backfill import import_orders
+from crm_ledger.journal.privacy import attach_keyring, load_keyring
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 SHOWN_PROBLEMS = 20
@@ -55,6 +56,7 @@ def import_orders_command(
     engine = make_engine(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
+    attach_keyring(engine, load_keyring(settings))
     try:
         upgrade_database(engine)
         with handle, _progress() as progress:

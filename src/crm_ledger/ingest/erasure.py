@@ -19,14 +19,16 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import Customer, IngestCustomerLink, IngestDelivery
-from crm_ledger.journal.customers import normalise_email
+from crm_ledger.journal.customers import personal_fields
+from crm_ledger.journal.privacy import normalise_email
 
 ERASED_BEFORE_MAPPING = "the customer's personal data was erased before this delivery was mapped"
 
 
 def erase_ingest_copies(session: Session, customer_pk: int) -> None:
     """Delete the customer's raw deliveries and shop links (flushes; the caller commits)."""
-    email = session.scalar(select(Customer.email).where(Customer.pk == customer_pk))
+    customer = session.get(Customer, customer_pk)
+    email = personal_fields(session, customer).email if customer is not None else None
     external_ids = set(
         session.scalars(
             select(IngestCustomerLink.external_id).where(

@@ -1,8 +1,11 @@
-"""Customers: create, fetch, list a page at a time.
+"""Customers: create, fetch, list a page at a time, find by email, open personal fields.
 
-Exports: `CustomerPage`, `create_customer`, `get_customer`, `find_customer_by_email`,
-`normalise_email`, `list_customers`, `encode_cursor`,
-`decode_cursor`, `DEFAULT_PAGE_SIZE`, `MAX_PAGE_SIZE`.
+Exports: `CustomerPage`, `create_customer`, `add_customer`, `get_customer`, `list_customers`,
+`find_customer_by_email`, `update_personal_fields`, `personal_fields`, `personal_fields_of`,
+`encode_cursor`, `decode_cursor`, `DEFAULT_PAGE_SIZE`, `MAX_PAGE_SIZE`.
+
+Personal fields are sealed on the way in and opened on the way out with the key ring of the
+session's database (`crm_ledger.journal.privacy`); nothing here stores them in the clear.
 
 Writers flush but do not commit: the caller owns the transaction (the API commits the customer
 and its idempotency entry together).
@@ -14,12 +17,22 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import Customer, new_id, utcnow
 from crm_ledger.errors import Conflict, NotFound, Unprocessable
+from crm_ledger.journal.privacy import (
+    KeyRing,
+    PersonalFields,
+    keyring_of,
+    new_data_key,
+    open_personal,
+    seal_personal,
+    unwrap_data_key,
+    wrap_data_key,
+)
 from crm_ledger.journal.schemas import CustomerCreate, is_public_id, shorten
 from crm_ledger.ledger.canonical import new_customer_key
 
@@ -49,22 +62,45 @@ def create_customer(*, session: Session, payload: CustomerCreate) -> Customer:
         )
         if taken is not None:
             raise _external_ref_taken(payload.external_ref, taken)
-    customer = Customer(
-        id=new_id(),
-        name=payload.name,
-        email=payload.email,
-        phone=payload.phone,
+    customer = add_customer(
+        session=session,
+        fields=PersonalFields(name=payload.name, email=payload.email, phone=payload.phone),
         external_ref=payload.external_ref,
         tags=list(payload.tags),
-        key=new_customer_key(),
-        created_at=utcnow(),
     )
-    session.add(customer)
     try:
         session.flush()
     except IntegrityError:
         # Another transaction took the external_ref between our check and our insert.
         raise _external_ref_taken(payload.external_ref, None) from None
+    return customer
+
+
+def add_customer(
+    *,
+    session: Session,
+    fields: PersonalFields,
+    external_ref: str | None = None,
+    tags: list[str] | None = None,
+) -> Customer:
+    """Add (not flushed) a customer with a fresh commitment key and data key, `fields` sealed
+    under it and the email's blind index; no validation (`create_customer` validates)."""
+    keyring = keyring_of(session)
+    customer_id = new_id()
+    data_key = new_data_key()
+    customer = Customer(
+        id=customer_id,
+        wrapped_data_key=wrap_data_key(keyring, customer_id=customer_id, data_key=data_key),
+        personal=seal_personal(data_key, customer_id=customer_id, fields=fields),
+        email_index=(
+            keyring.current.email_index(fields.email) if fields.email is not None else None
+        ),
+        external_ref=external_ref,
+        tags=tags or [],
+        key=new_customer_key(),
+        created_at=utcnow(),
+    )
+    session.add(customer)
     return customer
 
 
@@ -81,25 +117,55 @@ def get_customer(*, session: Session, customer_id: str) -> Customer:
     return customer
 
 
-# Commerce ingest (issue 11): matching a shop's buyer by e-mail. --------------------------------
-
-
-def normalise_email(email: str) -> str:
-    """An e-mail address as customers are matched by it: trimmed, lower-case."""
-    return email.strip().lower()
+def update_personal_fields(
+    *, session: Session, customer: Customer, name: str | None, email: str | None, phone: str | None
+) -> None:
+    """Replace what is given of the customer's name, email and phone (None: keep), resealed
+    under the customer's data key with the blind index kept current. An erased customer has no
+    data key: nothing is stored."""
+    if customer.wrapped_data_key is None:
+        return
+    keyring = keyring_of(session)
+    data_key = unwrap_data_key(keyring, customer_id=customer.id, wrapped=customer.wrapped_data_key)
+    old = personal_fields_of(keyring, customer)
+    fields = PersonalFields(
+        name=name if name is not None else old.name,
+        email=email if email is not None else old.email,
+        phone=phone if phone is not None else old.phone,
+    )
+    customer.personal = seal_personal(data_key, customer_id=customer.id, fields=fields)
+    customer.email_index = (
+        keyring.current.email_index(fields.email) if fields.email is not None else None
+    )
+    session.flush()
 
 
 def find_customer_by_email(session: Session, email: str) -> Customer | None:
-    """The oldest customer (not erased) whose e-mail is `email`, normalised; or None."""
+    """The oldest unerased customer whose email matches `email` (trimmed, any case), or None.
+
+    Matches on the blind index, so the email is never compared in the clear; during a master
+    key rotation rows under either key are found.
+    """
+    keyring = keyring_of(session)
     return session.scalars(
         select(Customer)
-        .where(
-            func.lower(func.trim(Customer.email)) == normalise_email(email),
-            Customer.erased_at.is_(None),
-        )
+        .where(Customer.email_index.in_(keyring.email_indexes(email)))
         .order_by(Customer.pk)
         .limit(1)
     ).first()
+
+
+def personal_fields(session: Session, customer: Customer) -> PersonalFields:
+    """The customer's name, email and phone in the clear (all None once erased)."""
+    return personal_fields_of(keyring_of(session), customer)
+
+
+def personal_fields_of(keyring: KeyRing, customer: Customer) -> PersonalFields:
+    """`personal_fields` with the key ring at hand (for loops over many customers)."""
+    if customer.wrapped_data_key is None or customer.personal is None:
+        return PersonalFields()
+    data_key = unwrap_data_key(keyring, customer_id=customer.id, wrapped=customer.wrapped_data_key)
+    return open_personal(data_key, customer_id=customer.id, sealed=customer.personal)
 
 
 def list_customers(

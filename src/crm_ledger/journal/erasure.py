@@ -1,11 +1,16 @@
 """Erasure (GDPR / RODO): delete a customer's personal data and keep every proof valid.
 
-Exports: `ErasureResult`, `erase_customer`, `LOCK_TIMEOUT_MS`.
+Exports: `ErasureResult`, `erase_customer`, `COPY_ERASERS`, `LOCK_TIMEOUT_MS`.
 
 An erasure, in one transaction:
 
-- clears the customer's personal fields (name, email, phone, external ref, tags) and deletes
-  their key, so no commitment of theirs can be opened or confirmed by guessing any more;
+- destroys the customer's data key (their sealed name, email and phone, and the email's blind
+  index go with it), clears their external ref and tags and deletes their commitment key, so
+  no commitment of theirs can be opened or confirmed by guessing any more;
+- erases every other copy of their personal data the service keeps: each is one function
+  `erase(session, customer_pk)` in `COPY_ERASERS` (stored idempotent answers that concern
+  them, the free-text `reward_ref` of their redemptions; a package that keeps another copy
+  adds its function to that list);
 - deletes the content of every record of theirs, pending ones included; each record keeps its
   commitment and, once sequenced, its leaf (seq, kind, previous leaf hash, leaf hash), so every
   leaf, batch root, head and receipt stays valid;
@@ -25,13 +30,22 @@ caller owns the transaction (writers flush, they do not commit).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from crm_ledger.db.models import Customer, Record, new_id, utcnow
+from crm_ledger.db.models import (
+    Customer,
+    IdempotencyEntry,
+    IdempotencySubject,
+    LoyaltyRedemption,
+    Record,
+    new_id,
+    utcnow,
+)
 from crm_ledger.errors import NotFound
 from crm_ledger.ingest.erasure import erase_ingest_copies
 from crm_ledger.journal.records import DOCUMENT_VERSION, kind_name
@@ -41,6 +55,37 @@ from crm_ledger.ledger.leaf import RecordKind
 
 #: The longest an erasure waits for a row lock on PostgreSQL before giving up (to be retried).
 LOCK_TIMEOUT_MS = 500
+
+
+def _erase_idempotent_answers(session: Session, customer_pk: int) -> None:
+    """Stored answers that concern the customer lose their body; a replay answers 410."""
+    concerning = select(IdempotencySubject.idempotency_pk).where(
+        IdempotencySubject.customer_pk == customer_pk
+    )
+    session.execute(
+        update(IdempotencyEntry)
+        .where(IdempotencyEntry.pk.in_(concerning), IdempotencyEntry.erased_at.is_(None))
+        .values(response_sealed=None, erased_at=utcnow())
+    )
+
+
+def _erase_reward_refs(session: Session, customer_pk: int) -> None:
+    """The free-text reward references of the customer's redemptions (left empty)."""
+    session.execute(
+        update(LoyaltyRedemption)
+        .where(LoyaltyRedemption.customer_pk == customer_pk)
+        .values(reward_ref="")
+    )
+
+
+#: Every copy of personal data kept outside the customer row and the records, one eraser each.
+#: They run before the customer row is cleared (commerce ingest reads the customer's email and
+#: shop ids to find raw deliveries not mapped yet).
+COPY_ERASERS: list[Callable[[Session, int], None]] = [
+    erase_ingest_copies,
+    _erase_idempotent_answers,
+    _erase_reward_refs,
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +126,16 @@ def erase_customer(*, session: Session, customer_id: str) -> ErasureResult:
     if customer.erased_at is not None:
         return _earlier_erasure(session, customer.pk, customer.id, customer.erased_at)
 
-    # Commerce ingest (issue 11): raw deliveries and shop customer links; it reads the e-mail
-    # and shop ids to find unmapped deliveries, so before they are cleared.
-    erase_ingest_copies(session, customer.pk)
+    for erase in COPY_ERASERS:
+        erase(session, customer.pk)
     now = utcnow()
     session.execute(
         update(Customer)
         .where(Customer.pk == customer.pk)
         .values(
-            name=None,
-            email=None,
-            phone=None,
+            wrapped_data_key=None,
+            personal=None,
+            email_index=None,
             external_ref=None,
             tags=[],
             key=None,

@@ -1,7 +1,8 @@
 """Records: interactions and orders committed to the journal, and read back.
 
 Exports: `RecordView`, `Backlog`, `record_interaction`, `record_interactions`, `record_order`,
-`record_document`, `get_record`, `find_record`, `anchoring_backlog`, `kind_name`,
+`record_document`, `record_accesses`, `get_record`, `find_record`, `anchoring_backlog`,
+`kind_name`,
 `DOCUMENT_VERSION`.
 
 Every record commits to exactly this document, serialised with RFC 8785:
@@ -96,7 +97,8 @@ class _Item:
 
 
 def kind_name(kind: int) -> str:
-    """The name of a record kind in documents and JSON: "interaction", "order", "erasure"."""
+    """The name of a record kind in documents and JSON: "interaction", "order", "erasure",
+    "access"."""
     return RecordKind(kind).name.lower()
 
 
@@ -145,6 +147,23 @@ def record_document(
     Raises `NotFound` / `Conflict` for the customer, as the other writers do.
     """
     return _write(session, [_Item(customer_id, kind, body, "customer_id")])[0]
+
+
+def record_accesses(*, session: Session, customer_ids: Sequence[str], body: dict[str, Any]) -> int:
+    """One access record (kind `access`, the same `body`) per customer of `customer_ids` whose
+    personal data is not erased; returns how many were written.
+
+    An erased customer has no personal data left to read, so their reads leave no record.
+    """
+    wanted = sorted({customer_id.lower() for customer_id in customer_ids})
+    if not wanted:
+        return 0
+    rows = session.connection().execute(_LOCK_CUSTOMERS, {"ids": wanted})
+    readable = [row.id for row in rows if row.key is not None]
+    if not readable:
+        return 0
+    _write(session, [_Item(cid, RecordKind.ACCESS, body, "customer_id") for cid in readable])
+    return len(readable)
 
 
 def get_record(*, session: Session, record_id: str) -> RecordView:

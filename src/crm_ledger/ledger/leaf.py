@@ -33,6 +33,8 @@ class RecordKind(enum.IntEnum):
     INTERACTION = 1
     ORDER = 2
     ERASURE = 3
+    #: A read of the customer's personal data (who, in which role, for what purpose).
+    ACCESS = 4
 
 
 @dataclass(frozen=True, slots=True)

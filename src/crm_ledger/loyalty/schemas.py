@@ -246,7 +246,7 @@ class RedemptionPublic(BaseModel):
     id: str
     customer_id: str
     points: int
-    reward_ref: str
+    reward_ref: str = Field(description="empty once the customer's personal data was erased")
     status: str = Field(description="pending, redeemed or failed")
     burn_id: str
     address: str

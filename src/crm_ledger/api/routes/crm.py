@@ -1,8 +1,10 @@
 """/v1/crm: the customer 360 view, the CRM customer list, and reconciliation.
 
 Reads are open to every role: the CRM, the shop and the support desk (recorder), marketing,
-auditors and admins all work from the same view. Starting a reconciliation (which may repair
-the journal's anchoring state) is for auditors and admins.
+auditors and admins all work from the same view; personal fields only for the roles
+`personal_data_roles` names, each such read journaled as access records (`api.privacy`).
+Starting a reconciliation (which may repair the journal's anchoring state) is for auditors and
+admins.
 """
 
 from __future__ import annotations
@@ -17,7 +19,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, problem_responses, require_roles
+from crm_ledger.api.deps import (
+    AnyKey,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    problem_responses,
+    require_roles,
+)
+from crm_ledger.api.privacy import (
+    PERSONAL_READ_ERRORS,
+    PurposeDep,
+    journal_reads,
+    sees_personal_data,
+)
 from crm_ledger.api.transaction import read_only
 from crm_ledger.crm import reconcile, view
 from crm_ledger.crm.schemas import CustomerSummaries, CustomerView, ReconciliationPublic
@@ -46,13 +61,15 @@ def _split(value: str | None) -> list[str] | None:
 @router.get(
     "/customers/{customer_id}",
     response_class=Response,
-    responses={200: {"model": CustomerView}, **_ERRORS},
+    responses={200: {"model": CustomerView}, **_ERRORS, **PERSONAL_READ_ERRORS},
     summary="A customer's 360 view (any role)",
 )
 def customer_360(
     customer_id: str,
     session: SessionDep,
+    settings: SettingsDep,
     key: AnyKey,
+    purpose: PurposeDep,
     timeline_limit: Annotated[int, Query(ge=1, le=view.MAX_TIMELINE_SIZE)] = (
         view.DEFAULT_TIMELINE_SIZE
     ),
@@ -68,6 +85,7 @@ def customer_360(
     """Profile, records by ledger state, loyalty balance (the chain's), the customer's integrity
     as the latest ledger audit found it, and the timeline, newest first, each item with its
     ledger state (`pending`, `anchored`, `confirmed`) and its batch, transaction and block."""
+    personal_view = sees_personal_data(settings, key)
     with read_only(session):
         found = view.customer_view(
             session=session,
@@ -75,6 +93,15 @@ def customer_360(
             timeline_limit=timeline_limit,
             timeline_cursor=timeline_cursor,
             kinds=_split(kinds),
+            show_personal=personal_view,
+        )
+    if personal_view:
+        journal_reads(
+            session=session,
+            principal=key,
+            customer_ids=[found.customer.id] if found.customer.erased_at is None else [],
+            purpose=purpose,
+            operation="crm.customer_view",
         )
     return _json(found.model_dump_json())
 
@@ -82,12 +109,14 @@ def customer_360(
 @router.get(
     "/customers",
     response_class=Response,
-    responses={200: {"model": CustomerSummaries}, **_ERRORS},
+    responses={200: {"model": CustomerSummaries}, **_ERRORS, **PERSONAL_READ_ERRORS},
     summary="Search, filter and sort customers (any role)",
 )
 def crm_customers(
     session: SessionDep,
+    settings: SettingsDep,
     key: AnyKey,
+    purpose: PurposeDep,
     limit: Annotated[int, Query(ge=1, le=view.MAX_PAGE_SIZE)] = view.DEFAULT_PAGE_SIZE,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     sort: Annotated[
@@ -99,7 +128,10 @@ def crm_customers(
     ] = "-created_at",
     q: Annotated[
         str | None,
-        Query(max_length=200, description="part of the name, email or external ref, or the id"),
+        Query(
+            max_length=200,
+            description="an exact email (any case), part of the external ref, or the id",
+        ),
     ] = None,
     tag: Annotated[str | None, Query(max_length=200)] = None,
     balance_min: Annotated[int | None, Query(ge=0)] = None,
@@ -109,6 +141,7 @@ def crm_customers(
 ) -> Response:
     """Customers with their last interaction and loyalty balance; follow `next_cursor` with
     the same filters and sort."""
+    personal_view = sees_personal_data(settings, key)
     with read_only(session):
         page = view.list_customers(
             session=session,
@@ -121,6 +154,15 @@ def crm_customers(
             balance_max=balance_max,
             last_interaction_after=last_interaction_after,
             last_interaction_before=last_interaction_before,
+            show_personal=personal_view,
+        )
+    if personal_view:
+        journal_reads(
+            session=session,
+            principal=key,
+            customer_ids=[item.id for item in page.items if item.erased_at is None],
+            purpose=purpose,
+            operation="crm.customers",
         )
     return _json(page.model_dump_json())
 

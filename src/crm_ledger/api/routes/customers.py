@@ -1,20 +1,48 @@
-"""/v1/customers: create, fetch and list customers."""
+"""/v1/customers: create, fetch and list customers, and read a customer's access log.
+
+Reads show personal fields only to the roles `personal_data_roles` names, and journal an access
+record for each customer whose personal fields they show (`api.privacy`).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, problem_responses
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
-from crm_ledger.api.schemas import CustomerPublic, CustomersPublic, customer_public
+from crm_ledger.api.deps import (
+    AnyKey,
+    RecorderKey,
+    SessionDep,
+    SettingsDep,
+    problem_responses,
+    require_roles,
+)
+from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
+from crm_ledger.api.privacy import (
+    ERASED_REPLAY,
+    PERSONAL_READ_ERRORS,
+    PurposeDep,
+    journal_reads,
+    sees_personal_data,
+)
+from crm_ledger.api.schemas import (
+    AccessLogPublic,
+    CustomerPublic,
+    CustomersPublic,
+    access_log_public,
+    customer_public,
+)
 from crm_ledger.api.transaction import read_only
-from crm_ledger.journal import customers
+from crm_ledger.journal import access, customers
 from crm_ledger.journal.customers import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from crm_ledger.journal.keys import ApiKeyPrincipal, Role
+from crm_ledger.journal.privacy import keyring_of
 from crm_ledger.journal.schemas import CustomerCreate
+
+AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
@@ -25,7 +53,7 @@ _ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
     "",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": CustomerPublic}, **_ERRORS},
+    responses={201: {"model": CustomerPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Create a customer (recorder, admin)",
 )
 def create_customer(
@@ -33,9 +61,10 @@ def create_customer(
 ) -> Response:
     """Create a customer with a fresh commitment key; `external_ref` must be unique."""
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         customer = customers.create_customer(session=session, payload=payload)
-        return customer_public(customer).model_dump_json()
+        personal = customers.personal_fields(session, customer)
+        return Written(customer_public(customer, personal).model_dump_json(), [customer.id])
 
     return run_write(
         session=session,
@@ -50,33 +79,89 @@ def create_customer(
 @router.get(
     "/{customer_id}",
     response_class=Response,
-    responses={200: {"model": CustomerPublic}, **_ERRORS},
-    summary="Fetch a customer (any role)",
+    responses={200: {"model": CustomerPublic}, **_ERRORS, **PERSONAL_READ_ERRORS},
+    summary="Fetch a customer (any role; personal fields for the roles allowed them)",
 )
-def get_customer(customer_id: str, session: SessionDep, key: AnyKey) -> Response:
-    """One customer by id."""
+def get_customer(
+    customer_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: AnyKey,
+    purpose: PurposeDep,
+) -> Response:
+    """One customer by id. Showing its personal fields journals an access record first."""
+    personal_view = sees_personal_data(settings, key)
     with read_only(session):
         customer = customers.get_customer(session=session, customer_id=customer_id)
-        body = customer_public(customer).model_dump_json()
+        personal = customers.personal_fields(session, customer) if personal_view else None
+        body = customer_public(customer, personal).model_dump_json()
+    if personal_view:
+        journal_reads(
+            session=session,
+            principal=key,
+            customer_ids=[customer.id] if customer.erased_at is None else [],
+            purpose=purpose,
+            operation="customers.get",
+        )
     return Response(content=body, media_type=JSON_MEDIA_TYPE)
 
 
 @router.get(
     "",
     response_class=Response,
-    responses={200: {"model": CustomersPublic}, **_ERRORS},
-    summary="List customers (any role)",
+    responses={200: {"model": CustomersPublic}, **_ERRORS, **PERSONAL_READ_ERRORS},
+    summary="List customers (any role; personal fields for the roles allowed them)",
 )
 def list_customers(
     session: SessionDep,
+    settings: SettingsDep,
     key: AnyKey,
+    purpose: PurposeDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    """Customers in creation order; follow `next_cursor` until it is null."""
+    """Customers in creation order; follow `next_cursor` until it is null. Showing personal
+    fields journals an access record per customer shown."""
+    personal_view = sees_personal_data(settings, key)
     with read_only(session):
         page = customers.list_customers(session=session, limit=limit, cursor=cursor)
+        keyring = keyring_of(session) if personal_view else None
         body = CustomersPublic(
-            items=[customer_public(c) for c in page.items], next_cursor=page.next_cursor
+            items=[
+                customer_public(c, customers.personal_fields_of(keyring, c) if keyring else None)
+                for c in page.items
+            ],
+            next_cursor=page.next_cursor,
         ).model_dump_json()
+    if personal_view:
+        journal_reads(
+            session=session,
+            principal=key,
+            customer_ids=[c.id for c in page.items if c.erased_at is None],
+            purpose=purpose,
+            operation="customers.list",
+        )
     return Response(content=body, media_type=JSON_MEDIA_TYPE)
+
+
+@router.get(
+    "/{customer_id}/access-log",
+    response_class=Response,
+    responses={200: {"model": AccessLogPublic}, **_ERRORS},
+    summary="Who read the customer's personal data (auditor, admin)",
+)
+def get_access_log(
+    customer_id: str,
+    session: SessionDep,
+    key: AuditorKey,
+    limit: Annotated[int, Query(ge=1, le=access.MAX_PAGE_SIZE)] = access.DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The customer's access records, newest first: API key id, role, declared purpose,
+    operation, and where each stands in anchoring. Reading it shows no personal field, so it
+    leaves no access record of its own."""
+    with read_only(session):
+        page = access.access_log(
+            session=session, customer_id=customer_id, limit=limit, cursor=cursor
+        )
+    return Response(content=access_log_public(page).model_dump_json(), media_type=JSON_MEDIA_TYPE)

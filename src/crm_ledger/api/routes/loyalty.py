@@ -26,7 +26,8 @@ from crm_ledger.api.deps import (
     problem_responses,
     require_roles,
 )
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
+from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
+from crm_ledger.api.privacy import ERASED_REPLAY
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
 from crm_ledger.errors import ChainError
@@ -280,7 +281,7 @@ def get_award(campaign_id: str, job_id: str, session: SessionDep, key: Marketing
     "/v1/redemptions",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": RedemptionPublic}, **_ERRORS},
+    responses={201: {"model": RedemptionPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Redeem points (recorder, marketing, admin)",
 )
 def create_redemption(
@@ -295,9 +296,10 @@ def create_redemption(
     409 with `balance` when the customer has fewer spendable points than asked.
     """
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         redemption = redemptions.create_redemption(session=session, payload=payload)
-        return redemptions.redemption_public(session, redemption).model_dump_json()
+        body = redemptions.redemption_public(session, redemption).model_dump_json()
+        return Written(body, [payload.customer_id])
 
     return run_write(
         session=session,
@@ -366,7 +368,7 @@ async def get_loyalty_account(
 @router.post(
     "/v1/customers/{customer_id}/loyalty/wallet",
     response_class=Response,
-    responses={200: {"model": LoyaltyAccountPublic}, **_ERRORS},
+    responses={200: {"model": LoyaltyAccountPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Link an address the customer owns (recorder, marketing, admin)",
 )
 def link_customer_wallet(
@@ -382,7 +384,7 @@ def link_customer_wallet(
     Refused (409) while the current address holds or is owed points.
     """
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         customer = get_customer(session=session, customer_id=customer_id)
         link_wallet(
             session=session,
@@ -393,9 +395,10 @@ def link_customer_wallet(
             signature=payload.signature,
             live_points=live_points(session, customer.pk),
         )
-        return loyalty_account(
+        account = loyalty_account(
             session=session, customer_id=customer.id, keyring=None, now=utcnow()
-        ).model_dump_json()
+        )
+        return Written(account.model_dump_json(), [customer.id])
 
     return run_write(
         session=session,

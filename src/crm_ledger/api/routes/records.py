@@ -11,7 +11,8 @@ from starlette.responses import Response
 
 from crm_ledger import metrics
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep, problem_responses
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
+from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
+from crm_ledger.api.privacy import ERASED_REPLAY
 from crm_ledger.api.schemas import ReceiptPending, RecordPublic, RecordsPublic, record_public
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import receipts, records
@@ -36,7 +37,7 @@ def _count(kind: str, n: int = 1) -> Callable[[], None]:
     "/v1/interactions",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": RecordPublic}, **_ERRORS},
+    responses={201: {"model": RecordPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record an interaction (recorder, admin)",
 )
 def create_interaction(
@@ -44,9 +45,9 @@ def create_interaction(
 ) -> Response:
     """Commit one interaction to the journal; it is anchored on chain asynchronously."""
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         record = records.record_interaction(session=session, payload=payload)
-        return record_public(record).model_dump_json()
+        return Written(record_public(record).model_dump_json(), [record.customer_id])
 
     return run_write(
         session=session,
@@ -63,7 +64,7 @@ def create_interaction(
     "/v1/interactions/batch",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": RecordsPublic}, **_ERRORS},
+    responses={201: {"model": RecordsPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record several interactions at once, all or none (recorder, admin)",
 )
 def create_interactions(
@@ -75,13 +76,14 @@ def create_interactions(
 ) -> Response:
     """Commit up to `max_batch_items` interactions in one transaction; answers in request order."""
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         written = records.record_interactions(
             session=session, payloads=payload.items, max_items=settings.max_batch_items
         )
-        return RecordsPublic.model_construct(
+        body = RecordsPublic.model_construct(
             items=[record_public(r) for r in written]
         ).model_dump_json()
+        return Written(body, [r.customer_id for r in written])
 
     return run_write(
         session=session,
@@ -98,7 +100,7 @@ def create_interactions(
     "/v1/orders",
     status_code=201,
     response_class=Response,
-    responses={201: {"model": RecordPublic}, **_ERRORS},
+    responses={201: {"model": RecordPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record an order (recorder, admin)",
 )
 def create_order(
@@ -106,9 +108,9 @@ def create_order(
 ) -> Response:
     """Commit one order; `total` must equal the sum of quantity * unit_price over its lines."""
 
-    def write(session: Session) -> str:
+    def write(session: Session) -> Written:
         record = records.record_order(session=session, payload=payload)
-        return record_public(record).model_dump_json()
+        return Written(record_public(record).model_dump_json(), [record.customer_id])
 
     return run_write(
         session=session,

@@ -25,6 +25,7 @@ from crm_ledger.config import Settings
 from crm_ledger.db.models import Customer
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import LedgerError, SalesforceError
+from crm_ledger.journal.privacy import attach_keyring, load_keyring
 from crm_ledger.workers.lock import SingletonLock
 
 __all__ = ["export_salesforce", "register"]
@@ -77,6 +78,7 @@ def sync_salesforce(
     engine = make_engine(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
+    attach_keyring(engine, load_keyring(settings))
     lock = SingletonLock(engine, name="salesforce")
     try:
         upgrade_database(engine)
@@ -145,6 +147,7 @@ def export_salesforce(*, object_name: str, output: Path | None, data_dir: Path |
     engine = make_engine(
         settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous
     )
+    attach_keyring(engine, load_keyring(settings))
     rows = 0
     try:
         upgrade_database(engine)
