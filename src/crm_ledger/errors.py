@@ -10,7 +10,8 @@ subclass derives from it too, so callers may catch either.
     ├── ChainError                        the chain did something we cannot work with
     │   ├── ChainUnavailable(ConnectionError)  the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
-    │   └── AnchorRejected                   the contract reverted an anchor transaction
+    │   ├── AnchorRejected                   the contract reverted an anchor transaction
+    │   └── AnchorFeeCapReached              a stuck anchor cannot be outbid within the fee cap
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
         └── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
@@ -61,6 +62,15 @@ class AnchorRejected(ChainError):
         super().__init__(message)
         self.first_seq = first_seq
         self.chain_next_seq = chain_next_seq
+
+
+class AnchorFeeCapReached(ChainError):
+    """A stuck anchor transaction needs a fee above the configured cap to be replaced."""
+
+    def __init__(self, message: str, *, needed_wei: int, cap_wei: int) -> None:
+        super().__init__(message)
+        self.needed_wei = needed_wei
+        self.cap_wei = cap_wei
 
 
 class ApiError(LedgerError):
