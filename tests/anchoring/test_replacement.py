@@ -4,6 +4,7 @@ fees raised by the configured step, up to the cap; whichever one is mined is rec
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ async def test_a_stuck_anchor_is_replaced_under_its_nonce_until_one_is_mined(
 
     sent = [tx.sent for tx in chain.transactions]
     assert {tx.nonce for tx in sent} == {0}, "every replacement reuses the stuck nonce"
-    for earlier, later in zip(sent, sent[1:], strict=False):
+    for earlier, later in itertools.pairwise(sent):
         assert later.fees.max_fee_per_gas * 8 >= earlier.fees.max_fee_per_gas * 9
         assert later.fees.max_priority_fee_per_gas * 8 >= earlier.fees.max_priority_fee_per_gas * 9
     assert len(chain.events) == 1, "anchored exactly once"
