@@ -13,7 +13,7 @@ from crm_ledger.api.middleware import (
     MetricsMiddleware,
     UnexpectedErrorMiddleware,
 )
-from crm_ledger.api.problems import install_problem_handlers
+from crm_ledger.api.problems import document_unavailable, install_problem_handlers
 from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, records
 from crm_ledger.config import Settings
 
@@ -35,6 +35,7 @@ def install(app: FastAPI) -> None:
     app.include_router(loyalty.router)
     app.include_router(crm.router)
     app.include_router(events.router)
+    document_unavailable(app)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
         BodyLimitMiddleware,
