@@ -2,10 +2,13 @@
 
 Commands:
 
-    crm-ledger keys create --role ROLE [--label L] [--data-dir DIR]   prints the new key, alone
+    crm-ledger keys create --role ROLE [--label L] [--expires-in 90d] [--data-dir DIR]
+                                                      prints the new key, alone
     crm-ledger keys list [--data-dir DIR]
     crm-ledger keys revoke KEY_ID [--data-dir DIR]
+    crm-ledger keys rotate KEY_ID [--overlap 24h] [--data-dir DIR]   prints the new key, alone
     crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + anchorer (+ Anvil)
+                     [--tls-certfile PEM --tls-keyfile PEM]     HTTPS
     crm-ledger worker anchor [--data-dir DIR]                   the anchorer alone
     crm-ledger worker index [--data-dir DIR]                    the indexer alone
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
@@ -22,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -38,13 +42,20 @@ from sqlalchemy.orm import Session
 from crm_ledger.audit import cli as audit_cli
 from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
-from crm_ledger.errors import LedgerError, NotFound
-from crm_ledger.journal.keys import Role, create_api_key, list_api_keys, revoke_api_key
+from crm_ledger.errors import Conflict, LedgerError, NotFound
+from crm_ledger.journal.keys import (
+    Role,
+    create_api_key,
+    list_api_keys,
+    mark_keys_changed,
+    revoke_api_key,
+    rotate_api_key,
+)
 
 app = typer.Typer(
     help="crm-ledger: a customer ledger anchored on an EVM chain.", no_args_is_help=True
 )
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 audit_cli.register(app)
 
@@ -86,6 +97,21 @@ def _transaction(data_dir: Path | None) -> Iterator[Session]:
         engine.dispose()
 
 
+_DURATION = re.compile(r"(\d{1,6})([smhdw])", re.ASCII)
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _duration(text: str) -> timedelta:
+    """A duration such as 90d, 24h, 30m, 45s or 2w."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise typer.BadParameter(
+            f"{escape(text)!r} is not a duration: write a number and a unit, such as 90d, 24h, "
+            "30m, 45s or 2w"
+        )
+    return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+
+
 @keys_app.command("create")
 def keys_create(
     role: Annotated[
@@ -94,12 +120,24 @@ def keys_create(
     label: Annotated[
         str | None, typer.Option("--label", help="A note for operators, e.g. who holds it.")
     ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in", help="The key stops working after this long: 90d, 24h, 30m, 2w."
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create an API key and print it: the only time it is shown (only its hash is stored)."""
+    lifetime = _duration(expires_in) if expires_in is not None else None
+    if lifetime is not None and lifetime <= timedelta(0):
+        raise typer.BadParameter("--expires-in must be longer than 0")
     with _transaction(data_dir) as session:
-        plaintext = create_api_key(session, role=role, label=label)
-    stderr.print(f"[green]Created a {role.value} key.[/green] Store it now: it is not shown again.")
+        plaintext = create_api_key(session, role=role, label=label, expires_in=lifetime)
+    until = f" It expires at {_when(datetime.now(UTC) + lifetime)}." if lifetime else ""
+    stderr.print(
+        f"[green]Created a {role.value} key.[/green]{until} Store it now: it is not shown again."
+    )
     typer.echo(plaintext)
 
 
@@ -112,11 +150,15 @@ def keys_list(data_dir: DataDirOption = None) -> None:
         stderr.print("No API keys yet: create one with `crm-ledger keys create --role ROLE`.")
         return
     # Plain aligned columns, label last: nothing is truncated, and `cut`/`awk` can read it.
-    typer.echo(f"{'id':36}  {'role':9}  {'created':20}  {'revoked':20}  label")
+    typer.echo(f"{'id':36}  {'role':9}  {'created':20}  {'revoked':20}  {'expires':20}  label")
     for key in keys:
         revoked = _when(key.revoked_at) if key.revoked_at else "-"
         created = _when(key.created_at)
-        typer.echo(f"{key.id:36}  {key.role:9}  {created:20}  {revoked:20}  {key.label or ''}")
+        expires = _when(key.expires_at) if key.expires_at else "-"
+        typer.echo(
+            f"{key.id:36}  {key.role:9}  {created:20}  {revoked:20}  {expires:20}  "
+            f"{key.label or ''}"
+        )
 
 
 def _when(moment: datetime) -> str:
@@ -135,8 +177,38 @@ def keys_revoke(
     except NotFound as exc:
         stderr.print(f"[red]{escape(exc.detail)}[/red] (`crm-ledger keys list` shows the ids)")
         raise typer.Exit(code=1) from None
+    mark_keys_changed(_settings(data_dir).data_dir)
     assert info.revoked_at is not None
     stderr.print(f"Key {info.id} ({info.role}) is revoked since {_when(info.revoked_at)}.")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id, as `keys list` shows it.")],
+    overlap: Annotated[
+        str,
+        typer.Option(
+            "--overlap",
+            help="How long the old key keeps working beside the new one: 24h, 7d, 0s.",
+        ),
+    ] = "24h",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Issue a new key with the same role and print it; the old key expires after the overlap."""
+    window = _duration(overlap)
+    try:
+        with _transaction(data_dir) as session:
+            plaintext, new, old = rotate_api_key(session, key_id=key_id, overlap=window)
+    except (NotFound, Conflict) as exc:
+        stderr.print(f"[red]{escape(exc.detail)}[/red] (`crm-ledger keys list` shows the keys)")
+        raise typer.Exit(code=1) from None
+    mark_keys_changed(_settings(data_dir).data_dir)
+    assert old.expires_at is not None
+    stderr.print(
+        f"[green]Created {new.role} key {new.id}[/green] to replace {old.id}, which expires at "
+        f"{_when(old.expires_at)}. Store the new key now: it is not shown again."
+    )
+    typer.echo(plaintext)
 
 
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
@@ -156,6 +228,24 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="default 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option("--port", help="default 8000")] = None,
     log_level: LogLevelOption = "info",
+    tls_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-certfile",
+            help="PEM certificate (chain): serve HTTPS; default CRM_LEDGER_TLS_CERTFILE",
+            dir_okay=False,
+            exists=True,
+        ),
+    ] = None,
+    tls_keyfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-keyfile",
+            help="PEM private key of the certificate; default CRM_LEDGER_TLS_KEYFILE",
+            dir_okay=False,
+            exists=True,
+        ),
+    ] = None,
 ) -> None:
     """Run the service: REST API, anchorer, and (without CRM_LEDGER_RPC_URL) a local Anvil."""
     import uvicorn
@@ -163,6 +253,11 @@ def serve(
     from crm_ledger.app import create_app
 
     settings = _settings(data_dir)
+    certfile = tls_certfile or settings.tls_certfile
+    keyfile = tls_keyfile or settings.tls_keyfile
+    if (certfile is None) != (keyfile is None):
+        stderr.print("[red]HTTPS needs both --tls-certfile and --tls-keyfile[/red]")
+        raise typer.Exit(code=2)
     _configure_logging(log_level)
     uvicorn.run(
         create_app(settings),
@@ -170,6 +265,8 @@ def serve(
         port=port or settings.port,
         log_level=log_level,
         access_log=False,
+        ssl_certfile=str(certfile) if certfile else None,
+        ssl_keyfile=str(keyfile) if keyfile else None,
     )
 
 

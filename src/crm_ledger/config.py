@@ -111,6 +111,19 @@ class Settings(BaseSettings):
 
     auto_migrate: bool = True
 
+    # Hardening (issue 10): TLS and per-key rate limits (docs/security.md) ---------------------
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate: serve HTTPS")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile")
+    rate_limit_recorder: float = Field(
+        default=5000, ge=0, description="requests per second per recorder key; 0: unlimited"
+    )
+    rate_limit_auditor: float = Field(default=5000, ge=0, description="per auditor key")
+    rate_limit_marketing: float = Field(default=5000, ge=0, description="per marketing key")
+    rate_limit_admin: float = Field(default=5000, ge=0, description="per admin key")
+    rate_limit_burst_seconds: float = Field(
+        default=2.0, gt=0, le=3600, description="a key may burst this many seconds of its rate"
+    )
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""

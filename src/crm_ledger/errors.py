@@ -14,7 +14,8 @@ subclass derives from it too, so callers may catch either.
     │   └── AnchorFeeCapReached              a stuck anchor cannot be outbid within the fee cap
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
-        └── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
+        ├── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
+        └── TooManyRequests                 over the key's rate limit (carries `retry_after`)
 """
 
 from __future__ import annotations
@@ -117,3 +118,14 @@ class PayloadTooLarge(ApiError):
 class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable request"
+
+
+class TooManyRequests(ApiError):
+    """The key sent more requests than its role's rate limit allows; retry after a while."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after

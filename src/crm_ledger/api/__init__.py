@@ -14,8 +14,10 @@ from crm_ledger.api.middleware import (
     UnexpectedErrorMiddleware,
 )
 from crm_ledger.api.problems import document_unavailable, install_problem_handlers
+from crm_ledger.api.ratelimit import RateLimiter
 from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, records
 from crm_ledger.config import Settings
+from crm_ledger.journal.keys import KEYS_CHANGED_FILE
 
 # A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
 # item a thousand of them do not fit in the single-request limit, so the batch endpoint gets
@@ -26,7 +28,8 @@ BATCH_BODY_FACTOR = 16
 def install(app: FastAPI) -> None:
     """Add routes, error handlers and middleware to `app` (its runtime must be set already)."""
     settings: Settings = app.state.runtime.settings
-    app.state.api_key_cache = ApiKeyCache()
+    app.state.api_key_cache = ApiKeyCache(changes=settings.data_dir / KEYS_CHANGED_FILE)
+    app.state.rate_limiter = RateLimiter.from_settings(settings)
     install_problem_handlers(app)
     app.include_router(customers.router)
     app.include_router(records.router)

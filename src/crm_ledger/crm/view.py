@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import json
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -853,6 +854,9 @@ def _check_filters(
     for name, text in (("q", q), ("tag", tag)):
         if text is not None and not 1 <= len(text) <= _MAX_FILTER_TEXT:
             raise _bad(name, f"must be 1 to {_MAX_FILTER_TEXT} characters")
+        # No stored value holds one, and SQLite ends a pattern at a NUL: "\0..." matched all.
+        if text is not None and any(unicodedata.category(char) == "Cc" for char in text):
+            raise _bad(name, "must not contain control characters (NUL, tab, newline, ...)")
     for name, number in (("balance_min", balance_min), ("balance_max", balance_max)):
         if number is not None and not 0 <= number <= 2**63 - 1:
             raise _bad(name, "must be a whole number of points from 0 to 2**63 - 1")

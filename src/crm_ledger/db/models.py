@@ -197,6 +197,8 @@ class ApiKey(Base):
     label: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Hardening (issue 10): keys created with an expiry, and old keys after a rotation.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class IdempotencyEntry(Base):

@@ -21,9 +21,8 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from crm_ledger.api.deps import RuntimeDep, SessionDep, require_roles
+from crm_ledger.api.deps import RuntimeDep, SessionDep, problem_responses, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
-from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import transaction
 from crm_ledger.audit.bundle import Scope
 from crm_ledger.audit.chain import ChainProvider, RpcChainProvider
@@ -60,10 +59,7 @@ _RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
 AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 404, 409, 422, 503)
-}
+_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429, 503)
 
 
 class ChainUnreachable(ApiError):
