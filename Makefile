@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer postgres clean
+.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer postgres clean chaos
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -48,6 +48,10 @@ bench-loyalty: install
 
 bench-indexer: install
 	$(BIN)/python scripts/bench_indexer.py
+
+# The chaos suite (docs/reliability.md): loopback only, bounded, ~20 minutes.
+chaos: install postgres
+	$(BIN)/python scripts/chaos.py
 
 clean:
 	rm -rf $(VENV) hardhat-local/node_modules data
