@@ -521,7 +521,9 @@ def scenario_chain(work: Path, *, outage: float) -> Outcome:
                 f"rollbacks repaired: {rollbacks}; outage {restarted_at - down_at:.0f} s"
             )
             outcome.server_errors += service.server_errors_counted()
-        return finish(outcome, writer, database_url, chain.rpc_url, settle_timeout=120)
+            return finish(
+                outcome, writer, database_url, chain.rpc_url, settle_timeout=120, service=service
+            )
     finally:
         chain.kill()
 
@@ -577,7 +579,9 @@ def scenario_postgres(work: Path, *, restarts: int) -> Outcome:
             writer.stop()
             outcome.recovery_seconds = max(recoveries)
             outcome.server_errors += service.server_errors_counted()
-        return finish(outcome, writer, database_url, chain.rpc_url, settle_timeout=120)
+            return finish(
+                outcome, writer, database_url, chain.rpc_url, settle_timeout=120, service=service
+            )
 
 
 def scenario_disk(work: Path, *, full_seconds: float) -> Outcome:
@@ -624,7 +628,14 @@ def scenario_disk(work: Path, *, full_seconds: float) -> Outcome:
                 time.sleep(0.5)
                 writer.stop()
                 outcome.server_errors += service.server_errors_counted()
-            finish(outcome, writer, database_url, chain.rpc_url, settle_timeout=120)
+                finish(
+                    outcome,
+                    writer,
+                    database_url,
+                    chain.rpc_url,
+                    settle_timeout=120,
+                    service=service,
+                )
             engine = make_engine(database_url)
             with engine.connect() as conn:
                 integrity = conn.scalar(text("PRAGMA integrity_check"))
