@@ -163,7 +163,7 @@ async def test_at_the_cap_the_anchorer_waits_saying_so_then_finishes(
 
 
 @pytest.mark.asyncio
-async def test_a_replacement_sent_but_not_recorded_before_a_crash_is_outbid_not_followed(
+async def test_a_replacement_sent_but_not_recorded_before_a_crash_is_never_followed(
     session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
     add_records(session_factory, customers=1, each=2)
@@ -179,15 +179,24 @@ async def test_a_replacement_sent_but_not_recorded_before_a_crash_is_outbid_not_
         await anchorer.step()
     [row] = batch_rows(session_factory)
     assert row.tx_hash == chain.transactions[0].sent.tx_hash  # the node forgot this one
+    unrecorded = chain.transactions[1].sent
 
-    step = asyncio.create_task(stuck_anchorer(session_factory, chain, tmp_path).step())
-    while len(chain.transactions) < 4:
+    restarted = stuck_anchorer(session_factory, chain, tmp_path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(restarted.run(stop))
+    # Sent again under the same nonce at today's fees, it is refused as underpriced (the
+    # unrecorded replacement offers more): it waits, never taking the next nonce.
+    while restarted.state.state != "chain_unavailable":
         await asyncio.sleep(0.005)
-    chain.mine()
-    await step
+    assert "underpriced" in restarted.state.message
+    chain.mine()  # the unrecorded replacement is mined
+    while restarted.state.last_batch_id is None:
+        await asyncio.sleep(0.005)
+    stop.set()
+    await task
     assert {tx.sent.nonce for tx in chain.transactions} == {0}
     assert len(chain.events) == 1
-    assert batch_rows(session_factory)[0].tx_hash == chain.events[0].tx_hash
+    assert batch_rows(session_factory)[0].tx_hash == unrecorded.tx_hash == chain.events[0].tx_hash
 
 
 @pytest.mark.asyncio
@@ -197,9 +206,16 @@ async def test_a_restarted_anchorer_replaces_the_stuck_transaction_not_a_new_non
     add_records(session_factory, customers=1, each=2)
     chain = FakeChain(automine=False)
     first = asyncio.create_task(stuck_anchorer(session_factory, chain, tmp_path).step())
-    while batch_rows(session_factory)[0].tx_hash != (
-        chain.transactions[1].sent.tx_hash if len(chain.transactions) > 1 else None
-    ):
+
+    def replacement_recorded() -> bool:
+        rows = batch_rows(session_factory)
+        return (
+            len(chain.transactions) > 1
+            and bool(rows)
+            and (rows[0].tx_hash == chain.transactions[1].sent.tx_hash)
+        )
+
+    while not replacement_recorded():
         await asyncio.sleep(0.005)
     first.cancel()  # the process dies while its replacement waits in the mempool
     with pytest.raises(asyncio.CancelledError):

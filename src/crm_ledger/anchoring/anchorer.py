@@ -264,7 +264,8 @@ class Anchorer:
             # Still pending: go on replacing it under its nonce. Forgotten by the node (or its
             # nonce went to another transaction): send it again under the account's next nonce
             # to be mined, never a later one, so that a replacement sent just before a crash and
-            # not yet recorded is outbid, not followed.
+            # not yet recorded is replaced, or (offering more: "underpriced") waited for until
+            # it is mined and adopted; never followed by a second nonce.
             sent = await self.chain.sent_transaction(plan.tx_hash)
             next_nonce = await self.chain.account_nonce()
             if sent is None or sent.nonce < next_nonce:
