@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint services system-packages clean
+.PHONY: install run test lint services system-packages clean chaos
 .PHONY: bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound
 
 install: $(PY_STAMP) $(NPM_STAMP)
@@ -58,6 +58,10 @@ bench-indexer: install
 
 bench-outbound: install services
 	$(BIN)/python scripts/bench_outbound.py
+
+# The chaos suite (docs/reliability.md): loopback only, bounded, ~20 minutes.
+chaos: install services
+	$(BIN)/python scripts/chaos.py
 
 clean:
 	rm -rf $(VENV) hardhat-local/node_modules data

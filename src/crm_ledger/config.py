@@ -59,6 +59,23 @@ class Settings(BaseSettings):
         description="blocks on top of an event's block before the indexer reads it (confirmed)",
     )
     run_anchorer: bool = True
+    # Stuck anchor transactions: replaced under the same nonce with higher EIP-1559 fees.
+    anchor_replace_after_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="an anchor transaction not mined after this long is replaced (same nonce)",
+    )
+    anchor_fee_bump_percent: float = Field(
+        default=12.5,
+        ge=12.5,
+        le=1000,
+        description="each replacement raises both fee caps by this much (geth needs 10 %)",
+    )
+    anchor_max_fee_per_gas_gwei: float = Field(
+        default=500.0,
+        gt=0,
+        description="no anchor transaction offers more; at the cap the anchorer waits, saying so",
+    )
 
     indexer_poll_seconds: float = Field(default=0.1, gt=0)
     indexer_retry_max_seconds: float = Field(default=5.0, gt=0)

@@ -15,7 +15,8 @@ subclass derives from it too, so callers may catch either.
     ├── ChainError                        the chain did something we cannot work with
     │   ├── ChainUnavailable(Unavailable)      the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
-    │   └── AnchorRejected                   the contract reverted an anchor transaction
+    │   ├── AnchorRejected                   the contract reverted an anchor transaction
+    │   └── AnchorFeeCapReached(Unavailable) a stuck anchor cannot be outbid within the fee cap
     ├── SalesforceError                   Salesforce refused a request or a job (see the message)
     │   └── SalesforceUnavailable(Unavailable)  Salesforce cannot be reached (retry later)
     └── ApiError                             maps to an RFC 9457 problem response
@@ -83,6 +84,17 @@ class AnchorRejected(ChainError):
         super().__init__(message)
         self.first_seq = first_seq
         self.chain_next_seq = chain_next_seq
+
+
+class AnchorFeeCapReached(ChainError, Unavailable):
+    """A stuck anchor transaction needs a fee above the configured cap to be replaced; the
+    anchorer keeps waiting (backed off, the message in `/readyz`) until it is mined or the cap
+    is raised: writes still commit, so the service stays ready."""
+
+    def __init__(self, message: str, *, needed_wei: int, cap_wei: int) -> None:
+        super().__init__(message)
+        self.needed_wei = needed_wei
+        self.cap_wei = cap_wei
 
 
 class ApiError(LedgerError):

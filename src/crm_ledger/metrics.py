@@ -11,6 +11,10 @@ records_pending = Gauge("crm_ledger_records_pending", "Records waiting for a bat
 batches_anchored_total = Counter(
     "crm_ledger_batches_anchored_total", "Batches whose anchor transaction was mined"
 )
+anchor_replacements_total = Counter(
+    "crm_ledger_anchor_replacements_total",
+    "Stuck anchor transactions replaced under the same nonce with higher fees",
+)
 anchor_gas_used_total = Counter(
     "crm_ledger_anchor_gas_used_total", "Gas used by mined anchor transactions"
 )

@@ -1,4 +1,5 @@
-"""A fake AuditLedger chain with the contract's rules, and journal factories."""
+"""A fake AuditLedger chain with the contract's rules and a node's mempool, and journal
+factories."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.chain.contract import Fees, SentTransaction
 from crm_ledger.config import Settings
 from crm_ledger.db.models import Customer, Record, new_id
 from crm_ledger.errors import AnchorRejected, ChainUnavailable
@@ -26,6 +28,15 @@ from crm_ledger.ledger.leaf import RecordKind
 
 CODE_HASH = hashlib.sha256(b"AuditLedger").digest()
 ADDRESS = "0x" + "11" * 20
+GWEI = 10**9
+
+
+@dataclass(frozen=True)
+class FakeTransaction:
+    sent: SentTransaction
+    first_seq: int
+    count: int
+    root: bytes
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,12 @@ class FakeEvent:
 
 @dataclass
 class FakeChain:
-    """Enforces AuditLedger's contiguity rule; can go down, roll back, reorg and reset."""
+    """Enforces AuditLedger's contiguity rule; can go down, roll back, reorg and reset.
+
+    With `automine` off, sent transactions wait in a mempool (one per nonce; a replacement must
+    raise both fee caps by 10 %, as geth requires) until `mine()` includes those whose max fee
+    covers `base_fee`, or `mine_transaction(hash)` includes one, as another node might.
+    """
 
     down: bool = False
     code_hash_value: bytes = CODE_HASH
@@ -59,6 +75,12 @@ class FakeChain:
     block_hashes: list[bytes] = field(default_factory=lambda: [b"\x00" * 32])
     receipts: dict[bytes, FakeReceipt] = field(default_factory=dict)
     sent: int = 0
+    automine: bool = True
+    base_fee: int = GWEI
+    priority_fee: int = GWEI
+    mined_nonce: int = 0
+    mempool: dict[int, FakeTransaction] = field(default_factory=dict)
+    transactions: list[FakeTransaction] = field(default_factory=list)
     _salt: itertools.count[int] = field(default_factory=itertools.count)
 
     def _up(self) -> None:
@@ -81,7 +103,31 @@ class FakeChain:
         self._up()
         return self.block_hashes[number] if number < len(self.block_hashes) else None
 
+    async def fee_quote(self) -> Fees:
+        self._up()
+        return Fees(2 * self.base_fee + self.priority_fee, self.priority_fee)
+
+    async def account_nonce(self) -> int:
+        self._up()
+        return self.mined_nonce
+
+    async def sent_transaction(self, tx_hash: bytes) -> SentTransaction | None:
+        self._up()
+        pending = [tx.sent for tx in self.mempool.values() if tx.sent.tx_hash == tx_hash]
+        return pending[0] if pending else None
+
     async def send_anchor(self, first_seq: int, count: int, root: bytes) -> bytes:
+        return (await self.send_anchor_transaction(first_seq, count, root)).tx_hash
+
+    async def send_anchor_transaction(
+        self,
+        first_seq: int,
+        count: int,
+        root: bytes,
+        *,
+        nonce: int | None = None,
+        fees: Fees | None = None,
+    ) -> SentTransaction:
         self._up()
         expected = await self.next_seq()
         if first_seq != expected:
@@ -90,25 +136,59 @@ class FakeChain:
                 first_seq=first_seq,
                 chain_next_seq=expected,
             )
+        if nonce is None:
+            nonce = max(self.mempool, default=self.mined_nonce - 1) + 1
+        if nonce < self.mined_nonce:
+            raise ChainUnavailable("the node at http://127.0.0.1:1 answered: nonce too low")
+        fees = fees or await self.fee_quote()
+        replaced = self.mempool.get(nonce)
+        if replaced is not None and (
+            fees.max_fee_per_gas * 10 < replaced.sent.fees.max_fee_per_gas * 11
+            or fees.max_priority_fee_per_gas * 10 < replaced.sent.fees.max_priority_fee_per_gas * 11
+        ):
+            raise ChainUnavailable(
+                "the node at http://127.0.0.1:1 answered: replacement transaction underpriced"
+            )
         self.sent += 1
-        tx = hashlib.sha256(b"tx%d" % next(self._salt)).digest()
+        tx_hash = hashlib.sha256(b"tx%d" % next(self._salt)).digest()
+        transaction = FakeTransaction(SentTransaction(tx_hash, nonce, fees), first_seq, count, root)
+        self.mempool[nonce] = transaction
+        self.transactions.append(transaction)
+        if self.automine:
+            self.mine()
+        return transaction.sent
+
+    def mine(self) -> None:
+        """Include the pending transactions, in nonce order, while each one's fee suffices."""
+        while (tx := self.mempool.get(self.mined_nonce)) is not None:
+            if tx.sent.fees.max_fee_per_gas < self.base_fee:
+                return
+            self.mine_transaction(tx.sent.tx_hash)
+
+    def mine_transaction(self, tx_hash: bytes) -> None:
+        """Include the transaction `tx_hash`, replaced or not (another node still had it)."""
+        tx = next(tx for tx in self.transactions if tx.sent.tx_hash == tx_hash)
+        assert tx.sent.nonce == self.mined_nonce, "a nonce is mined once, in order"
+        del self.mempool[tx.sent.nonce]
+        self.mined_nonce += 1
+        next_seq = self.events[-1].first_seq + self.events[-1].count if self.events else 0
+        assert tx.first_seq == next_seq, "the fake mines batches in order only"
         block_hash = hashlib.sha256(b"block%d" % next(self._salt)).digest()
         self.block_hashes.append(block_hash)
         number = len(self.block_hashes) - 1
         event = FakeEvent(
             batch_id=len(self.events),
-            first_seq=first_seq,
-            count=count,
-            root=root,
-            head=merkle.next_head(self.head, root, first_seq, count),
-            tx_hash=tx,
+            first_seq=tx.first_seq,
+            count=tx.count,
+            root=tx.root,
+            head=merkle.next_head(self.head, tx.root, tx.first_seq, tx.count),
+            tx_hash=tx_hash,
             block_number=number,
             block_hash=block_hash,
             gas_used=80_000,
         )
         self.events.append(event)
-        self.receipts[tx] = FakeReceipt(tx, number, block_hash, 80_000)
-        return tx
+        self.receipts[tx_hash] = FakeReceipt(tx_hash, number, block_hash, 80_000)
 
     async def receipt(self, tx_hash: bytes) -> FakeReceipt | None:
         self._up()

@@ -118,9 +118,10 @@ class AnvilChain:
             session_factory=self.session_factory,
             chain=self.ledger,
             deployment=self.deployment,
-            settings=fast_settings(self.tmp_path, **settings),
-            # A reorg can drop a sent transaction: do not wait the default 30 s for it.
-            receipt_timeout_seconds=2.0,
+            # A reorg can drop a sent transaction: replace it after 2 s, not the default 30 s.
+            settings=fast_settings(
+                self.tmp_path, **{"anchor_replace_after_seconds": 2.0, **settings}
+            ),
         )
 
     async def anchor(self, **settings: object) -> None:

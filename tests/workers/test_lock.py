@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from crm_ledger.db.session import make_engine
-from crm_ledger.workers.lock import SingletonLock
+from crm_ledger.workers.lock import INDEXER, SingletonLock
 from tests.conftest import POSTGRES_URL
 
 
@@ -73,3 +73,22 @@ def test_each_role_and_each_journal_has_a_lock_of_its_own(
             lock.release()
         rival.release()
         same_journal.dispose()
+
+
+def test_release_after_the_server_dropped_the_connection_does_not_raise(engine: Engine) -> None:
+    # A PostgreSQL restart under load (the chaos suite) killed the lock's connection; releasing
+    # it at shutdown raised, so the service's shutdown failed before it stopped its Anvil.
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the advisory lock's connection exists on PostgreSQL only")
+    lock = SingletonLock(engine, name=INDEXER)
+    assert lock.try_acquire()
+    holder = lock._connection
+    assert holder is not None
+    pid = holder.scalar(text("SELECT pg_backend_pid()"))
+    holder.commit()
+    with engine.connect() as admin:
+        assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    lock.release()
+    assert not lock.held
+    assert lock.try_acquire()  # the server released it with the session
+    lock.release()

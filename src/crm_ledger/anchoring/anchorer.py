@@ -9,6 +9,11 @@ instruction resumes from whichever one the database holds:
     sent      a transaction hash is recorded; it may or may not be mined
     anchored  the chain holds the batch at a known transaction and block
 
+A sent transaction that is not mined within `anchor_replace_after_seconds` is replaced under the
+same nonce with both EIP-1559 fee caps raised (`anchoring.fees`), up to a cap; whichever of the
+transactions sent for the batch is mined is the one recorded. The batch row holds the latest
+hash; after a restart the node tells its nonce and fees, so replacing goes on where it stopped.
+
 Before sending, the anchorer asks the contract for `nextSeq()`. If the chain is already past the
 batch, the batch got there before a crash and only its location is missing: it is looked up in
 the `BatchAnchored` events instead of being sent again. The contract itself rejects any batch
@@ -43,9 +48,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger import metrics
 from crm_ledger.anchoring import batches
 from crm_ledger.anchoring.batches import BatchPlan
+from crm_ledger.anchoring.fees import first_fees, gwei_to_wei, replacement_fees
+from crm_ledger.chain.contract import Fees, SentTransaction
 from crm_ledger.config import Settings
 from crm_ledger.db.models import BatchStatus, utcnow
-from crm_ledger.errors import AnchorRejected, ChainReset, ChainUnavailable
+from crm_ledger.errors import AnchorRejected, ChainReset
 from crm_ledger.workers.lock import ANCHORER
 
 log = logging.getLogger(__name__)
@@ -81,7 +88,18 @@ class AnchorChain(Protocol):
     async def code_hash(self, address: str) -> bytes: ...
     async def next_seq(self) -> int: ...
     async def block_hash(self, number: int) -> bytes | None: ...
-    async def send_anchor(self, first_seq: int, count: int, root: bytes) -> bytes: ...
+    async def fee_quote(self) -> Fees: ...
+    async def account_nonce(self) -> int: ...
+    async def sent_transaction(self, tx_hash: bytes) -> SentTransaction | None: ...
+    async def send_anchor_transaction(
+        self,
+        first_seq: int,
+        count: int,
+        root: bytes,
+        *,
+        nonce: int | None = None,
+        fees: Fees | None = None,
+    ) -> SentTransaction: ...
     async def receipt(self, tx_hash: bytes) -> AnchorReceiptLike | None: ...
     async def find_batch_event(
         self, batch_id: int, from_block: int = 0
@@ -205,25 +223,94 @@ class Anchorer:
                 chain_next_seq=chain_next,
             )
         if plan.status == BatchStatus.SENT.value and plan.tx_hash is not None:
-            receipt = await self._await_receipt(plan.tx_hash, timeout=1.0)
-            if receipt is not None and await self.chain.next_seq() > plan.first_seq:
+            receipt = await self.chain.receipt(plan.tx_hash)
+            if receipt is not None:
                 await asyncio.to_thread(self._record_location, plan.id, receipt)
                 return
-        tx_hash = await self.chain.send_anchor(plan.first_seq, plan.count, plan.root)
-        self.checkpoint("sent")
-        await asyncio.to_thread(
-            batches.mark_sent, self.session_factory, batch_id=plan.id, tx_hash=tx_hash
-        )
-        self.checkpoint("marked_sent")
-        receipt = await self._await_receipt(tx_hash, timeout=self.receipt_timeout_seconds)
+            # Still pending: go on replacing it under its nonce. Forgotten by the node (or its
+            # nonce went to another transaction): send it again under the account's next nonce
+            # to be mined, never a later one, so that a replacement sent just before a crash and
+            # not yet recorded is replaced, or (offering more: "underpriced") waited for until
+            # it is mined and adopted; never followed by a second nonce.
+            sent = await self.chain.sent_transaction(plan.tx_hash)
+            next_nonce = await self.chain.account_nonce()
+            if sent is None or sent.nonce < next_nonce:
+                sent = await self._send(plan, nonce=next_nonce, fees=None)
+        else:
+            sent = await self._send(plan, nonce=None, fees=None)
+        receipt = await self._until_mined(plan, sent)
         if receipt is None:
-            raise ChainUnavailable(
-                f"anchor transaction 0x{tx_hash.hex()} for batch {plan.id} was not mined within "
-                f"{self.receipt_timeout_seconds:.0f} s"
-            )
+            # Stopping; or none of its transactions was mined but the chain moved past it (or
+            # its nonce went to another transaction): the next step adopts it or sends it anew.
+            return
         self.checkpoint("mined")
         await asyncio.to_thread(self._record_location, plan.id, receipt)
         self.checkpoint("anchored")
+
+    async def _send(
+        self, plan: BatchPlan, *, nonce: int | None, fees: Fees | None
+    ) -> SentTransaction:
+        """Send (or, with `nonce` and `fees`, replace) the batch's anchor; record its hash."""
+        if fees is None:
+            cap = gwei_to_wei(self.settings.anchor_max_fee_per_gas_gwei)
+            fees = first_fees(await self.chain.fee_quote(), cap_wei=cap)
+        sent = await self.chain.send_anchor_transaction(
+            plan.first_seq, plan.count, plan.root, nonce=nonce, fees=fees
+        )
+        self.checkpoint("sent")
+        await asyncio.to_thread(
+            batches.mark_sent, self.session_factory, batch_id=plan.id, tx_hash=sent.tx_hash
+        )
+        self.checkpoint("marked_sent")
+        return sent
+
+    async def _until_mined(
+        self, plan: BatchPlan, sent: SentTransaction
+    ) -> AnchorReceiptLike | None:
+        """Wait for any of the batch's transactions; replace the latest each time one is not
+        mined within `anchor_replace_after_seconds`, until one is (its receipt), or the chain
+        holds the batch some other way or the nonce went elsewhere (None). The supervisor
+        cancels a wait that outlasts its stop grace: a crash here is one the anchorer survives.
+
+        Raises `AnchorFeeCapReached` when the next replacement would exceed the fee cap.
+        """
+        hashes = [sent.tx_hash]
+        cap = gwei_to_wei(self.settings.anchor_max_fee_per_gas_gwei)
+        while True:
+            receipt = await self._await_any_receipt(
+                hashes, timeout=self.settings.anchor_replace_after_seconds
+            )
+            if receipt is not None:
+                return receipt
+            if (
+                await self.chain.next_seq() > plan.first_seq
+                or await self.chain.account_nonce() > sent.nonce
+            ):
+                # A receipt may have landed since the last poll: one more look before giving up.
+                return await self._await_any_receipt(hashes, timeout=0)
+            fees = replacement_fees(
+                sent.fees,
+                await self.chain.fee_quote(),
+                bump_percent=self.settings.anchor_fee_bump_percent,
+                cap_wei=cap,
+                tx_label=(
+                    f"anchor transaction 0x{sent.tx_hash.hex()} (nonce {sent.nonce}) for "
+                    f"batch {plan.id}"
+                ),
+            )
+            log.warning(
+                "anchor transaction 0x%s for batch %d not mined after %.0f s: replacing it "
+                "(nonce %d, max fee %d -> %d wei)",
+                sent.tx_hash.hex(),
+                plan.id,
+                self.settings.anchor_replace_after_seconds,
+                sent.nonce,
+                sent.fees.max_fee_per_gas,
+                fees.max_fee_per_gas,
+            )
+            sent = await self._send(plan, nonce=sent.nonce, fees=fees)
+            metrics.anchor_replacements_total.inc()
+            hashes.append(sent.tx_hash)
 
     async def _adopt_from_chain(self, plan: BatchPlan) -> None:
         """The batch reached the chain before a crash: take its location from the event."""
@@ -248,13 +335,19 @@ class Anchorer:
             )
         await asyncio.to_thread(self._record_location, plan.id, event)
 
-    async def _await_receipt(self, tx_hash: bytes, *, timeout: float) -> AnchorReceiptLike | None:
+    async def _await_any_receipt(
+        self, tx_hashes: list[bytes], *, timeout: float
+    ) -> AnchorReceiptLike | None:
+        """The receipt of whichever of `tx_hashes` is mined, polling for up to `timeout` s."""
         deadline = time.monotonic() + timeout
         pause = 0.005
         while True:
-            receipt = await self.chain.receipt(tx_hash)
-            if receipt is not None or time.monotonic() >= deadline:
-                return receipt
+            for tx_hash in reversed(tx_hashes):
+                receipt = await self.chain.receipt(tx_hash)
+                if receipt is not None:
+                    return receipt
+            if time.monotonic() >= deadline:
+                return None
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
 

@@ -14,7 +14,7 @@ from crm_ledger.api.middleware import (
     RequestLogMiddleware,
     UnexpectedErrorMiddleware,
 )
-from crm_ledger.api.problems import install_problem_handlers
+from crm_ledger.api.problems import document_unavailable, install_problem_handlers
 from crm_ledger.api.ratelimit import RateLimiter
 from crm_ledger.api.routes import (
     audit,
@@ -59,6 +59,8 @@ def install(app: FastAPI) -> None:
     app.include_router(ops.router)
     install_console(app)
     app.include_router(webhook_subscriptions.router)
+    # Every /v1 operation can answer 503 while the database is down (after every router).
+    document_unavailable(app)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -8,7 +8,10 @@ write queued while the previous commit was in progress, runs each in a SAVEPOINT
 (one failing write rolls back only itself), commits once, and only then answers each caller.
 Each caller still gets exactly the outcome it would have had alone: its result after a
 successful commit, or its own exception. If the shared commit itself fails, each write of the
-group is run again alone, so one bad write cannot fail the others.
+group is run again alone, so one bad write cannot fail the others. So is the group when a write
+fails because the database did (disk full, connection lost): SQLite then rolls back the whole
+transaction, the savepoints of the writes before it included, so no write of the group may be
+answered from it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import metrics
@@ -93,6 +97,8 @@ class GroupCommitter:
                     try:
                         with session.begin_nested():
                             value = job(session)
+                    except (OperationalError, InterfaceError):
+                        raise  # the database failed, not the write: run each write alone
                     except Exception as exc:
                         outcomes.append((False, exc))
                     else:

@@ -1,6 +1,7 @@
 """RFC 9457 problem details: every error the API answers has this shape.
 
-Exports: `Problem`, `problem_response`, `install_problem_handlers`, `PROBLEM_MEDIA_TYPE`.
+Exports: `Problem`, `problem_response`, `install_problem_handlers`, `document_unavailable`,
+`PROBLEM_MEDIA_TYPE`.
 
     {"type": "urn:crm-ledger:problem:not-found", "title": "Not found", "status": 404,
      "detail": "no customer with id '…'", "instance": "/v1/customers/…", ...extras}
@@ -12,6 +13,11 @@ personal data, and they may be large. What a message does quote of the request (
 JSON key, an id) passes through `safe_text` (`journal.schemas`, where validators quote input
 too) when the document is rendered: lone surrogates, control and format characters are escaped
 and long text is cut, so no input can break the rendering (a 500) or a terminal reading a log.
+
+A database that cannot take a request (disk full, restarting, unreachable, locked) answers 503
+`database-unavailable` with `Retry-After`: the transaction rolled back, nothing was recorded,
+and the same request with the same Idempotency-Key may simply be sent again. Every operation
+documents that 503 (`document_unavailable`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -236,12 +243,92 @@ def _dotted(path: Sequence[str | int]) -> str | None:
     return out or None
 
 
+#: Seconds a client should wait before retrying after a 503 `database-unavailable`.
+DATABASE_RETRY_SECONDS = 1
+# SQLSTATE classes of a database that cannot work right now: 08 connection, 53 insufficient
+# resources (disk full, out of memory), 57 operator intervention (shutdown, restart).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def _database_unavailable_reason(exc: DBAPIError) -> str | None:
+    """Why the database cannot take requests now, or None if `exc` is not about that.
+
+    The reason is written here, never taken from the driver's message: that can quote SQL
+    parameters, i.e. personal data.
+    """
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    message = str(exc.orig).lower()
+    if (isinstance(sqlstate, str) and sqlstate.startswith("53")) or "disk is full" in message:
+        return "its disk is full"
+    if "locked" in message or "busy" in message:
+        return "it is busy"
+    if (
+        exc.connection_invalidated
+        or isinstance(exc, InterfaceError)
+        or (isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES)
+        or "connection" in message
+        or "server closed" in message
+        or "disk i/o error" in message
+    ):
+        return "it is restarting or cannot be reached"
+    return None
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DBAPIError)
+    reason = _database_unavailable_reason(exc)
+    if reason is None:
+        raise exc  # not an outage: a bug, for the last-resort 500
+    return problem_response(
+        status=503,
+        title="Journal database unavailable",
+        detail=(
+            f"the journal database cannot take requests right now ({reason}); nothing was "
+            f"recorded: send the same request again, with the same Idempotency-Key, in "
+            f"{DATABASE_RETRY_SECONDS} s or later"
+        ),
+        type_=problem_type("database unavailable"),
+        instance=request.url.path,
+        headers={"Retry-After": str(DATABASE_RETRY_SECONDS)},
+    )
+
+
+def document_unavailable(app: FastAPI) -> None:
+    """Add the 503 problem to the documented responses of every `/v1` operation of `app`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path, operations in schema.get("paths", {}).items():
+                if not path.startswith("/v1/"):
+                    continue
+                for operation in operations.values():
+                    operation["responses"].setdefault(
+                        "503",
+                        {
+                            "description": "the journal database is unavailable: retry later",
+                            "content": {
+                                PROBLEM_MEDIA_TYPE: {
+                                    "schema": {"$ref": "#/components/schemas/Problem"}
+                                }
+                            },
+                        },
+                    )
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    """Render `ApiError`, HTTP errors and request validation errors as problem details."""
+    """Render `ApiError`, HTTP errors, request validation errors and database outages as
+    problem details."""
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(KeyUnavailable, _key_unavailable)
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(InterfaceError, _database_error)
 
 
 async def _key_unavailable(request: Request, exc: Exception) -> Response:

@@ -1,7 +1,8 @@
 """The async AuditLedger client: anchors, receipts, batch events and deployment over JSON-RPC.
 
 Exports: `LedgerChain`, `AnchorReceipt`, `BatchEvent`, `LedgerBatch`, `LedgerDeployment`,
-`make_async_web3`, and from `chain.contract` and `chain.rpc`: `EMPTY_CODE_HASH`, `redact_url`.
+`make_async_web3`, and from `chain.contract` and `chain.rpc`: `EMPTY_CODE_HASH`, `Fees`,
+`SentTransaction`, `redact_url`.
 
 Errors (see `crm_ledger.errors`): transport failures and node errors become `ChainUnavailable`
 as `chain.contract.ContractClient` raises them; a revert of `anchor` becomes `AnchorRejected`.
@@ -26,6 +27,8 @@ from web3.types import FilterParams, LogReceipt, TxReceipt
 from crm_ledger.chain.contract import (
     EMPTY_CODE_HASH,
     ContractClient,
+    Fees,
+    SentTransaction,
     poll_until_found,
     show_arguments,
 )
@@ -37,9 +40,11 @@ __all__ = [
     "EMPTY_CODE_HASH",
     "AnchorReceipt",
     "BatchEvent",
+    "Fees",
     "LedgerBatch",
     "LedgerChain",
     "LedgerDeployment",
+    "SentTransaction",
     "make_async_web3",
     "redact_url",
 ]
@@ -175,13 +180,36 @@ class LedgerChain(ContractClient):
         Raises `AnchorRejected` when the contract would revert (checked by gas estimation), with
         `chain_next_seq` set when the batch is out of order.
         """
+        return (await self.send_anchor_transaction(first_seq, count, root)).tx_hash
+
+    async def send_anchor_transaction(
+        self,
+        first_seq: int,
+        count: int,
+        root: bytes,
+        *,
+        nonce: int | None = None,
+        fees: Fees | None = None,
+    ) -> SentTransaction:
+        """`send_anchor`, returning the nonce and fees it used; with `nonce` and higher `fees`
+        it replaces a stuck transaction of that nonce (same batch, higher fee).
+
+        Example (a replacement 12.5 % above a stuck one)::
+
+            stuck = await chain.send_anchor_transaction(0, 3, root)
+            bumped = Fees(stuck.fees.max_fee_per_gas * 9 // 8 + 1,
+                          stuck.fees.max_priority_fee_per_gas * 9 // 8 + 1)
+            await chain.send_anchor_transaction(0, 3, root, nonce=stuck.nonce, fees=bumped)
+        """
         contract = self._bound_contract()
         data = contract.encode_abi("anchor", args=[first_seq, count, root])
         try:
             gas = await self._estimate_gas({"to": contract.address, "data": data})
         except ContractLogicError as exc:
             raise self._rejected(exc, first_seq) from None
-        return await self._sign_and_send({"to": contract.address, "data": data, "gas": gas})
+        return await self._sign_and_send_transaction(
+            {"to": contract.address, "data": data, "gas": gas}, nonce=nonce, fees=fees
+        )
 
     async def receipt(self, tx_hash: bytes) -> AnchorReceipt | None:
         """The mined anchor transaction `tx_hash`, or None while the node does not know it.

@@ -1,7 +1,7 @@
 """What every contract client shares: chain facts, views, locally signed transactions.
 
-Exports: `ContractClient`, `poll_until_found`, `show_arguments`, `EMPTY_CODE_HASH`,
-`GAS_HEADROOM_DIVISOR`.
+Exports: `ContractClient`, `Fees`, `SentTransaction`, `poll_until_found`, `show_arguments`,
+`EMPTY_CODE_HASH`, `GAS_HEADROOM_DIVISOR`.
 
 Errors (see `crm_ledger.errors`): the client reaches its node through a `chain.rpc.RpcNode`, so
 any transport failure (connection refused, timeout, an HTTP error status, a body that is not
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, cast
 
 from eth_abi.abi import decode as abi_decode
@@ -26,7 +27,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 from web3.exceptions import BlockNotFound, ContractLogicError, TransactionNotFound
-from web3.types import TxParams, TxReceipt, Wei
+from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.chain.rpc import RpcNode
@@ -36,6 +37,8 @@ __all__ = [
     "EMPTY_CODE_HASH",
     "GAS_HEADROOM_DIVISOR",
     "ContractClient",
+    "Fees",
+    "SentTransaction",
     "poll_until_found",
     "show_arguments",
 ]
@@ -47,6 +50,23 @@ EMPTY_CODE_HASH = keccak(b"")
 GAS_HEADROOM_DIVISOR = 5
 
 _Found = TypeVar("_Found")
+
+
+@dataclass(frozen=True, slots=True)
+class Fees:
+    """EIP-1559 fee caps of a transaction, in wei."""
+
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+
+@dataclass(frozen=True, slots=True)
+class SentTransaction:
+    """A transaction this client signed and sent: what a replacement must reuse or outbid."""
+
+    tx_hash: bytes
+    nonce: int
+    fees: Fees
 
 
 async def poll_until_found(
@@ -192,29 +212,70 @@ class ContractClient:
     def _gas_limit(self, estimate: int) -> int:
         return estimate + estimate // GAS_HEADROOM_DIVISOR
 
+    async def fee_quote(self) -> Fees:
+        """What a transaction should offer now: the node's tip, and twice the base fee on top.
+
+        Twice the base fee stays valid through six full blocks of base-fee increases.
+        """
+        with self._node.transport("eth_getBlockByNumber"):
+            latest = await self._w3.eth.get_block("latest")
+        with self._node.transport("eth_maxPriorityFeePerGas"):
+            priority_fee = int(await self._w3.eth.max_priority_fee)
+        base_fee = int(latest.get("baseFeePerGas", 0))
+        return Fees(
+            max_fee_per_gas=2 * base_fee + priority_fee, max_priority_fee_per_gas=priority_fee
+        )
+
+    async def account_nonce(self) -> int:
+        """How many transactions of the signer the latest block holds (its next nonce to mine)."""
+        with self._node.transport("eth_getTransactionCount"):
+            return int(await self._w3.eth.get_transaction_count(self.signer_address, "latest"))
+
+    async def sent_transaction(self, tx_hash: bytes) -> SentTransaction | None:
+        """Nonce and fees of transaction `tx_hash` as the node knows it, or None if it does not.
+
+        A legacy transaction's gas price stands for both fee caps.
+        """
+        with self._node.transport("eth_getTransactionByHash"):
+            try:
+                found = await self._w3.eth.get_transaction(Hash32(tx_hash))
+            except TransactionNotFound:
+                return None
+        max_fee = int(found.get("maxFeePerGas", found.get("gasPrice", 0)))
+        priority = int(found.get("maxPriorityFeePerGas", found.get("gasPrice", 0)))
+        return SentTransaction(
+            tx_hash=tx_hash, nonce=int(found["nonce"]), fees=Fees(max_fee, priority)
+        )
+
     async def _sign_and_send(self, params: TxParams) -> bytes:
         """Fill nonce (from "pending"), EIP-1559 fees and chain id; sign locally; send raw."""
+        return (await self._sign_and_send_transaction(params)).tx_hash
+
+    async def _sign_and_send_transaction(
+        self, params: TxParams, *, nonce: int | None = None, fees: Fees | None = None
+    ) -> SentTransaction:
+        """Sign `params` locally and send it raw: the nonce from "pending" and `fee_quote()`
+        unless given (a replacement passes the nonce it replaces and higher fees)."""
         with self._node.transport("preparing a transaction"):
             if self._chain_id is None:
                 self._chain_id = int(await self._w3.eth.chain_id)
-            nonce = await self._w3.eth.get_transaction_count(self.signer_address, "pending")
-            latest = await self._w3.eth.get_block("latest")
-            priority_fee = await self._w3.eth.max_priority_fee
-        base_fee = int(latest.get("baseFeePerGas", 0))
+            if nonce is None:
+                nonce = await self._w3.eth.get_transaction_count(self.signer_address, "pending")
+        if fees is None:
+            fees = await self.fee_quote()
         transaction: TxParams = {
             **params,
             "value": Wei(0),
-            "nonce": nonce,
+            "nonce": Nonce(nonce),
             "chainId": self._chain_id,
             "type": 2,
-            "maxPriorityFeePerGas": priority_fee,
-            # Twice the base fee stays valid through six full blocks of base-fee increases.
-            "maxFeePerGas": Wei(2 * base_fee + priority_fee),
+            "maxPriorityFeePerGas": Wei(fees.max_priority_fee_per_gas),
+            "maxFeePerGas": Wei(fees.max_fee_per_gas),
         }
         signed = self._signer.sign_transaction(cast(dict[str, Any], transaction))
         with self._node.transport("eth_sendRawTransaction"):
             await self._w3.eth.send_raw_transaction(signed.raw_transaction)
-        return bytes(signed.hash)
+        return SentTransaction(tx_hash=bytes(signed.hash), nonce=nonce, fees=fees)
 
     async def _raw_receipt(self, tx_hash: bytes) -> TxReceipt | None:
         with self._node.transport("eth_getTransactionReceipt"):

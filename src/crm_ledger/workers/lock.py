@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
 from typing import IO
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger(__name__)
 
 ANCHORER = "anchorer"
 INDEXER = "indexer"
@@ -83,12 +87,19 @@ class SingletonLock:
         return True
 
     def release(self) -> None:
-        """Give the lock back (also released when the process dies)."""
+        """Give the lock back (also released when the process dies).
+
+        A lock whose connection the server dropped (a restart) is already released there.
+        """
         if self._connection is not None:
-            self._connection.execute(
-                text("SELECT pg_advisory_unlock(:id)"), {"id": self._advisory_id}
-            )
-            self._connection.close()
+            try:
+                self._connection.execute(
+                    text("SELECT pg_advisory_unlock(:id)"), {"id": self._advisory_id}
+                )
+                self._connection.close()
+            except DBAPIError as exc:
+                log.warning("the %s lock's connection was lost: %s", self._name, exc.orig or exc)
+                self._connection.invalidate()
             self._connection = None
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)

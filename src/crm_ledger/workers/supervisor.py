@@ -75,12 +75,14 @@ class Supervisor:
         standby_seconds: float = 1.0,
         initial_backoff_seconds: float = 0.2,
         max_backoff_seconds: float = 10.0,
+        stop_grace_seconds: float = 10.0,
     ) -> None:
         self._engine = engine
         self._idle_seconds = idle_seconds
         self._standby_seconds = standby_seconds
         self._initial_backoff = initial_backoff_seconds
         self._max_backoff = max_backoff_seconds
+        self._stop_grace = stop_grace_seconds
         self._entries: dict[str, _Entry] = {}
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,12 +153,21 @@ class Supervisor:
             self._launch(entry)
 
     async def stop(self) -> None:
-        """Stop every worker (a running step finishes first) and release their locks."""
+        """Stop every worker and release their locks. A running step may finish within
+        `stop_grace_seconds`; one that takes longer (an anchor transaction waiting to be mined)
+        is cancelled, which every worker survives like a crash: its state is in the database."""
         self._stop.set()
         for entry in self._entries.values():
             entry.wake.set()
         tasks = [entry.task for entry in self._entries.values() if entry.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self._stop_grace)
+            for task in late:
+                log.warning(
+                    "%s: still busy after %.0f s, cancelled", task.get_name(), self._stop_grace
+                )
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         for entry in self._entries.values():
             entry.task = None
         self._loop = None
