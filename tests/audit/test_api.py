@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.api.routes.audit import get_chain_provider
-from crm_ledger.audit.chain import AuditChain
 from crm_ledger.audit.reports import latest_report
-from crm_ledger.audit.verifier import verify_bundle
 from crm_ledger.journal.keys import Role
 from crm_ledger.ledger.canonical import canonical_json
+from crm_ledger.verifier.chain import AuditChain
+from crm_ledger.verifier.check import verify_bundle
 from tests.anchoring.fakes import FakeChain, add_records
 from tests.api.helpers import checked_out_at_dispose
 from tests.audit.conftest import FakeChainProvider, Ledger, TestClient

@@ -25,13 +25,10 @@ from crm_ledger.api.deps import RuntimeDep, SessionDep, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import transaction
-from crm_ledger.audit.bundle import Scope
 from crm_ledger.audit.chain import ChainProvider, RpcChainProvider
 from crm_ledger.audit.customer import audit_customer
-from crm_ledger.audit.digest import Digest, verify_since
 from crm_ledger.audit.export import ledger_digest, open_export
 from crm_ledger.audit.ledger import read_deployment
-from crm_ledger.audit.record import parse_content, parse_key, verify_record
 from crm_ledger.audit.reports import latest_report, run_stored_audit, start_report
 from crm_ledger.db.models import Customer, Deployment, Record
 from crm_ledger.errors import (
@@ -48,6 +45,9 @@ from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 from crm_ledger.journal.receipts import AUDIT_LEDGER
 from crm_ledger.journal.schemas import format_timestamp, is_public_id
 from crm_ledger.ledger.receipts import Receipt
+from crm_ledger.verifier.bundle import Scope
+from crm_ledger.verifier.digest import Digest, verify_since
+from crm_ledger.verifier.record import parse_content, parse_key, verify_record
 
 router = APIRouter()
 log = logging.getLogger(__name__)
