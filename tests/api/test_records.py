@@ -76,6 +76,7 @@ def test_interaction_commits_exactly_the_documented_document(
         "customer_id": customer_id,
         "kind": "interaction",
         "content": expected_body,
+        "document": record.content.decode("utf-8"),
         "recorded_at": public["recorded_at"],
         "commitment": "0x" + record.commitment.hex(),
         "status": "pending",

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -252,4 +250,3 @@ def test_the_verify_command_exit_codes(
         result = runner.invoke(app, ["verify", "--since", str(digest), "--rpc", "http://x"])
         assert result.exit_code == 2, result.output
         assert "is not a usable digest" in result.output
-

@@ -11,11 +11,12 @@ from starlette.responses import Response
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
 from crm_ledger.api.problems import Problem
-from crm_ledger.api.schemas import CustomerPublic, CustomersPublic, customer_public
+from crm_ledger.api.schemas import customer_public
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import customers
 from crm_ledger.journal.customers import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from crm_ledger.journal.schemas import CustomerCreate
+from crm_ledger.schemas import CustomerPublic, CustomersPublic
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 

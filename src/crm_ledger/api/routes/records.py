@@ -14,10 +14,11 @@ from crm_ledger import metrics
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
 from crm_ledger.api.problems import Problem
-from crm_ledger.api.schemas import ReceiptPending, RecordPublic, RecordsPublic, record_public
+from crm_ledger.api.schemas import record_public
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import receipts, records
 from crm_ledger.journal.schemas import InteractionBatchCreate, InteractionCreate, OrderCreate
+from crm_ledger.schemas import ReceiptPending, RecordPublic, RecordsPublic
 
 router = APIRouter(tags=["records"])
 
