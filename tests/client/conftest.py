@@ -62,8 +62,10 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 90) 
     raise AssertionError(f"the service at {url} was not ready within {timeout} s")
 
 
-def start_service(data_dir: Path, rpc_url: str, database_url: str | None) -> LiveService:
-    """`crm-ledger serve` on a free port with fast batches, and one key per role."""
+def start_service(
+    data_dir: Path, rpc_url: str, database_url: str | None, roles: tuple[str, ...] = ROLES
+) -> LiveService:
+    """`crm-ledger serve` on a free port with fast batches, and a key for each of `roles`."""
     port = free_port()
     env = {
         **os.environ,
@@ -84,7 +86,7 @@ def start_service(data_dir: Path, rpc_url: str, database_url: str | None) -> Liv
     service = LiveService(f"http://127.0.0.1:{port}", rpc_url, data_dir, env, process)
     try:
         wait_ready(service.url, process)
-        for role in ROLES:
+        for role in roles:
             service.keys[role] = service.cli("keys", "create", "--role", role)
     except BaseException:
         stop_service(service)

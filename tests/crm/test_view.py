@@ -206,7 +206,7 @@ def test_unknown_customers_and_missing_keys(
     client: TestClient, headers: dict[Role, dict[str, str]]
 ) -> None:
     problem(client.get("/v1/crm/customers/" + "0" * 36, headers=headers[Role.ADMIN]), 404)
-    problem(client.get("/v1/crm/customers/nope", headers=headers[Role.ADMIN]), 404)
+    problem(client.get("/v1/crm/customers/nope", headers=headers[Role.ADMIN]), 422)
     problem(client.get("/v1/crm/customers/nope"), 401)
 
 

@@ -126,6 +126,13 @@ class Anchorer:
     async def run(self, stop: asyncio.Event) -> None:
         """Anchor until `stop` is set; waits out an unreachable chain, halts on a reset."""
         delay = self.settings.anchor_poll_seconds
+        if self.state.last_batch_id is None:
+            # After a restart /readyz shows the journal's last anchored batch at once, not null
+            # until the next batch; a database not reachable yet leaves it to that batch.
+            with contextlib.suppress(DBAPIError):
+                self.state.last_batch_id = await asyncio.to_thread(
+                    batches.last_anchored_batch_id, self.session_factory
+                )
         while not stop.is_set():
             try:
                 worked = await self.step()

@@ -5,14 +5,16 @@ Exports: `install`, `BATCH_BODY_FACTOR`.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from crm_ledger.api import docs
 from crm_ledger.api.deps import ApiKeyCache
 from crm_ledger.api.middleware import (
     BodyLimitMiddleware,
     MetricsMiddleware,
     UnexpectedErrorMiddleware,
 )
+from crm_ledger.api.path_ids import check_path_ids
 from crm_ledger.api.problems import install_problem_handlers
 from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, records
 from crm_ledger.config import Settings
@@ -28,6 +30,8 @@ def install(app: FastAPI) -> None:
     settings: Settings = app.state.runtime.settings
     app.state.api_key_cache = ApiKeyCache()
     install_problem_handlers(app)
+    # Before the routers are included: every route gets it.
+    app.router.dependencies.append(Depends(check_path_ids))
     app.include_router(customers.router)
     app.include_router(records.router)
     app.include_router(health.router)
@@ -35,6 +39,7 @@ def install(app: FastAPI) -> None:
     app.include_router(loyalty.router)
     app.include_router(crm.router)
     app.include_router(events.router)
+    docs.install(app)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
         BodyLimitMiddleware,

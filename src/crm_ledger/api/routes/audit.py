@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -58,6 +58,27 @@ BUNDLE_MEDIA_TYPE = "application/jsonl"
 ERASURE_ATTEMPTS = 5
 #: PostgreSQL: lock not available, deadlock detected, serialization failure.
 _RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
+
+#: What GET /v1/audit/digest answers, as the example body of POST /v1/audit/digest/verify.
+DIGEST_EXAMPLE = {
+    "format": "crm-ledger/digest/v1",
+    "batch": {
+        "id": 7,
+        "first_seq": 12000,
+        "count": 2000,
+        "root": "0x" + "3a" * 32,
+        "previous_head": "0x" + "5c" * 32,
+        "head": "0x" + "9e" * 32,
+    },
+    "chain": {
+        "chain_id": 31337,
+        "contract": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+        "epoch": 1,
+        "tx_hash": "0x" + "7d" * 32,
+        "block_number": 42,
+        "block_hash": "0x" + "1f" * 32,
+    },
+}
 
 AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
@@ -336,7 +357,7 @@ def digest(runtime: RuntimeDep, key: AuditorKey) -> Response:
     summary="Check that the ledger extends a saved digest (auditor, admin)",
 )
 async def verify_digest(
-    payload: dict[str, Any],
+    payload: Annotated[dict[str, Any], Body(examples=[DIGEST_EXAMPLE])],
     runtime: RuntimeDep,
     provider: ChainProviderDep,
     key: AuditorKey,
