@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from crm_ledger.api.path_ids import PATH_IDS
 from crm_ledger.journal.schemas import (
     CustomerCreate,
     InteractionBatchCreate,
@@ -101,3 +102,15 @@ def test_a_non_uuid_path_id_is_a_422_naming_the_parameter(
     assert client.get("/v1/records/hello").status_code == 401
     missing = client.get("/v1/records/0192f1c4-6a4e-7c3a-9b1e-2f6d1a0b9c8d", headers=recorder)
     assert missing.status_code == 404
+
+
+def test_every_operation_with_an_id_in_its_path_documents_the_422(app: FastAPI) -> None:
+    document = app.openapi()
+    missing = [
+        f"{method.upper()} {path}"
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if any(f"{{{name}}}" in path for name in PATH_IDS)
+        and "422" not in operation.get("responses", {})
+    ]
+    assert missing == []

@@ -330,7 +330,7 @@ async def test_a_customer_audit_of_pending_records_and_unknown_customers(
         ),
         404,
     )
-    problem(client.get("/v1/audit/customers/not-an-id", headers=as_role[Role.AUDITOR]), 404)
+    problem(client.get("/v1/audit/customers/not-an-id", headers=as_role[Role.AUDITOR]), 422)
 
 
 # Ledger audit --------------------------------------------------------------------------------
