@@ -27,7 +27,7 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
-from crm_ledger.errors import AnchorRejected, ChainError, ChainUnavailable
+from crm_ledger.errors import ChainError, ChainUnavailable
 
 #: Block range per eth_getLogs request; public providers cap ranges at a few thousand blocks.
 LOG_CHUNK_BLOCKS = 2_000
@@ -109,6 +109,8 @@ class JsonRpcChain:
             error = data["error"] if isinstance(data["error"], dict) else {}
             if _UNKNOWN_BATCH.hex() in str(error.get("data", "")):
                 raise _UnknownBatch
+            if method == "eth_call" and error.get("data"):
+                raise ChainError(f"the call reverted on {self._where}: {error.get('message')}")
             raise ChainUnavailable(
                 f"{method} on {self._where} failed: {error.get('message', 'node error')}"
             )
@@ -190,9 +192,7 @@ class JsonRpcChain:
         if raw is None:
             return None
         if _int(raw["status"]) != 1:
-            raise AnchorRejected(
-                f"transaction {_hex(tx_hash)} reverted", first_seq=-1, chain_next_seq=None
-            )
+            raise ChainError(f"transaction {_hex(tx_hash)} reverted: it anchored nothing")
         for log in raw.get("logs", []):
             if self._is_batch_anchored(log):
                 return self._decode(log)
