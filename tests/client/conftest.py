@@ -3,18 +3,20 @@ session's Anvil, with a key per role; and a fault-injecting HTTP proxy in front 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from crm_ledger.chain.node import LocalNode
 from tests.chain.conftest import anvil, free_port  # noqa: F401  (session node fixture)
@@ -104,36 +106,41 @@ def stop_service(service: LiveService) -> None:
         service.process.wait()
 
 
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database of its own, dropped on exit.
+
+    A database, not a schema: the anchorer's singleton is an advisory lock, and those are
+    per database, so a service here never stands by behind another test's service.
+    """
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def live(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveService]:
-    """The service as a process, on SQLite then on PostgreSQL (a schema of its own)."""
+    """The service as a process, on SQLite then on PostgreSQL (a database of its own)."""
     node: LocalNode = request.getfixturevalue("anvil")
     data_dir = tmp_path_factory.mktemp("service")
-    if request.param == "sqlite":
-        service = start_service(data_dir, node.rpc_url, None)
+    with contextlib.ExitStack() as stack:
+        database_url = None
+        if request.param == "postgresql":
+            database_url = stack.enter_context(postgres_database())
+        service = start_service(data_dir, node.rpc_url, database_url)
         try:
             yield service
         finally:
             stop_service(service)
-        return
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        service = start_service(
-            data_dir, node.rpc_url, f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-        )
-        try:
-            yield service
-        finally:
-            stop_service(service)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

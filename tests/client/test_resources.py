@@ -223,5 +223,23 @@ def test_async_client_records_and_waits(live: LiveService) -> None:
             assert who.id in [c.id async for c in recorder.customers.list()]
             anchored = [e async for e in recorder.events.iter(types=["record.anchored"])]
             assert {e.type for e in anchored} <= {"record.anchored"}
+        async with AsyncClient(live.url, api_key=live.keys["auditor"]) as auditor:
+            assert (await auditor.audit.verify(record_id=record.id))["verdict"] == "valid"
+            assert (await auditor.audit.customer(who.id))["records"]
+            bundle = await auditor.audit.export(customer_id=who.id)
+            assert parse_header(json.loads(bundle.splitlines()[0])).scope.customer_id == who.id
+        async with AsyncClient(live.url, api_key=live.keys["marketing"]) as marketer:
+            campaign = await marketer.campaigns.create(name="Async", budget=100)
+            assert (await marketer.campaigns.get(campaign.id)).budget == 100
+            job = await marketer.campaigns.award(campaign.id, points=5, customer_ids=[who.id])
+            while job.status == "queued" or job.pending:
+                await asyncio.sleep(0.2)
+                job = await marketer.campaigns.get_award(campaign.id, job.id)
+            assert (await marketer.loyalty.account(who.id)).chain_balance == 5
+            redemption = await marketer.redemptions.create(
+                customer_id=who.id, points=2, reward_ref="pen"
+            )
+            assert (await marketer.redemptions.get(redemption.id)).points == 2
+            assert (await marketer.campaigns.close(campaign.id)).status == "closed"
 
     asyncio.run(scenario())

@@ -3,21 +3,19 @@ a fresh data directory (SQLite and PostgreSQL), so the docs cannot drift from th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from crm_ledger.chain.node import LocalNode
 from tests.chain.conftest import anvil  # noqa: F401  (session node fixture)
-from tests.client.conftest import LiveService, start_service, stop_service
-from tests.conftest import POSTGRES_URL
+from tests.client.conftest import LiveService, postgres_database, start_service, stop_service
 from tests.docs.blocks import ROOT, blocks
 
 pytestmark = pytest.mark.chain
@@ -30,23 +28,15 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Live
     workdir = tmp_path / "clone"
     workdir.mkdir()
     (workdir / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    database_url = None
-    admin = None
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    if request.param == "postgresql":
-        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        database_url = f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    service = start_service(workdir / "data", node.rpc_url, database_url, roles=())
-    try:
-        yield service, workdir
-    finally:
-        stop_service(service)
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
+    with contextlib.ExitStack() as stack:
+        database_url = None
+        if request.param == "postgresql":
+            database_url = stack.enter_context(postgres_database())
+        service = start_service(workdir / "data", node.rpc_url, database_url, roles=())
+        try:
+            yield service, workdir
+        finally:
+            stop_service(service)
 
 
 def _script(service: LiveService, pages: list[Path]) -> str:

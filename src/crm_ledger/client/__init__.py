@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from crm_ledger.client import resources
+from crm_ledger.client import async_resources, resources
 from crm_ledger.client.calls import (
     AwardJobPublic,
     CampaignPublic,
@@ -168,11 +168,8 @@ class Client:
 
 
 class AsyncClient:
-    """The service over HTTP for asyncio code; configured as `Client`.
-
-    Resources: `customers`, `interactions`, `orders`, `records`, `events` (the recorder's and
-    the feed consumer's); anything else through `request`.
-    """
+    """The service over HTTP for asyncio code; configured as `Client`, with the same
+    resources, each method awaited (list calls are async iterators)."""
 
     def __init__(
         self,
@@ -199,11 +196,15 @@ class AsyncClient:
             timeout=timeout,
             transport=transport,
         )
-        self.customers = resources.AsyncCustomers(self._send)
-        self.interactions = resources.AsyncInteractions(self._send)
-        self.orders = resources.AsyncOrders(self._send)
-        self.records = resources.AsyncRecords(self._send)
-        self.events = resources.AsyncEvents(self._send)
+        self.customers = async_resources.AsyncCustomers(self._send)
+        self.interactions = async_resources.AsyncInteractions(self._send)
+        self.orders = async_resources.AsyncOrders(self._send)
+        self.records = async_resources.AsyncRecords(self._send)
+        self.audit = async_resources.AsyncAudit(self._send)
+        self.campaigns = async_resources.AsyncCampaigns(self._send)
+        self.redemptions = async_resources.AsyncRedemptions(self._send)
+        self.loyalty = async_resources.AsyncLoyalty(self._send)
+        self.events = async_resources.AsyncEvents(self._send)
 
     async def _send(self, call: Call) -> httpx.Response:
         return await asend(self._http, self.settings, call)

@@ -1,8 +1,9 @@
 """Every endpoint the client uses, as a `Call` to send and a parser for the answer.
 
 Exports: one function per call (`create_customer`, `get_record`, ...), `validated`, `parse`,
-`PAGE_SIZE`. The sync and async resources (`crm_ledger.client.resources`) both build on these,
-so a path, a body or a model is written once.
+`PAGE_SIZE`, `RECEIPT_POLL_SECONDS`, and what both kinds of resources share (`customer_body`,
+`interaction_body`, `receipt_or_wait`, `not_anchored`). The sync resources (`resources`) and
+the async ones (`async_resources`) build on these, so a path, a body or a model is written once.
 
 Request bodies are validated with the same pydantic models the API validates them with before
 anything is sent; the body sent is the caller's own values, without the ones left out.
@@ -14,9 +15,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import httpx
 from pydantic import BaseModel, ValidationError
 
-from crm_ledger.client.errors import ValidationFailed
+from crm_ledger.client.errors import NotAnchoredYet, ValidationFailed
+from crm_ledger.client.receipts import Receipt
 from crm_ledger.client.transport import Call
 from crm_ledger.crm.schemas import FeedPagePublic
 from crm_ledger.journal.schemas import (
@@ -61,6 +64,8 @@ __all__ = [
 ]
 
 PAGE_SIZE = 100
+#: A receipt is asked for again after this long when the service gives no Retry-After.
+RECEIPT_POLL_SECONDS = 0.5
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -271,3 +276,48 @@ def events(after: str | None, types: Sequence[str] | None, limit: int) -> Call:
     if types:
         params["types"] = ",".join(types)
     return Call("GET", "/v1/events", params=params)
+
+
+# Bodies and answers shared by the sync and async resources -------------------------------
+
+
+def customer_body(
+    name: str, email: str, phone: str | None, external_ref: str | None, tags: Sequence[str]
+) -> dict[str, Any]:
+    """The body of POST /v1/customers."""
+    return {
+        "name": name,
+        "email": email,
+        "phone": phone,
+        "external_ref": external_ref,
+        "tags": list(tags),
+    }
+
+
+def interaction_body(
+    customer_id: str, type: str, channel: str, occurred_at: str, details: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The body of POST /v1/interactions (and of each batch item)."""
+    return {
+        "customer_id": customer_id,
+        "type": type,
+        "channel": channel,
+        "occurred_at": occurred_at,
+        "details": dict(details),
+    }
+
+
+def receipt_or_wait(response: httpx.Response) -> Receipt | float:
+    """The receipt, or how long to wait before asking again (202)."""
+    if response.status_code == 200:
+        return Receipt(response.json())
+    return float(response.headers.get("Retry-After", RECEIPT_POLL_SECONDS))
+
+
+def not_anchored(record_id: str, timeout: float) -> NotAnchoredYet:
+    """The error `receipt` raises when the batch is not on chain (in time)."""
+    return NotAnchoredYet(
+        f"record {record_id} was not anchored within {timeout:g} s: its batch is not on chain "
+        "yet (is the chain node up? GET /readyz shows the anchoring lag)",
+        record_id=record_id,
+    )

@@ -1,8 +1,7 @@
 """Resources as a user thinks of them, for `Client` (sync) and `AsyncClient` (async).
 
 Exports: `Customers`, `Interactions`, `Orders`, `Records`, `Audit`, `Campaigns`,
-`Redemptions`, `Loyalty`, `Events`; for async code `AsyncCustomers`, `AsyncInteractions`,
-`AsyncOrders`, `AsyncRecords`, `AsyncEvents` (the recorder's and the feed consumer's calls).
+`Redemptions`, `Loyalty`, `Events`; their async twins are in `async_resources`.
 
 Each method builds its request in `calls` and sends it through the client's `_send`, which
 retries and maps problems to exceptions. List calls return iterators that follow the cursor.
@@ -10,9 +9,8 @@ retries and maps problems to exceptions. List calls return iterators that follow
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -32,54 +30,11 @@ from crm_ledger.client.calls import (
     RedemptionPublic,
     parse,
 )
-from crm_ledger.client.errors import NotAnchoredYet
 from crm_ledger.client.receipts import Receipt
 from crm_ledger.client.transport import Call
 from crm_ledger.crm.schemas import FeedEventPublic
 
 Send = Callable[[Call], httpx.Response]
-ASend = Callable[[Call], Awaitable[httpx.Response]]
-#: A receipt is asked for again after this long when the service gives no Retry-After.
-RECEIPT_POLL_SECONDS = 0.5
-
-
-def _customer_body(
-    name: str, email: str, phone: str | None, external_ref: str | None, tags: Sequence[str]
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "email": email,
-        "phone": phone,
-        "external_ref": external_ref,
-        "tags": list(tags),
-    }
-
-
-def _interaction_body(
-    customer_id: str, type: str, channel: str, occurred_at: str, details: Mapping[str, Any]
-) -> dict[str, Any]:
-    return {
-        "customer_id": customer_id,
-        "type": type,
-        "channel": channel,
-        "occurred_at": occurred_at,
-        "details": dict(details),
-    }
-
-
-def _receipt_or_wait(response: httpx.Response) -> Receipt | float:
-    """The receipt, or how long to wait before asking again (202)."""
-    if response.status_code == 200:
-        return Receipt(response.json())
-    return float(response.headers.get("Retry-After", RECEIPT_POLL_SECONDS))
-
-
-def _not_anchored(record_id: str, timeout: float) -> NotAnchoredYet:
-    return NotAnchoredYet(
-        f"record {record_id} was not anchored within {timeout:g} s: its batch is not on chain "
-        "yet (is the chain node up? GET /readyz shows the anchoring lag)",
-        record_id=record_id,
-    )
 
 
 # Sync ------------------------------------------------------------------------------------
@@ -102,7 +57,7 @@ class Customers:
         idempotency_key: str | None = None,
     ) -> CustomerPublic:
         """Create a customer (recorder, admin)."""
-        body = _customer_body(name, email, phone, external_ref, tags)
+        body = calls.customer_body(name, email, phone, external_ref, tags)
         return parse(
             CustomerPublic, self._send(calls.create_customer(body, idempotency_key)).content
         )
@@ -146,7 +101,7 @@ class Interactions:
         idempotency_key: str | None = None,
     ) -> RecordPublic:
         """Record one interaction (recorder, admin)."""
-        body = _interaction_body(customer_id, type, channel, occurred_at, details or {})
+        body = calls.interaction_body(customer_id, type, channel, occurred_at, details or {})
         return parse(
             RecordPublic, self._send(calls.create_interaction(body, idempotency_key)).content
         )
@@ -206,11 +161,11 @@ class Records:
         """
         deadline = time.monotonic() + timeout
         while True:
-            found = _receipt_or_wait(self._send(calls.get_receipt(record_id)))
+            found = calls.receipt_or_wait(self._send(calls.get_receipt(record_id)))
             if isinstance(found, Receipt):
                 return found
             if not wait or time.monotonic() + found > deadline:
-                raise _not_anchored(record_id, timeout if wait else 0)
+                raise calls.not_anchored(record_id, timeout if wait else 0)
             time.sleep(found)
 
 
@@ -407,161 +362,3 @@ class Events:
                 if not follow:
                     return
                 time.sleep(poll)
-
-
-# Async -----------------------------------------------------------------------------------
-
-
-class AsyncCustomers:
-    """`AsyncClient.customers`: create, get, list (all pages), erase."""
-
-    def __init__(self, send: ASend) -> None:
-        self._send = send
-
-    async def create(
-        self,
-        *,
-        name: str,
-        email: str,
-        phone: str | None = None,
-        external_ref: str | None = None,
-        tags: Sequence[str] = (),
-        idempotency_key: str | None = None,
-    ) -> CustomerPublic:
-        """Create a customer (recorder, admin)."""
-        body = _customer_body(name, email, phone, external_ref, tags)
-        answer = await self._send(calls.create_customer(body, idempotency_key))
-        return parse(CustomerPublic, answer.content)
-
-    async def get(self, customer_id: str) -> CustomerPublic:
-        """One customer."""
-        return parse(CustomerPublic, (await self._send(calls.get_customer(customer_id))).content)
-
-    async def list(self, *, page_size: int = calls.PAGE_SIZE) -> AsyncIterator[CustomerPublic]:
-        """Every customer in creation order, fetched a page at a time."""
-        cursor: str | None = None
-        while True:
-            answer = await self._send(calls.list_customers(cursor, page_size))
-            page = parse(CustomersPublic, answer.content)
-            for item in page.items:
-                yield item
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
-
-    async def erase(self, customer_id: str, *, idempotency_key: str | None = None) -> ErasurePublic:
-        """Erase the customer's personal data (admin)."""
-        answer = await self._send(calls.erase_customer(customer_id, idempotency_key))
-        return parse(ErasurePublic, answer.content)
-
-
-class AsyncInteractions:
-    """`AsyncClient.interactions`: create one, or many all-or-none."""
-
-    def __init__(self, send: ASend) -> None:
-        self._send = send
-
-    async def create(
-        self,
-        *,
-        customer_id: str,
-        type: str,
-        channel: str,
-        occurred_at: str,
-        details: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> RecordPublic:
-        """Record one interaction (recorder, admin)."""
-        body = _interaction_body(customer_id, type, channel, occurred_at, details or {})
-        answer = await self._send(calls.create_interaction(body, idempotency_key))
-        return parse(RecordPublic, answer.content)
-
-    async def create_many(
-        self, items: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
-    ) -> list[RecordPublic]:
-        """Record several interactions in one transaction."""
-        answer = await self._send(calls.create_interactions(items, idempotency_key))
-        return parse(RecordsPublic, answer.content).items
-
-
-class AsyncOrders:
-    """`AsyncClient.orders`: create."""
-
-    def __init__(self, send: ASend) -> None:
-        self._send = send
-
-    async def create(
-        self,
-        *,
-        customer_id: str,
-        order_number: str,
-        lines: Sequence[Mapping[str, Any]],
-        total: str,
-        currency: str,
-        status: str,
-        idempotency_key: str | None = None,
-    ) -> RecordPublic:
-        """Record an order; `total` (a decimal string) must equal the lines' sum."""
-        body = {
-            "customer_id": customer_id,
-            "order_number": order_number,
-            "lines": [dict(line) for line in lines],
-            "total": total,
-            "currency": currency,
-            "status": status,
-        }
-        answer = await self._send(calls.create_order(body, idempotency_key))
-        return parse(RecordPublic, answer.content)
-
-
-class AsyncRecords:
-    """`AsyncClient.records`: get, and the receipt (optionally waiting for the batch)."""
-
-    def __init__(self, send: ASend) -> None:
-        self._send = send
-
-    async def get(self, record_id: str) -> RecordPublic:
-        """One record, with its committed `document`."""
-        return parse(RecordPublic, (await self._send(calls.get_record(record_id))).content)
-
-    async def receipt(
-        self, record_id: str, *, wait: bool = False, timeout: float = 60.0
-    ) -> Receipt:
-        """The record's receipt; with `wait`, polls until anchored (see `Records.receipt`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = _receipt_or_wait(await self._send(calls.get_receipt(record_id)))
-            if isinstance(found, Receipt):
-                return found
-            if not wait or time.monotonic() + found > deadline:
-                raise _not_anchored(record_id, timeout if wait else 0)
-            await asyncio.sleep(found)
-
-
-class AsyncEvents:
-    """`AsyncClient.events`: the change feed."""
-
-    def __init__(self, send: ASend) -> None:
-        self._send = send
-
-    async def iter(
-        self,
-        *,
-        after: str | None = None,
-        types: Sequence[str] | None = None,
-        page_size: int = calls.PAGE_SIZE,
-        follow: bool = False,
-        poll: float = 1.0,
-    ) -> AsyncIterator[FeedEventPublic]:
-        """Events after `after`, oldest first (see `Events.iter`)."""
-        cursor = after
-        while True:
-            answer = await self._send(calls.events(cursor, types, page_size))
-            page = parse(FeedPagePublic, answer.content)
-            for item in page.items:
-                yield item
-            cursor = page.next_cursor
-            if not page.has_more:
-                if not follow:
-                    return
-                await asyncio.sleep(poll)
