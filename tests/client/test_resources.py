@@ -235,7 +235,10 @@ def test_async_client_records_and_waits(live: LiveService) -> None:
             while job.status == "queued" or job.pending:
                 await asyncio.sleep(0.2)
                 job = await marketer.campaigns.get_award(campaign.id, job.id)
-            assert (await marketer.loyalty.account(who.id)).chain_balance == 5
+            account = await marketer.loyalty.account(who.id)
+            # The order above may also have earned points in another test's active campaign.
+            assert [lot.points for lot in account.lots if lot.campaign_id == campaign.id] == [5]
+            assert account.chain_balance is not None and account.chain_balance >= 5
             redemption = await marketer.redemptions.create(
                 customer_id=who.id, points=2, reward_ref="pen"
             )
