@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer postgres clean
+.PHONY: install run test lint bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest services system-packages clean
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -22,10 +22,16 @@ $(NPM_STAMP): hardhat-local/package.json hardhat-local/package-lock.json
 run: install
 	$(BIN)/crm-ledger serve
 
-postgres:
+# What the tests talk to on 127.0.0.1: PostgreSQL (:5432) and NATS JetStream (:4222).
+services:
 	bash scripts/ensure_postgres.sh
+	bash scripts/ensure_nats.sh
 
-test: install postgres
+# Chromium (the console's browser tests) and wrk, apt-installed when missing.
+system-packages:
+	bash scripts/ensure_system_packages.sh
+
+test: install services system-packages
 	$(BIN)/pytest
 
 lint: install
@@ -35,7 +41,7 @@ lint: install
 
 # Benchmarks print their figures and ratios against a baseline measured in the same run;
 # docs/benchmarks.md records them. Each runs on 127.0.0.1 and stops by itself.
-bench: bench-anchor bench-audit bench-loyalty bench-indexer
+bench: bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest
 
 bench-anchor: install
 	$(BIN)/python scripts/bench_anchor.py
@@ -51,3 +57,6 @@ bench-indexer: install
 
 clean:
 	rm -rf $(VENV) hardhat-local/node_modules data
+
+bench-ingest: install
+	$(BIN)/python scripts/bench_ingest.py

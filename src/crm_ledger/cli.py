@@ -2,14 +2,17 @@
 
 Commands:
 
-    crm-ledger keys create --role ROLE [--label L] [--data-dir DIR]   prints the new key, alone
+    crm-ledger keys create --role ROLE [--label L] [--expires-in 90d] [--data-dir DIR]
+                                                      prints the new key, alone
     crm-ledger keys list [--data-dir DIR]
     crm-ledger keys revoke KEY_ID [--data-dir DIR]
-    crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + anchorer (+ Anvil)
-    crm-ledger worker anchor [--data-dir DIR]                   the anchorer alone
-    crm-ledger worker index [--data-dir DIR]                    the indexer alone
+    crm-ledger keys rotate KEY_ID [--overlap 24h] [--data-dir DIR]   prints the new key, alone
+    crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + every worker (+ Anvil)
+                     [--tls-certfile PEM --tls-keyfile PEM]     HTTPS
+    crm-ledger worker anchor|index|loyalty|NAME [--data-dir DIR]   one background worker alone
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
     crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
+    crm-ledger import orders FILE --source ID                   shop backfill (`ingest/cli.py`)
 
 Only results go to stdout (so `KEY=$(crm-ledger keys create ...)` works); status and errors go to
 stderr. Every command builds its settings with `_settings(data_dir)` and its database with
@@ -20,12 +23,12 @@ stderr. Every command builds its settings with `_settings(data_dir)` and its dat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -38,15 +41,25 @@ from sqlalchemy.orm import Session
 from crm_ledger.audit import cli as audit_cli
 from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
-from crm_ledger.errors import LedgerError, NotFound
-from crm_ledger.journal.keys import Role, create_api_key, list_api_keys, revoke_api_key
+from crm_ledger.errors import Conflict, LedgerError, NotFound
+from crm_ledger.ingest import cli as ingest_cli
+from crm_ledger.journal.keys import (
+    Role,
+    create_api_key,
+    list_api_keys,
+    mark_keys_changed,
+    revoke_api_key,
+    rotate_api_key,
+)
 
 app = typer.Typer(
     help="crm-ledger: a customer ledger anchored on an EVM chain.", no_args_is_help=True
 )
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 audit_cli.register(app)
+# Commerce ingest (issue 11): `crm-ledger import orders FILE --source ID`.
+ingest_cli.register(app)
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -86,6 +99,21 @@ def _transaction(data_dir: Path | None) -> Iterator[Session]:
         engine.dispose()
 
 
+_DURATION = re.compile(r"(\d{1,6})([smhdw])", re.ASCII)
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _duration(text: str) -> timedelta:
+    """A duration such as 90d, 24h, 30m, 45s or 2w."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise typer.BadParameter(
+            f"{escape(text)!r} is not a duration: write a number and a unit, such as 90d, 24h, "
+            "30m, 45s or 2w"
+        )
+    return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+
+
 @keys_app.command("create")
 def keys_create(
     role: Annotated[
@@ -94,14 +122,23 @@ def keys_create(
     label: Annotated[
         str | None, typer.Option("--label", help="A note for operators, e.g. who holds it.")
     ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in", help="The key stops working after this long: 90d, 24h, 30m, 2w."
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create an API key and print it: the only time it is shown (only its hash is stored)."""
+    lifetime = _duration(expires_in) if expires_in is not None else None
+    if lifetime is not None and lifetime <= timedelta(0):
+        raise typer.BadParameter("--expires-in must be longer than 0")
     settings = _settings(data_dir)
     journal = _journal_name(settings)
     existed = _journal_exists(settings)
     with _transaction(data_dir) as session:
-        plaintext = create_api_key(session, role=role, label=label)
+        plaintext = create_api_key(session, role=role, label=label, expires_in=lifetime)
     if not existed:
         stderr.print(
             f"[yellow]There was no journal at {escape(journal)}: a new, empty one was created "
@@ -109,9 +146,10 @@ def keys_create(
             "answer 401 for it: run this where the service runs, or pass --data-dir / set "
             "CRM_LEDGER_DATA_DIR or CRM_LEDGER_DATABASE_URL as the service has them."
         )
+    until = f" It expires at {_when(datetime.now(UTC) + lifetime)}." if lifetime else ""
     stderr.print(
-        f"[green]Created a key with role {role.value}[/green] in the journal at {escape(journal)}. "
-        "Store it now: it is not shown again."
+        f"[green]Created a key with role {role.value}[/green] in the journal at "
+        f"{escape(journal)}.{until} Store it now: it is not shown again."
     )
     typer.echo(plaintext)
 
@@ -146,11 +184,15 @@ def keys_list(data_dir: DataDirOption = None) -> None:
         stderr.print("No API keys yet: create one with `crm-ledger keys create --role ROLE`.")
         return
     # Plain aligned columns, label last: nothing is truncated, and `cut`/`awk` can read it.
-    typer.echo(f"{'id':36}  {'role':9}  {'created':20}  {'revoked':20}  label")
+    typer.echo(f"{'id':36}  {'role':9}  {'created':20}  {'revoked':20}  {'expires':20}  label")
     for key in keys:
         revoked = _when(key.revoked_at) if key.revoked_at else "-"
         created = _when(key.created_at)
-        typer.echo(f"{key.id:36}  {key.role:9}  {created:20}  {revoked:20}  {key.label or ''}")
+        expires = _when(key.expires_at) if key.expires_at else "-"
+        typer.echo(
+            f"{key.id:36}  {key.role:9}  {created:20}  {revoked:20}  {expires:20}  "
+            f"{key.label or ''}"
+        )
 
 
 def _when(moment: datetime) -> str:
@@ -169,8 +211,38 @@ def keys_revoke(
     except NotFound as exc:
         stderr.print(f"[red]{escape(exc.detail)}[/red] (`crm-ledger keys list` shows the ids)")
         raise typer.Exit(code=1) from None
+    mark_keys_changed(_settings(data_dir).data_dir)
     assert info.revoked_at is not None
     stderr.print(f"Key {info.id} ({info.role}) is revoked since {_when(info.revoked_at)}.")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id, as `keys list` shows it.")],
+    overlap: Annotated[
+        str,
+        typer.Option(
+            "--overlap",
+            help="How long the old key keeps working beside the new one: 24h, 7d, 0s.",
+        ),
+    ] = "24h",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Issue a new key with the same role and print it; the old key expires after the overlap."""
+    window = _duration(overlap)
+    try:
+        with _transaction(data_dir) as session:
+            plaintext, new, old = rotate_api_key(session, key_id=key_id, overlap=window)
+    except (NotFound, Conflict) as exc:
+        stderr.print(f"[red]{escape(exc.detail)}[/red] (`crm-ledger keys list` shows the keys)")
+        raise typer.Exit(code=1) from None
+    mark_keys_changed(_settings(data_dir).data_dir)
+    assert old.expires_at is not None
+    stderr.print(
+        f"[green]Created {new.role} key {new.id}[/green] to replace {old.id}, which expires at "
+        f"{_when(old.expires_at)}. Store the new key now: it is not shown again."
+    )
+    typer.echo(plaintext)
 
 
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
@@ -190,6 +262,24 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="default 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option("--port", help="default 8000")] = None,
     log_level: LogLevelOption = "info",
+    tls_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-certfile",
+            help="PEM certificate (chain): serve HTTPS; default CRM_LEDGER_TLS_CERTFILE",
+            dir_okay=False,
+            exists=True,
+        ),
+    ] = None,
+    tls_keyfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-keyfile",
+            help="PEM private key of the certificate; default CRM_LEDGER_TLS_KEYFILE",
+            dir_okay=False,
+            exists=True,
+        ),
+    ] = None,
 ) -> None:
     """Run the service: REST API, anchorer, and (without CRM_LEDGER_RPC_URL) a local Anvil."""
     import uvicorn
@@ -197,6 +287,11 @@ def serve(
     from crm_ledger.app import create_app
 
     settings = _settings(data_dir)
+    certfile = tls_certfile or settings.tls_certfile
+    keyfile = tls_keyfile or settings.tls_keyfile
+    if (certfile is None) != (keyfile is None):
+        stderr.print("[red]HTTPS needs both --tls-certfile and --tls-keyfile[/red]")
+        raise typer.Exit(code=2)
     _configure_logging(log_level)
     uvicorn.run(
         create_app(settings),
@@ -204,6 +299,8 @@ def serve(
         port=port or settings.port,
         log_level=log_level,
         access_log=False,
+        ssl_certfile=str(certfile) if certfile else None,
+        ssl_keyfile=str(keyfile) if keyfile else None,
     )
 
 
@@ -211,69 +308,42 @@ worker_app = typer.Typer(help="Run one background role without the API.", no_arg
 app.add_typer(worker_app, name="worker")
 
 
-@worker_app.command("anchor")
-def worker_anchor(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
-    """Run only the anchorer (a singleton: extra copies stand by until the lock frees)."""
+def _run_worker_alone(name: str, data_dir: Path | None, log_level: str) -> None:
+    """Run the background worker `name` alone until SIGINT/SIGTERM (a singleton: extra copies,
+    and the one inside `serve`, stand by until the lock frees).
+
+    Exits 2 when the settings do not enable it, 1 when it halts (the message says why), 0 on a
+    signal.
+    """
     from crm_ledger.runtime import Runtime
+    from crm_ledger.workers import WorkerState
 
     settings = _settings(data_dir)
     _configure_logging(log_level)
     engine = _migrated_engine(settings)
-
-    async def run() -> None:
-        runtime = Runtime(
-            settings=settings, engine=engine, session_factory=make_session_factory(engine)
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await runtime.start()
-        await stop.wait()
-        await runtime.stop()
-
-    try:
-        asyncio.run(run())
-    finally:
+    runtime = Runtime(
+        settings=settings, engine=engine, session_factory=make_session_factory(engine), only=name
+    )
+    if not runtime.supervisor.names:
         engine.dispose()
-
-
-@worker_app.command("index")
-def worker_index(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
-    """Run only the chain indexer and its reconciliations (a singleton: extra copies, and the
-    indexer inside `serve`, stand by until the lock frees).
-
-    Follows the chain at CRM_LEDGER_RPC_URL, or else the Anvil a `crm-ledger serve` on the same
-    data directory started (127.0.0.1:CRM_LEDGER_ANVIL_PORT). Exits 1 if indexing halts (a
-    chain reset: see the message), 0 on SIGINT/SIGTERM.
-    """
-    from crm_ledger.chain.client import make_async_web3
-    from crm_ledger.indexer.indexer import indexing_beside
-
-    settings = _settings(data_dir).model_copy(update={"run_indexer": True})
-    _configure_logging(log_level)
-    engine = _migrated_engine(settings)
-    rpc_url = settings.rpc_url or f"http://127.0.0.1:{settings.anvil_port}"
+        typer.echo(f"the {name} worker is not enabled by the settings (see the README)", err=True)
+        raise typer.Exit(2)
 
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        w3 = make_async_web3(rpc_url, settings.rpc_timeout_seconds)
-        try:
-            async with indexing_beside(
-                w3=w3, session_factory=make_session_factory(engine), settings=settings
-            ) as indexer:
-                assert indexer is not None
-                while not stop.is_set():
-                    if indexer.state.state == "halted":
-                        typer.echo(f"indexing halted: {indexer.state.message}", err=True)
-                        return 1
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=1.0)
-        finally:
-            await w3.provider.disconnect()
+        await runtime.start()
+        finished = asyncio.ensure_future(runtime.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        await runtime.stop()
+        status = runtime.supervisor.status()[name]
+        if status["state"] == WorkerState.HALTED:
+            typer.echo(f"{name} halted: {status['message']}", err=True)
+            return 1
         return 0
 
     try:
@@ -281,6 +351,35 @@ def worker_index(data_dir: DataDirOption = None, log_level: LogLevelOption = "in
     finally:
         engine.dispose()
     raise typer.Exit(code)
+
+
+_WORKER_HELP = {
+    "anchor": "the anchorer: cuts the journal into batches and anchors them",
+    "index": "the chain indexer and its reconciliations (follows CRM_LEDGER_RPC_URL, or else "
+    "the Anvil a `crm-ledger serve` on the same data directory started)",
+    "loyalty": "loyalty issuance: earnings, awards, redemptions and expiries onto the token",
+}
+
+
+def _add_worker_command(command_name: str, worker_name: str, help_text: str) -> None:
+    def command(data_dir: DataDirOption = None, log_level: LogLevelOption = "info") -> None:
+        _run_worker_alone(worker_name, data_dir, log_level)
+
+    command.__doc__ = f"Run only {help_text} (a singleton: extra copies stand by)."
+    worker_app.command(command_name)(command)
+
+
+def _add_worker_commands() -> None:
+    from crm_ledger.runtime import CHAIN_WORKERS
+    from crm_ledger.workers.roles import ROLES
+
+    for command_name, worker_name in zip(_WORKER_HELP, CHAIN_WORKERS, strict=True):
+        _add_worker_command(command_name, worker_name, _WORKER_HELP[command_name])
+    for name in ROLES:
+        _add_worker_command(name, name, f"the {name} worker")
+
+
+_add_worker_commands()
 
 
 chain_app = typer.Typer(

@@ -94,6 +94,44 @@ class Settings(BaseSettings):
 
     auto_migrate: bool = True
 
+    # Web console (issue 13) ------------------------------------------------------------------
+    console_rpc_url: str | None = Field(
+        default=None,
+        description="the JSON-RPC URL the console's in-browser verifier reads the chain from; "
+        "unset: the service's own RPC URL when it carries no credentials",
+    )
+
+    # Hardening (issue 10): TLS and per-key rate limits (docs/security.md) ---------------------
+    tls_certfile: Path | None = Field(default=None, description="PEM certificate: serve HTTPS")
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of tls_certfile")
+    rate_limit_recorder: float = Field(
+        default=5000, ge=0, description="requests per second per recorder key; 0: unlimited"
+    )
+    rate_limit_auditor: float = Field(default=5000, ge=0, description="per auditor key")
+    rate_limit_marketing: float = Field(default=5000, ge=0, description="per marketing key")
+    rate_limit_admin: float = Field(default=5000, ge=0, description="per admin key")
+    rate_limit_burst_seconds: float = Field(
+        default=2.0, gt=0, le=3600, description="a key may burst this many seconds of its rate"
+    )
+
+    # Commerce ingest (issue 11) ------------------------------------------------------------
+    ingest_secret_key: SecretStr | None = Field(
+        default=None,
+        description="base64 of 32 bytes: the AES-GCM key source secrets are encrypted with; "
+        "unset: a key file `ingest-secret.key` made once in the data directory",
+    )
+    ingest_rotation_grace_seconds: float = Field(
+        default=86_400.0, ge=0, description="how long a rotated-out source secret still verifies"
+    )
+    ingest_failed_retention_days: float = Field(
+        default=30.0, gt=0, description="raw bodies of failed deliveries are deleted after this"
+    )
+    ingest_batch_size: int = Field(
+        default=50, ge=1, le=5000, description="deliveries per step (per write transaction)"
+    )
+    max_webhook_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    run_ingest: bool = True
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data directory."""

@@ -7,13 +7,17 @@ subclass derives from it too, so callers may catch either.
     ├── ConfigError(ValueError)           settings that cannot work (e.g. dev keys off chain 31337)
     ├── InvalidProof(ValueError)          a Merkle proof that cannot belong to the tree it claims
     ├── FormatError(ValueError)           bytes that are not a valid leaf input / receipt / digest
+    ├── MappingError(ValueError)          a shop delivery that cannot be mapped to records
+    ├── Unavailable(ConnectionError)      something a worker needs is down: back off, retry later
+    ├── WorkerHalted                      a background worker cannot go on until an operator acts
     ├── ChainError                        the chain did something we cannot work with
-    │   ├── ChainUnavailable(ConnectionError)  the node cannot be reached (retry later)
+    │   ├── ChainUnavailable(Unavailable)      the node cannot be reached (retry later)
     │   ├── ChainReset                       the contract or genesis we deployed to is gone
     │   └── AnchorRejected                   the contract reverted an anchor transaction
     └── ApiError                             maps to an RFC 9457 problem response
         ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
-        └── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
+        ├── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
+        └── TooManyRequests                 over the key's rate limit (carries `retry_after`)
 """
 
 from __future__ import annotations
@@ -37,11 +41,24 @@ class FormatError(LedgerError, ValueError):
     """Bytes or a document that do not follow the ledger format."""
 
 
+class MappingError(LedgerError, ValueError):
+    """A shop's webhook delivery that cannot become records; the message says what is missing."""
+
+
+class Unavailable(LedgerError, ConnectionError):
+    """A node, broker, database or receiver a worker needs cannot be reached; the worker's
+    supervisor backs off and retries (nothing is lost: the work stays queued)."""
+
+
+class WorkerHalted(LedgerError):
+    """A background worker cannot go on until an operator acts (the message says how)."""
+
+
 class ChainError(LedgerError):
     """The chain did something the service cannot work with."""
 
 
-class ChainUnavailable(ChainError, ConnectionError):
+class ChainUnavailable(ChainError, Unavailable):
     """The JSON-RPC node cannot be reached or answered garbage; anchoring retries later."""
 
 
@@ -107,3 +124,14 @@ class PayloadTooLarge(ApiError):
 class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable request"
+
+
+class TooManyRequests(ApiError):
+    """The key sent more requests than its role's rate limit allows; retry after a while."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after

@@ -59,3 +59,17 @@ drift_detected_total = Counter(
     "Disagreements found that the previous reconciliation did not have, by kind",
     ["kind"],
 )
+
+worker_state = Gauge(
+    "crm_ledger_worker_state",
+    "1 for the state each background worker is in, 0 for the others",
+    ["worker", "state"],
+)
+worker_items_total = Counter(
+    "crm_ledger_worker_items_total", "Items background workers handled, by worker", ["worker"]
+)
+worker_failures_total = Counter(
+    "crm_ledger_worker_failures_total",
+    "Steps of background workers that failed and were backed off, by worker",
+    ["worker"],
+)

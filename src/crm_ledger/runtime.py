@@ -1,188 +1,119 @@
-"""What runs beside the API in one process: the embedded chain node, the anchorer, loyalty,
-the indexer.
+"""What runs beside the API in one process: the chain connection and the background workers.
 
-Exports: `Runtime`.
+Exports: `Runtime`, `CHAIN_WORKERS`.
 
-`Runtime.start()` returns at once; a supervisor task starts Anvil when no RPC URL is set,
-connects, checks or makes the AuditLedger deployment, takes the anchorer's singleton lock and
-runs the anchorer, with the loyalty issuance worker (`loyalty.service`) and the chain indexer
-(`indexer.indexer.indexing_beside`) beside it. An
-unreachable chain is retried with back-off (writes keep being accepted); a reset chain or
-unusable settings halt anchoring with a message `/readyz` shows.
+Every background role is a peer under one supervisor (`workers.Supervisor`): the anchorer, the
+indexer and loyalty issuance share the process's chain connection (`chain.connection`: the
+embedded Anvil when no RPC URL is set), and the integrations' workers (`workers.roles`) run
+beside them. Each is a singleton per journal and keeps its own state: an anchorer backing off
+on an unreachable chain, or halted on a reset one, leaves the indexer and loyalty to go on as
+far as they can. `/readyz` shows the `chain` section (the anchorer's state, location and last
+batch, with `indexer` and `loyalty` inside it) and `workers` (every other worker).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
-from crm_ledger.anchoring.lock import SingletonLock
-from crm_ledger.chain.client import LedgerChain, make_async_web3
-from crm_ledger.chain.deploy import ensure_ledger_deployment
-from crm_ledger.chain.node import LocalNode, start_anvil
-from crm_ledger.chain.signer import load_signer
+from crm_ledger.anchoring.worker import AnchoringWorker
+from crm_ledger.chain.connection import ChainConnection
 from crm_ledger.config import Settings
 from crm_ledger.crm.reconcile import Reconciler
-from crm_ledger.errors import ChainReset, ChainUnavailable, ConfigError
-from crm_ledger.indexer.indexer import Indexer, indexing_beside
-from crm_ledger.loyalty.service import LoyaltyRuntime
+from crm_ledger.indexer.worker import IndexingWorker
+from crm_ledger.loyalty.service import LOYALTY, LoyaltyRuntime
+from crm_ledger.workers import Supervisor, WorkerState, background_workers
+from crm_ledger.workers.lock import ANCHORER, INDEXER
 
-log = logging.getLogger(__name__)
+#: The workers that follow or write the chain, in the order they start.
+CHAIN_WORKERS = (ANCHORER, INDEXER, LOYALTY)
 
 
 @dataclass
 class Runtime:
-    """Process-wide state shared by the API handlers and the background tasks."""
+    """Process-wide state shared by the API handlers and the background workers.
+
+    `only` runs a single worker (`crm-ledger worker NAME`); by default every enabled one runs.
+    """
 
     settings: Settings
     engine: Engine
     session_factory: sessionmaker[Session]
-    node: LocalNode | None = None
-    anchorer: Anchorer | None = None
-    indexer: Indexer | None = None
+    only: str | None = None
+    connection: ChainConnection = field(init=False)
+    supervisor: Supervisor = field(init=False)
     loyalty: LoyaltyRuntime = field(init=False)
-    _status: dict[str, Any] = field(default_factory=lambda: {"state": "starting"})
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task[None] | None = None
-    _lock: SingletonLock | None = None
+    anchoring: AnchoringWorker | None = field(init=False, default=None)
+    indexing: IndexingWorker | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.loyalty = LoyaltyRuntime(settings=self.settings, session_factory=self.session_factory)
+        settings, factory = self.settings, self.session_factory
+        # A worker run alone other than the anchorer follows the node a `serve` started.
+        self.connection = ChainConnection(settings, may_start_node=self.only in (None, ANCHORER))
+        self.supervisor = Supervisor(
+            engine=self.engine,
+            idle_seconds=settings.anchor_poll_seconds,
+            max_backoff_seconds=settings.anchor_retry_max_seconds,
+        )
+        self.loyalty = LoyaltyRuntime(
+            settings=settings,
+            session_factory=factory,
+            connection=self.connection,
+            wake=lambda: self.supervisor.wake(LOYALTY),
+        )
+        if self._runs(ANCHORER):
+            self.anchoring = AnchoringWorker(
+                connection=self.connection, session_factory=factory, settings=settings
+            )
+            self.supervisor.add(self.anchoring, idle_seconds=settings.anchor_poll_seconds)
+        if self._runs(INDEXER) and (settings.run_indexer or self.only == INDEXER):
+            self.indexing = IndexingWorker(
+                connection=self.connection, session_factory=factory, settings=settings
+            )
+            self.supervisor.add(
+                self.indexing,
+                idle_seconds=settings.indexer_poll_seconds,
+                max_backoff_seconds=settings.indexer_retry_max_seconds,
+            )
+        if self._runs(LOYALTY) and (settings.run_loyalty or self.only == LOYALTY):
+            self.supervisor.add(self.loyalty, idle_seconds=settings.loyalty_poll_seconds)
+        for worker in background_workers(
+            settings=settings, session_factory=factory, only=self.only
+        ):
+            self.supervisor.add(worker)
+
+    def _runs(self, name: str) -> bool:
+        return self.only is None or self.only == name
 
     @property
     def chain_status(self) -> dict[str, Any]:
-        """Anchoring state for `/readyz`: state, message, chain location, last batch."""
-        status = dict(self._status)
-        if self.anchorer is not None and status.get("state") not in ("halted", "standby"):
-            state = self.anchorer.state
-            status.update(
-                state=state.state,
-                message=state.message,
-                last_batch_id=state.last_batch_id,
-                rollbacks_detected=state.rollbacks_detected,
-            )
-        status["loyalty"] = self.loyalty.status
-        status["indexer"] = (
-            self.indexer.state.to_json() if self.indexer is not None else {"state": "stopped"}
-        )
+        """`/readyz`'s chain section: the anchorer's state and location, the indexer's and
+        loyalty's states inside it, and every other worker under `workers`."""
+        workers = self.supervisor.status()
+        stopped = {"state": WorkerState.STOPPED.value, "message": ""}
+        status = dict(workers.pop(ANCHORER, stopped))
+        status["indexer"] = workers.pop(INDEXER, stopped)
+        status["loyalty"] = workers.pop(LOYALTY, stopped)
+        status["workers"] = workers
         return status
 
     @property
     def reconciler(self) -> Reconciler | None:
         """The indexer's reconciler, when this process runs the indexer."""
-        return self.indexer.reconciler if self.indexer is not None else None
+        return self.indexing.reconciler if self.indexing is not None else None
 
     async def start(self) -> None:
-        """Start the supervisor in the background; returns at once."""
-        self._stop.clear()
-        self._task = asyncio.create_task(self._supervise(), name="crm-ledger-anchoring")
+        """Start every worker; returns at once."""
+        await self.supervisor.start()
+
+    async def wait(self) -> None:
+        """Until every worker has stopped or halted."""
+        await self.supervisor.wait()
 
     async def stop(self) -> None:
-        """Stop the anchorer, release its lock, stop the embedded node (its state is saved)."""
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-        if self._lock is not None:
-            await asyncio.to_thread(self._lock.release)
-        if self.node is not None:
-            await asyncio.to_thread(self.node.stop)
-            self.node = None
-
-    async def _supervise(self) -> None:
-        try:
-            await self._run_anchoring()
-        except ConfigError as exc:
-            self._halt(str(exc))
-        except Exception as exc:  # the API must keep serving whatever happens here
-            log.exception("anchoring supervisor failed")
-            self._halt(f"anchoring stopped after an unexpected error: {exc}")
-
-    async def _run_anchoring(self) -> None:
-        settings = self.settings
-        rpc_url = settings.rpc_url
-        if rpc_url is None:
-            self.node = await asyncio.to_thread(
-                start_anvil,
-                port=settings.anvil_port,
-                state_path=settings.data_dir / "anvil-state.json",
-                binary=settings.anvil_bin,
-            )
-            rpc_url = self.node.rpc_url
-        self._lock = SingletonLock(self.engine)
-        delay = 0.2
-        while not self._stop.is_set():
-            if not await asyncio.to_thread(self._lock.try_acquire):
-                self._status = {
-                    "state": "standby",
-                    "message": "another process holds the anchorer lock; this one stands by",
-                }
-                await self._sleep(1.0)
-                continue
-            w3 = make_async_web3(rpc_url, settings.rpc_timeout_seconds)
-            try:
-                chain_id = await self._chain_id(w3)
-                signer = load_signer(settings, chain_id=chain_id)
-                chain = LedgerChain(w3, signer, None)
-                deployment = await ensure_ledger_deployment(
-                    session_factory=self.session_factory, chain=chain
-                )
-                self._status = {
-                    "state": "running",
-                    "chain_id": deployment.chain_id,
-                    "contract": deployment.address,
-                    "epoch": deployment.epoch,
-                }
-                self.anchorer = Anchorer(
-                    session_factory=self.session_factory,
-                    chain=chain.at(deployment.address),
-                    deployment=DeploymentRef(
-                        epoch=deployment.epoch,
-                        address=deployment.address,
-                        code_hash=deployment.code_hash,
-                        block_number=deployment.block_number,
-                    ),
-                    settings=settings,
-                )
-                async with (
-                    self.loyalty.beside(w3=w3, chain_id=chain_id, anchorer=signer.address),
-                    indexing_beside(
-                        w3=w3, session_factory=self.session_factory, settings=settings
-                    ) as self.indexer,
-                ):
-                    await self.anchorer.run(self._stop)
-                if self.anchorer.state.state == "halted":
-                    self._halt(self.anchorer.state.message)
-                    return
-            except ChainUnavailable as exc:
-                self._status = {"state": "chain_unavailable", "message": str(exc)}
-                log.warning("chain unavailable, retrying in %.1f s: %s", delay, exc)
-                await self._sleep(delay)
-                delay = min(delay * 2, settings.anchor_retry_max_seconds)
-            except ChainReset as exc:
-                self._halt(str(exc))
-                return
-            finally:
-                with contextlib.suppress(Exception):
-                    await w3.provider.disconnect()
-
-    async def _chain_id(self, w3: Any) -> int:
-        try:
-            return int(await w3.eth.chain_id)
-        except Exception as exc:
-            raise ChainUnavailable(f"cannot reach the chain node: {exc}") from exc
-
-    def _halt(self, message: str) -> None:
-        log.error("anchoring halted: %s", message)
-        self._status = {"state": "halted", "message": message}
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        """Stop the workers, release their locks, stop the embedded node (its state is saved)."""
+        await self.supervisor.stop()
+        await self.connection.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from crm_ledger.errors import ChainReset, ChainUnavailable
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
 from tests.anchoring.fakes import ADDRESS, CODE_HASH, FakeChain, add_records, fast_settings
+from tests.workers.helpers import supervised, until
 
 DEPLOYMENT = DeploymentRef(epoch=1, address=ADDRESS, code_hash=CODE_HASH, block_number=0)
 
@@ -115,7 +115,7 @@ async def test_nothing_is_cut_before_the_batch_is_due(
         deployment=DEPLOYMENT,
         settings=fast_settings(tmp_path, batch_max_records=10, batch_max_age_seconds=3600),
     )
-    assert await anchorer.step() is False
+    assert await anchorer.step() == 0
     assert chain.events == []
 
 
@@ -128,18 +128,16 @@ async def test_chain_down_keeps_records_queued_then_anchors_the_backlog(
     add_records(session_factory, customers=2, each=3)
     with pytest.raises(ChainUnavailable):
         await anchorer.step()
-    stop = asyncio.Event()
-    task = asyncio.create_task(anchorer.run(stop))
-    await asyncio.sleep(0.1)
-    assert anchorer.state.state == "chain_unavailable"
-    add_records(session_factory, customers=1, each=2)  # writes keep landing while it is down
-    chain.down = False
-    for _ in range(200):
-        await asyncio.sleep(0.02)
-        if len(chain.events) == 2 and anchorer.state.state == "running":
-            break
-    stop.set()
-    await task
+    async with supervised(anchorer) as supervisor:
+        status = supervisor.status
+        await until(lambda: status()["anchorer"]["state"] == "backing_off", what="back-off")
+        assert "chain" in status()["anchorer"]["message"]
+        add_records(session_factory, customers=1, each=2)  # writes keep landing while it is down
+        chain.down = False
+        await until(
+            lambda: len(chain.events) == 2 and status()["anchorer"]["state"] == "running",
+            what="the backlog anchored",
+        )
     assert sum(e.count for e in chain.events) == 8
     assert_ledger_consistent(session_factory, chain)
 
@@ -179,7 +177,7 @@ async def test_rolled_back_batches_are_anchored_again(
     chain.roll_back_to(1)
     await drain(anchorer)
     assert [e.head for e in chain.events] == heads_before
-    assert anchorer.state.rollbacks_detected == 1
+    assert anchorer.stats.rollbacks_detected == 1
     assert chain.sent == 5
     assert_ledger_consistent(session_factory, chain)
 
@@ -222,8 +220,11 @@ async def test_a_reset_chain_halts_anchoring_and_says_what_to_run(
     anchorer = make_anchorer(session_factory, chain, tmp_path)
     with pytest.raises(ChainReset, match="crm-ledger chain recover"):
         await anchorer.step()
-    await anchorer.run(asyncio.Event())  # returns by itself: halted
-    assert anchorer.state.state == "halted"
+    async with supervised(anchorer) as supervisor:
+        await supervisor.wait()  # returns by itself: halted
+        status = supervisor.status()["anchorer"]
+    assert status["state"] == "halted"
+    assert "crm-ledger chain recover" in status["message"]
     with session_factory() as session:
         assert session.scalars(select(Record).where(Record.seq.is_(None))).all() != []
 
@@ -241,16 +242,17 @@ async def test_a_database_error_mid_step_is_retried_not_fatal(
             raise OperationalError("UPDATE batches", {}, Exception("deadlock detected"))
 
     anchorer = make_anchorer(session_factory, chain, tmp_path, checkpoint=deadlock_once)
-    stop = asyncio.Event()
-    task = asyncio.create_task(anchorer.run(stop))
-    for _ in range(300):
-        await asyncio.sleep(0.02)
+
+    def all_anchored() -> bool:
         with session_factory() as session:
-            if session.scalars(select(Record).where(Record.seq.is_(None))).first() is None and all(
+            return session.scalars(
+                select(Record).where(Record.seq.is_(None))
+            ).first() is None and all(
                 b.status == BatchStatus.ANCHORED.value for b in session.scalars(select(Batch))
-            ):
-                break
-    stop.set()
-    await task
-    assert anchorer.state.state == "running"
+            )
+
+    async with supervised(anchorer) as supervisor:
+        await until(all_anchored, what="every record anchored")
+        await until(lambda: supervisor.status()["anchorer"]["state"] == "running")
+        assert supervisor.status()["anchorer"]["items_handled"] >= 1
     assert_ledger_consistent(session_factory, chain)

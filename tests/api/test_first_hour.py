@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from crm_ledger.api.path_ids import PATH_IDS
+from crm_ledger.ingest.schemas import SourceCreate, SourceRotate
 from crm_ledger.journal.schemas import (
     CustomerCreate,
     InteractionBatchCreate,
@@ -32,6 +33,8 @@ MODELS = {
         RedemptionCreate,
         WalletLink,
         RecordVerifyRequest,
+        SourceCreate,
+        SourceRotate,
     )
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from crm_ledger.chain.signer import DEV_ACCOUNT_COUNT, dev_account, load_signer
+from crm_ledger.chain.signer import DEV_KEY_SEARCH_BOUND, dev_account, load_signer
 from crm_ledger.config import DEV_CHAIN_ID, DEV_MNEMONIC
 from crm_ledger.errors import ConfigError
 
@@ -57,7 +57,8 @@ def test_dev_mnemonic_setting_is_refused_off_the_dev_chain(tmp_path: Path, chain
 
 
 @pytest.mark.parametrize("chain_id", PUBLIC_CHAIN_IDS)
-@pytest.mark.parametrize("index", [0, 5, DEV_ACCOUNT_COUNT - 1])
+# 10 and 15: beyond the ten Anvil funds, which the guard once stopped at (issue 10, finding 5).
+@pytest.mark.parametrize("index", [0, 5, 9, 10, 15, 999])
 def test_dev_private_keys_are_refused_off_the_dev_chain(
     tmp_path: Path, chain_id: int, index: int
 ) -> None:
@@ -87,12 +88,28 @@ def test_dev_keys_are_accepted_on_the_dev_chain(tmp_path: Path, source: str) -> 
     assert load_signer(settings, chain_id=DEV_CHAIN_ID).address == ANVIL_ACCOUNT_0
 
 
-def test_dev_account_beyond_the_funded_ten_is_not_special(tmp_path: Path) -> None:
-    key = dev_account(DEV_ACCOUNT_COUNT).key.to_0x_hex()
+@pytest.mark.parametrize("index", [10, 15])
+def test_dev_keys_beyond_the_funded_ten_are_refused_from_every_source(
+    tmp_path: Path, index: int
+) -> None:
+    account = dev_account(index)
+    keystore = write_keystore(tmp_path / "dev.json", account.key, "pw")
+
+    for settings in (
+        make_settings(tmp_path, private_key=account.key.to_0x_hex()),
+        make_settings(tmp_path, keystore_path=keystore, keystore_password="pw"),
+    ):
+        with pytest.raises(ConfigError, match="public development mnemonic"):
+            load_signer(settings, chain_id=1)
+
+
+def test_dev_key_beyond_the_search_bound_is_not_recognised(tmp_path: Path) -> None:
+    # The documented bound: a key past it is treated as any other (no chain would fund it).
+    key = dev_account(DEV_KEY_SEARCH_BOUND).key.to_0x_hex()
 
     signer = load_signer(make_settings(tmp_path, private_key=key), chain_id=1)
 
-    assert signer.address == dev_account(DEV_ACCOUNT_COUNT).address
+    assert signer.address == dev_account(DEV_KEY_SEARCH_BOUND).address
 
 
 def test_keystore_round_trip(tmp_path: Path) -> None:

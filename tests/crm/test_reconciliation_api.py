@@ -47,7 +47,9 @@ def run_the_indexer_here(
 ) -> None:
     """Make the app's process the one that runs the indexer (and so its reconciler)."""
     f.deployments(app_sessions)
-    app.state.runtime.indexer = Indexer(
+    indexing = app.state.runtime.indexing
+    assert indexing is not None, "the app runs the indexer by default"
+    indexing.indexer = Indexer(
         session_factory=app_sessions,
         source=None,  # type: ignore[arg-type]  # the reconciler is all these tests use
         settings=Settings(_env_file=None, data_dir=tmp_path),  # type: ignore[call-arg]

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,7 @@ def test_chain_down_writes_keep_succeeding_and_the_backlog_is_anchored_on_return
     wait_for(lambda: pending(client) == 0, 30)
     chain.stop()
     acknowledged |= post_interactions(client, customer, 20)
-    wait_for(lambda: client.get("/readyz").json()["chain"]["state"] == "chain_unavailable", 30)
+    wait_for(lambda: client.get("/readyz").json()["chain"]["state"] == "backing_off", 30)
     assert pending(client) > 0
     chain = restart_chain()
     wait_for(lambda: pending(client) == 0, 60)
@@ -262,3 +263,58 @@ def test_chain_rolled_back_batches_are_anchored_again(
         assert after["batch"]["head"] == before[rid]["batch"]["head"]
         receipt = w3.eth.get_transaction_receipt(after["chain"]["tx_hash"])
         assert receipt["blockHash"].to_0x_hex() == after["chain"]["block_hash"]
+
+
+def test_each_chain_worker_keeps_its_own_state(
+    in_process_service: tuple[Any, LocalNode, Callable[[], LocalNode]],
+) -> None:
+    """The anchorer, the indexer and loyalty are peers: the chain down backs off each on its
+    own; the anchorer halted (its contract looks replaced) stops neither the indexer nor
+    loyalty, which go on issuing points and indexing them."""
+    client, chain, restart_chain = in_process_service
+    runtime = client.app.state.runtime
+
+    def states() -> dict[str, str]:
+        section = client.get("/readyz").json()["chain"]
+        return {
+            "anchorer": section["state"],
+            "indexer": section["indexer"]["state"],
+            "loyalty": section["loyalty"]["state"],
+        }
+
+    wait_for(lambda: set(states().values()) == {"running"}, 60)
+    chain.stop()
+    wait_for(lambda: set(states().values()) == {"backing_off"}, 30)
+    section = client.get("/readyz").json()["chain"]
+    for worker in (section, section["indexer"], section["loyalty"]):
+        assert worker["failures_in_a_row"] >= 1 and worker["message"], section
+    restart_chain()
+    wait_for(lambda: set(states().values()) == {"running"}, 60)
+
+    anchoring = runtime.anchoring
+    assert anchoring is not None and anchoring.anchorer is not None
+    anchorer = anchoring.anchorer
+    anchorer.deployment = replace(anchorer.deployment, code_hash=b"\x01" * 32)
+    wait_for(lambda: states()["anchorer"] == "halted", 30)
+    assert client.get("/readyz").status_code == 503
+
+    campaign = client.post("/v1/campaigns", json={"name": "Peers", "budget": 100})
+    assert campaign.status_code == 201, campaign.text
+    customer = client.post(
+        "/v1/customers", json={"name": "Ada", "email": "ada@example.com"}
+    ).json()["id"]
+    indexed_before = client.get("/readyz").json()["chain"]["indexer"]["events_indexed"]
+    award = client.post(
+        f"/v1/campaigns/{campaign.json()['id']}/awards",
+        json={"points": 5, "customer_ids": [customer]},
+    )
+    assert award.status_code == 202, award.text
+    wait_for(
+        lambda: client.get(f"/v1/customers/{customer}/loyalty").json().get("chain_balance") == 5,
+        60,
+    )
+    wait_for(
+        lambda: client.get("/readyz").json()["chain"]["indexer"]["events_indexed"] > indexed_before,
+        60,
+    )
+    assert states() == {"anchorer": "halted", "indexer": "running", "loyalty": "running"}

@@ -14,12 +14,13 @@ import pytest
 from sqlalchemy import Engine
 
 from crm_ledger.app import create_app
-from crm_ledger.chain.client import make_async_web3
 from crm_ledger.chain.node import LocalNode
 from crm_ledger.db.session import make_engine, make_session_factory
-from crm_ledger.indexer.indexer import STANDBY_POLL_SECONDS, indexing_beside
 from crm_ledger.journal.keys import Role, create_api_key
+from crm_ledger.runtime import Runtime
+from crm_ledger.workers.lock import INDEXER
 from tests.e2e.conftest import TestClient, service_settings, wait_for
+from tests.workers.helpers import until
 
 CLI = Path(sys.executable).parent / "crm-ledger"
 
@@ -81,47 +82,43 @@ def test_worker_index_alone_brings_anchored_records_into_the_view(
 async def test_a_second_indexer_stands_by_until_the_first_stops(
     tmp_path: Path, database_url: str, engine: Engine, anvil: LocalNode
 ) -> None:
-    """Two processes' indexers on one journal (here two engines): one indexes, one waits and
-    takes over when the first stops."""
+    """Two processes' indexers on one journal (here two engines, two runtimes): one indexes,
+    one stands by and takes over when the first stops."""
     settings = service_settings(tmp_path, database_url, anvil.rpc_url)
     other_engine = make_engine(database_url)
-    w3 = make_async_web3(anvil.rpc_url, 10)
-    first_block = indexing_beside(
-        w3=w3, session_factory=make_session_factory(engine), settings=settings
+    first = Runtime(
+        settings=settings, engine=engine, session_factory=make_session_factory(engine), only=INDEXER
     )
-    second_block = indexing_beside(
-        w3=w3, session_factory=make_session_factory(other_engine), settings=settings
+    second = Runtime(
+        settings=settings,
+        engine=other_engine,
+        session_factory=make_session_factory(other_engine),
+        only=INDEXER,
     )
-    first_open = second_open = False
+
+    def indexer(runtime: Runtime) -> dict[str, Any]:
+        return dict(runtime.chain_status["indexer"])
+
+    first_running = second_running = False
     try:
-        first = await first_block.__aenter__()
-        first_open = True
-        assert first is not None
+        await first.start()
+        first_running = True
         # No deployment is recorded in this journal, so the indexer that runs waits for one.
-        await _until(lambda: first.state.state == "waiting")
-        second = await second_block.__aenter__()
-        second_open = True
-        assert second is not None
-        await _until(lambda: second.state.state == "standby")
-        await asyncio.sleep(STANDBY_POLL_SECONDS * 1.5)
-        assert second.state.state == "standby"
-        assert "worker index" in second.state.message
-        first_open = False
-        await first_block.__aexit__(None, None, None)  # its process stops: the lock frees
-        await _until(lambda: second.state.state == "waiting")
+        await until(lambda: indexer(first).get("waiting_for") is not None, timeout=20)
+        assert indexer(first)["state"] == "running"
+        await second.start()
+        second_running = True
+        await until(lambda: indexer(second)["state"] == "standby", timeout=20)
+        await asyncio.sleep(1.5)
+        assert indexer(second)["state"] == "standby"
+        assert "indexer lock" in indexer(second)["message"]
+        first_running = False
+        await first.stop()  # its process stops: the lock frees
+        await until(lambda: indexer(second).get("waiting_for") is not None, timeout=20)
+        assert indexer(second)["state"] == "running"
     finally:
-        if second_open:
-            await second_block.__aexit__(None, None, None)
-        if first_open:
-            await first_block.__aexit__(None, None, None)
-        await w3.provider.disconnect()
+        if second_running:
+            await second.stop()
+        if first_running:
+            await first.stop()
         other_engine.dispose()
-
-
-async def _until(condition: Any, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)

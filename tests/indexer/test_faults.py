@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,10 +24,12 @@ from crm_ledger.db.models import FeedEvent, Record
 from crm_ledger.errors import ChainReset, ChainUnavailable
 from crm_ledger.indexer import store
 from crm_ledger.indexer.source import JsonRpcSource
+from crm_ledger.workers import Supervisor
 from tests.anchoring.fakes import add_records
 from tests.chain.conftest import free_port
 from tests.indexer.conftest import AnvilChain
 from tests.indexer.helpers import confirmed_records, folded_feed, view_snapshot
+from tests.workers.helpers import supervised, until
 
 pytestmark = [pytest.mark.chain, pytest.mark.asyncio]
 
@@ -237,10 +238,9 @@ async def test_a_node_answering_garbage_or_timing_out_never_corrupts_the_view(
     await anvil_chain.anchor(batch_max_records=1)
 
     w3 = make_async_web3(proxy.url, 0.5)
-    stop = asyncio.Event()
-    task: asyncio.Task[None] | None = None
+    supervisor: Supervisor | None = None
     try:
-        indexer = anvil_chain.indexer(source=JsonRpcSource(w3), indexer_retry_max_seconds=0.8)
+        indexer = anvil_chain.indexer(source=JsonRpcSource(w3))
         proxy.mode = GARBAGE[fault]
         with pytest.raises(ChainUnavailable) as raised:
             for _ in range(5):
@@ -248,26 +248,27 @@ async def test_a_node_answering_garbage_or_timing_out_never_corrupts_the_view(
         assert proxy.url.split("//")[1] in str(raised.value)
         assert view_snapshot(anvil_chain.session_factory) == before
 
-        # While it misbehaves, the loop backs off (0.2, 0.4, 0.8 s) instead of hammering it.
-        task = asyncio.create_task(indexer.run(stop))
+        # While it misbehaves, the supervisor backs off (0.2, 0.4, 0.8 s) instead of hammering.
+        supervisor = Supervisor(
+            engine=None, initial_backoff_seconds=0.2, max_backoff_seconds=0.8, idle_seconds=0.05
+        )
+        supervisor.add(indexer, singleton=False)
+        await supervisor.start()
         await asyncio.sleep(0.6)
         rounds_before = proxy.requests
         await asyncio.sleep(1.6)
-        assert indexer.state.state == "chain_unavailable"
+        assert supervisor.status()["indexer"]["state"] == "backing_off"
         assert proxy.requests - rounds_before <= 30
         assert view_snapshot(anvil_chain.session_factory) == before
 
         proxy.mode = "pass"
         head = await anvil_chain.head()
-        deadline = time.monotonic() + 20
-        while indexer.state.indexed_through != head and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await until(lambda: indexer.stats.indexed_through == head, timeout=20, what="catch-up")
     finally:
-        stop.set()
-        if task is not None:
-            await task
+        if supervisor is not None:
+            await supervisor.stop()
         await w3.provider.disconnect()
-    assert indexer.state.indexed_through == head
+    assert indexer.stats.indexed_through == head
     assert_exactly_once(anvil_chain)
 
 
@@ -287,10 +288,11 @@ async def test_a_reset_chain_stops_the_indexer_and_keeps_the_view(anvil_chain: A
         assert "AuditLedger epoch 1" in str(raised.value)
         assert "crm-ledger chain recover" in str(raised.value)
 
-        stop = asyncio.Event()
-        await asyncio.wait_for(indexer.run(stop), timeout=10)
-        assert indexer.state.state == "halted"
-        assert "not on the chain" in indexer.state.message
+        async with supervised(indexer) as supervisor:
+            await asyncio.wait_for(supervisor.wait(), timeout=10)
+            status = supervisor.status()["indexer"]
+        assert status["state"] == "halted"
+        assert "not on the chain" in status["message"]
         assert view_snapshot(anvil_chain.session_factory) == before
     finally:
         await asyncio.to_thread(fresh.stop)

@@ -128,7 +128,7 @@ async def test_a_batch_missing_on_chain_is_anchored_again(anvil_chain: AnvilChai
     assert await anvil_chain.rpc("evm_revert", snapshot) is True
     await anvil_chain.mine(3)
     await anvil_chain.index(indexer)
-    assert indexer.state.reorgs == 1
+    assert indexer.stats.reorgs == 1
 
     found = items(await reconciler(anvil_chain).run(trigger="api"))
     assert [(item["kind"], item["subject"], item["repaired"]) for item in found] == [
@@ -244,7 +244,7 @@ async def test_the_indexer_runs_reconciliations_once_caught_up(
     await anchored_and_indexed(anvil_chain)
     indexer = anvil_chain.indexer(reconcile=True)
     await anvil_chain.index(indexer)
-    assert indexer.state.state == "running"
+    assert indexer.stats.waiting_for is None and indexer.stats.lag_blocks == 0
     await indexer.housekeeping()
     assert indexer.reconciler is not None
     first = latest_report(anvil_chain.session_factory)

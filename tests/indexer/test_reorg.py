@@ -23,6 +23,7 @@ from crm_ledger.db.models import Customer, IndexedTokenEvent, Record
 from crm_ledger.errors import ChainUnavailable
 from crm_ledger.indexer import store
 from crm_ledger.loyalty.chain import TokenRejected
+from crm_ledger.workers import Supervisor
 from tests.anchoring.fakes import add_records
 from tests.indexer.conftest import AnvilChain, Dropped, Token, add_wallet
 from tests.indexer.helpers import (
@@ -90,22 +91,21 @@ async def run_under_load(
         customer_pks = list(session.scalars(select(Customer.pk).order_by(Customer.pk)))
     for pk, holder in zip(customer_pks, HOLDERS, strict=True):
         add_wallet(chain.session_factory, pk, holder)
-    stop = asyncio.Event()
     anchorer = chain.anchorer(batch_max_records=3)
     indexer = chain.indexer(confirmations=confirmations, indexer_chunk_blocks=7)
     load = Load(chain, token, customer_pks)
-    tasks = [
-        asyncio.create_task(anchorer.run(stop)),
-        asyncio.create_task(indexer.run(stop)),
-        asyncio.create_task(load.run()),
-    ]
+    supervisor = Supervisor(engine=None, idle_seconds=0.05, max_backoff_seconds=5.0)
+    supervisor.add(anchorer, singleton=False)
+    supervisor.add(indexer, singleton=False)
+    await supervisor.start()
+    tasks = [asyncio.create_task(load.run())]
     try:
         for _ in range(2):
             await asyncio.sleep(0.6)
 
             async def caught_up() -> bool:
                 head = await chain.head()
-                return indexer.state.indexed_through == head - confirmations
+                return indexer.stats.indexed_through == head - confirmations
 
             load.hold.set()
             await wait_until(caught_up, what="the indexer to reach the head")
@@ -119,7 +119,7 @@ async def run_under_load(
             if not await asyncio.to_thread(settled, chain.session_factory):
                 return False
             head = await chain.head()
-            return indexer.state.indexed_through == head - confirmations
+            return indexer.stats.indexed_through == head - confirmations
 
         # Settling after two disturbances normally takes seconds. About 1 run in 70 here took
         # ~60 s, on SQLite and PostgreSQL alike, with nothing logged (under investigation, see
@@ -128,8 +128,8 @@ async def run_under_load(
             quiet,
             timeout=150,
             what=lambda: (
-                f"anchoring and indexing to settle: {indexer.state}, "
-                f"{anchorer.state}, settled={settled(chain.session_factory)}"
+                f"anchoring and indexing to settle: {supervisor.status()}, "
+                f"settled={settled(chain.session_factory)}"
             ),
         )
         if confirmations:
@@ -137,13 +137,13 @@ async def run_under_load(
             await wait_until(quiet, what="the last blocks to be confirmed")
     finally:
         load.stop.set()
-        stop.set()
         await asyncio.gather(*tasks)
-    assert indexer.state.state == "running", indexer.state
+        await supervisor.stop()
+    assert supervisor.status()["indexer"]["failures_in_a_row"] == 0, supervisor.status()
     # A disturbance can land on a block mined after the indexer last caught up, which it never
     # read (nothing to roll back): at least one of them must have reached indexed events.
-    assert indexer.state.reorgs >= 1
-    assert indexer.state.rolled_back_events > 0
+    assert indexer.stats.reorgs >= 1
+    assert indexer.stats.rolled_back_events > 0
 
     seen = view_snapshot(chain.session_factory)
     feed = folded_feed(chain.session_factory)

@@ -72,3 +72,13 @@ def test_operator_must_not_be_the_anchorer(tmp_path: Path) -> None:
     operator = dev_account(1)
     with pytest.raises(ConfigError, match="race for transaction nonces"):
         load_operator(loyalty_settings(tmp_path), chain_id=31337, anchorer=operator.address)
+
+
+@pytest.mark.parametrize("index", [10, 15])
+def test_an_operator_key_of_the_dev_mnemonic_past_the_funded_ten_is_refused(
+    tmp_path: Path, index: int
+) -> None:
+    settings = loyalty_settings(tmp_path, loyalty_private_key=dev_account(index).key.hex())
+
+    with pytest.raises(ConfigError, match="public development mnemonic"):
+        load_operator(settings, chain_id=1, anchorer=dev_account(0).address)

@@ -153,7 +153,7 @@ async def test_a_rollback_sends_again_what_vanished(
     token.roll_back_to(blocks_before_second)
     assert token.total_supply == 300
     await run_until_idle(worker)
-    assert worker.state.rollbacks_detected == 1
+    assert worker.stats.rollbacks_detected == 1
     assert token.total_supply == 400
     assert_chain_matches_journal(session_factory, token)
 

@@ -1,6 +1,6 @@
 """The anchorer: moves the journal onto the chain, one Merkle batch per transaction.
 
-Exports: `Anchorer`, `AnchorChain`, `DeploymentRef`, `AnchorerState`.
+Exports: `Anchorer`, `AnchorChain`, `DeploymentRef`, `AnchorerStats`.
 
 The journal is the outbox. A batch goes through three durable states, and a restart at any
 instruction resumes from whichever one the database holds:
@@ -16,7 +16,8 @@ whose first seq is not the next one, so no seq can be anchored twice even if two
 race. When the chain's `nextSeq()` falls behind what the journal calls anchored, the chain rolled
 back: those batches go back to `cut` and are anchored again, with the same seqs, roots and heads.
 
-Example (what the service's lifespan does)::
+Example (`anchoring.worker.AnchoringWorker` does this once connected; the supervisor then
+calls `step()` over and over, backing off on `ChainUnavailable` and halting on `ChainReset`)::
 
     anchorer = Anchorer(
         session_factory=session_factory,
@@ -24,22 +25,19 @@ Example (what the service's lifespan does)::
         deployment=DeploymentRef(epoch=1, address=addr, code_hash=code_hash, block_number=7),
         settings=settings,
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(anchorer.run(stop))
+    anchored = await anchorer.step()
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import metrics
@@ -48,6 +46,7 @@ from crm_ledger.anchoring.batches import BatchPlan
 from crm_ledger.config import Settings
 from crm_ledger.db.models import BatchStatus, utcnow
 from crm_ledger.errors import AnchorRejected, ChainReset, ChainUnavailable
+from crm_ledger.workers.lock import ANCHORER
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +99,9 @@ class DeploymentRef:
 
 
 @dataclass
-class AnchorerState:
+class AnchorerStats:
     """What `/readyz` reports about anchoring."""
 
-    state: str = "starting"
-    message: str = ""
     last_batch_id: int | None = None
     last_anchored_at: datetime | None = None
     rollbacks_detected: int = 0
@@ -114,6 +111,8 @@ class AnchorerState:
 class Anchorer:
     """Cuts pending records into batches and anchors them; see the module docstring."""
 
+    name: ClassVar[str] = ANCHORER
+
     session_factory: sessionmaker[Session]
     chain: AnchorChain
     deployment: DeploymentRef
@@ -121,65 +120,34 @@ class Anchorer:
     #: Called with a step name at each durable boundary; tests raise there to simulate a crash.
     checkpoint: Callable[[str], None] = lambda _step: None
     receipt_timeout_seconds: float = 30.0
-    state: AnchorerState = field(default_factory=AnchorerState)
+    stats: AnchorerStats = field(default_factory=AnchorerStats)
+    _last_batch_looked_up: bool = field(default=False, init=False, repr=False)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Anchor until `stop` is set; waits out an unreachable chain, halts on a reset."""
-        delay = self.settings.anchor_poll_seconds
-        if self.state.last_batch_id is None:
-            # After a restart /readyz shows the journal's last anchored batch at once, not null
-            # until the next batch; a database not reachable yet leaves it to that batch.
-            with contextlib.suppress(DBAPIError):
-                self.state.last_batch_id = await asyncio.to_thread(
-                    batches.last_anchored_batch_id, self.session_factory
-                )
-        while not stop.is_set():
-            try:
-                worked = await self.step()
-            except ChainUnavailable as exc:
-                if self.state.state != "chain_unavailable":
-                    log.warning("chain unavailable, records stay queued: %s", exc)
-                self._set_state("chain_unavailable", str(exc))
-                delay = min(max(delay * 2, 0.2), self.settings.anchor_retry_max_seconds)
-                worked = False
-            except ChainReset as exc:
-                log.error("anchoring halted: %s", exc)
-                self._set_state("halted", str(exc))
-                return
-            except DBAPIError as exc:
-                # A deadlock victim, a dropped connection, a locked SQLite file: the journal is
-                # unchanged by a failed transaction, so the step simply runs again.
-                log.warning("database error while anchoring, retrying: %s", exc.orig or exc)
-                self._set_state("database_unavailable", str(exc.orig or exc))
-                delay = min(max(delay * 2, 0.2), self.settings.anchor_retry_max_seconds)
-                worked = False
-            except AnchorRejected as exc:
-                # Our view of the chain was stale (e.g. a rollback landed mid-send); the next
-                # step reconciles with nextSeq() before sending anything.
-                log.warning("anchor rejected, reconciling: %s", exc)
-                worked = False
-            else:
-                self._set_state("running", "")
-                delay = self.settings.anchor_poll_seconds
-            if not worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+    async def step(self) -> int:
+        """One round: check the chain, finish unfinished batches, cut one if due; returns how
+        many batches it anchored.
 
-    async def step(self) -> bool:
-        """One round: check the chain, finish unfinished batches, cut one if due."""
-        await self.reconcile()
-        worked = False
-        for plan in await asyncio.to_thread(batches.unfinished_batches, self.session_factory):
-            await self._complete(plan)
-            worked = True
-        if await asyncio.to_thread(self._batch_due):
-            cut = await asyncio.to_thread(self._cut)
-            if cut is not None:
-                self.checkpoint("cut")
-                await self._complete(cut)
-                worked = True
+        Raises `ChainUnavailable` (retry later) and `ChainReset` (stop: an operator must act).
+        """
+        try:
+            await self.reconcile()
+            anchored = 0
+            for plan in await asyncio.to_thread(batches.unfinished_batches, self.session_factory):
+                await self._complete(plan)
+                anchored += 1
+            if await asyncio.to_thread(self._batch_due):
+                cut = await asyncio.to_thread(self._cut)
+                if cut is not None:
+                    self.checkpoint("cut")
+                    await self._complete(cut)
+                    anchored += 1
+        except AnchorRejected as exc:
+            # Our view of the chain was stale (e.g. a rollback landed mid-send); the next
+            # step reconciles with nextSeq() before sending anything.
+            log.warning("anchor rejected, reconciling: %s", exc)
+            anchored = 0
         await asyncio.to_thread(self._update_lag)
-        return worked
+        return anchored
 
     async def reconcile(self) -> None:
         """Stop on a reset chain; re-queue batches a rollback or reorg took off the chain."""
@@ -200,7 +168,7 @@ class Anchorer:
             reset = await asyncio.to_thread(
                 batches.reset_batches_from, self.session_factory, first_seq=chain_next
             )
-            self.state.rollbacks_detected += 1
+            self.stats.rollbacks_detected += 1
             log.warning(
                 "chain rolled back to seq %d (journal had anchored up to %d): "
                 "re-anchoring batches %s",
@@ -303,8 +271,8 @@ class Anchorer:
         )
         metrics.batches_anchored_total.inc()
         metrics.anchor_gas_used_total.inc(where.gas_used)
-        self.state.last_batch_id = batch_id
-        self.state.last_anchored_at = utcnow()
+        self.stats.last_batch_id = batch_id
+        self.stats.last_anchored_at = utcnow()
 
     def _cut(self) -> BatchPlan | None:
         return batches.cut_batch(self.session_factory, max_records=self.settings.batch_max_records)
@@ -321,6 +289,11 @@ class Anchorer:
         return age >= self.settings.batch_max_age_seconds
 
     def _update_lag(self) -> None:
+        if not self._last_batch_looked_up:
+            # After a restart /readyz shows the journal's last anchored batch at once, not null
+            # until the next batch is anchored.
+            self.stats.last_batch_id = batches.last_anchored_batch_id(self.session_factory)
+            self._last_batch_looked_up = True
         summary = batches.pending_summary(self.session_factory, limit=None)
         metrics.records_pending.set(summary.count)
         lag = (
@@ -329,7 +302,3 @@ class Anchorer:
             else (utcnow() - summary.oldest_created_at).total_seconds()
         )
         metrics.anchoring_lag_seconds.set(lag)
-
-    def _set_state(self, state: str, message: str) -> None:
-        self.state.state = state
-        self.state.message = message

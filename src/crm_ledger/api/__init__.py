@@ -16,8 +16,13 @@ from crm_ledger.api.middleware import (
 )
 from crm_ledger.api.path_ids import check_path_ids
 from crm_ledger.api.problems import install_problem_handlers
-from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, records
+from crm_ledger.api.ratelimit import RateLimiter
+from crm_ledger.api.routes import audit, crm, customers, events, health, loyalty, ops, records
+from crm_ledger.api.routes import sources as ingest_sources
+from crm_ledger.api.routes import webhooks as ingest_webhooks
 from crm_ledger.config import Settings
+from crm_ledger.console import install_console
+from crm_ledger.journal.keys import KEYS_CHANGED_FILE
 
 # A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
 # item a thousand of them do not fit in the single-request limit, so the batch endpoint gets
@@ -28,7 +33,8 @@ BATCH_BODY_FACTOR = 16
 def install(app: FastAPI) -> None:
     """Add routes, error handlers and middleware to `app` (its runtime must be set already)."""
     settings: Settings = app.state.runtime.settings
-    app.state.api_key_cache = ApiKeyCache()
+    app.state.api_key_cache = ApiKeyCache(changes=settings.data_dir / KEYS_CHANGED_FILE)
+    app.state.rate_limiter = RateLimiter.from_settings(settings)
     install_problem_handlers(app)
     # Before the routers are included: every route gets it.
     app.router.dependencies.append(Depends(check_path_ids))
@@ -39,6 +45,12 @@ def install(app: FastAPI) -> None:
     app.include_router(loyalty.router)
     app.include_router(crm.router)
     app.include_router(events.router)
+    # Commerce ingest (issue 11).
+    app.include_router(ingest_sources.router)
+    app.include_router(ingest_webhooks.router)
+    # Web console (issue 13): /v1/me, /v1/ops, and the console itself at /.
+    app.include_router(ops.router)
+    install_console(app)
     docs.install(app)
     # Added innermost first: metrics see every answer, including the last-resort 500.
     app.add_middleware(
@@ -48,6 +60,8 @@ def install(app: FastAPI) -> None:
             "/v1/interactions/batch": settings.max_body_bytes * BATCH_BODY_FACTOR,
             # 10,000 customer ids (~390 KB) in one award.
             "/v1/campaigns/{campaign_id}/awards": settings.max_body_bytes * BATCH_BODY_FACTOR,
+            # Shop orders with many lines are larger than a REST write.
+            ingest_webhooks.WEBHOOK_PATH: settings.max_webhook_body_bytes,
         },
     )
     app.add_middleware(UnexpectedErrorMiddleware)

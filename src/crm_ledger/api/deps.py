@@ -1,7 +1,7 @@
 """What handlers receive through `Depends`: settings, a session, the calling key, its role.
 
 Exports: `RuntimeDep`, `SettingsDep`, `SessionDep`, `CurrentKey`, `RecorderKey`, `AnyKey`,
-`require_roles`, `ApiKeyCache`, `key_cache`.
+`require_roles`, `ApiKeyCache`, `key_cache`, `PROBLEM_RESPONSES`, `problem_responses`.
 
 Handlers that touch the database are plain `def`, so FastAPI runs them in its threadpool; the
 dependencies here are `async` and never block on a cache hit, so a request crosses into a
@@ -13,13 +13,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from crm_ledger.api.problems import PROBLEM_MEDIA_TYPE, Problem
+from crm_ledger.api.ratelimit import rate_limiter
 from crm_ledger.api.transaction import read_only
 from crm_ledger.config import Settings
 from crm_ledger.errors import Forbidden, Unauthorized
@@ -31,25 +34,53 @@ from crm_ledger.journal.keys import (
     hash_api_key,
     lookup_hash,
 )
+from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.runtime import Runtime
 
-# How long a looked-up key is trusted without asking the database again; a revocation takes
-# effect in every process within this time.
+# How long a looked-up key is trusted without asking the database again. A revocation or a
+# rotation through `crm-ledger keys` on this host takes effect at once (it touches the changes
+# file, which empties the cache); on other hosts sharing the database, within this time.
 KEY_CACHE_SECONDS = 5.0
 _KEY_CACHE_ENTRIES = 10_000
 
 
 class ApiKeyCache:
-    """Positive key lookups by SHA-256, each trusted for `ttl` seconds (thread-safe)."""
+    """Positive key lookups by SHA-256, each trusted for `ttl` seconds (thread-safe).
 
-    def __init__(self, ttl: float = KEY_CACHE_SECONDS, max_entries: int = _KEY_CACHE_ENTRIES):
+    With `changes` (a file `crm-ledger keys` touches on every revocation and rotation) the cache
+    empties itself whenever that file's modification time moves: one `stat` per lookup.
+    """
+
+    def __init__(
+        self,
+        ttl: float = KEY_CACHE_SECONDS,
+        max_entries: int = _KEY_CACHE_ENTRIES,
+        *,
+        changes: Path | None = None,
+    ):
         self.ttl = ttl
         self.max_entries = max_entries
+        self.changes = changes
+        self._seen_change = self._change_stamp()
         self._entries: dict[bytes, tuple[float, ApiKeyPrincipal]] = {}
         self._lock = threading.Lock()
 
+    def _change_stamp(self) -> int | None:
+        if self.changes is None:
+            return None
+        try:
+            return self.changes.stat().st_mtime_ns
+        except OSError:
+            return None
+
     def get(self, key_hash: bytes) -> ApiKeyPrincipal | None:
-        """The cached principal, or None when absent or expired."""
+        """The cached principal, or None when absent, stale or the keys changed."""
+        stamp = self._change_stamp()
+        if stamp != self._seen_change:
+            with self._lock:
+                self._entries.clear()
+                self._seen_change = stamp
+            return None
         entry = self._entries.get(key_hash)
         if entry is None:
             return None
@@ -142,6 +173,14 @@ async def _authenticate(
         if principal is None:
             raise Unauthorized("the API key is unknown or was revoked")
         cache.put(key_hash, principal)
+    if principal.expired():
+        assert principal.expires_at is not None
+        raise Unauthorized(
+            f"the API key {principal.id} expired at {format_timestamp(principal.expires_at)}; "
+            "ask an operator for a new one (`crm-ledger keys create`, or `keys rotate` before a "
+            "key expires)"
+        )
+    rate_limiter(request.app).take(principal)
     return principal
 
 
@@ -184,3 +223,32 @@ def require_roles(
 
 RecorderKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.RECORDER, Role.ADMIN))]
 AnyKey = CurrentKey
+
+
+#: Every problem status the API answers and when, for `responses=` in the OpenAPI document: a
+#: route file picks the ones its operations can answer with `problem_responses(...)`. Which
+#: dependency brings which status: an API key 401 and 429, a role guard 403, a request body 413
+#: and 422, any parameter 422, an `Idempotency-Key` 409 (tests/api/test_openapi.py checks).
+PROBLEM_RESPONSES: dict[int, dict[str, Any]] = {
+    status: {
+        "model": Problem,
+        "content": {PROBLEM_MEDIA_TYPE: {}},
+        "description": description,
+    }
+    for status, description in {
+        401: "No API key, or one that is unknown, revoked or expired",
+        403: "The key's role may not do this",
+        404: "No such resource",
+        409: "A conflict with the current state, or an Idempotency-Key reused for another request",
+        410: "Gone: the cursor points at events that were pruned",
+        413: "The request body is over the size limit",
+        422: "The request is invalid (each field says why), or its body is not UTF-8 JSON",
+        429: "The key is over its rate limit; the Retry-After header says when to try again",
+        503: "A service this operation needs (the chain) is unavailable; try again later",
+    }.items()
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `PROBLEM_RESPONSES` entries of `statuses`, for a route's `responses=`."""
+    return {status: PROBLEM_RESPONSES[status] for status in statuses}

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crm_ledger import metrics
 from crm_ledger.api.problems import problem_response, problem_type
 from crm_ledger.errors import PayloadTooLarge
+from crm_ledger.journal.schemas import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,12 @@ class UnexpectedErrorMiddleware:
             await response(scope, receive, send)
         except Exception:
             error_id = uuid.uuid4().hex
+            # The path is the client's: escaped, so it cannot forge log lines.
             log.exception(
-                "unexpected error %s answering %s %s", error_id, scope["method"], scope["path"]
+                "unexpected error %s answering %s %s",
+                error_id,
+                safe_text(scope["method"], limit=20),
+                safe_text(scope["path"], limit=200),
             )
             if started:
                 raise

@@ -8,7 +8,10 @@ Exports: `Problem`, `problem_response`, `install_problem_handlers`, `PROBLEM_MED
 `type` is a URN per kind of problem; `detail` says what to do about this occurrence. Validation
 problems add `errors`: one entry per bad field, `{"location", "field", "message", "type"}`, where
 `field` is a path such as `lines[0].quantity`. Request values are never echoed back: they may be
-personal data, and they may be large.
+personal data, and they may be large. What a message does quote of the request (a field path, a
+JSON key, an id) passes through `safe_text` (`journal.schemas`, where validators quote input
+too) when the document is rendered: lone surrogates, control and format characters are escaped
+and long text is cut, so no input can break the rendering (a 500) or a terminal reading a log.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from crm_ledger.errors import (
     Forbidden,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unauthorized,
 )
+from crm_ledger.journal.schemas import MAX_QUOTED_CHARS, safe_text
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _TYPE_PREFIX = "urn:crm-ledger:problem:"
@@ -49,6 +54,21 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str | None = None
+
+
+# A field path is cut shorter than other quoted text: the detail lists the paths.
+_FIELD_CHARS = 200
+
+
+def _safe(value: Any) -> Any:
+    """Every string (keys included) of a JSON-able value through `safe_text`."""
+    if isinstance(value, str):
+        return safe_text(value, limit=MAX_QUOTED_CHARS)
+    if isinstance(value, dict):
+        return {safe_text(str(k), limit=MAX_QUOTED_CHARS): _safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_safe(item) for item in value]
+    return value
 
 
 def problem_type(name: str) -> str:
@@ -72,6 +92,7 @@ def problem_response(
     if instance is not None:
         body["instance"] = instance
     body.update((k, v) for k, v in extra.items() if k not in _RESERVED)
+    body = _safe(json.loads(json.dumps(body, default=str)))
     return Response(
         content=json.dumps(body, ensure_ascii=False, default=str).encode("utf-8"),
         status_code=status,
@@ -82,16 +103,18 @@ def problem_response(
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    headers = (
-        {"WWW-Authenticate": 'Bearer realm="crm-ledger"'} if isinstance(exc, Unauthorized) else None
-    )
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="crm-ledger"'
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after)
     return problem_response(
         status=exc.status,
         title=exc.title,
         detail=exc.detail,
         type_=problem_type(type(exc).__name__),
         instance=request.url.path,
-        headers=headers,
+        headers=headers or None,
         **exc.extra,
     )
 
@@ -101,10 +124,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
     if detail == _UNPARSABLE:
-        detail = (
-            "the request body could not be parsed: send one JSON object (this one nests too "
-            "deeply or holds a number too long to read)"
-        )
+        return _unparsable_body(request, exc.__cause__)
     if detail is None:
         detail = _HTTP_DETAILS.get(exc.status_code, phrase)
     # The same status gets the same type and title whether the router or a handler raised it.
@@ -120,7 +140,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 _API_ERRORS: dict[int, type[ApiError]] = {
-    cls.status: cls for cls in (NotFound, Conflict, Unauthorized, Forbidden, PayloadTooLarge)
+    cls.status: cls
+    for cls in (NotFound, Conflict, Unauthorized, Forbidden, PayloadTooLarge, TooManyRequests)
 }
 # FastAPI's answer when the body cannot even be parsed (too deep, a number too long to read).
 _UNPARSABLE = "There was an error parsing the body"
@@ -128,6 +149,28 @@ _HTTP_DETAILS = {
     404: "there is nothing at this URL; the API lives under /v1 (see /docs)",
     405: "this URL does not accept that method; the Allow header lists the ones it does",
 }
+
+
+def _unparsable_body(request: Request, cause: BaseException | None) -> Response:
+    """A 422 like any other invalid body, for a body the JSON parser gave up on."""
+    if isinstance(cause, UnicodeDecodeError):
+        message = (
+            f"is not valid {cause.encoding.upper()} (byte 0x{cause.object[cause.start]:02x} at "
+            f"position {cause.start}): send JSON text encoded as UTF-8 (RFC 8259)"
+        )
+        kind = "body_encoding"
+    else:
+        message = "could not be parsed: it nests too deeply or holds a number too long to read"
+        kind = "json_unparsable"
+    detail = f"the request body {message}"
+    return problem_response(
+        status=422,
+        title="Invalid request",
+        detail=detail,
+        type_=problem_type("validation error"),
+        instance=request.url.path,
+        errors=[{"location": "body", "field": None, "message": detail, "type": kind}],
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -173,7 +216,13 @@ def _field_error(error: Any) -> dict[str, Any]:
             message = "send the request body as a JSON object with Content-Type: application/json"
         else:
             message = "the request body must be a JSON object"
-    return {"location": location, "field": _dotted(path), "message": message, "type": kind}
+    field = _dotted(path)
+    return {
+        "location": location,
+        "field": None if field is None else safe_text(field, limit=_FIELD_CHARS),
+        "message": message,
+        "type": kind,
+    }
 
 
 def _dotted(path: Sequence[str | int]) -> str | None:

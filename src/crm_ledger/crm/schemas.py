@@ -89,6 +89,14 @@ class LedgerCounts(BaseModel):
     confirmed: int
 
 
+class ShopCustomerId(BaseModel):
+    """The customer's id in a shop that sends webhooks (commerce ingest, issue 11)."""
+
+    source_id: str
+    platform: str
+    external_id: str
+
+
 class CustomerProfile(BaseModel):
     """A customer's profile; personal fields are null once erased."""
 
@@ -100,6 +108,8 @@ class CustomerProfile(BaseModel):
     tags: list[str]
     created_at: str
     erased_at: str | None
+    # Commerce ingest (issue 11): the shops' ids for this customer (deleted on erasure).
+    external_ids: list[ShopCustomerId] = []
 
 
 class CustomerView(BaseModel):

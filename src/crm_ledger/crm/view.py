@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import json
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ from crm_ledger.crm.schemas import (
     LedgerCounts,
     LedgerState,
     LoyaltySummary,
+    ShopCustomerId,
     Timeline,
     TimelineItem,
 )
@@ -62,6 +64,8 @@ from crm_ledger.db.models import (
     IndexedBatch,
     IndexedTokenEvent,
     IndexerStream,
+    IngestCustomerLink,
+    IngestSource,
     LoyaltyCampaign,
     LoyaltyExpiration,
     LoyaltyIssuance,
@@ -167,7 +171,9 @@ def customer_view(
         last_key = page[-1][0]
         next_cursor = _encode({"t": last_key[0].isoformat(), "r": last_key[1], "k": last_key[2]})
     return CustomerView(
-        customer=_profile(customer),
+        customer=_profile(customer).model_copy(
+            update={"external_ids": _shop_ids(session, customer.pk)}
+        ),
         records=_record_counts(session, customer.pk, epochs),
         loyalty=_loyalty(session, customer.pk, epochs),
         integrity=_integrity(session, customer),
@@ -186,6 +192,20 @@ def _profile(customer: Customer) -> CustomerProfile:
         created_at=format_timestamp(customer.created_at),
         erased_at=format_timestamp(customer.erased_at) if customer.erased_at else None,
     )
+
+
+def _shop_ids(session: Session, customer_pk: int) -> list[ShopCustomerId]:
+    """Commerce ingest (issue 11): the customer's ids in the shops that send webhooks."""
+    rows = session.execute(
+        select(IngestSource.id, IngestSource.platform, IngestCustomerLink.external_id)
+        .join(IngestSource, IngestSource.pk == IngestCustomerLink.source_pk)
+        .where(IngestCustomerLink.customer_pk == customer_pk)
+        .order_by(IngestCustomerLink.pk)
+    ).tuples()
+    return [
+        ShopCustomerId(source_id=source_id, platform=platform, external_id=external_id)
+        for source_id, platform, external_id in rows
+    ]
 
 
 def _confirmed_batch(epoch: int | None) -> ColumnElement[bool]:
@@ -853,6 +873,9 @@ def _check_filters(
     for name, text in (("q", q), ("tag", tag)):
         if text is not None and not 1 <= len(text) <= _MAX_FILTER_TEXT:
             raise _bad(name, f"must be 1 to {_MAX_FILTER_TEXT} characters")
+        # No stored value holds one, and SQLite ends a pattern at a NUL: "\0..." matched all.
+        if text is not None and any(unicodedata.category(char) == "Cc" for char in text):
+            raise _bad(name, "must not contain control characters (NUL, tab, newline, ...)")
     for name, number in (("balance_min", balance_min), ("balance_max", balance_max)):
         if number is not None and not 0 <= number <= 2**63 - 1:
             raise _bad(name, "must be a whole number of points from 0 to 2**63 - 1")

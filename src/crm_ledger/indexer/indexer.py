@@ -1,7 +1,7 @@
 """The indexer: follows AuditLedger and LoyaltyToken events into the CRM view, reorg-safe.
 
-Exports: `Indexer`, `IndexerState`, `make_indexer`, `indexing_beside`,
-`DEPLOYMENT_CHECK_SECONDS`, `PRUNE_INTERVAL_SECONDS`, `STANDBY_POLL_SECONDS`.
+Exports: `Indexer`, `IndexerStats`, `make_indexer`, `DEPLOYMENT_CHECK_SECONDS`,
+`PRUNE_INTERVAL_SECONDS`.
 
 One round (`step`):
 
@@ -26,36 +26,35 @@ A node that times out or answers garbage raises `ChainUnavailable`: the round wr
 and `run` waits twice as long each time (up to `indexer_retry_max_seconds`); failing log
 queries also halve the block range asked for, in case the node caps its answers.
 
-Example (what the runtime does)::
+Example (`indexer.worker.IndexingWorker` does this; the supervisor steps it, backing off on
+`ChainUnavailable` and database errors, halting on `ChainReset`)::
 
     indexer = Indexer(session_factory=factory, source=JsonRpcSource(w3), settings=settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(indexer.run(stop))
+    changed = await indexer.step()
+    if not changed:
+        await indexer.housekeeping()
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from eth_utils.crypto import keccak
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import AsyncWeb3
 
 from crm_ledger import metrics
-from crm_ledger.anchoring.lock import INDEXER, SingletonLock
 from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.crm.reconcile import TRIGGER_SCHEDULE, Reconciler, SourceReader
-from crm_ledger.errors import ChainError, ChainReset, ChainUnavailable
+from crm_ledger.errors import ChainReset, ChainUnavailable
 from crm_ledger.indexer import store
 from crm_ledger.indexer.events import (
     BatchAnchored,
@@ -66,14 +65,13 @@ from crm_ledger.indexer.events import (
 from crm_ledger.indexer.source import ChainSource, JsonRpcSource
 from crm_ledger.indexer.store import StaleRange, Stream
 from crm_ledger.loyalty.ops import reset_op
+from crm_ledger.workers.lock import INDEXER
 
 __all__ = [
     "DEPLOYMENT_CHECK_SECONDS",
     "PRUNE_INTERVAL_SECONDS",
-    "STANDBY_POLL_SECONDS",
     "Indexer",
-    "IndexerState",
-    "indexing_beside",
+    "IndexerStats",
     "make_indexer",
 ]
 
@@ -89,11 +87,11 @@ _EMPTY_CODE_HASH = keccak(b"")
 
 
 @dataclass
-class IndexerState:
+class IndexerStats:
     """What `/readyz` and the CRM view report about indexing."""
 
-    state: str = "starting"
-    message: str = ""
+    #: Why the last step found nothing to do though the index is not caught up, if so.
+    waiting_for: str | None = None
     head: int | None = None
     indexed_through: int | None = None
     lag_blocks: int = 0
@@ -106,8 +104,7 @@ class IndexerState:
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
         return {
-            "state": self.state,
-            "message": self.message,
+            "waiting_for": self.waiting_for,
             "head": self.head,
             "indexed_through": self.indexed_through,
             "lag_blocks": self.lag_blocks,
@@ -123,6 +120,8 @@ class IndexerState:
 class Indexer:
     """Follows the chain into the view; see the module docstring."""
 
+    name: ClassVar[str] = INDEXER
+
     session_factory: sessionmaker[Session]
     source: ChainSource
     settings: Settings
@@ -130,7 +129,7 @@ class Indexer:
     reconciler: Reconciler | None = None
     #: Called with a step name at each boundary; tests raise there to simulate a crash.
     checkpoint: Callable[[str], None] = lambda _step: None
-    state: IndexerState = field(default_factory=IndexerState)
+    stats: IndexerStats = field(default_factory=IndexerStats)
     _chunk: int = 0
     _checked_at: float | None = None
     _caught_up_at: float = field(default_factory=time.monotonic)
@@ -144,45 +143,13 @@ class Indexer:
     def __post_init__(self) -> None:
         self._chunk = self.settings.indexer_chunk_blocks
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Index until `stop` is set; backs off while the chain is unreachable, halts on a reset."""
-        delay = self.settings.indexer_poll_seconds
-        while not stop.is_set():
-            try:
-                worked = await self.step()
-                if not worked and self.state.state == "running":
-                    await self.housekeeping()
-            except ChainUnavailable as exc:
-                if self.state.state != "chain_unavailable":
-                    log.warning("indexer: chain unavailable, the view waits: %s", exc)
-                self._set("chain_unavailable", str(exc))
-                delay = min(max(delay * 2, 0.2), self.settings.indexer_retry_max_seconds)
-                worked = False
-            except ChainReset as exc:
-                log.error("indexing halted: %s", exc)
-                self._set("halted", str(exc))
-                return
-            except ChainError as exc:
-                log.error("indexing halted: %s", exc)
-                self._set("halted", str(exc))
-                return
-            except OperationalError as exc:
-                log.warning("indexer: database unavailable, retrying: %s", exc)
-                self._set("database_unavailable", str(exc.orig))
-                delay = min(max(delay * 2, 0.2), self.settings.indexer_retry_max_seconds)
-                worked = False
-            else:
-                delay = self.settings.indexer_poll_seconds
-            if not worked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-
     async def step(self) -> bool:
         """One round; True when it changed the view (or must look again at once)."""
         streams, tip = await self._position()
         if not streams:
-            self._set("waiting", "no AuditLedger deployment is recorded yet")
+            self.stats.waiting_for = "an AuditLedger deployment (none is recorded yet)"
             return False
+        self.stats.waiting_for = None
         now = time.monotonic()
         if self._checked_at is None or now - self._checked_at >= DEPLOYMENT_CHECK_SECONDS:
             await self.check_deployments(streams)
@@ -356,7 +323,7 @@ class Indexer:
             metrics.indexer_events_total.labels("BatchAnchored").inc(applied.batches)
         if applied.token_events:
             metrics.indexer_events_total.labels("LoyaltyToken").inc(applied.token_events)
-        self.state.events_indexed += applied.batches + applied.token_events
+        self.stats.events_indexed += applied.batches + applied.token_events
         return end_hash
 
     async def _roll_back_reorg(self, streams: Sequence[Stream], tip_number: int) -> None:
@@ -369,9 +336,9 @@ class Indexer:
         fork = kept + 1 if kept is not None else 0
         rolled = await asyncio.to_thread(store.roll_back, self.session_factory, from_block=fork)
         depth = tip_number - fork + 1
-        self.state.reorgs += 1
-        self.state.last_reorg_depth = depth
-        self.state.rolled_back_events += rolled.batches + rolled.token_events
+        self.stats.reorgs += 1
+        self.stats.last_reorg_depth = depth
+        self.stats.rolled_back_events += rolled.batches + rolled.token_events
         metrics.indexer_reorgs_total.inc()
         where = (
             f"from block {fork}"
@@ -410,24 +377,19 @@ class Indexer:
         lag = max(0, safe - through)
         if caught_up or lag == 0:
             self._caught_up_at = now
-        self.state.head = head
-        self.state.indexed_through = through
-        self.state.lag_blocks = lag
-        self.state.lag_seconds = now - self._caught_up_at
+        self.stats.head = head
+        self.stats.indexed_through = through
+        self.stats.lag_blocks = lag
+        self.stats.lag_seconds = now - self._caught_up_at
         metrics.indexer_lag_blocks.set(lag)
-        metrics.indexer_lag_seconds.set(self.state.lag_seconds)
-        self._set("running" if lag == 0 else "catching_up", "")
-
-    def _set(self, state: str, message: str) -> None:
-        self.state.state = state
-        self.state.message = message
+        metrics.indexer_lag_seconds.set(self.stats.lag_seconds)
 
 
 def make_indexer(
     *, w3: AsyncWeb3[Any], session_factory: sessionmaker[Session], settings: Settings
 ) -> Indexer:
     """An indexer reading through `w3`, with its reconciler (which re-sends a missing issuance
-    through the loyalty worker's `reset_op`); run it with `indexer.run(stop)`."""
+    through the loyalty worker's `reset_op`); `indexer.worker.IndexingWorker` steps it."""
     source = JsonRpcSource(w3)
     return Indexer(
         session_factory=session_factory,
@@ -437,57 +399,3 @@ def make_indexer(
             session_factory=session_factory, chain=SourceReader(source), resend_op=reset_op
         ),
     )
-
-
-#: How often an indexer standing by asks for the indexer lock again.
-STANDBY_POLL_SECONDS = 1.0
-
-
-@contextlib.asynccontextmanager
-async def indexing_beside(
-    *, w3: AsyncWeb3[Any], session_factory: sessionmaker[Session], settings: Settings
-) -> AsyncIterator[Indexer | None]:
-    """Run an indexer on `w3` for as long as the block runs (None if `run_indexer` is off).
-
-    Used by the runtime beside the anchorer, and by `crm-ledger worker index` alone. The
-    indexer is a singleton per journal (`SingletonLock(name=INDEXER)`): while another process
-    holds the lock, this one stands by (state `standby`) and takes over when it frees. The
-    indexer backs off on its own while the chain is unavailable and halts on a reset; an
-    unexpected error halts it too (logged, and shown by `/readyz`), so the API and the
-    anchorer keep going whatever happens here.
-    """
-    if not settings.run_indexer:
-        yield None
-        return
-    indexer = make_indexer(w3=w3, session_factory=session_factory, settings=settings)
-    engine = session_factory.kw["bind"]
-    lock = SingletonLock(engine, name=INDEXER)
-    stop = asyncio.Event()
-
-    async def guarded() -> None:
-        try:
-            while not await asyncio.to_thread(lock.try_acquire):
-                indexer.state.state = "standby"
-                indexer.state.message = (
-                    "another process holds the indexer lock (crm-ledger worker index?); "
-                    "this one stands by"
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=STANDBY_POLL_SECONDS)
-                if stop.is_set():
-                    return
-            indexer.state.state, indexer.state.message = "starting", ""
-            await indexer.run(stop)
-        except Exception as exc:
-            log.exception("indexer failed")
-            indexer.state.state = "halted"
-            indexer.state.message = f"indexing stopped after an unexpected error: {exc}"
-        finally:
-            await asyncio.to_thread(lock.release)
-
-    task = asyncio.create_task(guarded(), name="crm-ledger-indexer")
-    try:
-        yield indexer
-    finally:
-        stop.set()
-        await task

@@ -1,6 +1,7 @@
 """Customers: create, fetch, list a page at a time.
 
-Exports: `CustomerPage`, `create_customer`, `get_customer`, `list_customers`, `encode_cursor`,
+Exports: `CustomerPage`, `create_customer`, `get_customer`, `find_customer_by_email`,
+`normalise_email`, `list_customers`, `encode_cursor`,
 `decode_cursor`, `DEFAULT_PAGE_SIZE`, `MAX_PAGE_SIZE`.
 
 Writers flush but do not commit: the caller owns the transaction (the API commits the customer
@@ -13,7 +14,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -78,6 +79,27 @@ def get_customer(*, session: Session, customer_id: str) -> Customer:
         shown = shorten(customer_id)
         raise NotFound(f"no customer with id {shown!r}", customer_id=shown)
     return customer
+
+
+# Commerce ingest (issue 11): matching a shop's buyer by e-mail. --------------------------------
+
+
+def normalise_email(email: str) -> str:
+    """An e-mail address as customers are matched by it: trimmed, lower-case."""
+    return email.strip().lower()
+
+
+def find_customer_by_email(session: Session, email: str) -> Customer | None:
+    """The oldest customer (not erased) whose e-mail is `email`, normalised; or None."""
+    return session.scalars(
+        select(Customer)
+        .where(
+            func.lower(func.trim(Customer.email)) == normalise_email(email),
+            Customer.erased_at.is_(None),
+        )
+        .order_by(Customer.pk)
+        .limit(1)
+    ).first()
 
 
 def list_customers(

@@ -9,6 +9,8 @@ An erasure, in one transaction:
 - deletes the content of every record of theirs, pending ones included; each record keeps its
   commitment and, once sequenced, its leaf (seq, kind, previous leaf hash, leaf hash), so every
   leaf, batch root, head and receipt stays valid;
+- deletes the copies commerce ingest holds: raw webhook bodies about the customer and the
+  links from shop customer ids to them (`ingest.erasure`);
 - writes an erasure record (kind `erasure`) for the customer, so the ledger shows when it
   happened. Its document is `{"v": 1, "id", "customer_id", "kind": "erasure", "recorded_at",
   "body": {"erased_records": N}}`: no personal data. It is committed with a fresh random key
@@ -31,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import Customer, Record, new_id, utcnow
 from crm_ledger.errors import NotFound
+from crm_ledger.ingest.erasure import erase_ingest_copies
 from crm_ledger.journal.records import DOCUMENT_VERSION, kind_name
 from crm_ledger.journal.schemas import format_timestamp, is_public_id
 from crm_ledger.ledger.canonical import canonical_json, commitment, new_customer_key
@@ -78,6 +81,9 @@ def erase_customer(*, session: Session, customer_id: str) -> ErasureResult:
     if customer.erased_at is not None:
         return _earlier_erasure(session, customer.pk, customer.id, customer.erased_at)
 
+    # Commerce ingest (issue 11): raw deliveries and shop customer links; it reads the e-mail
+    # and shop ids to find unmapped deliveries, so before they are cleared.
+    erase_ingest_copies(session, customer.pk)
     now = utcnow()
     session.execute(
         update(Customer)

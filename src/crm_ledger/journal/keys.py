@@ -1,7 +1,13 @@
-"""API keys: issued with one role, stored only as SHA-256, revoked, looked up.
+"""API keys: issued with one role, stored only as SHA-256, revoked, rotated, looked up.
 
 Exports: `Role`, `KEY_PREFIX`, `ApiKeyPrincipal`, `ApiKeyInfo`, `hash_api_key`,
-`create_api_key`, `revoke_api_key`, `lookup`, `lookup_hash`, `list_api_keys`.
+`create_api_key`, `revoke_api_key`, `rotate_api_key`, `lookup`, `lookup_hash`, `list_api_keys`,
+`mark_keys_changed`, `KEYS_CHANGED_FILE`.
+
+A key may carry an expiry (`expires_at`): from its creation (`--expires-in`), or set by a
+rotation, which issues a new key with the same role and lets the old one work for an overlap so
+clients can switch without a gap. `lookup_hash` returns expired keys too, with their expiry, so
+the API can say "expired" rather than "unknown"; whoever authenticates checks `expired()`.
 
 A key is `crml_` followed by 32 random bytes in URL-safe base64. Its plaintext is shown once, when
 it is created; the database keeps only SHA-256 of it, which is enough because the key itself is
@@ -13,17 +19,23 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import secrets
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import ApiKey, utcnow
-from crm_ledger.errors import NotFound
+from crm_ledger.errors import Conflict, NotFound
 
 KEY_PREFIX = "crml_"
+#: In the data directory: touched after a revocation or rotation, so that API processes on this
+#: host forget the keys they cached (`api.deps.ApiKeyCache`).
+KEYS_CHANGED_FILE = "api-keys.changed"
 # "crml_" + 43 base64 characters; anything much longer is not one of ours.
 MAX_KEY_LENGTH = 100
 
@@ -39,11 +51,16 @@ class Role(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ApiKeyPrincipal:
-    """The caller behind a valid, unrevoked key."""
+    """The caller behind an unrevoked key (check `expired()` before trusting it)."""
 
     pk: int
     id: str
     role: Role
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Whether the key's expiry has passed."""
+        return self.expires_at is not None and self.expires_at <= (now or utcnow())
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +72,7 @@ class ApiKeyInfo:
     label: str | None
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
 
 
 def hash_api_key(plaintext: str) -> bytes:
@@ -62,18 +80,35 @@ def hash_api_key(plaintext: str) -> bytes:
     return hashlib.sha256(plaintext.encode()).digest()
 
 
-def create_api_key(session: Session, *, role: Role | str, label: str | None = None) -> str:
+def create_api_key(
+    session: Session,
+    *,
+    role: Role | str,
+    label: str | None = None,
+    expires_in: timedelta | None = None,
+) -> str:
     """Store a new key for `role` and return its plaintext (the only time it is available).
 
-    Raises `ValueError` for a role that does not exist.
+    With `expires_in` the key stops working that long from now. Raises `ValueError` for a role
+    that does not exist or an expiry that is not in the future.
     """
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ValueError("a key's expiry must be in the future")
     try:
         checked_role = Role(role)
     except ValueError:
         allowed = ", ".join(r.value for r in Role)
         raise ValueError(f"unknown role {role!r}; roles are {allowed}") from None
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(key_hash=hash_api_key(plaintext), role=checked_role.value, label=label))
+    expires_at = utcnow() + expires_in if expires_in is not None else None
+    session.add(
+        ApiKey(
+            key_hash=hash_api_key(plaintext),
+            role=checked_role.value,
+            label=label,
+            expires_at=expires_at,
+        )
+    )
     session.flush()
     return plaintext
 
@@ -81,8 +116,9 @@ def create_api_key(session: Session, *, role: Role | str, label: str | None = No
 def revoke_api_key(session: Session, *, key_id: str) -> ApiKeyInfo:
     """Revoke the key with public id `key_id` (revoking twice keeps the first time).
 
-    Raises `NotFound` when there is no such key. Processes that cached the key keep accepting it
-    for at most their cache lifetime (a few seconds).
+    Raises `NotFound` when there is no such key. API processes that cached the key keep
+    accepting it until `mark_keys_changed` runs (after the commit) on their host, and for at
+    most their cache lifetime (a few seconds) on other hosts.
     """
     key = session.scalars(select(ApiKey).where(ApiKey.id == key_id)).first()
     if key is None:
@@ -93,20 +129,51 @@ def revoke_api_key(session: Session, *, key_id: str) -> ApiKeyInfo:
     return _info(key)
 
 
+def rotate_api_key(
+    session: Session, *, key_id: str, overlap: timedelta
+) -> tuple[str, ApiKeyInfo, ApiKeyInfo]:
+    """Issue a new key with the role of `key_id` and make the old one expire after `overlap`.
+
+    Returns the new key's plaintext, the new key and the old one. An old key that already
+    expires sooner keeps its expiry. Raises `NotFound` for no such key, `Conflict` for a key
+    that is revoked or expired (create a new one instead), `ValueError` for a negative overlap.
+    """
+    if overlap < timedelta(0):
+        raise ValueError("the overlap cannot be negative")
+    old = session.scalars(select(ApiKey).where(ApiKey.id == key_id).with_for_update()).first()
+    if old is None:
+        raise NotFound(f"no API key with id {key_id!r}")
+    now = utcnow()
+    if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
+        state = "revoked" if old.revoked_at is not None else "expired"
+        raise Conflict(
+            f"API key {key_id} is {state}; there is nothing to rotate: create a new key with "
+            "`crm-ledger keys create`"
+        )
+    label = f"rotated from {old.id}" + (f": {old.label}" if old.label else "")
+    plaintext = create_api_key(session, role=old.role, label=label[:200])
+    if old.expires_at is None or old.expires_at > now + overlap:
+        old.expires_at = now + overlap
+    session.flush()
+    new = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_api_key(plaintext))).one()
+    return plaintext, _info(new), _info(old)
+
+
 def lookup_hash(session: Session, key_hash: bytes) -> ApiKeyPrincipal | None:
-    """The principal of an unrevoked key with this SHA-256, or None."""
+    """The principal of an unrevoked key with this SHA-256 (expired or not), or None."""
     row = session.execute(
-        select(ApiKey.pk, ApiKey.id, ApiKey.role).where(
+        select(ApiKey.pk, ApiKey.id, ApiKey.role, ApiKey.expires_at).where(
             ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
         )
     ).first()
     if row is None:
         return None
-    return ApiKeyPrincipal(pk=row.pk, id=row.id, role=Role(row.role))
+    return ApiKeyPrincipal(pk=row.pk, id=row.id, role=Role(row.role), expires_at=row.expires_at)
 
 
 def lookup(session: Session, plaintext: str) -> ApiKeyPrincipal | None:
-    """The principal of an unrevoked key, or None; malformed keys never reach the database."""
+    """The principal of an unrevoked key (expired or not), or None; malformed keys never reach
+    the database."""
     if not plaintext.startswith(KEY_PREFIX) or len(plaintext) > MAX_KEY_LENGTH:
         return None
     return lookup_hash(session, hash_api_key(plaintext))
@@ -124,4 +191,15 @@ def _info(key: ApiKey) -> ApiKeyInfo:
         label=key.label,
         created_at=key.created_at,
         revoked_at=key.revoked_at,
+        expires_at=key.expires_at,
     )
+
+
+def mark_keys_changed(data_dir: Path) -> None:
+    """Tell API processes using `data_dir` to forget cached keys (call after committing)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker = data_dir / KEYS_CHANGED_FILE
+    marker.touch()
+    # Two changes within the file system's timestamp granularity must still move the stamp.
+    stamp = time.time_ns()
+    os.utime(marker, ns=(stamp, max(stamp, marker.stat().st_mtime_ns + 1)))

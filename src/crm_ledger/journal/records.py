@@ -1,7 +1,8 @@
 """Records: interactions and orders committed to the journal, and read back.
 
 Exports: `RecordView`, `Backlog`, `record_interaction`, `record_interactions`, `record_order`,
-`get_record`, `find_record`, `anchoring_backlog`, `kind_name`, `DOCUMENT_VERSION`.
+`record_document`, `get_record`, `find_record`, `anchoring_backlog`, `kind_name`,
+`DOCUMENT_VERSION`.
 
 Every record commits to exactly this document, serialised with RFC 8785:
 
@@ -135,6 +136,17 @@ def record_order(*, session: Session, payload: OrderCreate) -> RecordView:
     _check_total(payload)
     body = payload.model_dump(mode="json", exclude={"customer_id"})
     return _write(session, [_Item(payload.customer_id, RecordKind.ORDER, body, "customer_id")])[0]
+
+
+def record_document(
+    *, session: Session, customer_id: str, kind: RecordKind, body: dict[str, Any]
+) -> RecordView:
+    """Write one record whose body the service built itself (commerce ingest's order records).
+
+    The body must already be canonical-JSON safe (strings, small integers, no floats).
+    Raises `NotFound` / `Conflict` for the customer, as the other writers do.
+    """
+    return _write(session, [_Item(customer_id, kind, body, "customer_id")])[0]
 
 
 def get_record(*, session: Session, record_id: str) -> RecordView:

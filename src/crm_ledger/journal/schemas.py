@@ -1,7 +1,8 @@
 """What a client may ask the journal to store: validated request documents.
 
 Exports: `CustomerCreate`, `InteractionCreate`, `InteractionBatchCreate`, `OrderCreate`,
-`OrderLine`, `OrderStatus`, `format_timestamp`, `is_public_id`, `shorten`, `MAX_SAFE_INTEGER`.
+`OrderLine`, `OrderStatus`, `format_timestamp`, `is_public_id`, `shorten`, `safe_text`,
+`MAX_SAFE_INTEGER`.
 
 Everything a record commits to passes through these models, so they refuse what the ledger
 cannot commit to exactly: floats (a binary float is no way to state an amount), integers beyond
@@ -54,9 +55,40 @@ def is_public_id(value: str) -> bool:
     return _UUID.fullmatch(value) is not None
 
 
+#: Longest text a message quotes of the input by default.
+MAX_QUOTED_CHARS = 1000
+_PATH_PART_CHARS = 100
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Control, format (bidi overrides, zero-width), surrogate, private-use; line/paragraph separators.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def safe_text(value: str, *, limit: int = MAX_QUOTED_CHARS) -> str:
+    """`value` fit to quote in a message: invisible and unencodable characters escaped as
+    Python-style `\\xNN` / `\\uNNNN`, and at most about `limit` characters (the middle cut out,
+    so both the start and the explanation at the end survive)."""
+    out = []
+    for char in value:
+        if unicodedata.category(char) in _ESCAPED_CATEGORIES:
+            out.append(_SHORT_ESCAPES.get(char) or _escape(ord(char)))
+        else:
+            out.append(char)
+    text = "".join(out)
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    return text[:head] + "…" + text[len(text) - (limit - head - 1) :]
+
+
+def _escape(code: int) -> str:
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
 def shorten(value: str, limit: int = 64) -> str:
-    """`value`, cut to `limit` characters with an ellipsis: for echoing ids in messages."""
-    return value if len(value) <= limit else value[:limit] + "…"
+    """`value` made safe and cut to about `limit` characters: for echoing ids in messages."""
+    return safe_text(value, limit=limit)
 
 
 def _printable(value: str) -> str:
@@ -148,8 +180,10 @@ def _check_json(value: object, where: str, depth: int) -> None:
         )
     if isinstance(value, dict):
         for key, item in value.items():
-            _check_string(key, f"{where}.{key}" if where else key)
-            _check_json(item, f"{where}.{key}" if where else key, depth + 1)
+            # The path is quoted in messages: a key may be anything, a lone surrogate included.
+            shown = safe_text(key, limit=_PATH_PART_CHARS)
+            _check_string(key, f"{where}.{shown}" if where else shown)
+            _check_json(item, f"{where}.{shown}" if where else shown, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_json(item, f"{where}[{index}]", depth + 1)

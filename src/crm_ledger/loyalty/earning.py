@@ -11,8 +11,8 @@ unique (campaign, award key) pair and the deterministic issuance id keep it from
 What a record earns in a campaign whose window holds the record's time:
 
 - an order with status paid, shipped or delivered: for each `order_total` rule (of its currency,
-  or of any), floor(total * points_per_unit); once per order number and customer, so a later
-  status record of the same order earns nothing more;
+  or of any), floor(total * points_per_unit); once per order number (a shop order's
+  `order_key`) and customer, so a later status record of the same order earns nothing more;
 - an interaction: the `points` of each `interaction` rule naming its type;
 - then times the highest `tag_multiplier` among the customer's tags, rounded down;
 - then cut to what the per-customer cap and the campaign's budget leave. Rewards of 0 plan
@@ -145,8 +145,9 @@ def _plan_campaign(session: Session, campaign: LoyaltyCampaign, rows: list[Any])
         points = compute_reward(campaign.rules, kind=kind, body=body, tags=list(row.tags or []))
         if points <= 0:
             continue
+        # Shop orders (commerce ingest) carry `order_key`, unique across shops.
         key = (
-            f"order:{row.customer_id}:{body['order_number']}"
+            f"order:{row.customer_id}:{body.get('order_key', body['order_number'])}"
             if kind is RecordKind.ORDER
             else f"record:{row.id}"
         )

@@ -36,8 +36,9 @@ from crm_ledger.journal.schemas import EXAMPLE_ID, Currency, Label, Name, Public
 #: programme, and far below 2**53, so every amount stays exact in JSON.
 MAX_POINTS = 10**12
 _DECIMAL = re.compile(r"\d{1,9}(\.\d{1,6})?", re.ASCII)
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)
-_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}", re.ASCII)
+# Anchored: pydantic's `pattern` searches, so an unanchored one accepts junk around a match.
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$", re.ASCII)
+_SIGNATURE = re.compile(r"^0x[0-9a-fA-F]{130}$", re.ASCII)
 _ISO_DURATION = re.compile(r"P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?")
 
 Points = Annotated[StrictInt, Field(gt=0, le=MAX_POINTS, description="whole points")]

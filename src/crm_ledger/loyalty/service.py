@@ -1,34 +1,36 @@
-"""Loyalty in the running service: the worker beside the anchorer, and what handlers read.
+"""Loyalty in the running service: the supervised issuance worker, and what handlers read.
 
-Exports: `LoyaltyRuntime`, `TokenReader`.
+Exports: `LoyaltyRuntime`, `TokenReader`, `LOYALTY`.
 
-`Runtime` owns one `LoyaltyRuntime`. While the anchorer runs (in the process holding the
-anchorer's singleton lock), `loyalty.beside(...)` runs the issuance worker next to it: it loads
-the wallet seed and the operator key, deploys or checks the LoyaltyToken, and runs the worker
-with the anchorer's discipline: an unreachable chain is retried with back-off, a reset chain or
-unusable settings halt loyalty with a message `/readyz` shows. Handlers read the chain through
-`token_reader()` (None while the worker is not connected) and wake the worker with `nudge()`.
+`Runtime` owns one `LoyaltyRuntime`, a worker (`workers.Worker`) its supervisor runs as a peer
+of the anchorer and the indexer (a singleton per journal, like them). `prepare()` opens the
+process's chain connection, loads the wallet seed and the operator key (never the anchorer's
+account: the two would race for nonces), deploys or checks the LoyaltyToken and builds the
+issuance worker; `step()` is its round. An unreachable chain is backed off and a reset chain or
+unusable settings halt loyalty, by the supervisor, with the message in `/readyz`. Handlers read
+the chain through `token_reader()` (None while not connected) and wake the worker with `nudge()`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.chain.connection import ChainConnection
+from crm_ledger.chain.signer import load_signer
 from crm_ledger.config import Settings
-from crm_ledger.errors import ChainReset, ChainUnavailable, ConfigError
 from crm_ledger.loyalty.chain import LoyaltyToken
 from crm_ledger.loyalty.deploy import ensure_token_deployment
 from crm_ledger.loyalty.wallets import WalletKeyring, load_operator, load_wallet_keyring
 from crm_ledger.loyalty.worker import IssuanceWorker, TokenDeploymentRef
 
 log = logging.getLogger(__name__)
+
+LOYALTY = "loyalty"
 
 
 class TokenReader(Protocol):
@@ -42,30 +44,19 @@ class TokenReader(Protocol):
 
 @dataclass
 class LoyaltyRuntime:
-    """The loyalty worker's lifecycle and state, shared with the API handlers."""
+    """The issuance worker and what the API handlers read of it; see the module docstring."""
 
     settings: Settings
     session_factory: sessionmaker[Session]
+    connection: ChainConnection | None = None
+    #: Wakes the worker when it idles (the runtime points it at its supervisor).
+    wake: Callable[[], None] = lambda: None
+    name: str = LOYALTY
     token: LoyaltyToken | None = None
     chain_id: int | None = None
     keyring: WalletKeyring | None = None
     worker: IssuanceWorker | None = None
-    _status: dict[str, Any] = field(default_factory=lambda: {"state": "stopped"})
-    _loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def status(self) -> dict[str, Any]:
-        """state, message, token address, ops confirmed, rollbacks detected."""
-        status = dict(self._status)
-        if self.worker is not None and status.get("state") == "running":
-            state = self.worker.state
-            status.update(
-                state=state.state,
-                message=state.message,
-                ops_confirmed=state.ops_confirmed,
-                rollbacks_detected=state.rollbacks_detected,
-            )
-        return status
+    _location: dict[str, Any] = field(default_factory=dict)
 
     def token_reader(self) -> TokenReader | None:
         """The connected token, or None while the worker is not running."""
@@ -73,62 +64,20 @@ class LoyaltyRuntime:
 
     def nudge(self) -> None:
         """Wake the worker now (from any thread): something new is planned."""
-        worker, loop = self.worker, self._loop
-        if worker is not None and loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(worker.wake.set)
+        self.wake()
 
-    @contextlib.asynccontextmanager
-    async def beside(self, *, w3: Any, chain_id: int, anchorer: str) -> AsyncIterator[None]:
-        """Run the worker on `w3` for as long as the block runs (nothing if run_loyalty is off)."""
-        if not self.settings.run_loyalty:
-            yield
-            return
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            self._run(w3=w3, chain_id=chain_id, anchorer=anchorer, stop=stop),
-            name="crm-ledger-loyalty",
-        )
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-
-    async def _run(self, *, w3: Any, chain_id: int, anchorer: str, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        delay = 0.2
-        try:
-            while not stop.is_set():
-                try:
-                    await self._connect_and_work(w3, chain_id, anchorer, stop)
-                    return
-                except ChainUnavailable as exc:
-                    self._status = {"state": "chain_unavailable", "message": str(exc)}
-                    log.warning("loyalty: chain unavailable, retrying in %.1f s: %s", delay, exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=delay)
-                    delay = min(delay * 2, self.settings.anchor_retry_max_seconds)
-        except (ConfigError, ChainReset) as exc:
-            self._halt(str(exc))
-        except Exception as exc:  # the anchorer and the API must keep going whatever happens
-            log.exception("loyalty worker failed")
-            self._halt(f"loyalty stopped after an unexpected error: {exc}")
-        finally:
-            self.token = None
-            if self._status.get("state") not in ("halted",):
-                self._status = {"state": "stopped"}
-
-    async def _connect_and_work(
-        self, w3: Any, chain_id: int, anchorer: str, stop: asyncio.Event
-    ) -> None:
-        keyring = load_wallet_keyring(self.settings, chain_id=chain_id)
-        operator = load_operator(self.settings, chain_id=chain_id, anchorer=anchorer)
-        unbound = LoyaltyToken(w3, operator, None)
+    async def prepare(self) -> None:
+        """Connect, load the keys, and check (or deploy) the LoyaltyToken."""
+        assert self.connection is not None, "loyalty needs the process's chain connection"
+        link = await self.connection.open()
+        anchorer = load_signer(self.settings, chain_id=link.chain_id).address
+        keyring = load_wallet_keyring(self.settings, chain_id=link.chain_id)
+        operator = load_operator(self.settings, chain_id=link.chain_id, anchorer=anchorer)
+        unbound = LoyaltyToken(link.w3, operator, None)
         deployment = await ensure_token_deployment(
             session_factory=self.session_factory, token=unbound, settings=self.settings
         )
-        self.keyring, self.chain_id = keyring, chain_id
+        self.keyring, self.chain_id = keyring, link.chain_id
         self.token = unbound.at(deployment.address)
         self.worker = IssuanceWorker(
             session_factory=self.session_factory,
@@ -141,15 +90,25 @@ class LoyaltyRuntime:
             keyring=keyring,
             settings=self.settings,
         )
-        self._status = {
-            "state": "running",
-            "token": deployment.address,
-            "operator": operator.address,
-        }
-        await self.worker.run(stop)
-        if self.worker.state.state == "halted":
-            self._halt(self.worker.state.message)
+        self._location = {"token": deployment.address, "operator": operator.address}
 
-    def _halt(self, message: str) -> None:
-        log.error("loyalty halted: %s", message)
-        self._status = {"state": "halted", "message": message}
+    async def step(self) -> int:
+        """One issuance round: 1 when it did something, else 0."""
+        assert self.worker is not None, "prepare() first"
+        return int(await self.worker.step())
+
+    async def close(self) -> None:
+        """Handlers stop reading the token (the chain connection is the process's)."""
+        self.token = None
+
+    def report(self) -> dict[str, Any]:
+        """Token, operator, ops confirmed, rollbacks seen, what waits."""
+        if self.worker is None:
+            return {}
+        stats = self.worker.stats
+        return {
+            **self._location,
+            "ops_confirmed": stats.ops_confirmed,
+            "rollbacks_detected": stats.rollbacks_detected,
+            "waiting_for": stats.waiting_for,
+        }

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from functools import cache
 from typing import Any, cast
 
 from coincurve import PublicKey
@@ -35,14 +34,14 @@ from eth_account.hdaccount.mnemonic import Mnemonic
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
-from eth_utils.address import to_checksum_address
+from eth_utils.address import is_hex_address, to_checksum_address
 from eth_utils.crypto import keccak
 from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from crm_ledger.chain.signer import DEV_ACCOUNT_COUNT, dev_account
+from crm_ledger.chain.signer import is_dev_key
 from crm_ledger.config import DEV_CHAIN_ID, DEV_MNEMONIC, Settings
 from crm_ledger.db.models import LoyaltyWallet, utcnow
 from crm_ledger.errors import ConfigError, Conflict, Unprocessable
@@ -174,7 +173,7 @@ def load_operator(settings: Settings, *, chain_id: int, anchorer: str) -> LocalA
         if account is None:
             raise ConfigError("CRM_LEDGER_WALLET_MNEMONIC is not a valid BIP-39 mnemonic")
         source = f"account {OPERATOR_INDEX} of CRM_LEDGER_WALLET_MNEMONIC"
-    if chain_id != DEV_CHAIN_ID and account.address in _dev_addresses():
+    if chain_id != DEV_CHAIN_ID and is_dev_key(account):
         raise ConfigError(
             f"the loyalty operator ({source}) is a key of the public development mnemonic; it is "
             f"accepted on chain id {DEV_CHAIN_ID} only, and the node is chain id {chain_id}"
@@ -186,11 +185,6 @@ def load_operator(settings: Settings, *, chain_id: int, anchorer: str) -> LocalA
             "race for transaction nonces"
         )
     return account
-
-
-@cache
-def _dev_addresses() -> frozenset[str]:
-    return frozenset(dev_account(index).address for index in range(DEV_ACCOUNT_COUNT))
 
 
 def _from_key(secret: SecretStr) -> LocalAccount | None:
@@ -287,8 +281,14 @@ def link_wallet(
 
     Refused (`Conflict`) while the current address holds points or points are on their way to
     it (transfers between holders are disabled, so they could not follow), or when another
-    customer linked the address. `Unprocessable` when the signature is not the address's.
+    customer linked the address. `Unprocessable` when the address is not one or the signature is
+    not the address's.
     """
+    if not is_hex_address(address):
+        message = "address must be 0x followed by 40 hexadecimal digits"
+        raise Unprocessable(
+            message, errors=[{"location": "body", "field": "address", "message": message}]
+        )
     checksummed = to_checksum_address(address)
     signer = _recover(link_message(customer_id, checksummed), signature)
     if signer != checksummed:

@@ -1,6 +1,6 @@
 """The issuance worker: moves planned lots, redemptions and expirations onto LoyaltyToken.
 
-Exports: `IssuanceWorker`, `TokenChain`, `TokenDeploymentRef`, `WorkerState`.
+Exports: `IssuanceWorker`, `TokenChain`, `TokenDeploymentRef`, `IssuanceStats`.
 
 Like the anchorer, it treats the journal as the outbox. Each round:
 
@@ -26,7 +26,6 @@ leaves everything queued; the worker backs off and retries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -90,11 +89,11 @@ class TokenDeploymentRef:
 
 
 @dataclass
-class WorkerState:
+class IssuanceStats:
     """What `/readyz` reports about loyalty."""
 
-    state: str = "starting"
-    message: str = ""
+    #: What the last round had to leave waiting, and why (None when nothing waits).
+    waiting_for: str | None = None
     ops_confirmed: int = 0
     rollbacks_detected: int = 0
 
@@ -111,43 +110,12 @@ class IssuanceWorker:
     #: Called with a step name at each durable boundary; tests raise there to simulate a crash.
     checkpoint: Callable[[str], None] = lambda _step: None
     receipt_timeout_seconds: float = 30.0
-    state: WorkerState = field(default_factory=WorkerState)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: IssuanceStats = field(default_factory=IssuanceStats)
     _next_expiry_at: float = 0.0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set; waits out an unreachable chain, halts on a reset."""
-        delay = self.settings.loyalty_poll_seconds
-        while not stop.is_set():
-            try:
-                worked = await self.step()
-            except ChainUnavailable as exc:
-                if self.state.state != "chain_unavailable":
-                    log.warning("loyalty: chain unavailable, issuance waits: %s", exc)
-                self._set_state("chain_unavailable", str(exc))
-                delay = min(max(delay * 2, 0.2), self.settings.anchor_retry_max_seconds)
-                worked = False
-            except ChainReset as exc:
-                log.error("loyalty halted: %s", exc)
-                self._set_state("halted", str(exc))
-                return
-            else:
-                if self.state.state != "waiting":
-                    self._set_state("running", "")
-                delay = self.settings.loyalty_poll_seconds
-            if not worked:
-                await self._pause(stop, delay)
-
-    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
-        self.wake.clear()
 
     async def step(self) -> bool:
         """One round (see the module docstring); True when it did something."""
+        self.stats.waiting_for = None
         await self.reconcile()
         await self.sync_budgets()
         worked = False
@@ -169,7 +137,6 @@ class IssuanceWorker:
             max_entries=self.settings.loyalty_batch_max_entries,
         )
         await asyncio.to_thread(ops.cut_redeem_ops, self.session_factory)
-        self.state.state = "running" if self.state.state == "waiting" else self.state.state
         for plan in await asyncio.to_thread(ops.unfinished_ops, self.session_factory):
             if await self._complete(plan):
                 worked = True
@@ -222,7 +189,7 @@ class IssuanceWorker:
             if not rows:
                 break
         if rolled_back:
-            self.state.rollbacks_detected += 1
+            self.stats.rollbacks_detected += 1
             await asyncio.to_thread(ops.forget_chain_budgets, self.session_factory)
             log.warning(
                 "loyalty: chain rolled back; %d transactions will be sent again", rolled_back
@@ -238,7 +205,7 @@ class IssuanceWorker:
                     tx_hash = await self.token.send_set_budget(campaign, target)
                 except TokenRejected as exc:
                     log.error("loyalty: cannot set the budget of campaign %d: %s", pk, exc)
-                    self._set_state("waiting", str(exc))
+                    self.stats.waiting_for = f"the budget of campaign {pk}: {exc}"
                     continue
                 receipt = await self._await_receipt(tx_hash, timeout=self.receipt_timeout_seconds)
                 if receipt is None or receipt.status != 1:
@@ -344,7 +311,7 @@ class IssuanceWorker:
             )
             if waiting:
                 # The points are planned but not back on chain yet (e.g. after a rollback).
-                self._set_state("waiting", f"op {plan.pk} waits for issuances: {exc}")
+                self.stats.waiting_for = f"issuances before op {plan.pk}: {exc}"
                 return False
         log.error("loyalty: op %d (%s) refused by the contract: %s", plan.pk, plan.kind, exc)
         await asyncio.to_thread(ops.mark_failed, self.session_factory, plan=plan, error=str(exc))
@@ -395,7 +362,7 @@ class IssuanceWorker:
             gas_used=gas_used,
             located=located,
         )
-        self.state.ops_confirmed += 1
+        self.stats.ops_confirmed += 1
 
     async def _await_receipt(self, tx_hash: bytes, *, timeout: float) -> TokenReceipt | None:
         deadline = time.monotonic() + timeout
@@ -406,7 +373,3 @@ class IssuanceWorker:
                 return receipt
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
-
-    def _set_state(self, state: str, message: str) -> None:
-        self.state.state = state
-        self.state.message = message

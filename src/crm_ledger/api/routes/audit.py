@@ -21,9 +21,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from crm_ledger.api.deps import RuntimeDep, SessionDep, require_roles
+from crm_ledger.api.deps import RuntimeDep, SessionDep, problem_responses, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
-from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import transaction
 from crm_ledger.audit.chain import ChainProvider, RpcChainProvider
 from crm_ledger.audit.customer import audit_customer
@@ -83,10 +82,7 @@ DIGEST_EXAMPLE = {
 AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 404, 409, 422, 503)
-}
+_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429, 503)
 
 
 class ChainUnreachable(ApiError):
@@ -98,15 +94,11 @@ class ChainUnreachable(ApiError):
 
 def get_chain_provider(runtime: RuntimeDep) -> ChainProvider:
     """Read-only access to the node the service anchors to."""
-    settings = runtime.settings
-    rpc_url = settings.rpc_url
-    if rpc_url is None:
-        rpc_url = (
-            runtime.node.rpc_url
-            if runtime.node is not None
-            else f"http://127.0.0.1:{settings.anvil_port}"
-        )
-    return RpcChainProvider(rpc_url=rpc_url, timeout=settings.rpc_timeout_seconds)
+    connection = runtime.connection
+    return RpcChainProvider(
+        rpc_url=connection.rpc_url or connection.embedded_url,
+        timeout=runtime.settings.rpc_timeout_seconds,
+    )
 
 
 ChainProviderDep = Annotated[ChainProvider, Depends(get_chain_provider)]

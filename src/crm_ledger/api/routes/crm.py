@@ -11,14 +11,13 @@ import asyncio
 import json
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, require_roles
-from crm_ledger.api.problems import Problem
+from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, problem_responses, require_roles
 from crm_ledger.api.transaction import read_only
 from crm_ledger.crm import reconcile, view
 from crm_ledger.crm.schemas import CustomerSummaries, CustomerView, ReconciliationPublic
@@ -31,10 +30,7 @@ log = logging.getLogger(__name__)
 JSON_MEDIA_TYPE = "application/json"
 AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 404, 422)
-}
+_ERRORS = problem_responses(401, 403, 404, 422, 429)
 
 
 def _json(body: str, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:

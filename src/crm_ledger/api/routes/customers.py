@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep
+from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, problem_responses
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
-from crm_ledger.api.problems import Problem
 from crm_ledger.api.schemas import customer_public
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import customers
@@ -20,10 +19,7 @@ from crm_ledger.schemas import CustomerPublic, CustomersPublic
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 404, 409, 413, 422)
-}
+_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
 
 
 @router.post(

@@ -6,13 +6,12 @@ processed; see `crm_ledger.crm.feed` for the ordering and retention guarantees.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from crm_ledger.api.deps import AnyKey, SessionDep
-from crm_ledger.api.problems import Problem
+from crm_ledger.api.deps import AnyKey, SessionDep, problem_responses
 from crm_ledger.api.transaction import read_only
 from crm_ledger.crm import feed
 from crm_ledger.crm.schemas import FeedEventPublic, FeedPagePublic
@@ -20,10 +19,7 @@ from crm_ledger.journal.schemas import format_timestamp
 
 router = APIRouter(tags=["events"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 410, 422)
-}
+_ERRORS = problem_responses(401, 410, 422, 429)
 
 
 @router.get(

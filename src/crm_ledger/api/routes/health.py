@@ -36,9 +36,10 @@ async def healthz() -> dict[str, str]:
 def readyz(runtime: RuntimeDep) -> Response:
     """Database reachable, chain status, and the anchoring backlog; 503 when not ready.
 
-    Not ready means the database cannot be reached or anchoring has halted (chain reset: an
-    operator must act). A chain that is merely unavailable keeps the service ready, because
-    writes still commit to the journal and anchor later; the backlog shows the lag.
+    Not ready means the database cannot be reached, or anchoring or another background worker
+    has halted (a chain reset, settings that cannot work: an operator must act). A chain that
+    is merely unavailable keeps the service ready, because writes still commit to the journal
+    and anchor later; the backlog shows the lag.
     """
     body: dict[str, Any] = {"status": "ready"}
     ready = True
@@ -58,7 +59,10 @@ def readyz(runtime: RuntimeDep) -> Response:
         body["anchoring"] = {"pending_records": backlog.pending, "lag_seconds": round(lag, 3)}
     chain = dict(runtime.chain_status)
     body["chain"] = chain
-    if chain.get("state") == "halted":
+    halted_workers = [
+        name for name, worker in chain.get("workers", {}).items() if worker["state"] == "halted"
+    ]
+    if chain.get("state") == "halted" or halted_workers:
         ready = False
     if not ready:
         body["status"] = "unavailable"

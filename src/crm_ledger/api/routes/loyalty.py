@@ -18,9 +18,15 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, SettingsDep, require_roles
+from crm_ledger.api.deps import (
+    AnyKey,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    problem_responses,
+    require_roles,
+)
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
-from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
 from crm_ledger.errors import ChainError
@@ -50,10 +56,7 @@ RedeemerKey = Annotated[
     ApiKeyPrincipal, Depends(require_roles(Role.RECORDER, Role.MARKETING, Role.ADMIN))
 ]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 404, 409, 413, 422)
-}
+_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
 
 
 def get_token_reader(runtime: RuntimeDep) -> TokenReader | None:

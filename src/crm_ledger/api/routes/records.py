@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from crm_ledger import metrics
-from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep
+from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep, problem_responses
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
-from crm_ledger.api.problems import Problem
 from crm_ledger.api.schemas import record_public
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import receipts, records
@@ -25,10 +23,7 @@ router = APIRouter(tags=["records"])
 # How long a client should wait before asking again for a receipt that is not ready.
 RECEIPT_RETRY_SECONDS = 1
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "content": {"application/problem+json": {}}}
-    for status in (401, 403, 404, 409, 413, 422)
-}
+_ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
 
 
 def _count(kind: str, n: int = 1) -> Callable[[], None]:

@@ -1,17 +1,22 @@
-"""The anchorer and the indexer are singletons: one process per journal may cut batches and
-send them, one may write what the chain says into the view.
+"""Every background worker is a singleton per journal: one process may cut and send batches,
+one may write what the chain says into the view, one may relay the feed to a broker, and so on.
 
 Exports: `SingletonLock`, `ANCHORER`, `INDEXER`.
 
 On PostgreSQL the lock is a session-level advisory lock held on a dedicated connection, so it is
-released by the server if the process dies. On SQLite (one machine) it is an exclusive `flock` on
-a file beside the database, released by the kernel when the process dies.
+released by the server if the process dies. Advisory locks belong to the whole database, so the
+lock's 64-bit key names the role AND the journal's schema (`current_schema()`): two journals in
+two schemas of one database (tenants, test runs) never make each other's workers stand by. On
+SQLite (one machine) it is an exclusive `flock` on a file beside the database, released by the
+kernel when the process dies.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import IO
 
@@ -19,20 +24,26 @@ from sqlalchemy import Connection, Engine, text
 
 ANCHORER = "anchorer"
 INDEXER = "indexer"
-# Fixed 64-bit numbers naming each role among the database's advisory locks ("crmlanch",
-# "crmlindx").
-_ADVISORY_LOCK_IDS = {ANCHORER: 0x63726D6C_616E6368, INDEXER: 0x63726D6C_696E6478}
+_LOCK_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
+
+
+def advisory_lock_id(name: str, schema: str) -> int:
+    """The signed 64-bit advisory lock key naming role `name` of the journal in `schema`."""
+    digest = hashlib.sha256(f"crm-ledger worker lock:{schema}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class SingletonLock:
     """Non-blocking, process-wide exclusive lock tied to one journal database."""
 
     def __init__(self, engine: Engine, *, name: str = ANCHORER) -> None:
-        if name not in _ADVISORY_LOCK_IDS:
-            raise ValueError(f"no singleton role {name!r}: one of {sorted(_ADVISORY_LOCK_IDS)}")
+        if _LOCK_NAME.fullmatch(name) is None:
+            raise ValueError(
+                f"a singleton role is named in lower case letters, digits and -: {name!r}"
+            )
         self._engine = engine
         self._name = name
-        self._advisory_id = _ADVISORY_LOCK_IDS[name]
+        self._advisory_id = 0
         self._connection: Connection | None = None
         self._file: IO[str] | None = None
 
@@ -47,6 +58,8 @@ class SingletonLock:
             return True
         if self._engine.dialect.name == "postgresql":
             connection = self._engine.connect()
+            schema = connection.scalar(text("SELECT current_schema()"))
+            self._advisory_id = advisory_lock_id(self._name, str(schema))
             got = connection.scalar(
                 text("SELECT pg_try_advisory_lock(:id)"), {"id": self._advisory_id}
             )

@@ -1,0 +1,265 @@
+"""Benchmark: signed shop webhooks accepted and mapped to anchored records, against the plain
+single-record POST /v1/orders, in the same run.
+
+Run with `make bench-ingest` or `.venv/bin/python scripts/bench_ingest.py [--records N]`.
+Everything runs on 127.0.0.1 and stops by itself: a fresh in-memory Anvil, the service as a
+subprocess on a fresh SQLite journal (its ingest worker inside), and an HTTP load generator in
+this process. Prints one table; docs/benchmarks.md records what it printed.
+
+Phases:
+  plain     N `POST /v1/orders` (one record each) from C concurrent clients: POST/s, and
+            records/s from the first POST to the last record anchored.
+  webhook   N Shopify `orders/create` deliveries (distinct orders, each signed with
+            HMAC-SHA256 like Shopify) from C clients: accepted/s, and records/s from the first
+            delivery to the last order record anchored (verify + store + 200, then mapping by
+            the worker, then anchoring).
+  paced     R deliveries/s offered for S seconds (open loop): accept latency p50/p99 as the
+            client measures it (send → 200).
+Target (issue 11): the webhook rate within 20 % of the plain POST rate; p99 accept < 50 ms at
+200/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import httpx
+from benchlib import free_port, open_loop, percentile
+from sqlalchemy import create_engine, text
+
+from crm_ledger.chain.node import start_anvil
+
+SECRET = "shpss_bench_0123456789abcdef0123456789"
+SECRET_KEY = base64.b64encode(b"b" * 32).decode()
+
+
+def shopify_order(n: int) -> dict[str, Any]:
+    """A Shopify order (documented fields), distinct per `n`."""
+    return {
+        "id": 5_764_600_419_000_000_000 + n,
+        "name": f"#{10_000 + n}",
+        "order_number": 10_000 + n,
+        "email": f"buyer{n % 500}@example.com",
+        "created_at": "2026-11-25T10:00:00-05:00",
+        "updated_at": "2026-11-25T10:00:05-05:00",
+        "currency": "EUR",
+        "financial_status": "paid",
+        "fulfillment_status": None,
+        "cancelled_at": None,
+        "total_price": "25.00",
+        "line_items": [
+            {"id": 1, "sku": "TEA-1", "title": "Tea", "quantity": 2, "price": "10.50"},
+            {"id": 2, "sku": "MUG-2", "title": "Mug", "quantity": 1, "price": "4.00"},
+        ],
+        "customer": {
+            "id": 7_205_759_403_792_793_000 + n % 500,
+            "email": f"buyer{n % 500}@example.com",
+            "first_name": "Buyer",
+            "last_name": str(n % 500),
+        },
+    }
+
+
+def signed(n: int) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(shopify_order(n), separators=(",", ":")).encode()
+    signature = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest())
+    return body, {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Hmac-Sha256": signature.decode(),
+        "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+        "X-Shopify-Event-Id": str(uuid.uuid4()),
+        "X-Shopify-Shop-Domain": "bench.myshopify.com",
+    }
+
+
+def plain_order(customer: str, n: int) -> dict[str, Any]:
+    return {
+        "customer_id": customer,
+        "order_number": f"SO-{n}",
+        "lines": [
+            {"sku": "TEA-1", "quantity": 2, "unit_price": "10.50"},
+            {"sku": "MUG-2", "quantity": 1, "unit_price": "4.00"},
+        ],
+        "total": "25.00",
+        "currency": "EUR",
+        "status": "paid",
+    }
+
+
+def anchored_orders(data_dir: Path) -> tuple[int, float | None]:
+    """How many order records are anchored, and when the last of them was (server clock)."""
+    engine = create_engine(f"sqlite:///{data_dir / 'ledger.sqlite'}")
+    try:
+        with engine.connect() as conn:
+            count, last = conn.execute(
+                text(
+                    "SELECT count(*), max(b.anchored_at) FROM records r"
+                    " JOIN batches b ON b.id = r.batch_id"
+                    " WHERE b.status = 'anchored' AND r.kind = 2"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    return int(count), benchlib.unix_time(last) if last is not None else None
+
+
+def wait_anchored(data_dir: Path, count: int, timeout: float) -> float:
+    """The server time the `count`-th order record was anchored."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        anchored, last = anchored_orders(data_dir)
+        if anchored >= count and last is not None:
+            return last
+        time.sleep(0.1)
+    raise RuntimeError(f"{count} order records not anchored within {timeout} s")
+
+
+async def burst(send: Any, records: int, concurrency: int) -> float:
+    """Run `send(n)` for n < records from `concurrency` tasks; returns elapsed seconds."""
+    queue = iter(range(records))
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        for n in queue:
+            await send(n)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, float]:
+    service = benchlib.Service(
+        work / "service",
+        rpc_url,
+        role="admin",
+        env={"CRM_LEDGER_INGEST_SECRET_KEY": SECRET_KEY},
+        ready=lambda readyz: readyz.get("chain", {}).get("state") == "running",
+    )
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    try:
+        async with httpx.AsyncClient(
+            base_url=service.url,
+            headers={"Authorization": f"Bearer {service.key}"},
+            limits=limits,
+            timeout=30,
+        ) as client:
+            customer = (
+                await client.post(
+                    "/v1/customers", json={"name": "Bench", "email": "bench@example.com"}
+                )
+            ).json()["id"]
+            source = (
+                await client.post(
+                    "/v1/sources",
+                    json={"platform": "shopify", "name": "bench", "secret": SECRET},
+                )
+            ).json()
+            path = f"/v1/webhooks/shopify/{source['id']}"
+
+            async def post_plain(n: int) -> None:
+                answer = await client.post("/v1/orders", json=plain_order(customer, n))
+                assert answer.status_code == 201, answer.text
+
+            first = time.time()
+            plain_elapsed = await burst(post_plain, args.records, args.concurrency)
+            plain_last = await asyncio.to_thread(wait_anchored, service.data_dir, args.records, 300)
+
+            deliveries = [signed(n) for n in range(args.records + int(args.rate * args.seconds))]
+
+            async def post_webhook(n: int) -> None:
+                body, headers = deliveries[n]
+                answer = await client.post(path, content=body, headers=headers)
+                assert answer.status_code == 200, answer.text
+
+            hook_first = time.time()
+            hook_elapsed = await burst(post_webhook, args.records, args.concurrency)
+            hook_last = await asyncio.to_thread(
+                wait_anchored, service.data_dir, 2 * args.records, 300
+            )
+
+        latencies: list[float] = []
+        failures = 0
+        # Open loop: enough connections that the client never queues a request itself.
+        paced_limits = httpx.Limits(max_connections=1000, max_keepalive_connections=64)
+        async with httpx.AsyncClient(
+            base_url=service.url, limits=paced_limits, timeout=10
+        ) as paced:
+
+            async def paced_webhook(n: int) -> None:
+                nonlocal failures
+                body, headers = deliveries[args.records + n]
+                sent = time.perf_counter()
+                try:
+                    answer = await paced.post(path, content=body, headers=headers)
+                except httpx.HTTPError:
+                    failures += 1
+                    return
+                if answer.status_code != 200:
+                    failures += 1
+                    return
+                latencies.append(time.perf_counter() - sent)
+
+            await open_loop(args.rate, args.seconds, paced_webhook)
+        return {
+            "plain_post_per_second": args.records / plain_elapsed,
+            "plain_records_per_second": args.records / (plain_last - first),
+            "webhook_accepted_per_second": args.records / hook_elapsed,
+            "webhook_records_per_second": args.records / (hook_last - hook_first),
+            "paced_offered": args.rate,
+            "accept_p50_ms": percentile(latencies, 50) * 1000,
+            "accept_p99_ms": percentile(latencies, 99) * 1000,
+            "paced_failures": failures,
+        }
+    finally:
+        service.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=2000, help="records per burst phase")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=200.0, help="paced deliveries/s offered")
+    parser.add_argument("--seconds", type=float, default=10.0, help="paced phase length")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="crm-ledger-bench-ingest-"))
+    node = start_anvil(port=free_port(), state_path=None)
+    try:
+        figures = asyncio.run(run(args, node.rpc_url, work))
+    finally:
+        node.stop()
+    ratio = figures["webhook_records_per_second"] / figures["plain_records_per_second"]
+    accept_ratio = figures["webhook_accepted_per_second"] / figures["plain_post_per_second"]
+    print(f"{'':34}{'plain POST':>14}{'webhook':>14}{'webhook/plain':>16}")
+    print(
+        f"{'requests answered per second':34}{figures['plain_post_per_second']:14.0f}"
+        f"{figures['webhook_accepted_per_second']:14.0f}{accept_ratio:16.2f}"
+    )
+    print(
+        f"{'records anchored per second':34}{figures['plain_records_per_second']:14.0f}"
+        f"{figures['webhook_records_per_second']:14.0f}{ratio:16.2f}"
+    )
+    print(
+        f"webhook accept latency at {figures['paced_offered']:.0f}/s: "
+        f"p50 {figures['accept_p50_ms']:.1f} ms, p99 {figures['accept_p99_ms']:.1f} ms, "
+        f"{figures['paced_failures']:.0f} not answered 200 within 10 s"
+    )
+
+
+if __name__ == "__main__":
+    main()

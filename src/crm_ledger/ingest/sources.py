@@ -1,0 +1,201 @@
+"""Sources: the shops that send webhooks, and their secrets.
+
+Exports: `create_source`, `get_source`, `list_sources`, `delete_source`, `rotate_source`,
+`source_public`, `webhook_path`, `verifying_keys`, `VerifyingKeys`.
+
+Secrets come from the shop (Shopify shows its signing secret, WooCommerce and Magento take the
+one you type), are encrypted (`ingest.secrets`) before they are stored and are never returned
+nor logged. A rotation keeps the
+previous secret valid for `ingest_rotation_grace_seconds` (24 hours by default), so deliveries
+already queued in the shop with the old signature are still accepted. Writers flush, the caller
+commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from crm_ledger.config import Settings
+from crm_ledger.db.models import IngestSource, new_id, utcnow
+from crm_ledger.errors import NotFound, Unprocessable
+from crm_ledger.ingest.schemas import SourceCreate, SourcePublic, SourceRotate
+from crm_ledger.ingest.secrets import decrypt_secret, encrypt_secret, secret_key
+from crm_ledger.ingest.signatures import Platform, load_public_key
+from crm_ledger.journal.schemas import format_timestamp, is_public_id, shorten
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyingKeys:
+    """What a delivery to a source may be signed with right now."""
+
+    source_pk: int
+    platform: Platform
+    secrets: list[str]
+    public_key: str | None
+
+
+def webhook_path(platform: str, source_id: str) -> str:
+    """The path a shop posts its webhooks to."""
+    return f"/v1/webhooks/{platform}/{source_id}"
+
+
+def create_source(*, session: Session, settings: Settings, payload: SourceCreate) -> IngestSource:
+    """Add a source.
+
+    Raises `Unprocessable` when the source has nothing to verify signatures with (Shopify and
+    WooCommerce need `secret`; Magento `public_key` and/or `secret`) or the public key is not
+    an RSA PEM key.
+    """
+    _check_public_key(payload.public_key)
+    if payload.platform is not Platform.MAGENTO and payload.public_key is not None:
+        raise _bad("public_key", "only Magento sources sign with a public key")
+    if payload.secret is None and payload.public_key is None:
+        needed = "secret or public_key" if payload.platform is Platform.MAGENTO else "secret"
+        raise _bad(
+            needed.split()[0],
+            f"a {payload.platform.value} source needs its {needed}: the value the shop signs "
+            "its webhooks with",
+        )
+    secret = payload.secret
+    source_id = new_id()
+    key = secret_key(settings)
+    source = IngestSource(
+        id=source_id,
+        platform=payload.platform.value,
+        name=payload.name,
+        secret_ciphertext=encrypt_secret(key, secret, source_id=source_id) if secret else None,
+        public_key=payload.public_key,
+        created_at=utcnow(),
+    )
+    session.add(source)
+    session.flush()
+    return source
+
+
+def get_source(*, session: Session, source_id: str, active: bool = False) -> IngestSource:
+    """The source `source_id` (only if not deleted when `active`); raises `NotFound`."""
+    source = None
+    if is_public_id(source_id):
+        source = session.scalars(
+            select(IngestSource).where(IngestSource.id == source_id.lower())
+        ).first()
+    if source is None or (active and source.deleted_at is not None):
+        shown = shorten(source_id)
+        raise NotFound(f"no webhook source with id {shown!r}", source_id=shown)
+    return source
+
+
+def list_sources(*, session: Session) -> list[IngestSource]:
+    """Every source, deleted ones included, oldest first."""
+    return list(session.scalars(select(IngestSource).order_by(IngestSource.pk)))
+
+
+def delete_source(*, session: Session, source_id: str) -> IngestSource:
+    """Stop accepting deliveries for the source (what it already delivered stays)."""
+    source = get_source(session=session, source_id=source_id)
+    if source.deleted_at is None:
+        source.deleted_at = utcnow()
+        source.secret_ciphertext = None
+        source.previous_secret_ciphertext = None
+        source.previous_secret_expires_at = None
+    session.flush()
+    return source
+
+
+def rotate_source(
+    *, session: Session, settings: Settings, source_id: str, payload: SourceRotate
+) -> IngestSource:
+    """Replace the source's secret (and/or public key); the old secret stays valid for the
+    grace period. Raises `Unprocessable` when neither is given."""
+    source = get_source(session=session, source_id=source_id, active=True)
+    _check_public_key(payload.public_key)
+    if source.platform != Platform.MAGENTO and payload.public_key is not None:
+        raise _bad("public_key", "only Magento sources sign with a public key")
+    if payload.secret is None and payload.public_key is None:
+        raise _bad("secret", "send the new secret (or, for Magento, the new public_key)")
+    now = utcnow()
+    secret = payload.secret
+    if secret is not None:
+        source.previous_secret_ciphertext = source.secret_ciphertext
+        source.previous_secret_expires_at = (
+            now + timedelta(seconds=settings.ingest_rotation_grace_seconds)
+            if source.secret_ciphertext is not None
+            else None
+        )
+        source.secret_ciphertext = encrypt_secret(secret_key(settings), secret, source_id=source.id)
+    if payload.public_key is not None:
+        source.public_key = payload.public_key
+    source.rotated_at = now
+    session.flush()
+    return source
+
+
+def verifying_keys(
+    *, session: Session, settings: Settings, platform: str, source_id: str, now: datetime
+) -> VerifyingKeys:
+    """The secrets and key a delivery to `platform`/`source_id` may be signed with.
+
+    Raises `NotFound` for an unknown or deleted source, or one of another platform.
+    """
+    source = get_source(session=session, source_id=source_id, active=True)
+    if source.platform != platform:
+        raise NotFound(
+            f"source {source.id} is a {source.platform} source: its webhook URL is "
+            f"{webhook_path(source.platform, source.id)}",
+            source_id=source.id,
+        )
+    key = secret_key(settings)
+    secrets = []
+    if source.secret_ciphertext is not None:
+        secrets.append(decrypt_secret(key, source.secret_ciphertext, source_id=source.id))
+    if (
+        source.previous_secret_ciphertext is not None
+        and source.previous_secret_expires_at is not None
+        and now < source.previous_secret_expires_at
+    ):
+        secrets.append(decrypt_secret(key, source.previous_secret_ciphertext, source_id=source.id))
+    return VerifyingKeys(
+        source_pk=source.pk,
+        platform=Platform(source.platform),
+        secrets=secrets,
+        public_key=source.public_key,
+    )
+
+
+def source_public(source: IngestSource, *, base_url: str) -> SourcePublic:
+    """The public form of a source (never its secret)."""
+    expires = source.previous_secret_expires_at
+    return SourcePublic(
+        id=source.id,
+        platform=Platform(source.platform),
+        name=source.name,
+        webhook_url=base_url.rstrip("/") + webhook_path(source.platform, source.id),
+        has_secret=source.secret_ciphertext is not None,
+        has_public_key=source.public_key is not None,
+        previous_secret_valid_until=(
+            format_timestamp(expires)
+            if expires is not None and source.previous_secret_ciphertext is not None
+            else None
+        ),
+        created_at=format_timestamp(source.created_at),
+        rotated_at=format_timestamp(source.rotated_at) if source.rotated_at else None,
+        deleted_at=format_timestamp(source.deleted_at) if source.deleted_at else None,
+    )
+
+
+def _check_public_key(pem: str | None) -> None:
+    if pem is not None:
+        try:
+            load_public_key(pem)
+        except ValueError as exc:
+            raise _bad("public_key", str(exc)) from None
+
+
+def _bad(field: str, message: str) -> Unprocessable:
+    return Unprocessable(
+        f"{field}: {message}", errors=[{"location": "body", "field": field, "message": message}]
+    )

@@ -1,0 +1,133 @@
+"""The ingest worker: maps stored deliveries to records, settles clawbacks, purges old bodies.
+
+Exports: `IngestWorker`, `map_pending`.
+
+Each step maps up to `ingest_batch_size` pending deliveries in delivery order, in one
+transaction with a savepoint per delivery: the records a delivery writes and its status
+(`mapped`, body deleted) commit together, so a process killed mid-step maps the delivery again
+after restart, and only once. A delivery that cannot be mapped is `failed` with its error (the
+others go on). The database being down is `Unavailable`: the supervisor backs off and the
+deliveries stay pending. The webhook endpoint wakes the worker after each delivery it stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.api.transaction import read_only
+from crm_ledger.config import Settings
+from crm_ledger.db.models import IngestDelivery, IngestOrder, IngestSource, utcnow
+from crm_ledger.errors import LedgerError, Unavailable
+from crm_ledger.ingest.apply import apply_event
+from crm_ledger.ingest.clawback import run_clawbacks
+from crm_ledger.ingest.inbox import DeliveryStatus, purge_failed_bodies
+from crm_ledger.ingest.payloads import parse_delivery
+from crm_ledger.ingest.signatures import Platform
+
+log = logging.getLogger(__name__)
+
+#: How often the worker deletes the bodies of failed deliveries past retention.
+PURGE_INTERVAL_SECONDS = 600.0
+
+
+def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
+    """Map up to `limit` pending deliveries; returns how many were handled (mapped or failed)."""
+    # No autoflush: each delivery's changes are flushed once, at the end of its savepoint,
+    # instead of before every query the mapping makes.
+    with session_factory(autoflush=False) as session, session.begin():
+        rows = session.execute(
+            select(IngestDelivery, IngestSource)
+            .join(IngestSource, IngestSource.pk == IngestDelivery.source_pk)
+            .where(IngestDelivery.status == DeliveryStatus.PENDING.value)
+            .order_by(IngestDelivery.pk)
+            .limit(limit)
+            .with_for_update(of=IngestDelivery)
+        ).all()
+        for delivery, source in rows:
+            _map_one(session, delivery, source)
+        return len(rows)
+
+
+def _map_one(session: Session, delivery: IngestDelivery, source: IngestSource) -> None:
+    delivery.attempts += 1
+    error = None
+    try:
+        with session.begin_nested():
+            if delivery.body is None:
+                raise LedgerError("the delivery's body was erased before it was mapped")
+            event = parse_delivery(Platform(source.platform), delivery.topic, delivery.body)
+            applied = apply_event(session=session, source=source, topic=delivery.topic, event=event)
+            session.flush()
+    except OperationalError:
+        raise
+    except LedgerError as exc:
+        error = str(exc)
+    except Exception as exc:
+        log.exception("delivery %s could not be mapped", delivery.id)
+        error = f"unexpected error while mapping ({type(exc).__name__}); retry it after an upgrade"
+    if error is not None:
+        delivery.status = DeliveryStatus.FAILED.value
+        delivery.error = error
+        return
+    delivery.status = DeliveryStatus.MAPPED.value
+    delivery.body = None
+    delivery.error = applied.note
+    delivery.customer_pk = applied.customer_pk
+    delivery.record_ids = applied.record_ids
+    delivery.mapped_at = utcnow()
+
+
+class IngestWorker:
+    """The `ingest` background role (see the module docstring)."""
+
+    name = "ingest"
+
+    def __init__(self, *, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self._next_purge = 0.0
+
+    async def step(self) -> int:
+        """Map a batch of deliveries and settle ready clawbacks; returns how many."""
+        try:
+            return await asyncio.to_thread(self.run_once)
+        except OperationalError as exc:
+            raise Unavailable(
+                f"the database cannot be reached ({type(exc.orig).__name__}); stored "
+                "deliveries wait and are mapped once it is back"
+            ) from exc
+
+    def run_once(self) -> int:
+        """`step`, blocking (for the CLI and tests)."""
+        handled = 0
+        deliveries, clawbacks = self._work_waiting()
+        if deliveries:
+            handled += map_pending(self.session_factory, limit=self.settings.ingest_batch_size)
+        if clawbacks:
+            with self.session_factory() as session, session.begin():
+                handled += run_clawbacks(session)
+        if time.monotonic() >= self._next_purge:
+            with self.session_factory() as session, session.begin():
+                purge_failed_bodies(
+                    session, retention_days=self.settings.ingest_failed_retention_days
+                )
+            self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
+        return handled
+
+    def _work_waiting(self) -> tuple[bool, bool]:
+        """Whether deliveries or clawbacks wait, read without the write lock (an idle step
+        must not queue behind the API's writes on SQLite)."""
+        with self.session_factory() as session, read_only(session):
+            deliveries = session.scalar(
+                select(exists().where(IngestDelivery.status == DeliveryStatus.PENDING.value))
+            )
+            clawbacks = session.scalar(
+                select(exists().where(IngestOrder.clawback_pending.is_(True)))
+            )
+        return bool(deliveries), bool(clawbacks)
