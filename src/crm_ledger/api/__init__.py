@@ -36,14 +36,14 @@ def install(app: FastAPI) -> None:
     app.state.api_key_cache = ApiKeyCache(changes=settings.data_dir / KEYS_CHANGED_FILE)
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     install_problem_handlers(app)
-    # Before the routers are included: every route gets it.
-    app.router.dependencies.append(Depends(check_path_ids))
-    app.include_router(customers.router)
-    app.include_router(records.router)
+    # The routers whose paths hold the service's ids: a non-UUID id there is a clear 422.
+    ids_checked = [Depends(check_path_ids)]
+    app.include_router(customers.router, dependencies=ids_checked)
+    app.include_router(records.router, dependencies=ids_checked)
     app.include_router(health.router)
-    app.include_router(audit.router)
-    app.include_router(loyalty.router)
-    app.include_router(crm.router)
+    app.include_router(audit.router, dependencies=ids_checked)
+    app.include_router(loyalty.router, dependencies=ids_checked)
+    app.include_router(crm.router, dependencies=ids_checked)
     app.include_router(events.router)
     # Commerce ingest (issue 11).
     app.include_router(ingest_sources.router)

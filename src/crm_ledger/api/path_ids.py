@@ -2,9 +2,9 @@
 
 Exports: `check_path_ids`, `PATH_IDS`.
 
-`api.install` adds `check_path_ids` to every route. A body field with a bad id already
-answers 422 naming the field; a path id now does the same, naming the path parameter (never
-echoing the value, which may be anything a caller typed).
+`api.install` adds `check_path_ids` to the routers whose paths hold ids. A body field with a
+bad id already answers 422 naming the field; a path id now does the same, naming the path
+parameter (never echoing the value, which may be anything a caller typed).
 """
 
 from __future__ import annotations
