@@ -41,12 +41,10 @@ from typing import Any, TypeVar
 from benchlib import free_port
 from sqlalchemy import Engine, bindparam, create_engine, insert, select, text, update
 
-from crm_ledger.audit.bundle import Scope
 from crm_ledger.audit.chain import read_only_chain
 from crm_ledger.audit.export import open_export
 from crm_ledger.audit.ledger import audit_journal, read_chain, read_deployment
 from crm_ledger.audit.snapshot import read_snapshot
-from crm_ledger.audit.verifier import verify_bundle
 from crm_ledger.chain.client import LedgerChain, make_async_web3
 from crm_ledger.chain.node import start_anvil
 from crm_ledger.chain.signer import dev_account
@@ -54,6 +52,8 @@ from crm_ledger.db.models import Batch, BatchStatus, Customer, Deployment, Recor
 from crm_ledger.db.session import make_engine, upgrade_database
 from crm_ledger.journal.receipts import AUDIT_LEDGER
 from crm_ledger.ledger import merkle
+from crm_ledger.verifier.bundle import Scope
+from crm_ledger.verifier.check import verify_bundle
 
 T = TypeVar("T")
 

@@ -53,7 +53,7 @@ from sqlalchemy import func, select, text
 from web3 import AsyncWeb3, Web3
 
 from crm_ledger.audit.chain import read_only_chain
-from crm_ledger.audit.record import verify_record
+from crm_ledger.verifier.record import verify_record
 from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.chain.client import make_async_web3
 from crm_ledger.chain.node import LocalNode, start_anvil

@@ -48,6 +48,19 @@ def test_keys_create_prints_the_key_alone_and_stores_only_its_hash(
     assert not any(key in value for value in stored)
 
 
+def test_keys_create_warns_when_it_creates_the_journal_and_names_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    code, _, err = run(env, tmp_path, "keys", "create", "--role", "recorder")
+    said = " ".join(err.split())
+    assert code == 0 and "There was no journal at" in said and "will answer 401" in said
+    code, _, err = run(env, tmp_path, "keys", "create", "--role", "auditor")
+    said = " ".join(err.split())
+    assert code == 0 and "There was no journal" not in said
+    where = "ledger.sqlite" if "sqlite" in env["CRM_LEDGER_DATABASE_URL"] else "postgresql"
+    assert "Created a key with role auditor in the journal at" in said and where in said
+
+
 def test_keys_list_shows_no_secrets_and_revoke_revokes(
     env: dict[str, str], tmp_path: Path, session_factory: sessionmaker[Session]
 ) -> None:

@@ -61,6 +61,9 @@ def create_app(settings: Settings | None = None, *, background: bool = True) -> 
         version="0.1.0",
         summary="A customer ledger anchored on an EVM chain: durable, verifiable, erasable.",
         lifespan=lifespan,
+        # /docs is served from package files by `api.docs` (FastAPI's loads a CDN); no ReDoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
     from crm_ledger.api import install

@@ -39,7 +39,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect, make_url
 from sqlalchemy.orm import Session
 
 from crm_ledger.audit import cli as audit_cli
@@ -154,13 +154,45 @@ def keys_create(
     lifetime = _duration(expires_in) if expires_in is not None else None
     if lifetime is not None and lifetime <= timedelta(0):
         raise typer.BadParameter("--expires-in must be longer than 0")
+    settings = _settings(data_dir)
+    journal = _journal_name(settings)
+    existed = _journal_exists(settings)
     with _transaction(data_dir) as session:
         plaintext = create_api_key(session, role=role, label=label, expires_in=lifetime)
+    if not existed:
+        stderr.print(
+            f"[yellow]There was no journal at {escape(journal)}: a new, empty one was created "
+            "for this key.[/yellow] A service using another data directory or database will "
+            "answer 401 for it: run this where the service runs, or pass --data-dir / set "
+            "CRM_LEDGER_DATA_DIR or CRM_LEDGER_DATABASE_URL as the service has them."
+        )
     until = f" It expires at {_when(datetime.now(UTC) + lifetime)}." if lifetime else ""
     stderr.print(
-        f"[green]Created a {role.value} key.[/green]{until} Store it now: it is not shown again."
+        f"[green]Created a key with role {role.value}[/green] in the journal at "
+        f"{escape(journal)}.{until} Store it now: it is not shown again."
     )
     typer.echo(plaintext)
+
+
+def _journal_name(settings: Settings) -> str:
+    """Where the journal is, for people: the SQLite file, or the database URL sans password."""
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite":
+        return str(url.database)
+    return url.render_as_string(hide_password=True)
+
+
+def _journal_exists(settings: Settings) -> bool:
+    """Whether the journal was created already (migrated at least once)."""
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite":
+        return url.database is not None and Path(url.database).is_file()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table("alembic_version")
+    finally:
+        engine.dispose()
 
 
 @keys_app.command("list")

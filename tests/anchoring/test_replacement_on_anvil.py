@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import select
 from web3.exceptions import TransactionNotFound
 
-from crm_ledger.audit.record import verify_record
 from crm_ledger.chain.contract import SentTransaction
 from crm_ledger.db.models import Batch, BatchStatus, Record
 from crm_ledger.journal.receipts import build_receipt
 from crm_ledger.ledger.receipts import Receipt
+from crm_ledger.verifier.record import verify_record
 from crm_ledger.workers import Supervisor
 from tests.anchoring.fakes import add_records
 from tests.indexer.conftest import AnvilChain, anvil_chain  # noqa: F401  (fixture)

@@ -103,10 +103,12 @@ def test_lone_surrogates_are_refused(
     assert count(session_factory, Customer) == 0
 
 
-def test_unknown_and_malformed_ids_are_404(client: TestClient, recorder: dict[str, str]) -> None:
+def test_unknown_ids_are_404_and_malformed_ones_422(
+    client: TestClient, recorder: dict[str, str]
+) -> None:
     problem(client.get("/v1/customers/6f1c2d4e-0000-4000-8000-000000000000", headers=recorder), 404)
-    problem(client.get("/v1/customers/not-a-uuid", headers=recorder), 404)
-    problem(client.get("/v1/customers/%00", headers=recorder), 404)
+    problem(client.get("/v1/customers/not-a-uuid", headers=recorder), 422)
+    problem(client.get("/v1/customers/%00", headers=recorder), 422)
 
 
 def test_list_pages_through_every_customer_once(

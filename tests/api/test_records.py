@@ -76,6 +76,7 @@ def test_interaction_commits_exactly_the_documented_document(
         "customer_id": customer_id,
         "kind": "interaction",
         "content": expected_body,
+        "document": record.content.decode("utf-8"),
         "recorded_at": public["recorded_at"],
         "commitment": "0x" + record.commitment.hex(),
         "status": "pending",
@@ -348,6 +349,8 @@ def test_admin_writes_and_every_role_reads(
         assert client.get(f"/v1/records/{record_id}/receipt", headers=headers).status_code == 202
 
 
-def test_unknown_record_is_404(client: TestClient, auditor: dict[str, str]) -> None:
+def test_unknown_record_is_404_and_a_malformed_id_422(
+    client: TestClient, auditor: dict[str, str]
+) -> None:
     problem(client.get("/v1/records/6f1c2d4e-0000-4000-8000-000000000000", headers=auditor), 404)
-    problem(client.get("/v1/records/abc/receipt", headers=auditor), 404)
+    problem(client.get("/v1/records/abc/receipt", headers=auditor), 422)

@@ -49,7 +49,7 @@ def test_a_path_a_client_typed_is_logged_as_its_route(
     client: TestClient, recorder: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="crm_ledger.access")
-    assert client.get("/v1/customers/ada@example.com", headers=recorder).status_code == 404
+    assert client.get("/v1/customers/ada@example.com", headers=recorder).status_code == 422
     assert client.get("/no/such/Ada Lovelace").status_code == 404
     paths = [getattr(r, "url.path") for r in _access(caplog)]
     assert paths == ["/v1/customers/{customer_id}", "unmatched"]

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.api.routes.audit import get_chain_provider
 from crm_ledger.app import create_app
-from crm_ledger.audit.chain import AuditChain
 from crm_ledger.config import Settings
 from crm_ledger.journal.keys import Role, create_api_key
+from crm_ledger.verifier.chain import AuditChain
 from tests.anchoring.fakes import FakeChain
 from tests.audit.fakes import FakeAuditChain, anchor_all, record_deployment
 

@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.api.routes.audit import get_chain_provider
-from crm_ledger.audit.chain import AuditChain
 from crm_ledger.audit.reports import latest_report
-from crm_ledger.audit.verifier import verify_bundle
 from crm_ledger.journal.keys import Role
 from crm_ledger.ledger.canonical import canonical_json
+from crm_ledger.verifier.chain import AuditChain
+from crm_ledger.verifier.check import verify_bundle
 from tests.anchoring.fakes import FakeChain, add_records
 from tests.api.helpers import checked_out_at_dispose
 from tests.audit.conftest import FakeChainProvider, Ledger, TestClient
@@ -89,6 +89,45 @@ async def test_a_receipt_with_its_content_verifies_at_every_step(
     ]
 
 
+async def test_a_record_verifies_by_id_and_its_document_is_the_committed_text(
+    client: Any, as_role: Headers, ledger: Ledger
+) -> None:
+    record_id = ledger.records["Chloe"][0]
+    auditor = as_role[Role.AUDITOR]
+    receipt, document = receipt_and_content(client, as_role, record_id)
+    record = client.get(f"/v1/records/{record_id}", headers=auditor).json()
+    assert record["document"] == document
+
+    answer = client.post("/v1/audit/verify", json={"record_id": record_id}, headers=auditor)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["verdict"] == "valid" and answer.json()["content_checked"] is True
+    assert set(steps(answer.json()).values()) == {"ok"}
+
+    as_text = client.post(
+        "/v1/audit/verify",
+        json={"receipt": receipt, "content": record["document"]},
+        headers=auditor,
+    ).json()
+    assert as_text["verdict"] == "valid" and steps(as_text)["document"] == "ok"
+
+    missing = "0192f1c4-6a4e-7c3a-9b1e-2f6d1a0b9c8d"
+    problem(client.post("/v1/audit/verify", json={"record_id": missing}, headers=auditor), 404)
+    pending = client.post(
+        "/v1/interactions",
+        json={
+            "customer_id": ledger.customers["Chloe"],
+            "type": "t",
+            "channel": "c",
+            "occurred_at": "2026-11-25T10:00:00Z",
+        },
+        headers=as_role[Role.RECORDER],
+    ).json()["id"]
+    found = problem(
+        client.post("/v1/audit/verify", json={"record_id": pending}, headers=auditor), 409
+    )
+    assert "not anchored on chain yet" in found["detail"]
+
+
 async def test_altered_content_a_wrong_key_or_a_forged_root_fail_their_step(
     client: Any, as_role: Headers, ledger: Ledger
 ) -> None:
@@ -125,8 +164,9 @@ async def test_altered_content_a_wrong_key_or_a_forged_root_fail_their_step(
     [
         ({"receipt": {"format": "crm-ledger/receipt/v1"}}, "receipt.record_id is missing"),
         ({"receipt": "not an object"}, "receipt must be a JSON object"),
-        ({"receipt": None}, "receipt must be a JSON object"),
+        ({"receipt": None}, "give `record_id` (a record of this service) or a `receipt`"),
         ({}, "receipt"),
+        ({"receipt": {}, "record_id": "x"}, "either `record_id`"),
         ({"receipt": {}, "extra": 1}, "extra"),
     ],
 )
@@ -290,7 +330,7 @@ async def test_a_customer_audit_of_pending_records_and_unknown_customers(
         ),
         404,
     )
-    problem(client.get("/v1/audit/customers/not-an-id", headers=as_role[Role.AUDITOR]), 404)
+    problem(client.get("/v1/audit/customers/not-an-id", headers=as_role[Role.AUDITOR]), 422)
 
 
 # Ledger audit --------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from crm_ledger.audit.ledger import run_ledger_audit
-from crm_ledger.audit.verifier import verify_bundle
 from crm_ledger.journal.erasure import erase_customer
 from crm_ledger.journal.keys import Role
+from crm_ledger.verifier.check import verify_bundle
 from tests.anchoring.fakes import FakeChain
 from tests.audit.conftest import Ledger, interaction
 from tests.audit.fakes import FakeAuditChain, anchor_all, row

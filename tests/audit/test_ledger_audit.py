@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.audit.ledger import run_ledger_audit
 from crm_ledger.audit.report import DiscrepancyKind as Kind
 from crm_ledger.audit.report import LedgerReport
-from crm_ledger.chain.client import EMPTY_CODE_HASH
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
+from crm_ledger.verifier.chain import EMPTY_CODE_HASH
 from tests.anchoring.fakes import FakeChain
 from tests.audit.fakes import FakeAuditChain, build_ledger, row, seqs_of, tamper
 

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from web3 import AsyncWeb3
 
 from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
-from crm_ledger.audit.bundle import Scope
 from crm_ledger.audit.chain import read_only_chain
 from crm_ledger.audit.export import ledger_digest, open_export
 from crm_ledger.audit.ledger import run_ledger_audit
@@ -29,6 +28,7 @@ from crm_ledger.chain.deploy import ensure_ledger_deployment
 from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.chain.signer import dev_account
 from crm_ledger.cli import app
+from crm_ledger.verifier.bundle import Scope
 from tests.anchoring.fakes import add_records, fast_settings
 from tests.audit.fakes import tamper
 from tests.chain.conftest import free_port

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from crm_ledger.audit.verifier import check_bundle_offline
 from crm_ledger.chain.node import LocalNode
 from crm_ledger.journal.keys import Role
+from crm_ledger.verifier.check import check_bundle_offline
 from tests.api.helpers import interaction, order
 from tests.console.conftest import SCREENSHOTS, LiveService, axe_violations
 from tests.e2e.conftest import wait_for
@@ -129,7 +129,7 @@ def seed_customer(api: httpx.Client, name: str) -> tuple[str, list[str]]:
     """A customer tagged vip with three interactions and an order, all anchored."""
     customer = api.post(
         "/v1/customers",
-        json={"name": name, "email": "someone@example.com", "tags": ["vip"]},
+        json={"name": name, "email": f"{name.split()[0].lower()}@example.com", "tags": ["vip"]},
     )
     assert customer.status_code == 201, customer.text
     customer_id: str = customer.json()["id"]
@@ -201,7 +201,8 @@ def test_sign_in_search_open_a_customer_and_verify_a_receipt_in_the_browser(
     expect(nav.get_by_role("link", name="Marketing")).to_have_count(0)
     assert "crml_" not in page.url
 
-    page.get_by_label("Search").fill("Grace")
+    # Names are sealed at rest: the search matches an exact email, a reference or an id.
+    page.get_by_label("Search").fill("grace@example.com")
     page.get_by_role("button", name="Search").click()
     expect(page.locator("#results tbody tr")).to_have_count(1)
     visit.check("customers")
@@ -279,7 +280,8 @@ def test_run_an_audit_save_the_digest_and_check_the_ledger_only_grew(
     page.get_by_label("A digest you saved earlier").fill(digest_text)
     page.get_by_role("button", name="Check that the ledger only grew").click()
     expect(page.locator("#grew")).to_contain_text("✓ The ledger only grew")
-    expect(page.locator("#grew")).to_contain_text("4 records added")
+    # Alonzo's four records, and the access records of the reads of his personal data.
+    expect(page.locator("#grew")).to_contain_text(re.compile(r"([4-9]|\d\d+) records added"))
     visit.check("audit")
 
     forged = json.loads(digest_text)

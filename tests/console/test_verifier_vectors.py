@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from web3 import Web3
 
-from crm_ledger.audit.verifier import check_bundle_offline
 from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.canonical import commitment
 from crm_ledger.ledger.leaf import LeafInput
 from crm_ledger.ledger.receipts import Receipt, check_receipt
+from crm_ledger.verifier.check import check_bundle_offline
 from tests.console.conftest import RunJs
 
 VECTORS = Path(__file__).parents[1] / "vectors"
@@ -64,7 +64,7 @@ def test_leaf_input_vectors_decode_or_are_refused(js: RunJs) -> None:
         assert result == {
             "ok": True,
             "seq": str(case["seq"]),
-            "kind": {1: "interaction", 2: "order", 3: "erasure"}[case["kind"]],
+            "kind": {1: "interaction", 2: "order", 3: "erasure", 4: "access"}[case["kind"]],
             "leaf_hash": "0x" + case["leaf_hash"],
         }, case["desc"]
     for case, result in zip(bad, results[len(good) :], strict=True):

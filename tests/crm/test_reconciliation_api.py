@@ -80,7 +80,7 @@ def test_only_auditors_and_admins_start_runs_and_every_role_reads_them(
         assert latest.status_code == 200 and latest.json()["id"] == run["id"]
     by_id = client.get(started.headers["Location"], headers=headers[Role.MARKETING])
     assert by_id.json()["status"] == "requested"
-    problem(client.get("/v1/crm/reconciliation/nope", headers=headers[Role.ADMIN]), 404)
+    problem(client.get("/v1/crm/reconciliation/nope", headers=headers[Role.ADMIN]), 422)
 
 
 def test_a_process_running_the_indexer_runs_it_at_once(

@@ -205,8 +205,9 @@ def test_bad_timeline_parameters_get_a_422_naming_the_field(
 def test_unknown_customers_and_missing_keys(
     client: TestClient, headers: dict[Role, dict[str, str]]
 ) -> None:
-    problem(client.get("/v1/crm/customers/" + "0" * 36, headers=headers[Role.ADMIN]), 404)
-    problem(client.get("/v1/crm/customers/nope", headers=headers[Role.ADMIN]), 404)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    problem(client.get("/v1/crm/customers/" + unknown, headers=headers[Role.ADMIN]), 404)
+    problem(client.get("/v1/crm/customers/nope", headers=headers[Role.ADMIN]), 422)
     problem(client.get("/v1/crm/customers/nope"), 401)
 
 

@@ -139,6 +139,7 @@ class Anchorer:
     checkpoint: Callable[[str], None] = lambda _step: None
     receipt_timeout_seconds: float = 30.0
     stats: AnchorerStats = field(default_factory=AnchorerStats)
+    _last_batch_looked_up: bool = field(default=False, init=False, repr=False)
 
     async def step(self) -> int:
         """One round: check the chain, finish unfinished batches, cut one if due; returns how
@@ -381,6 +382,11 @@ class Anchorer:
         return age >= self.settings.batch_max_age_seconds
 
     def _update_lag(self) -> None:
+        if not self._last_batch_looked_up:
+            # After a restart /readyz shows the journal's last anchored batch at once, not null
+            # until the next batch is anchored.
+            self.stats.last_batch_id = batches.last_anchored_batch_id(self.session_factory)
+            self._last_batch_looked_up = True
         summary = batches.pending_summary(self.session_factory, limit=None)
         metrics.records_pending.set(summary.count)
         lag = (

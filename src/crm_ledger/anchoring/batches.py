@@ -1,7 +1,7 @@
 """Journal side of anchoring: cutting batches and recording what the chain did with them.
 
 Exports: `cut_batch`, `unfinished_batches`, `mark_sent`, `mark_anchored`, `reset_batches_from`,
-`anchored_end`, `recent_anchored_batches`, `pending_summary`.
+`anchored_end`, `last_anchored_batch_id`, `recent_anchored_batches`, `pending_summary`.
 
 Every function here is one short database transaction; the anchorer calls them from a thread.
 Cutting is the only place that assigns `seq`, so seqs are contiguous by construction: the next
@@ -211,6 +211,15 @@ def anchored_end(session_factory: sessionmaker[Session]) -> int:
             )
         )
         return int(end or 0)
+
+
+def last_anchored_batch_id(session_factory: sessionmaker[Session]) -> int | None:
+    """The id of the newest batch the journal holds as anchored (None when there is none)."""
+    with session_factory() as session:
+        found = session.scalar(
+            select(func.max(Batch.id)).where(Batch.status == BatchStatus.ANCHORED.value)
+        )
+        return int(found) if found is not None else None
 
 
 def reset_batches_from(session_factory: sessionmaker[Session], *, first_seq: int) -> list[int]:

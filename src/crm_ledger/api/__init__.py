@@ -5,8 +5,9 @@ Exports: `install`, `BATCH_BODY_FACTOR`.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from crm_ledger.api import docs
 from crm_ledger.api.deps import ApiKeyCache
 from crm_ledger.api.middleware import (
     BodyLimitMiddleware,
@@ -14,6 +15,7 @@ from crm_ledger.api.middleware import (
     RequestLogMiddleware,
     UnexpectedErrorMiddleware,
 )
+from crm_ledger.api.path_ids import check_path_ids
 from crm_ledger.api.problems import document_unavailable, install_problem_handlers
 from crm_ledger.api.ratelimit import RateLimiter
 from crm_ledger.api.routes import (
@@ -45,12 +47,14 @@ def install(app: FastAPI) -> None:
     app.state.api_key_cache = ApiKeyCache(changes=settings.data_dir / KEYS_CHANGED_FILE)
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     install_problem_handlers(app)
-    app.include_router(customers.router)
-    app.include_router(records.router)
+    # The routers whose paths hold the service's ids: a non-UUID id there is a clear 422.
+    ids_checked = [Depends(check_path_ids)]
+    app.include_router(customers.router, dependencies=ids_checked)
+    app.include_router(records.router, dependencies=ids_checked)
     app.include_router(health.router)
-    app.include_router(audit.router)
-    app.include_router(loyalty.router)
-    app.include_router(crm.router)
+    app.include_router(audit.router, dependencies=ids_checked)
+    app.include_router(loyalty.router, dependencies=ids_checked)
+    app.include_router(crm.router, dependencies=ids_checked)
     app.include_router(events.router)
     # Commerce ingest (issue 11).
     app.include_router(ingest_sources.router)
@@ -59,6 +63,7 @@ def install(app: FastAPI) -> None:
     app.include_router(ops.router)
     install_console(app)
     app.include_router(webhook_subscriptions.router)
+    docs.install(app)
     # Every /v1 operation can answer 503 while the database is down (after every router).
     document_unavailable(app)
     # Added innermost first: metrics see every answer, including the last-resort 500.

@@ -153,6 +153,8 @@ _bearer = HTTPBearer(
 
 
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+#: The request's bearer credentials, if any (for checks that authenticate only when needed).
+BearerCredentials = _Credentials
 
 
 async def _authenticate(

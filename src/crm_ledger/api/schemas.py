@@ -1,73 +1,23 @@
-"""What the API answers: public JSON shapes, named by role, and how journal objects become them.
+"""How journal objects become the API's public JSON shapes.
 
-Exports: `CustomerPublic`, `CustomersPublic`, `RecordPublic`, `RecordsPublic`, `ReceiptPending`,
-`AccessEntryPublic`, `AccessLogPublic`, `customer_public`, `record_public`, `receipt_url`,
-`access_log_public`.
-
-Request shapes live in `crm_ledger.journal.schemas`: they are what the ledger commits to.
+Exports: `customer_public`, `record_public`, `receipt_url`, `AccessEntryPublic`,
+`AccessLogPublic`, `access_log_public`. The record and customer shapes are in
+`crm_ledger.schemas` (pydantic only, shared with the client library); request shapes live in
+`crm_ledger.journal.schemas`: they are what the ledger commits to.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from crm_ledger.db.models import Customer
 from crm_ledger.journal.access import AccessPage
 from crm_ledger.journal.privacy import PersonalFields
 from crm_ledger.journal.records import RecordView, kind_name
 from crm_ledger.journal.schemas import format_timestamp
-
-
-class CustomerPublic(BaseModel):
-    """A customer; personal fields are null once erased, and for roles that do not see them."""
-
-    id: str
-    name: str | None
-    email: str | None
-    phone: str | None
-    external_ref: str | None
-    tags: list[str]
-    created_at: str
-    erased_at: str | None
-
-
-class CustomersPublic(BaseModel):
-    """A page of customers; pass `next_cursor` as `cursor` for the next page (null: no more)."""
-
-    items: list[CustomerPublic]
-    next_cursor: str | None
-
-
-class RecordPublic(BaseModel):
-    """A journal record: the committed body and where it stands in anchoring."""
-
-    id: str
-    customer_id: str
-    kind: str = Field(description='"interaction", "order", "erasure" or "access"')
-    content: dict[str, Any] | None
-    recorded_at: str
-    commitment: str
-    status: Literal["pending", "anchored"]
-    seq: int | None
-    batch_id: int | None
-    receipt_url: str
-
-
-class RecordsPublic(BaseModel):
-    """Records written by one batch request, in request order."""
-
-    items: list[RecordPublic]
-
-
-class ReceiptPending(BaseModel):
-    """The record is in the journal but its batch is not on chain yet: ask again later."""
-
-    status: Literal["pending"]
-    record_id: str
-    retry_after: int
-    detail: str
+from crm_ledger.schemas import CustomerPublic, RecordPublic
 
 
 def receipt_url(record_id: str) -> str:
@@ -97,6 +47,7 @@ def record_public(record: RecordView) -> RecordPublic:
         customer_id=record.customer_id,
         kind=kind_name(record.kind),
         content=record.body,
+        document=record.document,
         recorded_at=record.recorded_at,
         commitment="0x" + record.commitment.hex(),
         status="anchored" if record.anchored else "pending",

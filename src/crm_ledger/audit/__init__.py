@@ -1,6 +1,7 @@
-"""Auditing: prove records, customers' histories and the whole ledger against the chain.
+"""Auditing: the service's audits of records, customers' histories and the whole ledger.
 
-Modules: `report` (findings), `chain` (what audits read from the chain), `snapshot` (long
-reads that do not block writers), `ledger` (the ledger audit). The offline verifier and the
-bundle and digest formats need no database and import none.
+Modules: `report`/`reports` (findings), `chain` (the service's read-only chain access),
+`snapshot` (long reads that do not block writers), `ledger` (the ledger audit), `customer`,
+`export` (bundles), `cli`. They read the database; the independent verifier they rely on,
+which needs none, is `crm_ledger.verifier`.
 """

@@ -1,15 +1,13 @@
-"""What audits read from the chain, and a read-only AuditLedger client for auditors.
+"""The service's read-only AuditLedger access for audits (web3, over JSON-RPC).
 
-Exports: `AuditChain`, `BatchOnChain`, `BatchEventOnChain`, `AnchorOnChain`, `ChainFor`,
-`ChainProvider`, `RpcChainProvider`, `read_only_chain`, `connect_read_only`, `default_rpc_url`.
-
-`chain.client.LedgerChain` is the real implementation of `AuditChain`; tests pass a fake with
-the contract's rules. Nothing here imports the database layer: the offline verifier uses it.
+Exports: `ChainProvider`, `RpcChainProvider`, `read_only_chain`, `connect_read_only`,
+`default_rpc_url`. The protocol audits read through (`AuditChain`, `ChainFor`) is the
+verifier's: `verifier.chain`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,66 +18,7 @@ from web3 import AsyncWeb3
 
 from crm_ledger.chain.client import LedgerChain, make_async_web3
 from crm_ledger.config import Settings
-
-
-class BatchOnChain(Protocol):
-    """A batch as the contract's `batch(id)` view returns it."""
-
-    @property
-    def first_seq(self) -> int: ...
-    @property
-    def count(self) -> int: ...
-    @property
-    def root(self) -> bytes: ...
-
-
-class BatchEventOnChain(Protocol):
-    """A `BatchAnchored` event and where it was logged."""
-
-    @property
-    def batch_id(self) -> int: ...
-    @property
-    def first_seq(self) -> int: ...
-    @property
-    def count(self) -> int: ...
-    @property
-    def root(self) -> bytes: ...
-    @property
-    def head(self) -> bytes: ...
-    @property
-    def tx_hash(self) -> bytes: ...
-    @property
-    def block_number(self) -> int: ...
-    @property
-    def block_hash(self) -> bytes: ...
-
-
-class AnchorOnChain(BatchEventOnChain, Protocol):
-    """A mined anchor transaction (`LedgerChain.receipt`): its block and the batch it created."""
-
-
-class AuditChain(Protocol):
-    """The reads an audit makes; every method may raise `ChainUnavailable`."""
-
-    async def chain_id(self) -> int: ...
-    async def genesis_hash(self) -> bytes: ...
-    async def code_hash(self, address: str) -> bytes: ...
-    async def next_seq(self) -> int: ...
-    async def head(self) -> bytes: ...
-    async def batch_count(self) -> int: ...
-    async def batch(self, batch_id: int) -> BatchOnChain | None: ...
-    async def batch_events(
-        self, from_block: int, to_block: int | None = None
-    ) -> Sequence[BatchEventOnChain]: ...
-    async def find_batch_event(
-        self, batch_id: int, from_block: int = 0
-    ) -> BatchEventOnChain | None: ...
-    async def receipt(self, tx_hash: bytes) -> AnchorOnChain | None: ...
-    async def block_hash(self, number: int) -> bytes | None: ...
-
-
-#: Given a contract address, a chain client bound to it.
-ChainFor = Callable[[str], AuditChain]
+from crm_ledger.verifier.chain import ChainFor
 
 
 class ChainProvider(Protocol):

@@ -6,9 +6,9 @@
     crm-ledger verify [BUNDLE] --rpc URL [--contract ADDR] [--since DIGEST_FILE] [--json]
 
 `audit`, `export` and `digest` read the journal. `verify` reads nothing but its files and the
-chain's JSON-RPC: the modules it runs (`audit.verifier`, `audit.digest`, `audit.bundle`,
-`audit.onchain`, `audit.chain`) import no database code, and the journal's modules are imported
-here only inside the commands that need them.
+chain's JSON-RPC: it runs the `crm_ledger.verifier` package (and `audit.chain` for the node),
+which imports no database code, and the journal's modules are imported here only inside the
+commands that need them.
 
 Exit codes: 0 when everything holds, 1 when a check failed (the failures are listed), 2 when
 the check could not be made (unreadable input, unreachable chain).
@@ -36,11 +36,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from crm_ledger.audit.chain import ChainFor, RpcChainProvider
-from crm_ledger.audit.digest import Digest, SinceCheck, verify_since
-from crm_ledger.audit.verifier import BundleCheck, verify_bundle
+from crm_ledger.audit.chain import RpcChainProvider
 from crm_ledger.config import Settings
 from crm_ledger.errors import ChainError, FormatError, LedgerError
+from crm_ledger.verifier.chain import ChainFor
+from crm_ledger.verifier.check import BundleCheck, verify_bundle
+from crm_ledger.verifier.digest import Digest, SinceCheck, verify_since
 
 # soft_wrap: long hashes and messages stay on one line, greppable, whatever the terminal width.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -222,8 +223,8 @@ def export(
     customers' keys unless --no-keys: hand it only to auditors. `export salesforce --object
     Contact` writes the Salesforce Contact fields as a Data Loader / Bulk API CSV instead.
     """
-    from crm_ledger.audit.bundle import Scope
     from crm_ledger.audit.export import open_export
+    from crm_ledger.verifier.bundle import Scope
 
     if target is not None:
         from crm_ledger.outbound.salesforce.cli import export_salesforce

@@ -30,7 +30,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from crm_ledger.audit.chain import AuditChain, BatchOnChain
 from crm_ledger.audit.ledger import read_deployment, reset_reason
 from crm_ledger.audit.snapshot import latest_deployment, read_snapshot
 from crm_ledger.db.models import Batch, BatchStatus, Customer, Record
@@ -38,6 +37,7 @@ from crm_ledger.errors import NotFound
 from crm_ledger.journal.schemas import is_public_id
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import FORMAT_VERSION, RecordKind
+from crm_ledger.verifier.chain import AuditChain, BatchOnChain
 
 
 class RecordStatus(enum.StrEnum):

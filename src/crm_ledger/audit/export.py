@@ -23,7 +23,15 @@ from datetime import UTC, datetime
 from eth_utils.address import to_checksum_address
 from sqlalchemy import Connection, Engine, func, select
 
-from crm_ledger.audit.bundle import (
+from crm_ledger.audit.snapshot import read_snapshot
+from crm_ledger.db.models import Batch, BatchStatus, Customer, Deployment, Record
+from crm_ledger.errors import Conflict, NotFound, Unprocessable
+from crm_ledger.journal.receipts import AUDIT_LEDGER
+from crm_ledger.journal.schemas import is_public_id
+from crm_ledger.ledger import merkle
+from crm_ledger.ledger.leaf import FORMAT_VERSION
+from crm_ledger.ledger.receipts import BatchRef, ChainRef
+from crm_ledger.verifier.bundle import (
     BundleBatch,
     BundleHeader,
     BundleKey,
@@ -34,15 +42,7 @@ from crm_ledger.audit.bundle import (
     key_line,
     record_line,
 )
-from crm_ledger.audit.digest import Digest
-from crm_ledger.audit.snapshot import read_snapshot
-from crm_ledger.db.models import Batch, BatchStatus, Customer, Deployment, Record
-from crm_ledger.errors import Conflict, NotFound, Unprocessable
-from crm_ledger.journal.receipts import AUDIT_LEDGER
-from crm_ledger.journal.schemas import is_public_id
-from crm_ledger.ledger import merkle
-from crm_ledger.ledger.leaf import FORMAT_VERSION
-from crm_ledger.ledger.receipts import BatchRef, ChainRef
+from crm_ledger.verifier.digest import Digest
 
 _FETCH_ROWS = 10_000
 

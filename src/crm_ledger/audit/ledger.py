@@ -52,13 +52,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from crm_ledger.audit.chain import AuditChain
 from crm_ledger.audit.report import Discrepancy, DiscrepancyKind, LedgerReport
 from crm_ledger.audit.snapshot import DeploymentRecord, latest_deployment, read_snapshot
-from crm_ledger.chain.client import EMPTY_CODE_HASH
 from crm_ledger.db.models import Batch, BatchStatus, Customer, Record
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import FORMAT_VERSION, RecordKind
+from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain
 
 Progress = Callable[[int], None]
 #: Rows fetched per round trip while streaming records.

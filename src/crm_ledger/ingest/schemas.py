@@ -27,6 +27,12 @@ class SourceCreate(_Request):
     with the key pair whose `public_key` is given (and/or a `secret` for HMAC extensions).
     The secret is the shop's: Shopify shows it under Settings > Notifications > Webhooks."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"platform": "shopify", "name": "Main shop", "secret": "example-secret"}]
+        }
+    )
+
     platform: Platform
     name: Name
     secret: Secret | None = Field(default=None, description="shared HMAC secret; never returned")
@@ -35,6 +41,8 @@ class SourceCreate(_Request):
 
 class SourceRotate(_Request):
     """The new secret (and/or, for Magento, the new public key)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"secret": "example-secret-2"}]})
 
     secret: Secret | None = None
     public_key: Pem | None = None

@@ -73,6 +73,8 @@ class RecordView:
     kind: RecordKind
     # The committed document's body; None once the customer's data was erased.
     body: dict[str, Any] | None
+    # The committed document's canonical text; None once erased.
+    document: str | None
     recorded_at: str
     commitment: bytes
     anchored: bool
@@ -275,6 +277,7 @@ def _write(session: Session, items: list[_Item]) -> list[RecordView]:
                 customer_id=item.customer_id,
                 kind=item.kind,
                 body=item.body,
+                document=content.decode("utf-8"),
                 recorded_at=recorded_at,
                 commitment=record_commitment,
                 anchored=False,
@@ -324,6 +327,7 @@ def _view(record: Record, customer_id: str, batch_status: str | None) -> RecordV
         customer_id=customer_id,
         kind=RecordKind(record.kind),
         body=body,
+        document=bytes(record.content).decode("utf-8") if record.content is not None else None,
         recorded_at=recorded_at,
         commitment=record.commitment,
         anchored=batch_status == BatchStatus.ANCHORED.value,

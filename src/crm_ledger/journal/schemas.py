@@ -238,12 +238,22 @@ Phone = Annotated[str, StringConstraints(min_length=3, max_length=40), AfterVali
 Currency = Annotated[str, AfterValidator(_currency)]
 
 
+#: The id shown in the OpenAPI examples.
+EXAMPLE_ID = "0192f1c4-6a4e-7c3a-9b1e-2f6d1a0b9c8d"
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class CustomerCreate(_Request):
     """A new customer; `external_ref` (your system's id for them) is unique when given."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "Ada Lovelace", "email": "ada@example.com", "tags": ["vip"]}]
+        }
+    )
 
     name: Name
     email: Email
@@ -255,6 +265,20 @@ class CustomerCreate(_Request):
 class InteractionCreate(_Request):
     """Something that happened with a customer: a call, a visit, a complaint, an e-mail."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": EXAMPLE_ID,
+                    "type": "support_call",
+                    "channel": "phone",
+                    "occurred_at": "2026-11-25T10:00:00Z",
+                    "details": {"topic": "billing"},
+                }
+            ]
+        }
+    )
+
     customer_id: PublicId
     type: Label
     channel: Label
@@ -264,6 +288,29 @@ class InteractionCreate(_Request):
 
 class InteractionBatchCreate(_Request):
     """Several interactions recorded together: all of them or none."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "customer_id": EXAMPLE_ID,
+                            "type": "email",
+                            "channel": "web",
+                            "occurred_at": "2026-11-25T10:00:00Z",
+                        },
+                        {
+                            "customer_id": EXAMPLE_ID,
+                            "type": "visit",
+                            "channel": "shop",
+                            "occurred_at": "2026-11-26T10:00:00Z",
+                        },
+                    ]
+                }
+            ]
+        }
+    )
 
     items: Annotated[list[InteractionCreate], Field(min_length=1)]
 
@@ -289,6 +336,21 @@ class OrderLine(_Request):
 
 class OrderCreate(_Request):
     """An order; `total` must equal the sum of quantity * unit_price over the lines."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": EXAMPLE_ID,
+                    "order_number": "SO-1001",
+                    "lines": [{"sku": "TEA-1", "quantity": 2, "unit_price": "10.50"}],
+                    "total": "21.00",
+                    "currency": "EUR",
+                    "status": "paid",
+                }
+            ]
+        }
+    )
 
     customer_id: PublicId
     order_number: Label

@@ -25,11 +25,12 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from crm_ledger.journal.schemas import Currency, Label, Name, PublicId, Timestamp
+from crm_ledger.journal.schemas import EXAMPLE_ID, Currency, Label, Name, PublicId, Timestamp
 
 #: The most points any one amount (budget, award, cap, redemption) may state: far above any real
 #: programme, and far below 2**53, so every amount stays exact in JSON.
@@ -73,7 +74,19 @@ def _whole_seconds(value: timedelta) -> timedelta:
     return value
 
 
-PositiveDecimal = Annotated[Decimal, BeforeValidator(_positive_decimal)]
+# A string in JSON (numbers are refused), whatever pydantic would say of a Decimal.
+PositiveDecimal = Annotated[
+    Decimal,
+    BeforeValidator(_positive_decimal),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^{_DECIMAL.pattern}$",
+            "description": "a positive decimal string, up to 9 digits and 6 decimals",
+            "examples": ["1.5"],
+        }
+    ),
+]
 Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_whole_seconds)]
 Address = Annotated[
     str, StringConstraints(pattern=_ADDRESS.pattern), Field(examples=["0x" + "ab" * 20])
@@ -120,6 +133,22 @@ Rule = Annotated[OrderTotalRule | InteractionRule | TagMultiplierRule, Field(dis
 class CampaignCreate(_Request):
     """A campaign: its budget (set on chain), window, earning rules, cap and expiry policy."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Winter rewards",
+                    "budget": 100000,
+                    "rules": [
+                        {"type": "order_total", "points_per_unit": "1.5", "currency": "EUR"},
+                        {"type": "tag_multiplier", "tag": "vip", "multiplier": "2"},
+                    ],
+                    "points_expire_after": "P365D",
+                }
+            ]
+        }
+    )
+
     name: Name
     budget: Points
     starts_at: Timestamp | None = Field(default=None, description="default: now")
@@ -163,6 +192,10 @@ class Segment(_Request):
 class AwardCreate(_Request):
     """The same `points` to each of `customer_ids`, or to every customer in `segment`."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"points": 50, "customer_ids": [EXAMPLE_ID]}]}
+    )
+
     points: Points
     customer_ids: Annotated[list[PublicId], Field(min_length=1)] | None = None
     segment: Segment | None = None
@@ -179,6 +212,12 @@ class AwardCreate(_Request):
 class RedemptionCreate(_Request):
     """Burn `points` of the customer's balance for the reward `reward_ref`."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"customer_id": EXAMPLE_ID, "points": 20, "reward_ref": "free-coffee"}]
+        }
+    )
+
     customer_id: PublicId
     points: Points
     reward_ref: Name = Field(description="your reference of the reward; never sent on chain")
@@ -186,6 +225,12 @@ class RedemptionCreate(_Request):
 
 class WalletLink(_Request):
     """An address the customer owns and their EIP-191 signature of the link message."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"address": "0x" + "ab" * 20, "signature": "0x" + "cd" * 65}]
+        }
+    )
 
     address: Address
     signature: Annotated[str, StringConstraints(pattern=_SIGNATURE.pattern)]

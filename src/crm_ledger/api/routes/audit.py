@@ -14,23 +14,20 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body, Depends, Query, Request
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from crm_ledger.api.deps import RuntimeDep, SessionDep, problem_responses, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
 from crm_ledger.api.transaction import transaction
-from crm_ledger.audit.bundle import Scope
 from crm_ledger.audit.chain import ChainProvider, RpcChainProvider
 from crm_ledger.audit.customer import audit_customer
-from crm_ledger.audit.digest import Digest, verify_since
 from crm_ledger.audit.export import ledger_digest, open_export
 from crm_ledger.audit.ledger import read_deployment
-from crm_ledger.audit.record import parse_content, parse_key, verify_record
 from crm_ledger.audit.reports import latest_report, run_stored_audit, start_report
 from crm_ledger.db.models import Customer, Deployment, Record
 from crm_ledger.errors import (
@@ -42,11 +39,16 @@ from crm_ledger.errors import (
     NotFound,
     Unprocessable,
 )
+from crm_ledger.journal import receipts, records
 from crm_ledger.journal.erasure import erase_customer
 from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 from crm_ledger.journal.receipts import AUDIT_LEDGER
 from crm_ledger.journal.schemas import format_timestamp, is_public_id
 from crm_ledger.ledger.receipts import Receipt
+from crm_ledger.schemas import ErasurePublic, RecordVerifyRequest
+from crm_ledger.verifier.bundle import Scope
+from crm_ledger.verifier.digest import Digest, verify_since
+from crm_ledger.verifier.record import parse_content, parse_key, verify_record
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -55,6 +57,27 @@ BUNDLE_MEDIA_TYPE = "application/jsonl"
 ERASURE_ATTEMPTS = 5
 #: PostgreSQL: lock not available, deadlock detected, serialization failure.
 _RETRYABLE_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
+
+#: What GET /v1/audit/digest answers, as the example body of POST /v1/audit/digest/verify.
+DIGEST_EXAMPLE = {
+    "format": "crm-ledger/digest/v1",
+    "batch": {
+        "id": 7,
+        "first_seq": 12000,
+        "count": 2000,
+        "root": "0x" + "3a" * 32,
+        "previous_head": "0x" + "5c" * 32,
+        "head": "0x" + "9e" * 32,
+    },
+    "chain": {
+        "chain_id": 31337,
+        "contract": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+        "epoch": 1,
+        "tx_hash": "0x" + "7d" * 32,
+        "block_number": 42,
+        "block_hash": "0x" + "1f" * 32,
+    },
+}
 
 AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
@@ -104,24 +127,6 @@ def _json(body: object, status_code: int = 200) -> Response:
 # Record check ----------------------------------------------------------------------------
 
 
-class RecordVerifyRequest(BaseModel):
-    """A receipt to check, with the record's content and, if not the service's own, its key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    receipt: Any = Field(description='A "crm-ledger/receipt/v1" receipt, as JSON')
-    content: Any = Field(
-        default=None,
-        description="The record's canonical JSON text (a string), or its document (an object, "
-        "canonicalised with RFC 8785); omit to check the receipt without the content",
-    )
-    customer_key: str | None = Field(
-        default=None,
-        description="The customer's 32-byte key as 0x-hex; omitted, the service's stored key "
-        "for the record is used",
-    )
-
-
 @router.post(
     "/v1/audit/verify",
     tags=["audit"],
@@ -135,13 +140,20 @@ async def verify(
     provider: ChainProviderDep,
     key: AuditorKey,
 ) -> Response:
-    """Every step of docs/ledger-format.md section 7, each with its result, and a verdict."""
+    """Every step of docs/ledger-format.md section 7, each with its result, and a verdict.
+
+    With `record_id`, the service's own receipt and committed document of that record are
+    checked; with `receipt`, the receipt (and `content`, `customer_key`) you give.
+    """
+    receipt_json, content_json = await run_in_threadpool(
+        _receipt_and_content, runtime.engine, payload
+    )
     try:
-        receipt = Receipt.from_json(payload.receipt)
+        receipt = Receipt.from_json(receipt_json)
     except FormatError as exc:
         raise _unprocessable(exc, "receipt") from None
     try:
-        content = parse_content(payload.content)
+        content = parse_content(content_json)
     except FormatError as exc:
         raise _unprocessable(exc, "content") from None
     try:
@@ -166,6 +178,29 @@ async def verify(
     except ChainError as exc:
         raise _unreachable(exc) from None
     return _json({"record_id": receipt.record_id, **check.to_json()})
+
+
+def _receipt_and_content(engine: Engine, payload: RecordVerifyRequest) -> tuple[object, object]:
+    """The receipt and content to check: the payload's, or the stored ones of `record_id`."""
+    if (payload.record_id is None) == (payload.receipt is None):
+        message = "give either `record_id` (a record of this service) or `receipt`, not both"
+        if payload.record_id is None:
+            message = "give `record_id` (a record of this service) or a `receipt` to check"
+        raise Unprocessable(
+            message, errors=[{"location": "body", "field": "record_id", "message": message}]
+        )
+    if payload.record_id is None:
+        return payload.receipt, payload.content
+    with Session(engine) as session, session.begin():
+        record = records.find_record(session=session, record_id=payload.record_id)
+        if receipts.anchored_batch(session, record) is None:
+            raise Conflict(
+                f"record {record.id} is in the journal but its batch is not anchored on chain "
+                "yet: ask again in a second (GET /v1/records/{id}/receipt answers 202 meanwhile)"
+            )
+        receipt = receipts.build_receipt(session, record)
+        stored = bytes(record.content).decode("utf-8") if record.content is not None else None
+    return receipt, payload.content if payload.content is not None else stored
 
 
 def _stored_key_and_contract(
@@ -314,7 +349,7 @@ def digest(runtime: RuntimeDep, key: AuditorKey) -> Response:
     summary="Check that the ledger extends a saved digest (auditor, admin)",
 )
 async def verify_digest(
-    payload: dict[str, Any],
+    payload: Annotated[dict[str, Any], Body(examples=[DIGEST_EXAMPLE])],
     runtime: RuntimeDep,
     provider: ChainProviderDep,
     key: AuditorKey,
@@ -402,16 +437,6 @@ def export(
 
 
 # Erasure -----------------------------------------------------------------------------------
-
-
-class ErasurePublic(BaseModel):
-    """What an erasure did."""
-
-    customer_id: str
-    erased_at: str
-    erased_records: int
-    erasure_record_id: str
-    already_erased: bool
 
 
 @router.delete(

@@ -28,19 +28,14 @@ from crm_ledger.api.privacy import (
     journal_reads,
     sees_personal_data,
 )
-from crm_ledger.api.schemas import (
-    AccessLogPublic,
-    CustomerPublic,
-    CustomersPublic,
-    access_log_public,
-    customer_public,
-)
+from crm_ledger.api.schemas import AccessLogPublic, access_log_public, customer_public
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import access, customers
 from crm_ledger.journal.customers import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 from crm_ledger.journal.privacy import keyring_of
 from crm_ledger.journal.schemas import CustomerCreate
+from crm_ledger.schemas import CustomerPublic, CustomersPublic
 
 AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 

@@ -13,10 +13,11 @@ from crm_ledger import metrics
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep, problem_responses
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
 from crm_ledger.api.privacy import ERASED_REPLAY
-from crm_ledger.api.schemas import ReceiptPending, RecordPublic, RecordsPublic, record_public
+from crm_ledger.api.schemas import record_public
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import receipts, records
 from crm_ledger.journal.schemas import InteractionBatchCreate, InteractionCreate, OrderCreate
+from crm_ledger.schemas import ReceiptPending, RecordPublic, RecordsPublic
 
 router = APIRouter(tags=["records"])
 

@@ -23,7 +23,7 @@ const HASH_SIZE = 32;
 const LEAF_INPUT_SIZE = 74;
 const FORMAT_VERSION = 1;
 const MAX_AUDIT_PATH = 32;
-const KINDS = { 1: "interaction", 2: "order", 3: "erasure" };
+const KINDS = { 1: "interaction", 2: "order", 3: "erasure", 4: "access" };
 const RECEIPT_FIELDS = ["format", "record_id", "seq", "leaf_input", "leaf_hash", "leaf_index",
   "tree_size", "audit_path", "batch", "chain"];
 const BATCH_FIELDS = ["id", "first_seq", "count", "root", "previous_head", "head"];

@@ -41,7 +41,19 @@ Description = Annotated[str, Field(max_length=500)]
 class WebhookSubscriptionCreate(BaseModel):
     """A new subscription: events of `event_types` from now on are delivered to `url`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://crm.example.com/hooks/ledger",
+                    "event_types": ["record.anchored"],
+                    "description": "CRM timeline",
+                }
+            ]
+        },
+    )
 
     url: Url
     event_types: EventTypes
@@ -51,7 +63,11 @@ class WebhookSubscriptionCreate(BaseModel):
 class WebhookSubscriptionUpdate(BaseModel):
     """Fields to change; those left out stay as they are."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"event_types": ["record.anchored", "reward.issued"]}]},
+    )
 
     url: Url | None = None
     event_types: EventTypes | None = None
@@ -61,7 +77,9 @@ class WebhookSubscriptionUpdate(BaseModel):
 class WebhookReplay(BaseModel):
     """Deliver again every event (of the subscription's types) after this feed cursor."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [{"after": None}]}
+    )
 
     after: str | None = Field(
         default=None,

@@ -19,7 +19,7 @@ function toApiTime(value) {
 export async function render(main, params) {
   const query = params.query;
   const inputs = {
-    q: h("input", { id: "f-q", name: "q", type: "search", value: query.get("q") || "", placeholder: "name, email, ref or id" }),
+    q: h("input", { id: "f-q", name: "q", type: "search", value: query.get("q") || "", placeholder: "exact email, ref or id" }),
     tag: h("input", { id: "f-tag", name: "tag", value: query.get("tag") || "" }),
     balance_min: h("input", { id: "f-balance_min", name: "balance_min", type: "number", min: 0, value: query.get("balance_min") || "" }),
     balance_max: h("input", { id: "f-balance_max", name: "balance_max", type: "number", min: 0, value: query.get("balance_max") || "" }),

@@ -16,12 +16,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from crm_ledger.audit.chain import AuditChain
-from crm_ledger.audit.onchain import CheckStep, StepStatus, check_anchoring, check_network
 from crm_ledger.errors import ChainUnavailable, FormatError
 from crm_ledger.ledger.canonical import CUSTOMER_KEY_SIZE, canonical_json
 from crm_ledger.ledger.leaf import LeafInput
 from crm_ledger.ledger.receipts import Receipt, check_receipt, unhex
+from crm_ledger.verifier.chain import AuditChain
+from crm_ledger.verifier.onchain import CheckStep, StepStatus, check_anchoring, check_network
 
 _CHAIN_STEPS = ("network", "root_on_chain", "transaction", "block")
 

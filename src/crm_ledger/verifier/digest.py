@@ -21,11 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from crm_ledger.audit.chain import AuditChain
-from crm_ledger.chain.client import EMPTY_CODE_HASH
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.receipts import BatchRef, ChainRef, hex0x
+from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain
 
 DIGEST_FORMAT = "crm-ledger/digest/v1"
 _FIELDS = ("format", "batch", "chain")

@@ -35,7 +35,11 @@ from json.scanner import make_scanner
 from pathlib import Path
 from typing import Any
 
-from crm_ledger.audit.bundle import (
+from crm_ledger.errors import FormatError, InvalidProof
+from crm_ledger.ledger import merkle
+from crm_ledger.ledger.leaf import FORMAT_VERSION, LEAF_INPUT_SIZE, MAX_SEQ, RecordKind
+from crm_ledger.ledger.receipts import hex0x
+from crm_ledger.verifier.bundle import (
     MAX_LINE_BYTES,
     RECORD_FIELDS,
     BundleBatch,
@@ -45,12 +49,8 @@ from crm_ledger.audit.bundle import (
     parse_key,
     parse_record,
 )
-from crm_ledger.audit.chain import AuditChain, ChainFor
-from crm_ledger.audit.onchain import CheckStep, StepStatus, check_anchoring, check_network
-from crm_ledger.errors import FormatError, InvalidProof
-from crm_ledger.ledger import merkle
-from crm_ledger.ledger.leaf import FORMAT_VERSION, LEAF_INPUT_SIZE, MAX_SEQ, RecordKind
-from crm_ledger.ledger.receipts import hex0x
+from crm_ledger.verifier.chain import AuditChain, ChainFor
+from crm_ledger.verifier.onchain import CheckStep, StepStatus, check_anchoring, check_network
 
 MAX_LISTED_FAILURES = 1_000
 #: Batches checked on chain at the same time.

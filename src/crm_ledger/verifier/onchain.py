@@ -15,10 +15,9 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from crm_ledger.audit.chain import AuditChain
-from crm_ledger.chain.client import EMPTY_CODE_HASH
 from crm_ledger.errors import AnchorRejected, ChainError, ChainUnavailable
 from crm_ledger.ledger.receipts import BatchRef, ChainRef, Step, hex0x
+from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain
 
 
 class StepStatus(enum.StrEnum):

@@ -1,0 +1,32 @@
+"""The OpenAPI explorer at /docs, served from package files (no CDN), so it works offline.
+
+Exports: `install`.
+
+Swagger UI's files come from the `swagger-ui-bundle` package and are served under
+/docs/static; the page FastAPI renders points at them instead of a CDN.
+"""
+
+from __future__ import annotations
+
+import swagger_ui_bundle  # type: ignore[import-untyped]
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import HTMLResponse
+
+STATIC_PATH = "/docs/static"
+
+
+def install(app: FastAPI) -> None:
+    """Serve Swagger UI at /docs from the package's files (the app has `docs_url=None`)."""
+    app.mount(STATIC_PATH, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{STATIC_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{STATIC_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{STATIC_PATH}/favicon-32x32.png",
+        )

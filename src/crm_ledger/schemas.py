@@ -1,0 +1,115 @@
+"""The public JSON shapes of customers, records and record checks: one definition that the API
+answers with and the client library reads (pydantic only: no FastAPI, SQLAlchemy or web3).
+
+Exports: `CustomerPublic`, `CustomersPublic`, `RecordPublic`, `RecordsPublic`, `ReceiptPending`,
+`RecordVerifyRequest`, `ErasurePublic`.
+
+Request shapes live in `crm_ledger.journal.schemas` and `crm_ledger.loyalty.schemas` (pydantic
+only as well); the change feed's in `crm_ledger.crm.schemas`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CustomerPublic(BaseModel):
+    """A customer; personal fields are null once erased, and for roles that do not see them."""
+
+    id: str
+    name: str | None
+    email: str | None
+    phone: str | None
+    external_ref: str | None
+    tags: list[str]
+    created_at: str
+    erased_at: str | None
+
+
+class CustomersPublic(BaseModel):
+    """A page of customers; pass `next_cursor` as `cursor` for the next page (null: no more)."""
+
+    items: list[CustomerPublic]
+    next_cursor: str | None
+
+
+class RecordPublic(BaseModel):
+    """A journal record: the committed body and where it stands in anchoring."""
+
+    id: str
+    customer_id: str
+    kind: str = Field(description='"interaction", "order", "erasure" or "access"')
+    content: dict[str, Any] | None = Field(description="the body of the committed document")
+    document: str | None = Field(
+        default=None,
+        description="the committed document's exact canonical JSON text (RFC 8785), the bytes "
+        "the commitment is over: pass it as `content` to POST /v1/audit/verify or to a "
+        "verifier; null once the customer's data was erased",
+    )
+    recorded_at: str
+    commitment: str
+    status: Literal["pending", "anchored"]
+    seq: int | None
+    batch_id: int | None
+    receipt_url: str
+
+
+class RecordsPublic(BaseModel):
+    """Records written by one batch request, in request order."""
+
+    items: list[RecordPublic]
+
+
+class ReceiptPending(BaseModel):
+    """The record is in the journal but its batch is not on chain yet: ask again later."""
+
+    status: Literal["pending"]
+    record_id: str
+    retry_after: int
+    detail: str
+
+
+class RecordVerifyRequest(BaseModel):
+    """A receipt to check with the record's content and key, or just a record id.
+
+    Give `record_id` to have the service fetch the record's receipt and committed document
+    itself; give `receipt` (and optionally `content`, `customer_key`) to check what you hold.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"record_id": "0192f1c4-6a4e-7c3a-9b1e-2f6d1a0b9c8d"}]},
+    )
+
+    record_id: str | None = Field(
+        default=None,
+        description="Check this record: its receipt and its committed document as the service "
+        "stores them (the record must be anchored). Not with `receipt`.",
+    )
+    receipt: Any = Field(
+        default=None,
+        description='A "crm-ledger/receipt/v1" receipt, as JSON. Not with `record_id`.',
+    )
+    content: Any = Field(
+        default=None,
+        description="The record's canonical JSON text (a string: the record's `document`), or "
+        "its document (an object, canonicalised with RFC 8785); omit to check the receipt "
+        "without the content",
+    )
+    customer_key: str | None = Field(
+        default=None,
+        description="The customer's 32-byte key as 0x-hex; omitted, the service's stored key "
+        "for the record is used",
+    )
+
+
+class ErasurePublic(BaseModel):
+    """What an erasure did."""
+
+    customer_id: str
+    erased_at: str
+    erased_records: int
+    erasure_record_id: str
+    already_erased: bool
