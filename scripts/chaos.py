@@ -53,7 +53,6 @@ from sqlalchemy import func, select, text
 from web3 import AsyncWeb3, Web3
 
 from crm_ledger.audit.chain import read_only_chain
-from crm_ledger.verifier.record import verify_record
 from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.chain.client import make_async_web3
 from crm_ledger.chain.node import LocalNode, start_anvil
@@ -62,6 +61,7 @@ from crm_ledger.db.session import make_engine, make_session_factory
 from crm_ledger.errors import LedgerError
 from crm_ledger.journal.receipts import build_receipt
 from crm_ledger.ledger.receipts import Receipt
+from crm_ledger.verifier.record import verify_record
 
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
