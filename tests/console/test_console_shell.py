@@ -48,14 +48,23 @@ def test_no_inline_script_or_style_and_nothing_from_another_origin() -> None:
 
 def test_openapi_documents_the_console_endpoints_and_their_statuses(client: Any) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert set(paths["/v1/ops/overview"]["get"]["responses"]) == {"200", "401", "422"}
+    # 429: the key's rate limit; 503: the database down (every /v1 operation).
+    assert set(paths["/v1/ops/overview"]["get"]["responses"]) == {
+        "200",
+        "401",
+        "422",
+        "429",
+        "503",
+    }
     assert set(paths["/v1/ops/campaigns/{campaign_id}/spend"]["get"]["responses"]) == {
         "200",
         "401",
         "403",
         "404",
         "422",
+        "429",
+        "503",
     }
-    assert set(paths["/v1/me"]["get"]["responses"]) == {"200", "401"}
+    assert set(paths["/v1/me"]["get"]["responses"]) == {"200", "401", "429", "503"}
     assert "/v1/ops/chain" in paths and "/v1/ops/loyalty/expiring" in paths
     assert "/" not in paths
