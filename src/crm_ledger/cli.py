@@ -454,11 +454,18 @@ def _run_worker_alone(
     raise typer.Exit(code)
 
 
-_WORKER_HELP = {
-    "anchor": "the anchorer: cuts the journal into batches and anchors them",
-    "index": "the chain indexer and its reconciliations (follows CRM_LEDGER_RPC_URL, or else "
-    "the Anvil a `crm-ledger serve` on the same data directory started)",
-    "loyalty": "loyalty issuance: earnings, awards, redemptions and expiries onto the token",
+#: The chain workers' commands: command name -> (worker name, what it is).
+_CHAIN_WORKER_COMMANDS = {
+    "anchor": ("anchorer", "the anchorer: cuts the journal into batches and anchors them"),
+    "index": (
+        "indexer",
+        "the chain indexer and its reconciliations (follows CRM_LEDGER_RPC_URL, or else "
+        "the Anvil a `crm-ledger serve` on the same data directory started)",
+    ),
+    "loyalty": (
+        "loyalty",
+        "loyalty issuance: earnings, awards, redemptions and expiries onto the token",
+    ),
 }
 
 
@@ -475,11 +482,10 @@ def _add_worker_command(command_name: str, worker_name: str, help_text: str) -> 
 
 
 def _add_worker_commands() -> None:
-    from crm_ledger.runtime import CHAIN_WORKERS
     from crm_ledger.workers.roles import ROLES
 
-    for command_name, worker_name in zip(_WORKER_HELP, CHAIN_WORKERS, strict=True):
-        _add_worker_command(command_name, worker_name, _WORKER_HELP[command_name])
+    for command_name, (worker_name, help_text) in _CHAIN_WORKER_COMMANDS.items():
+        _add_worker_command(command_name, worker_name, help_text)
     for name in ROLES:
         _add_worker_command(name, name, f"the {name} worker")
 

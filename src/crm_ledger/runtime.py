@@ -1,6 +1,6 @@
 """What runs beside the API in one process: the chain connection and the background workers.
 
-Exports: `Runtime`, `CHAIN_WORKERS`.
+Exports: `Runtime`.
 
 Every background role is a peer under one supervisor (`workers.Supervisor`): the anchorer, the
 indexer and loyalty issuance share the process's chain connection (`chain.connection`: the
@@ -27,9 +27,6 @@ from crm_ledger.indexer.worker import IndexingWorker
 from crm_ledger.loyalty.service import LOYALTY, LoyaltyRuntime
 from crm_ledger.workers import Supervisor, WorkerState, background_workers
 from crm_ledger.workers.lock import ANCHORER, INDEXER
-
-#: The workers that follow or write the chain, in the order they start.
-CHAIN_WORKERS = (ANCHORER, INDEXER, LOYALTY)
 
 
 @dataclass
