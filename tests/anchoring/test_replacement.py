@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.anchoring import anchorer as anchorer_module
 from crm_ledger.anchoring.anchorer import Anchorer
 from crm_ledger.anchoring.fees import first_fees, gwei_to_wei, replacement_fees
 from crm_ledger.chain.contract import Fees
@@ -231,3 +232,29 @@ async def test_a_restarted_anchorer_replaces_the_stuck_transaction_not_a_new_non
     [row] = batch_rows(session_factory)
     assert (row.status, row.tx_hash) == (BatchStatus.ANCHORED.value, chain.events[0].tx_hash)
     assert len(chain.events) == 1
+
+
+@pytest.mark.asyncio
+async def test_an_anchor_the_node_forgot_is_sent_again_without_waiting_to_replace_it(
+    session_factory: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback (`evm_revert`) or a reorg drops the pending anchor from the node: the anchorer
+    sees that within a check interval and sends it again, instead of waiting out the whole
+    replace-after time (here 10 minutes) for a transaction that can never be mined."""
+    monkeypatch.setattr(anchorer_module, "FORGOTTEN_CHECK_SECONDS", 0.02)
+    add_records(session_factory, customers=1, each=2)
+    chain = FakeChain(automine=False)
+    anchorer = stuck_anchorer(session_factory, chain, tmp_path, anchor_replace_after_seconds=600)
+    async with supervised(anchorer):
+        await until(lambda: len(chain.transactions) == 1, what="the anchor sent")
+        forgotten = chain.transactions[0].sent
+        chain.mempool.clear()  # the node forgets it
+        await until(lambda: len(chain.transactions) == 2, what="the anchor sent again")
+        again = chain.transactions[1].sent
+        assert again.nonce == forgotten.nonce == 0, "under the account's next nonce"
+        chain.mine()
+        await until(lambda: anchorer.stats.last_batch_id is not None, what="the batch anchored")
+    [row] = batch_rows(session_factory)
+    assert row.tx_hash == again.tx_hash == chain.events[0].tx_hash
+    assert len(chain.events) == 1
+    assert_ledger_consistent(session_factory, chain)

@@ -36,6 +36,7 @@ calls `step()` over and over, backing off on `ChainUnavailable` and halting on `
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -56,6 +57,15 @@ from crm_ledger.errors import AnchorRejected, ChainReset
 from crm_ledger.workers.lock import ANCHORER
 
 log = logging.getLogger(__name__)
+
+#: How often a wait for an anchor transaction asks the node whether it still knows it.
+FORGOTTEN_CHECK_SECONDS = 1.0
+
+
+class _Wait(enum.Enum):
+    """What a wait for an anchor transaction ends with when it is not a receipt."""
+
+    FORGOTTEN = "the node no longer knows the transaction"
 
 
 class AnchorReceiptLike(Protocol):
@@ -281,6 +291,8 @@ class Anchorer:
             receipt = await self._await_any_receipt(
                 hashes, timeout=self.settings.anchor_replace_after_seconds
             )
+            if receipt is _Wait.FORGOTTEN:
+                return None
             if receipt is not None:
                 return receipt
             if (
@@ -288,7 +300,8 @@ class Anchorer:
                 or await self.chain.account_nonce() > sent.nonce
             ):
                 # A receipt may have landed since the last poll: one more look before giving up.
-                return await self._await_any_receipt(hashes, timeout=0)
+                last_look = await self._await_any_receipt(hashes, timeout=0)
+                return None if last_look is _Wait.FORGOTTEN else last_look
             fees = replacement_fees(
                 sent.fees,
                 await self.chain.fee_quote(),
@@ -338,19 +351,46 @@ class Anchorer:
 
     async def _await_any_receipt(
         self, tx_hashes: list[bytes], *, timeout: float
-    ) -> AnchorReceiptLike | None:
-        """The receipt of whichever of `tx_hashes` is mined, polling for up to `timeout` s."""
+    ) -> AnchorReceiptLike | _Wait | None:
+        """The receipt of whichever of `tx_hashes` is mined, polling for up to `timeout` s.
+
+        Every `FORGOTTEN_CHECK_SECONDS` it also asks the node whether it still knows the latest
+        transaction: one dropped by a rollback or a reorg (Anvil's `evm_revert`, a real reorg
+        whose new branch lacks it) would otherwise be waited on for the whole `timeout`. Then
+        it answers `_Wait.FORGOTTEN`, and the next step sends the batch again under the account's
+        next nonce (`_complete`).
+        """
         deadline = time.monotonic() + timeout
+        check_known_at = time.monotonic() + FORGOTTEN_CHECK_SECONDS
         pause = 0.005
         while True:
             for tx_hash in reversed(tx_hashes):
                 receipt = await self.chain.receipt(tx_hash)
                 if receipt is not None:
                     return receipt
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 return None
+            if now >= check_known_at:
+                check_known_at = now + FORGOTTEN_CHECK_SECONDS
+                if await self._forgotten(tx_hashes[-1]):
+                    return _Wait.FORGOTTEN
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
+
+    async def _forgotten(self, tx_hash: bytes) -> bool:
+        """The node knows neither the transaction nor its receipt (asked in that order, so a
+        transaction mined between the two questions is not taken for a dropped one)."""
+        if await self.chain.sent_transaction(tx_hash) is not None:
+            return False
+        if await self.chain.receipt(tx_hash) is not None:
+            return False
+        log.warning(
+            "anchor transaction 0x%s is no longer known to the node (rolled back or dropped): "
+            "sending the batch again",
+            tx_hash.hex(),
+        )
+        return True
 
     def _record_location(self, batch_id: int, where: AnchorReceiptLike) -> None:
         batches.mark_anchored(
