@@ -62,8 +62,9 @@ class SingletonLock:
             return True
         if self._engine.dialect.name == "postgresql":
             connection = self._engine.connect()
-            schema = connection.scalar(text("SELECT current_schema()"))
-            self._advisory_id = advisory_lock_id(self._name, str(schema))
+            if not self._advisory_id:  # the schema is the engine's: asked once per lock
+                schema = connection.scalar(text("SELECT current_schema()"))
+                self._advisory_id = advisory_lock_id(self._name, str(schema))
             got = connection.scalar(
                 text("SELECT pg_try_advisory_lock(:id)"), {"id": self._advisory_id}
             )
