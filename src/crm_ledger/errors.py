@@ -19,11 +19,14 @@ subclass derives from it too, so callers may catch either.
     │   └── AnchorFeeCapReached(Unavailable) a stuck anchor cannot be outbid within the fee cap
     ├── SalesforceError                   Salesforce refused a request or a job (see the message)
     │   └── SalesforceUnavailable(Unavailable)  Salesforce cannot be reached (retry later)
-    └── ApiError                             maps to an RFC 9457 problem response
-        ├── NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge / Unprocessable
+    └── RequestError                      a request that cannot be done as asked; the API maps
+        │                                   each kind to a status (`api.problems.PROBLEM_KINDS`)
+        ├── BadRequest / NotFound / Conflict / Unauthorized / Forbidden / PayloadTooLarge
+        ├── Unprocessable                   well-formed, but its values cannot be accepted
         ├── IdempotencyConflict(Conflict)   same Idempotency-Key, different request
         ├── TooManyRequests                 over the key's rate limit (carries `retry_after`)
-        └── Gone                            what the request concerned was erased
+        ├── TryLater                        something it needs (the chain) is down right now
+        └── Gone                            what the request concerned was erased or pruned
 """
 
 from __future__ import annotations
@@ -97,11 +100,13 @@ class AnchorFeeCapReached(ChainError, Unavailable):
         self.cap_wei = cap_wei
 
 
-class ApiError(LedgerError):
-    """An error with an HTTP status, rendered as RFC 9457 problem details."""
+class RequestError(LedgerError):
+    """A request that cannot be carried out as asked; `detail` says why and what to do.
 
-    status = 400
-    title = "Bad request"
+    These are the domain's words ("not found", "conflict"), not HTTP's: the API maps each kind
+    to its status and title in one place (`api.problems.PROBLEM_KINDS`), the CLI prints the
+    detail. `extra` members (field errors, ids) travel with it into the problem document.
+    """
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -109,49 +114,52 @@ class ApiError(LedgerError):
         self.extra = extra
 
 
-class NotFound(ApiError):
-    status = 404
-    title = "Not found"
+class BadRequest(RequestError):
+    """The request is malformed in a way no field-by-field check describes."""
 
 
-class Conflict(ApiError):
-    status = 409
-    title = "Conflict"
+class NotFound(RequestError):
+    """What the request names does not exist (or the caller may not know it does)."""
+
+
+class Conflict(RequestError):
+    """The request contradicts the journal's current state."""
 
 
 class IdempotencyConflict(Conflict):
-    title = "Idempotency-Key reused with a different request"
+    """An Idempotency-Key sent again with a different request."""
 
 
-class Unauthorized(ApiError):
-    status = 401
-    title = "Unauthorized"
+class Unauthorized(RequestError):
+    """No credentials, or credentials that are not valid."""
 
 
-class Forbidden(ApiError):
-    status = 403
-    title = "Forbidden"
+class Forbidden(RequestError):
+    """Valid credentials whose role may not do this."""
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
-    title = "Payload too large"
+class PayloadTooLarge(RequestError):
+    """A body over the configured size limit."""
 
 
-class Unprocessable(ApiError):
-    status = 422
-    title = "Unprocessable request"
+class Unprocessable(RequestError):
+    """A well-formed request whose values cannot be accepted."""
 
 
-class TooManyRequests(ApiError):
+class TooManyRequests(RequestError):
     """The key sent more requests than its role's rate limit allows; retry after a while."""
-
-    status = 429
-    title = "Too many requests"
 
     def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
         super().__init__(detail, retry_after=retry_after, **extra)
         self.retry_after = retry_after
+
+
+class TryLater(RequestError):
+    """Something the request needs (the chain node) cannot be reached now; nothing was done."""
+
+
+class Gone(RequestError):
+    """What the request concerned existed and was erased or pruned."""
 
 
 class SalesforceError(LedgerError):
@@ -171,8 +179,3 @@ class BrokerUnavailable(Unavailable):
 
 class KeyUnavailable(LedgerError):
     """Sealed personal data that the configured master key(s) cannot open."""
-
-
-class Gone(ApiError):
-    status = 410
-    title = "Gone"

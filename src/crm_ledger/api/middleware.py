@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_ledger import metrics
-from crm_ledger.api.problems import problem_response, problem_type
+from crm_ledger.api.problems import problem_kind, problem_response, problem_type
 from crm_ledger.errors import PayloadTooLarge
 from crm_ledger.journal.schemas import safe_text
 from crm_ledger.observability.logs import request_context, sane_request_id
@@ -116,7 +116,7 @@ class UnexpectedErrorMiddleware:
                 raise
             response = problem_response(
                 status=413,
-                title=PayloadTooLarge.title,
+                title=problem_kind(PayloadTooLarge)[1],
                 detail=str(exc.detail),
                 type_=problem_type(PayloadTooLarge.__name__),
                 instance=scope["path"],

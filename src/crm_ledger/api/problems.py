@@ -36,17 +36,25 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from crm_ledger.crm.feed import CursorExpired
 from crm_ledger.errors import (
-    ApiError,
+    BadRequest,
     Conflict,
     Forbidden,
+    Gone,
+    IdempotencyConflict,
     KeyUnavailable,
     NotFound,
     PayloadTooLarge,
+    RequestError,
     TooManyRequests,
+    TryLater,
     Unauthorized,
+    Unprocessable,
 )
+from crm_ledger.ingest.inbox import MalformedDelivery
 from crm_ledger.journal.schemas import MAX_QUOTED_CHARS, safe_text
+from crm_ledger.outbound.webhooks.urls import UnsafeWebhookUrl
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +120,50 @@ def problem_response(
     )
 
 
+class ChainUnreachable(TryLater):
+    """The chain node cannot be reached: the request was fine, try again later."""
+
+
+#: Each kind of `RequestError` and the status and title it answers with; a subclass not listed
+#: answers as its nearest listed base (a test checks that every one has a status).
+PROBLEM_KINDS: dict[type[RequestError], tuple[int, str]] = {
+    BadRequest: (400, "Bad request"),
+    MalformedDelivery: (400, "Malformed webhook body"),
+    Unauthorized: (401, "Unauthorized"),
+    Forbidden: (403, "Forbidden"),
+    NotFound: (404, "Not found"),
+    Conflict: (409, "Conflict"),
+    IdempotencyConflict: (409, "Idempotency-Key reused with a different request"),
+    Gone: (410, "Gone"),
+    CursorExpired: (410, "Cursor expired"),
+    PayloadTooLarge: (413, "Payload too large"),
+    Unprocessable: (422, "Unprocessable request"),
+    UnsafeWebhookUrl: (422, "Webhook URL refused"),
+    TooManyRequests: (429, "Too many requests"),
+    TryLater: (503, "Service unavailable"),
+    ChainUnreachable: (503, "Chain unavailable"),
+}
+
+
+def problem_kind(error: type[RequestError]) -> tuple[int, str]:
+    """The status and title `error` answers with (its nearest kind in `PROBLEM_KINDS`)."""
+    for kind in error.__mro__:
+        if kind in PROBLEM_KINDS:
+            return PROBLEM_KINDS[kind]
+    raise LookupError(f"{error.__name__} is a RequestError with no status in PROBLEM_KINDS")
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, RequestError)
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="crm-ledger"'
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(exc.retry_after)
+    status, title = problem_kind(type(exc))
     return problem_response(
-        status=exc.status,
-        title=exc.title,
+        status=status,
+        title=title,
         detail=exc.detail,
         type_=problem_type(type(exc).__name__),
         instance=request.url.path,
@@ -139,10 +181,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if detail is None:
         detail = _HTTP_DETAILS.get(exc.status_code, phrase)
     # The same status gets the same type and title whether the router or a handler raised it.
-    same = _API_ERRORS.get(exc.status_code)
+    same = _SAME_KIND.get(exc.status_code)
     return problem_response(
         status=exc.status_code,
-        title=same.title if same else phrase,
+        title=problem_kind(same)[1] if same else phrase,
         detail=detail,
         type_=problem_type(same.__name__ if same else phrase),
         instance=request.url.path,
@@ -150,9 +192,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-_API_ERRORS: dict[int, type[ApiError]] = {
-    cls.status: cls
-    for cls in (NotFound, Conflict, Unauthorized, Forbidden, PayloadTooLarge, TooManyRequests)
+_SAME_KIND: dict[int, type[RequestError]] = {
+    problem_kind(kind)[0]: kind
+    for kind in (NotFound, Conflict, Unauthorized, Forbidden, PayloadTooLarge, TooManyRequests)
 }
 # FastAPI's answer when the body cannot even be parsed (too deep, a number too long to read).
 _UNPARSABLE = "There was an error parsing the body"
@@ -321,9 +363,9 @@ def document_unavailable(app: FastAPI) -> None:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    """Render `ApiError`, HTTP errors, request validation errors and database outages as
+    """Render `RequestError`, HTTP errors, request validation errors and database outages as
     problem details."""
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(KeyUnavailable, _key_unavailable)

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.crm import bulk
 from crm_ledger.db.models import FeedEvent, FeedMark, utcnow
-from crm_ledger.errors import ApiError, Unprocessable
+from crm_ledger.errors import Gone, Unprocessable
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -98,11 +98,8 @@ class EventType(enum.StrEnum):
     SUBSCRIPTION_PAUSED = "subscription.paused"
 
 
-class CursorExpired(ApiError):
+class CursorExpired(Gone):
     """The events after this cursor were pruned: the consumer has missed some."""
-
-    status = 410
-    title = "Cursor expired"
 
 
 @dataclass(frozen=True, slots=True)

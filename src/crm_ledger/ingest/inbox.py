@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestDelivery, new_id, utcnow
-from crm_ledger.errors import ApiError, Conflict, NotFound, Unauthorized
+from crm_ledger.errors import BadRequest, Conflict, NotFound, Unauthorized
 from crm_ledger.ingest.schemas import DeliveryPublic
 from crm_ledger.ingest.signatures import (
     HEADERS,
@@ -69,10 +69,8 @@ class Checked:
     topic: str
 
 
-class MalformedDelivery(ApiError):
+class MalformedDelivery(BadRequest):
     """A signed body that is not a JSON object: nothing is stored."""
-
-    title = "Malformed webhook body"
 
 
 def is_woocommerce_ping(platform: Platform, headers: Mapping[str, str], body: bytes) -> bool:

@@ -58,7 +58,7 @@ def plan_award(
     max_recipients: int,
     chain_remaining: int | None,
 ) -> LoyaltyAwardJob:
-    """Validate and plan an award job; raises a 4xx `ApiError` naming the problem."""
+    """Validate and plan an award job; raises a `RequestError` naming the problem."""
     now = utcnow()
     campaign = lock_campaign(session=session, campaign_id=campaign_id)
     require_open(campaign, now)

@@ -23,6 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from crm_ledger.api.deps import RuntimeDep, SessionDep, problem_responses, require_roles
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
+from crm_ledger.api.problems import ChainUnreachable
 from crm_ledger.api.transaction import transaction
 from crm_ledger.audit.chain import ChainProvider, RpcChainProvider
 from crm_ledger.audit.customer import audit_customer
@@ -31,7 +32,6 @@ from crm_ledger.audit.ledger import read_deployment
 from crm_ledger.audit.reports import latest_report, run_stored_audit, start_report
 from crm_ledger.db.models import Customer, Deployment, Record
 from crm_ledger.errors import (
-    ApiError,
     ChainError,
     ChainUnavailable,
     Conflict,
@@ -83,13 +83,6 @@ AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role
 AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
 
 _ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429, 503)
-
-
-class ChainUnreachable(ApiError):
-    """The chain node cannot be reached: the request was fine, try again later."""
-
-    status = 503
-    title = "Chain unavailable"
 
 
 def get_chain_provider(runtime: RuntimeDep) -> ChainProvider:

@@ -38,8 +38,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class UnsafeWebhookUrl(Unprocessable):
     """A webhook URL that is malformed or leads inside the service's network."""
 
-    title = "Webhook URL refused"
-
 
 def forbidden_reason(address: IPAddress) -> str | None:
     """Why a webhook may not connect to `address`, or None when it may."""
