@@ -144,7 +144,7 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, f
         work / "service",
         rpc_url,
         role="admin",
-        env={"CRM_LEDGER_INGEST_SECRET_KEY": SECRET_KEY},
+        env={"CRM_LEDGER_MASTER_KEY": SECRET_KEY},
         ready=lambda readyz: readyz.get("chain", {}).get("state") == "running",
     )
     limits = httpx.Limits(

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import random
 import tempfile
 import threading
 import time
@@ -48,6 +47,7 @@ from crm_ledger.crm import feed
 from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import WebhookDelivery
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
+from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.outbound.nats import NatsPublisher
 from crm_ledger.outbound.publisher import message_for
 from crm_ledger.outbound.relay import NATS_RELAY, FeedRelay
@@ -98,6 +98,7 @@ def fresh_journal(database_url: str | None, tmp: Path) -> sessionmaker[Session]:
         separator = "&" if "?" in database_url else "?"
         url = f"{database_url}{separator}options=-csearch_path%3D{schema}"
     engine = make_engine(url)
+    attach_keyring(engine, KeyRing.generate())  # sealed signing secrets need a master key
     upgrade_database(engine)
     return make_session_factory(engine)
 
@@ -235,7 +236,6 @@ async def webhook_phase(events: int, database_url: str | None, tmp: Path) -> Non
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    key = random.randbytes(32)
     try:
         # Baseline: bare aiohttp POSTs (the worker's client) of a same-sized body, 16 at a time.
         body = b"x" * 420
@@ -261,12 +261,10 @@ async def webhook_phase(events: int, database_url: str | None, tmp: Path) -> Non
                             event_types=[t.value for t in TYPES],
                         ),
                         secret=new_signing_secret(),
-                        key=key,
                     )
             append(sessions, events)
             worker = WebhookDispatcher(
                 session_factory=sessions,
-                secret_key=lambda: key,
                 policy=WebhookPolicy(allow_private_urls=True),
             )
             wanted = events * subscribers

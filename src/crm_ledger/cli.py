@@ -329,8 +329,9 @@ def keys_rotate_master(
     else:
         where = f"set CRM_LEDGER_MASTER_KEY to the content of {new_key_file} before restarting"
     stderr.print(
-        f"Re-wrapped {result.data_keys} data keys and {result.answers} stored answers under "
-        f"master key {keyring.current.key_id.hex()}; {where}."
+        f"Re-wrapped {result.data_keys} data keys, {result.answers} stored answers and "
+        f"{result.secrets} shop and webhook secrets under master key "
+        f"{keyring.current.key_id.hex()}; {where}."
     )
 
 

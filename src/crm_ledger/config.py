@@ -133,11 +133,6 @@ class Settings(BaseSettings):
     )
 
     # Commerce ingest (issue 11) ------------------------------------------------------------
-    ingest_secret_key: SecretStr | None = Field(
-        default=None,
-        description="base64 of 32 bytes: the AES-GCM key source secrets are encrypted with; "
-        "unset: a key file `ingest-secret.key` made once in the data directory",
-    )
     ingest_rotation_grace_seconds: float = Field(
         default=86_400.0, ge=0, description="how long a rotated-out source secret still verifies"
     )
@@ -208,11 +203,6 @@ class Settings(BaseSettings):
         default=False,
         description="let subscriptions target loopback, private, link-local and metadata "
         "addresses (tests and closed networks only)",
-    )
-    webhook_secret_key: SecretStr | None = Field(
-        default=None,
-        description="base64 of 32 bytes that encrypt signing secrets at rest; unset: a key "
-        "file in the data directory, made on first use",
     )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_max_concurrency: int = Field(default=64, ge=1, le=1000)

@@ -21,8 +21,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from fastapi.testclient import TestClient
 
-# base64 of 32 bytes: the key source secrets are encrypted with in tests.
-TEST_SECRET_KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMi1ieXQ="
+# base64 of 32 bytes: the master key (personal data, source secrets) of the ingest tests.
+TEST_MASTER_KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMi1ieXQ="
 
 
 def ingest_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
@@ -31,7 +31,7 @@ def ingest_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Sett
         "data_dir": tmp_path,
         "database_url": database_url,
         "run_anchorer": False,
-        "ingest_secret_key": TEST_SECRET_KEY,
+        "master_key": TEST_MASTER_KEY,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from crm_ledger.cli import app as cli
 from crm_ledger.ingest.worker import IngestWorker
-from tests.ingest.conftest import TEST_SECRET_KEY, TestClient
+from tests.ingest.conftest import TEST_MASTER_KEY, TestClient
 from tests.ingest.helpers import order_bodies, orders, send_shopify, send_woo
 from tests.ingest.shops import SHOPIFY_ORDER_ID, shopify_order, woo_order
 
@@ -24,7 +24,7 @@ def run_import(database_url: str, tmp_path: Path, file: Path, source_id: str) ->
         ["import", "orders", str(file), "--source", source_id, "--data-dir", str(tmp_path / "d")],
         env={
             "CRM_LEDGER_DATABASE_URL": database_url,
-            "CRM_LEDGER_INGEST_SECRET_KEY": TEST_SECRET_KEY,
+            "CRM_LEDGER_MASTER_KEY": TEST_MASTER_KEY,
         },
     )
 

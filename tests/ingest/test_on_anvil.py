@@ -15,7 +15,7 @@ from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.config import Settings
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.chain.conftest import free_port
-from tests.ingest.conftest import TEST_SECRET_KEY, TestClient
+from tests.ingest.conftest import TEST_MASTER_KEY, TestClient
 from tests.ingest.helpers import send_shopify
 from tests.ingest.shops import SHOPIFY_SECRET, shopify_order, shopify_refund
 
@@ -57,7 +57,7 @@ def test_order_webhook_earns_on_chain_and_refund_and_cancellation_burn_it_back(
         database_url=database_url,
         rpc_url=anvil.rpc_url,
         batch_max_age_seconds=0.01,
-        ingest_secret_key=TEST_SECRET_KEY,
+        master_key=TEST_MASTER_KEY,
     )
     app = create_app(settings)
     with TestClient(app) as client:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from typing import Any
@@ -10,12 +11,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestSource, utcnow
-from crm_ledger.errors import ConfigError
-from crm_ledger.ingest.secrets import decrypt_secret, encrypt_secret, secret_key
+from crm_ledger.errors import KeyUnavailable
+from crm_ledger.journal.privacy import KeyRing, MasterKey, SecretPurpose, open_secret
 from tests.api.helpers import problem
-from tests.ingest.conftest import TestClient, make_source, webhook_path
+from tests.ingest.conftest import TEST_MASTER_KEY, TestClient, make_source, webhook_path
 from tests.ingest.shops import SHOPIFY_SECRET, body_of, shopify_headers, shopify_order
 
 NEW_SECRET = "shpss_rotated_ffffffffffffffffffffffff"
@@ -86,24 +86,27 @@ def test_rotation_keeps_the_old_secret_for_the_grace_period_then_refuses_it(
     assert (send(NEW_SECRET), send(SHOPIFY_SECRET)) == (200, 401)
 
 
-def test_a_ciphertext_does_not_open_under_another_source_or_key(
-    settings: Settings, tmp_path: Any
+def test_a_sealed_secret_opens_only_on_its_own_source_and_under_its_own_master_key(
+    client: TestClient, admin: dict[str, str], session_factory: sessionmaker[Session]
 ) -> None:
-    key = secret_key(settings)
-    blob = encrypt_secret(key, "s3cret-value", source_id="a")
-    assert decrypt_secret(key, blob, source_id="a") == "s3cret-value"
-    with pytest.raises(ConfigError):
-        decrypt_secret(key, blob, source_id="b")
-    with pytest.raises(ConfigError):
-        decrypt_secret(bytes(32), blob, source_id="a")
-
-
-def test_without_a_configured_key_one_is_made_once_in_the_data_dir(tmp_path: Any) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path / "d")  # type: ignore[call-arg]
-    first = secret_key(settings)
-    assert len(first) == 32
-    assert secret_key(settings) == first
-    assert oct((tmp_path / "d" / "ingest-secret.key").stat().st_mode & 0o777) == "0o600"
+    created = client.post(
+        "/v1/sources",
+        json={"platform": "shopify", "name": "Tea shop", "secret": "s3cret-value"},
+        headers=admin,
+    ).json()
+    with session_factory() as session:
+        row = session.scalars(select(IngestSource).where(IngestSource.id == created["id"])).one()
+    keyring = KeyRing(MasterKey(base64.b64decode(TEST_MASTER_KEY)))  # the app's master key
+    sealed = row.secret_ciphertext
+    assert sealed is not None and b"s3cret-value" not in sealed
+    shop = SecretPurpose.SHOP_SOURCE
+    assert open_secret(keyring, purpose=shop, bound_to=row.id, sealed=sealed) == "s3cret-value"
+    with pytest.raises(KeyUnavailable):
+        open_secret(keyring, purpose=shop, bound_to="another-source", sealed=sealed)
+    with pytest.raises(KeyUnavailable):
+        open_secret(keyring, purpose=SecretPurpose.WEBHOOK_SIGNING, bound_to=row.id, sealed=sealed)
+    with pytest.raises(KeyUnavailable):  # another master key: not even its key id is known
+        open_secret(KeyRing.generate(), purpose=shop, bound_to=row.id, sealed=sealed)
 
 
 def test_rotate_and_create_are_idempotent(

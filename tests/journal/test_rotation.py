@@ -14,17 +14,27 @@ from typer.testing import CliRunner
 
 from crm_ledger.cli import app
 from crm_ledger.config import Settings
-from crm_ledger.db.models import Customer, IdempotencyEntry, Record
+from crm_ledger.db.models import (
+    Customer,
+    IdempotencyEntry,
+    IngestSource,
+    Record,
+    WebhookSubscription,
+)
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.errors import KeyUnavailable
+from crm_ledger.ingest.schemas import SourceCreate
+from crm_ledger.ingest.sources import create_source
 from crm_ledger.journal.customers import create_customer, find_customer_by_email, personal_fields
 from crm_ledger.journal.keys import Role, create_api_key
 from crm_ledger.journal.privacy import (
     KeyRing,
     MasterKey,
+    SecretPurpose,
     attach_keyring,
     load_keyring,
     open_response,
+    open_secret,
     read_key_file,
     seal_response,
     unwrap_data_key,
@@ -32,6 +42,8 @@ from crm_ledger.journal.privacy import (
 )
 from crm_ledger.journal.records import record_interaction
 from crm_ledger.journal.schemas import CustomerCreate, InteractionCreate
+from crm_ledger.outbound.webhooks.schemas import WebhookSubscriptionCreate
+from crm_ledger.outbound.webhooks.subscriptions import create_subscription
 
 runner = CliRunner()
 
@@ -123,13 +135,25 @@ def test_rotation_rewraps_every_data_key_and_leaves_records_alone(
                 response_sealed=seal_response(old, scope="1|k", body='{"name":"ada"}'),
             )
         )
+        shop = create_source(
+            session=session,
+            settings=settings,
+            payload=SourceCreate(platform="shopify", name="Tea shop", secret="shop-secret"),
+        ).id
+        hook = create_subscription(
+            session=session,
+            payload=WebhookSubscriptionCreate(
+                url="https://example.com/hook", event_types=["record.anchored"]
+            ),
+            secret="whsec_signing",
+        ).id
     before = records(sessions)
     key_path = settings.data_dir / "master.key"
     old_text = key_path.read_text()
 
     code, err = rotate(settings)
     assert code == 0, err
-    assert "Re-wrapped 2 data keys and 1 stored answers" in err
+    assert "Re-wrapped 2 data keys, 1 stored answers and 2 shop and webhook secrets" in err
     assert key_path.read_text() != old_text and old_text.strip() not in err
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert not list(settings.data_dir.glob("*.next"))
@@ -144,6 +168,22 @@ def test_rotation_rewraps_every_data_key_and_leaves_records_alone(
         sealed = session.scalars(select(IdempotencyEntry.response_sealed)).one()
         assert sealed is not None
         assert open_response(new, scope="1|k", sealed=sealed) == '{"name":"ada"}'
+        kept = [
+            (SecretPurpose.SHOP_SOURCE, shop, session.scalars(select(IngestSource)).one()),
+            (
+                SecretPurpose.WEBHOOK_SIGNING,
+                hook,
+                session.scalars(select(WebhookSubscription)).one(),
+            ),
+        ]
+    for (purpose, bound_to, row), secret in zip(
+        kept, ["shop-secret", "whsec_signing"], strict=True
+    ):
+        sealed = row.secret_ciphertext if isinstance(row, IngestSource) else row.secret
+        assert sealed is not None
+        assert open_secret(new, purpose=purpose, bound_to=bound_to, sealed=sealed) == secret
+        with pytest.raises(KeyUnavailable):  # sealed under the new key only
+            open_secret(old, purpose=purpose, bound_to=bound_to, sealed=sealed)
 
 
 def test_an_interrupted_rotation_is_finished_by_running_it_again(
@@ -164,7 +204,7 @@ def test_an_interrupted_rotation_is_finished_by_running_it_again(
 
     code, err = rotate(settings)
     assert code == 0, err
-    assert "Re-wrapped 1 data keys" in err
+    assert "Re-wrapped 1 data keys," in err
     assert read_key_file(settings.data_dir / "master.key") == b"\x05" * 32
     assert not pending.exists()
     check_opens(settings, ["ada", "grace"])
@@ -195,7 +235,7 @@ def test_a_key_from_the_environment_rotates_into_a_new_key_file(
     done = runner.invoke(app, [*args, "--new-key-file", str(new_file)], env=env)
     assert done.exit_code == 0, done.stderr
     assert stat.S_IMODE(new_file.stat().st_mode) == 0o600
-    assert "Re-wrapped 1 data keys" in done.stderr and str(new_file) in done.stderr
+    assert "Re-wrapped 1 data keys," in done.stderr and str(new_file) in done.stderr
     rotated = Settings(
         _env_file=None,  # type: ignore[call-arg]
         data_dir=tmp_path / "data",

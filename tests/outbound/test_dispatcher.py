@@ -10,7 +10,6 @@ import asyncio
 import ipaddress
 import itertools
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,6 @@ from crm_ledger.outbound.webhooks.secrets import new_signing_secret
 from crm_ledger.outbound.webhooks.subscriptions import SubscriptionStatus
 from tests.outbound.conftest import Receiver, write_events
 
-KEY = os.urandom(32)
 ALL_TYPES = [EventType.RECORD_ANCHORED.value, EventType.REWARD_ISSUED.value]
 FAST_RETRIES = (0.05, 0.05, 0.05, 0.05, 0.05)
 
@@ -48,7 +46,6 @@ def subscribe(
             session=session,
             payload=WebhookSubscriptionCreate(url=url, event_types=list(types)),
             secret=secret,
-            key=KEY,
         )
         return created.id, secret
 
@@ -63,7 +60,6 @@ def dispatcher(session_factory: sessionmaker[Session], **policy: object) -> Webh
     settings.update(policy)
     return WebhookDispatcher(
         session_factory=session_factory,
-        secret_key=lambda: KEY,
         policy=WebhookPolicy(**settings),  # type: ignore[arg-type]
         rng=random.Random(7),
     )

@@ -20,7 +20,8 @@ from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.db.models import WebhookDelivery, WebhookSubscription, utcnow
 from crm_ledger.journal.keys import Role, create_api_key
-from crm_ledger.outbound.webhooks.secrets import encryption_key, unseal
+from crm_ledger.journal.privacy import keyring_for_engine
+from crm_ledger.outbound.webhooks.secrets import unseal
 from tests.api.helpers import count, problem
 from tests.outbound.conftest import write_events
 
@@ -109,8 +110,9 @@ def test_create_shows_the_secret_once_and_stores_it_encrypted(
     with sessions() as session:
         row = session.scalars(select(WebhookSubscription)).one()
     assert secret.encode() not in row.secret and secret[6:].encode() not in row.secret
-    key = encryption_key(app.state.runtime.settings)
-    assert unseal(row.secret, key=key, subscription_id=row.id) == secret
+    keyring = keyring_for_engine(app.state.runtime.engine)
+    assert keyring is not None
+    assert unseal(row.secret, keyring=keyring, subscription_id=row.id) == secret
 
 
 @pytest.mark.parametrize(

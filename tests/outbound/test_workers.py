@@ -16,7 +16,7 @@ from crm_ledger.config import Settings
 from crm_ledger.crm.feed import EventType
 from crm_ledger.outbound.webhooks import subscriptions as service
 from crm_ledger.outbound.webhooks.schemas import WebhookSubscriptionCreate
-from crm_ledger.outbound.webhooks.secrets import encryption_key, new_signing_secret
+from crm_ledger.outbound.webhooks.secrets import new_signing_secret
 from crm_ledger.workers import Supervisor, background_workers
 from tests.outbound.conftest import SHARED_NATS_URL, Receiver, feed_ids, read_stream, write_events
 
@@ -73,7 +73,6 @@ async def test_under_the_supervisor_events_reach_jetstream_and_a_signed_webhook(
                 url=receiver.url("/crm"), event_types=[EventType.RECORD_ANCHORED.value]
             ),
             secret=secret,
-            key=encryption_key(settings),
         )
     supervisor = Supervisor(engine=engine, idle_seconds=0.05)
     for worker in background_workers(settings=settings, session_factory=session_factory):

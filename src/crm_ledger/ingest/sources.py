@@ -4,10 +4,10 @@ Exports: `create_source`, `get_source`, `list_sources`, `delete_source`, `rotate
 `source_public`, `webhook_path`, `verifying_keys`, `VerifyingKeys`.
 
 Secrets come from the shop (Shopify shows its signing secret, WooCommerce and Magento take the
-one you type), are encrypted (`ingest.secrets`) before they are stored and are never returned
-nor logged. A rotation keeps the
-previous secret valid for `ingest_rotation_grace_seconds` (24 hours by default), so deliveries
-already queued in the shop with the old signature are still accepted. Writers flush, the caller
+one you type), are sealed under the master key ring (`journal.privacy.seal_secret`, rotated with
+it) before they are stored, and are never returned nor logged. A rotation keeps the previous
+secret valid for `ingest_rotation_grace_seconds` (24 hours by default), so deliveries already
+queued in the shop with the old signature are still accepted. Writers flush, the caller
 commits.
 """
 
@@ -23,8 +23,8 @@ from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestSource, new_id, utcnow
 from crm_ledger.errors import NotFound, Unprocessable
 from crm_ledger.ingest.schemas import SourceCreate, SourcePublic, SourceRotate
-from crm_ledger.ingest.secrets import decrypt_secret, encrypt_secret, secret_key
 from crm_ledger.ingest.signatures import Platform, load_public_key
+from crm_ledger.journal.privacy import KeyRing, SecretPurpose, keyring_of, open_secret, seal_secret
 from crm_ledger.journal.schemas import format_timestamp, is_public_id, shorten
 
 
@@ -62,12 +62,12 @@ def create_source(*, session: Session, settings: Settings, payload: SourceCreate
         )
     secret = payload.secret
     source_id = new_id()
-    key = secret_key(settings)
+    keyring = keyring_of(session)
     source = IngestSource(
         id=source_id,
         platform=payload.platform.value,
         name=payload.name,
-        secret_ciphertext=encrypt_secret(key, secret, source_id=source_id) if secret else None,
+        secret_ciphertext=_seal(keyring, secret, source_id) if secret else None,
         public_key=payload.public_key,
         created_at=utcnow(),
     )
@@ -126,7 +126,7 @@ def rotate_source(
             if source.secret_ciphertext is not None
             else None
         )
-        source.secret_ciphertext = encrypt_secret(secret_key(settings), secret, source_id=source.id)
+        source.secret_ciphertext = _seal(keyring_of(session), secret, source.id)
     if payload.public_key is not None:
         source.public_key = payload.public_key
     source.rotated_at = now
@@ -148,16 +148,16 @@ def verifying_keys(
             f"{webhook_path(source.platform, source.id)}",
             source_id=source.id,
         )
-    key = secret_key(settings)
+    keyring = keyring_of(session)
     secrets = []
     if source.secret_ciphertext is not None:
-        secrets.append(decrypt_secret(key, source.secret_ciphertext, source_id=source.id))
+        secrets.append(_open(keyring, source.secret_ciphertext, source.id))
     if (
         source.previous_secret_ciphertext is not None
         and source.previous_secret_expires_at is not None
         and now < source.previous_secret_expires_at
     ):
-        secrets.append(decrypt_secret(key, source.previous_secret_ciphertext, source_id=source.id))
+        secrets.append(_open(keyring, source.previous_secret_ciphertext, source.id))
     return VerifyingKeys(
         source_pk=source.pk,
         platform=Platform(source.platform),
@@ -198,4 +198,19 @@ def _check_public_key(pem: str | None) -> None:
 def _bad(field: str, message: str) -> Unprocessable:
     return Unprocessable(
         f"{field}: {message}", errors=[{"location": "body", "field": field, "message": message}]
+    )
+
+
+_PURPOSE = SecretPurpose.SHOP_SOURCE
+
+
+def _seal(keyring: KeyRing, secret: str, source_id: str) -> bytes:
+    return seal_secret(
+        keyring, purpose=SecretPurpose.SHOP_SOURCE, bound_to=source_id, secret=secret
+    )
+
+
+def _open(keyring: KeyRing, sealed: bytes, source_id: str) -> str:
+    return open_secret(
+        keyring, purpose=SecretPurpose.SHOP_SOURCE, bound_to=source_id, sealed=sealed
     )

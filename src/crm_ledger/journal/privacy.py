@@ -3,7 +3,8 @@
 Exports: `PersonalFields`, `MasterKey`, `KeyRing`, `load_keyring`, `key_file`, `read_key_file`,
 `write_key_file`, `attach_keyring`, `keyring_of`, `keyring_for_engine`, `new_data_key`,
 `wrap_data_key`, `unwrap_data_key`, `wrapped_under`, `seal_personal`, `open_personal`,
-`seal_response`, `open_response`, `normalise_email`, `MASTER_KEY_FILE`, `NEXT_SUFFIX`.
+`seal_response`, `open_response`, `SecretPurpose`, `seal_secret`, `open_secret`,
+`normalise_email`, `MASTER_KEY_FILE`, `NEXT_SUFFIX`.
 
 Every customer has a random 256-bit data key. Their personal fields (name, email, phone) are one
 AES-256-GCM ciphertext under that key; the data key itself is stored wrapped (AES-256-GCM) by the
@@ -12,7 +13,10 @@ so a ciphertext moved to another row does not open. Erasure deletes the wrapped 
 
 Email lookups use a blind index: HMAC-SHA256 of the normalised email under an index key derived
 from the master key with HKDF-SHA256, so equal emails match without the email being stored.
-Stored idempotent answers are sealed under a third HKDF-derived key.
+Stored idempotent answers are sealed under a third HKDF-derived key, and the secrets the service
+keeps for others (a shop's webhook secret, a webhook subscription's signing secret) under a
+fourth: one master key ring protects everything sealed at rest, and `crm-ledger keys
+rotate-master` re-seals all of it (`journal.rotation`).
 
 A wrapped blob starts with the 8-byte id of the master key that made it (HKDF of that key), so a
 key ring holding the current master key and, during a rotation, the next one opens both.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hmac
 import json
 import logging
@@ -58,6 +63,16 @@ _ENGINE_ATTRIBUTE = "_crm_ledger_keyring"
 _WRAP_AAD = b"crm-ledger data key v1|"
 _PERSONAL_AAD = b"crm-ledger personal v1|"
 _RESPONSE_AAD = b"crm-ledger idempotent answer v1|"
+_SECRET_AAD = b"crm-ledger stored secret v1|"
+
+
+class SecretPurpose(enum.StrEnum):
+    """What a stored secret is for; part of what its ciphertext is bound to."""
+
+    #: The HMAC secret a shop (Shopify, WooCommerce, Magento) signs its webhooks with.
+    SHOP_SOURCE = "shop source"
+    #: The Standard Webhooks signing secret of a webhook subscription.
+    WEBHOOK_SIGNING = "webhook signing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +87,7 @@ class PersonalFields:
 class MasterKey:
     """One master key and the keys derived from it (id, blind index, stored answers)."""
 
-    __slots__ = ("_index_key", "_responses", "_wrap", "key_id")
+    __slots__ = ("_index_key", "_responses", "_secrets", "_wrap", "key_id")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != 32:
@@ -81,6 +96,7 @@ class MasterKey:
         self._wrap = AESGCM(secret)
         self._index_key = _derive(secret, b"crm-ledger email blind index v1", 32)
         self._responses = AESGCM(_derive(secret, b"crm-ledger idempotent answers v1", 32))
+        self._secrets = AESGCM(_derive(secret, b"crm-ledger stored secrets v1", 32))
 
     def email_index(self, email: str) -> bytes:
         """HMAC-SHA256 of the normalised email under this key's index key."""
@@ -181,23 +197,51 @@ def open_personal(data_key: bytes, *, customer_id: str, sealed: bytes) -> Person
 def seal_response(keyring: KeyRing, *, scope: str, body: str) -> bytes:
     """A stored idempotent answer sealed under the current key's answer key, bound to `scope`."""
     master = keyring.current
-    nonce = secrets.token_bytes(_NONCE_SIZE)
-    sealed = master._responses.encrypt(nonce, body.encode(), _RESPONSE_AAD + scope.encode())
-    return master.key_id + nonce + sealed
+    return master.key_id + _seal(master._responses, body.encode(), _RESPONSE_AAD + scope.encode())
 
 
 def open_response(keyring: KeyRing, *, scope: str, sealed: bytes) -> str:
     """The answer inside `seal_response`'s output; raises `KeyUnavailable`."""
     master = keyring.by_id(bytes(sealed[:_KEY_ID_SIZE]))
-    try:
-        plain = master._responses.decrypt(
-            bytes(sealed[_KEY_ID_SIZE : _KEY_ID_SIZE + _NONCE_SIZE]),
-            bytes(sealed[_KEY_ID_SIZE + _NONCE_SIZE :]),
-            _RESPONSE_AAD + scope.encode(),
-        )
-    except InvalidTag:
-        raise KeyUnavailable("a stored idempotent answer does not open: altered or moved") from None
+    plain = _open(master._responses, sealed, _RESPONSE_AAD + scope.encode())
+    if plain is None:
+        raise KeyUnavailable("a stored idempotent answer does not open: altered or moved")
     return plain.decode()
+
+
+def seal_secret(keyring: KeyRing, *, purpose: SecretPurpose, bound_to: str, secret: str) -> bytes:
+    """`secret` sealed for storage under the current master key, bound to its purpose and to
+    `bound_to` (the id of the row that holds it): copied onto another row it does not open."""
+    master = keyring.current
+    aad = _SECRET_AAD + purpose.value.encode() + b"|" + bound_to.encode()
+    return master.key_id + _seal(master._secrets, secret.encode(), aad)
+
+
+def open_secret(keyring: KeyRing, *, purpose: SecretPurpose, bound_to: str, sealed: bytes) -> str:
+    """The secret inside `seal_secret`'s output; raises `KeyUnavailable` when no configured
+    master key made it or it was altered or moved to another row."""
+    master = keyring.by_id(bytes(sealed[:_KEY_ID_SIZE]))
+    aad = _SECRET_AAD + purpose.value.encode() + b"|" + bound_to.encode()
+    plain = _open(master._secrets, sealed, aad)
+    if plain is None:
+        raise KeyUnavailable(
+            f"a stored {purpose.value} secret of {bound_to} does not open: altered or moved"
+        )
+    return plain.decode()
+
+
+def _seal(aead: AESGCM, plain: bytes, aad: bytes) -> bytes:
+    nonce = secrets.token_bytes(_NONCE_SIZE)
+    return nonce + aead.encrypt(nonce, plain, aad)
+
+
+def _open(aead: AESGCM, sealed: bytes, aad: bytes) -> bytes | None:
+    """Open `key id ‖ nonce ‖ ciphertext`; None when it does not authenticate."""
+    body = bytes(sealed[_KEY_ID_SIZE:])
+    try:
+        return aead.decrypt(body[:_NONCE_SIZE], body[_NONCE_SIZE:], aad)
+    except InvalidTag:
+        return None
 
 
 def normalise_email(email: str) -> str:

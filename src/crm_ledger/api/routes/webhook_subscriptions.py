@@ -38,7 +38,7 @@ from crm_ledger.outbound.webhooks.schemas import (
     WebhookSubscriptionsPublic,
     WebhookSubscriptionUpdate,
 )
-from crm_ledger.outbound.webhooks.secrets import encryption_key, new_signing_secret
+from crm_ledger.outbound.webhooks.secrets import new_signing_secret
 from crm_ledger.outbound.webhooks.subscriptions import DeliveryStatus, SubscriptionStatus
 from crm_ledger.outbound.webhooks.urls import check_public
 
@@ -92,12 +92,9 @@ def create_subscription(
     ones). The URL must resolve to public addresses only."""
     check_public(payload.url, allow_private=settings.webhook_allow_private_urls)
     secret = new_signing_secret()
-    sealing_key = encryption_key(settings)
 
     def write(tx: Session) -> str:
-        created = service.create_subscription(
-            session=tx, payload=payload, secret=secret, key=sealing_key
-        )
+        created = service.create_subscription(session=tx, payload=payload, secret=secret)
         public = service.subscription_public(created)
         return WebhookSubscriptionCreated(**public.model_dump(), secret=None).model_dump_json()
 
@@ -237,12 +234,9 @@ def rotate_secret(
 ) -> Response:
     """Deliveries are signed with both secrets for 24 hours, then with the new one only."""
     secret = new_signing_secret()
-    sealing_key = encryption_key(settings)
 
     def write(tx: Session) -> str:
-        rotated = service.rotate_secret(
-            session=tx, subscription_id=subscription_id, secret=secret, key=sealing_key
-        )
+        rotated = service.rotate_secret(session=tx, subscription_id=subscription_id, secret=secret)
         assert rotated.previous_secret_expires_at is not None
         return WebhookSecretPublic(
             secret=None,

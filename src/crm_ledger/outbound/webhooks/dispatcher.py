@@ -51,11 +51,12 @@ from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import FeedEvent, WebhookDelivery, WebhookSubscription, new_id, utcnow
+from crm_ledger.journal.privacy import KeyRing, keyring_of
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.publisher import message_for
 from crm_ledger.outbound.reading import reading
 from crm_ledger.outbound.webhooks import urls
-from crm_ledger.outbound.webhooks.secrets import encryption_key, unseal
+from crm_ledger.outbound.webhooks.secrets import unseal
 from crm_ledger.outbound.webhooks.subscriptions import DeliveryStatus, SubscriptionStatus
 
 __all__ = [
@@ -182,14 +183,15 @@ class WebhookDispatcher:
         self,
         *,
         session_factory: sessionmaker[Session],
-        secret_key: Callable[[], bytes],
+        keyring: Callable[[], KeyRing] | None = None,
         policy: WebhookPolicy,
         resolver: Resolver = urls.resolve,
         rng: random.Random | None = None,
     ) -> None:
         self.session_factory = session_factory
-        self._secret_key_source = secret_key
-        self._secret_key: bytes | None = None
+        # The master key ring attached to the journal's engine, unless a test gives another.
+        self._keyring_source = keyring or self._engine_keyring
+        self._keyring: KeyRing | None = None
         self.policy = policy
         self.resolver = resolver
         self.rng = rng or random.Random()
@@ -206,7 +208,6 @@ class WebhookDispatcher:
         """The worker the settings describe."""
         return cls(
             session_factory=session_factory,
-            secret_key=lambda: encryption_key(settings),
             policy=WebhookPolicy.from_settings(settings),
         )
 
@@ -225,9 +226,13 @@ class WebhookDispatcher:
         return fanned + launched + recorded
 
     async def prepare(self) -> None:
-        """Load the secrets' encryption key (the supervisor halts the worker if it is bad)."""
-        if self._secret_key is None:
-            self._secret_key = await asyncio.to_thread(self._secret_key_source)
+        """Load the master key ring (the supervisor halts the worker if it is bad)."""
+        if self._keyring is None:
+            self._keyring = await asyncio.to_thread(self._keyring_source)
+
+    def _engine_keyring(self) -> KeyRing:
+        with self.session_factory() as session:
+            return keyring_of(session)
 
     async def close(self) -> None:
         """Let deliveries in flight finish (each is bounded by the timeout), then close."""
@@ -398,18 +403,18 @@ class WebhookDispatcher:
         ]
 
     def _secrets(self, subscription: WebhookSubscription, now: datetime) -> tuple[str, ...]:
-        if self._secret_key is None:
+        if self._keyring is None:
             # Read when first needed: a process that never delivers never touches the key.
-            self._secret_key = self._secret_key_source()
-        key = self._secret_key
-        current = unseal(subscription.secret, key=key, subscription_id=subscription.id)
+            self._keyring = self._keyring_source()
+        keyring = self._keyring
+        current = unseal(subscription.secret, keyring=keyring, subscription_id=subscription.id)
         if (
             subscription.previous_secret is not None
             and subscription.previous_secret_expires_at is not None
             and subscription.previous_secret_expires_at > now
         ):
             previous = unseal(
-                subscription.previous_secret, key=key, subscription_id=subscription.id
+                subscription.previous_secret, keyring=keyring, subscription_id=subscription.id
             )
             return (current, previous)
         return (current,)

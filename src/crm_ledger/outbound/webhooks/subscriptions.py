@@ -27,6 +27,7 @@ from crm_ledger.db.models import (
     utcnow,
 )
 from crm_ledger.errors import NotFound, Unprocessable
+from crm_ledger.journal.privacy import keyring_of
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.webhooks.schemas import (
     WebhookDeliveryPublic,
@@ -76,7 +77,7 @@ class DeliveryStatus(enum.StrEnum):
 
 
 def create_subscription(
-    *, session: Session, payload: WebhookSubscriptionCreate, secret: str, key: bytes
+    *, session: Session, payload: WebhookSubscriptionCreate, secret: str
 ) -> WebhookSubscription:
     """A new active subscription that receives events appended from now on."""
     now = utcnow()
@@ -88,7 +89,7 @@ def create_subscription(
         event_types=list(payload.event_types),
         description=payload.description,
         status=SubscriptionStatus.ACTIVE.value,
-        secret=seal(secret, key=key, subscription_id=subscription_id),
+        secret=seal(secret, keyring=keyring_of(session), subscription_id=subscription_id),
         position=max(int(head or 0), _pruned_through(session)),
         consecutive_failures=0,
         created_at=now,
@@ -155,15 +156,13 @@ def delete_subscription(*, session: Session, subscription_id: str) -> None:
     session.delete(subscription)
 
 
-def rotate_secret(
-    *, session: Session, subscription_id: str, secret: str, key: bytes
-) -> WebhookSubscription:
+def rotate_secret(*, session: Session, subscription_id: str, secret: str) -> WebhookSubscription:
     """Replace the signing secret; the previous one also signs for `SECRET_OVERLAP`."""
     subscription = get_subscription(session=session, subscription_id=subscription_id)
     now = utcnow()
     subscription.previous_secret = subscription.secret
     subscription.previous_secret_expires_at = now + SECRET_OVERLAP
-    subscription.secret = seal(secret, key=key, subscription_id=subscription.id)
+    subscription.secret = seal(secret, keyring=keyring_of(session), subscription_id=subscription.id)
     subscription.updated_at = now
     return subscription
 
