@@ -1,18 +1,39 @@
-"""The public JSON shapes of customers, records and record checks: one definition that the API
-answers with and the client library reads (pydantic only: no FastAPI, SQLAlchemy or web3).
+"""The public JSON shapes of customers, records and record checks, and the change feed's event
+types: one definition that the API answers with and the client library reads (pydantic only: no
+FastAPI, SQLAlchemy or web3).
 
-Exports: `CustomerPublic`, `CustomersPublic`, `RecordPublic`, `RecordsPublic`, `ReceiptPending`,
-`RecordVerifyRequest`, `ErasurePublic`.
+Exports: `EventType`, `CustomerPublic`, `CustomersPublic`, `RecordPublic`, `RecordsPublic`,
+`ReceiptPending`, `RecordVerifyRequest`, `ErasurePublic`.
 
 Request shapes live in `crm_ledger.journal.schemas` and `crm_ledger.loyalty.schemas` (pydantic
-only as well); the change feed's in `crm_ledger.crm.schemas`.
+only as well); the change feed's in `crm_ledger.crm.schemas`, the shop sources' in
+`crm_ledger.ingest.schemas`, the webhook subscriptions' in `crm_ledger.outbound.webhooks.schemas`.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class EventType(enum.StrEnum):
+    """Every event type the feed carries."""
+
+    #: The indexer saw the record's batch on chain with the configured confirmations.
+    RECORD_ANCHORED = "record.anchored"
+    #: A reorg took that batch's block away; the record will be anchored again.
+    RECORD_UNANCHORED = "record.unanchored"
+    REWARD_ISSUED = "reward.issued"
+    REWARD_REDEEMED = "reward.redeemed"
+    REWARD_EXPIRED = "reward.expired"
+    #: A reorg took away the block of a reward.issued / redeemed / expired event.
+    REWARD_RETRACTED = "reward.retracted"
+    #: Reconciliation found a new disagreement between the database and the chain.
+    DRIFT_DETECTED = "drift.detected"
+    #: A webhook subscription was paused after a run of failed deliveries (issue 12).
+    SUBSCRIPTION_PAUSED = "subscription.paused"
 
 
 class CustomerPublic(BaseModel):

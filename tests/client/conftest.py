@@ -1,5 +1,6 @@
 """Client fixtures: `crm-ledger serve` as a real process on SQLite and on PostgreSQL, against the
-session's Anvil, with a key per role; and a fault-injecting HTTP proxy in front of it."""
+session's Anvil, with a key per role; a fault-injecting HTTP proxy in front of it; and a webhook
+receiver on 127.0.0.1 (the service lets subscriptions target it)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -76,6 +79,8 @@ def start_service(
         "CRM_LEDGER_BATCH_MAX_AGE_SECONDS": "0.05",
         "CRM_LEDGER_ANCHOR_POLL_SECONDS": "0.02",
         "CRM_LEDGER_PORT": str(port),
+        # Webhook subscriptions may aim at the tests' receiver on 127.0.0.1.
+        "CRM_LEDGER_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
     }
     if database_url is not None:
         env["CRM_LEDGER_DATABASE_URL"] = database_url
@@ -148,3 +153,54 @@ def proxy(live: LiveService) -> Iterator[FaultProxy]:
     """A fault-injecting proxy on 127.0.0.1 in front of the live service."""
     with FaultProxy(live.url) as running:
         yield running
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One webhook the receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that answers 204 to every POST and keeps what it got."""
+
+    def __init__(self) -> None:
+        self.received: list[Delivered] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                received.append(Delivered(self.path, dict(self.headers.items()), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet: the tests read `received`."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def on(self, path: str) -> list[Delivered]:
+        """What `path` received, in order."""
+        return [item for item in list(self.received) if item.path == path]
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="module")
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A webhook receiver on 127.0.0.1 for the module's tests (each uses its own path)."""
+    receiver = WebhookReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()

@@ -10,12 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import LiveService
+from tests.client.conftest import LiveService, WebhookReceiver
 from tests.docs.blocks import ROOT, blocks
 
 pytestmark = pytest.mark.chain
 
-ROLE_OF = {"recorder": "recorder", "auditor": "auditor", "marketing": "marketing", "feed": "admin"}
+ROLE_OF = {
+    "recorder": "recorder",
+    "auditor": "auditor",
+    "marketing": "marketing",
+    "feed": "admin",
+    "integrator": "admin",
+    "async": "admin",
+}
 
 
 def _examples(tmp_path: Path) -> list[tuple[str, Path]]:
@@ -32,7 +39,7 @@ def _examples(tmp_path: Path) -> list[tuple[str, Path]]:
 
 def test_the_client_examples_pass_mypy_strict(tmp_path: Path) -> None:
     files = [str(path) for _, path in _examples(tmp_path)]
-    assert len(files) == 4
+    assert len(files) == len(ROLE_OF)
     checked = subprocess.run(
         [
             sys.executable,
@@ -51,7 +58,9 @@ def test_the_client_examples_pass_mypy_strict(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_the_client_examples_run_against_the_service(live: LiveService, tmp_path: Path) -> None:
+def test_the_client_examples_run_against_the_service(
+    live: LiveService, webhook_receiver: WebhookReceiver, tmp_path: Path
+) -> None:
     for kind, path in _examples(tmp_path):
         done = subprocess.run(
             [sys.executable, str(path)],
@@ -64,6 +73,7 @@ def test_the_client_examples_run_against_the_service(live: LiveService, tmp_path
                 "CRM_LEDGER_URL": live.url,
                 "CRM_LEDGER_API_KEY": live.keys[ROLE_OF[kind]],
                 "CRM_LEDGER_RPC_URL": live.rpc_url,
+                "WEBHOOK_URL": f"{webhook_receiver.base_url}/hooks/docs",
             },
         )
         assert done.returncode == 0, (kind, done.stdout, done.stderr)
@@ -76,3 +86,8 @@ def test_the_client_examples_run_against_the_service(live: LiveService, tmp_path
             assert "issued to 1 customers" in done.stdout
         if kind == "feed":
             assert (tmp_path / "feed.cursor").read_text()
+        if kind == "integrator":
+            assert (tmp_path / "webhook.secret").read_text().startswith("whsec_")
+            assert f"send to {live.url}/v1/webhooks/shopify/" in done.stdout
+        if kind == "async":
+            assert "replayed" in done.stdout

@@ -1,4 +1,5 @@
-"""Importing the client loads neither FastAPI, SQLAlchemy nor web3, nor the service's modules."""
+"""Importing the client loads neither FastAPI, SQLAlchemy nor web3, nor the service's modules,
+nor anything requirements-client.txt does not install (cryptography: the shops' signatures)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import json
 import subprocess
 import sys
 
-FORBIDDEN = ("fastapi", "starlette", "sqlalchemy", "alembic", "web3", "aiohttp", "uvicorn")
+FORBIDDEN = (
+    "fastapi",
+    "starlette",
+    "sqlalchemy",
+    "alembic",
+    "web3",
+    "aiohttp",
+    "uvicorn",
+    "cryptography",
+    "nats",
+)
 SERVICE = (
     "crm_ledger.db",
     "crm_ledger.api",
@@ -15,6 +26,9 @@ SERVICE = (
     "crm_ledger.journal.records",
     "crm_ledger.audit",
     "crm_ledger.config",
+    "crm_ledger.crm.feed",
+    "crm_ledger.ingest.signatures",
+    "crm_ledger.outbound.webhooks.subscriptions",
 )
 
 

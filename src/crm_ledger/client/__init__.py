@@ -1,8 +1,8 @@
 """crm-ledger's Python client: record, page, fetch receipts and verify them in a few lines.
 
 Exports: `Client`, `AsyncClient`, `Receipt`, the models it answers with (`CustomerPublic`,
-`RecordPublic`, `FeedEventPublic`, ...: the API's own, one definition) and the exceptions of
-`crm_ledger.client.errors`.
+`RecordPublic`, `FeedEventPublic`, `SourcePublic`, `WebhookSubscriptionCreated`, ...: the API's
+own, one definition) and the exceptions of `crm_ledger.client.errors`.
 
 Example::
 
@@ -26,15 +26,22 @@ from typing import Any
 
 import httpx
 
-from crm_ledger.client import async_resources, resources
+from crm_ledger.client import async_integrations, async_resources, integrations, resources
 from crm_ledger.client.calls import (
     AwardJobPublic,
     CampaignPublic,
+    ClawbackPublic,
     CustomerPublic,
+    DeliveryPublic,
     ErasurePublic,
     LoyaltyAccountPublic,
     RecordPublic,
     RedemptionPublic,
+    SourcePublic,
+    WebhookDeliveryPublic,
+    WebhookSecretPublic,
+    WebhookSubscriptionCreated,
+    WebhookSubscriptionPublic,
 )
 from crm_ledger.client.errors import (
     ApiError,
@@ -65,11 +72,13 @@ __all__ = [
     "AwardJobPublic",
     "BadRequest",
     "CampaignPublic",
+    "ClawbackPublic",
     "Client",
     "ClientError",
     "Conflict",
     "ConnectionFailed",
     "CustomerPublic",
+    "DeliveryPublic",
     "ErasurePublic",
     "FeedEventPublic",
     "FieldError",
@@ -86,8 +95,13 @@ __all__ = [
     "RedemptionPublic",
     "ServerError",
     "ServiceUnavailable",
+    "SourcePublic",
     "Unauthorized",
     "ValidationFailed",
+    "WebhookDeliveryPublic",
+    "WebhookSecretPublic",
+    "WebhookSubscriptionCreated",
+    "WebhookSubscriptionPublic",
 ]
 
 
@@ -135,6 +149,8 @@ class Client:
         self.redemptions = resources.Redemptions(self._send)
         self.loyalty = resources.Loyalty(self._send)
         self.events = resources.Events(self._send)
+        self.sources = integrations.Sources(self._send)
+        self.webhook_subscriptions = integrations.WebhookSubscriptions(self._send)
 
     def _send(self, call: Call) -> httpx.Response:
         return send(self._http, self.settings, call)
@@ -205,6 +221,8 @@ class AsyncClient:
         self.redemptions = async_resources.AsyncRedemptions(self._send)
         self.loyalty = async_resources.AsyncLoyalty(self._send)
         self.events = async_resources.AsyncEvents(self._send)
+        self.sources = async_integrations.AsyncSources(self._send)
+        self.webhook_subscriptions = async_integrations.AsyncWebhookSubscriptions(self._send)
 
     async def _send(self, call: Call) -> httpx.Response:
         return await asend(self._http, self.settings, call)

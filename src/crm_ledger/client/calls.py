@@ -2,8 +2,9 @@
 
 Exports: one function per call (`create_customer`, `get_record`, ...), `validated`, `parse`,
 `PAGE_SIZE`, `RECEIPT_POLL_SECONDS`, and what both kinds of resources share (`customer_body`,
-`interaction_body`, `receipt_or_wait`, `not_anchored`). The sync resources (`resources`) and
-the async ones (`async_resources`) build on these, so a path, a body or a model is written once.
+`interaction_body`, `receipt_or_wait`, `not_anchored`). The resources (`async_resources`,
+`async_integrations` and the sync modules generated from them) build on these, so a path, a
+body or a model is written once.
 
 Request bodies are validated with the same pydantic models the API validates them with before
 anything is sent; the body sent is the caller's own values, without the ones left out.
@@ -22,6 +23,16 @@ from crm_ledger.client.errors import NotAnchoredYet, ValidationFailed
 from crm_ledger.client.receipts import Receipt
 from crm_ledger.client.transport import Call
 from crm_ledger.crm.schemas import FeedPagePublic
+from crm_ledger.ingest.schemas import (
+    ClawbackPublic,
+    ClawbacksPublic,
+    DeliveriesPublic,
+    DeliveryPublic,
+    SourceCreate,
+    SourcePublic,
+    SourceRotate,
+    SourcesPublic,
+)
 from crm_ledger.journal.schemas import (
     CustomerCreate,
     InteractionBatchCreate,
@@ -38,6 +49,17 @@ from crm_ledger.loyalty.schemas import (
     RedemptionCreate,
     RedemptionPublic,
 )
+from crm_ledger.outbound.webhooks.schemas import (
+    WebhookDeliveriesPublic,
+    WebhookDeliveryPublic,
+    WebhookReplay,
+    WebhookSecretPublic,
+    WebhookSubscriptionCreate,
+    WebhookSubscriptionCreated,
+    WebhookSubscriptionPublic,
+    WebhookSubscriptionsPublic,
+    WebhookSubscriptionUpdate,
+)
 from crm_ledger.schemas import (
     CustomerPublic,
     CustomersPublic,
@@ -51,14 +73,26 @@ __all__ = [
     "AwardJobPublic",
     "CampaignPublic",
     "CampaignsPublic",
+    "ClawbackPublic",
+    "ClawbacksPublic",
     "CustomerPublic",
     "CustomersPublic",
+    "DeliveriesPublic",
+    "DeliveryPublic",
     "ErasurePublic",
     "FeedPagePublic",
     "LoyaltyAccountPublic",
     "RecordPublic",
     "RecordsPublic",
     "RedemptionPublic",
+    "SourcePublic",
+    "SourcesPublic",
+    "WebhookDeliveriesPublic",
+    "WebhookDeliveryPublic",
+    "WebhookSecretPublic",
+    "WebhookSubscriptionCreated",
+    "WebhookSubscriptionPublic",
+    "WebhookSubscriptionsPublic",
     "parse",
     "validated",
 ]
@@ -227,7 +261,7 @@ def list_campaigns() -> Call:
     return Call("GET", "/v1/campaigns")
 
 
-def change_campaign(campaign_id: str, action: str, idempotency_key: str | None) -> Call:
+def change_campaign(campaign_id: str, action: str, idempotency_key: str | None = None) -> Call:
     """POST /v1/campaigns/{id}/pause|resume|close."""
     return Call(
         "POST", f"/v1/campaigns/{_id(campaign_id)}/{action}", idempotency_key=idempotency_key
@@ -276,6 +310,130 @@ def events(after: str | None, types: Sequence[str] | None, limit: int) -> Call:
     if types:
         params["types"] = ",".join(types)
     return Call("GET", "/v1/events", params=params)
+
+
+# Shops (sources) -------------------------------------------------------------------------
+
+
+def _query(**values: str | int | None) -> dict[str, str | int]:
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def create_source(body: Mapping[str, Any], idempotency_key: str | None) -> Call:
+    """POST /v1/sources."""
+    return Call("POST", "/v1/sources", validated(SourceCreate, body), {}, idempotency_key)
+
+
+def list_sources() -> Call:
+    """GET /v1/sources."""
+    return Call("GET", "/v1/sources")
+
+
+def get_source(source_id: str) -> Call:
+    """GET /v1/sources/{id}."""
+    return Call("GET", f"/v1/sources/{_id(source_id)}")
+
+
+def delete_source(source_id: str) -> Call:
+    """DELETE /v1/sources/{id}."""
+    return Call("DELETE", f"/v1/sources/{_id(source_id)}")
+
+
+def rotate_source(source_id: str, body: Mapping[str, Any], idempotency_key: str | None) -> Call:
+    """POST /v1/sources/{id}/rotate."""
+    return Call(
+        "POST",
+        f"/v1/sources/{_id(source_id)}/rotate",
+        validated(SourceRotate, body),
+        {},
+        idempotency_key,
+    )
+
+
+def source_deliveries(source_id: str, status: str | None, cursor: str | None, limit: int) -> Call:
+    """GET /v1/sources/{id}/deliveries, one page."""
+    params = _query(status=status, cursor=cursor, limit=limit)
+    return Call("GET", f"/v1/sources/{_id(source_id)}/deliveries", params=params)
+
+
+def retry_source_delivery(source_id: str, delivery_id: str, idempotency_key: str | None) -> Call:
+    """POST /v1/sources/{id}/deliveries/{delivery_id}/retry."""
+    path = f"/v1/sources/{_id(source_id)}/deliveries/{_id(delivery_id)}/retry"
+    return Call("POST", path, idempotency_key=idempotency_key)
+
+
+def source_clawbacks(source_id: str) -> Call:
+    """GET /v1/sources/{id}/clawbacks."""
+    return Call("GET", f"/v1/sources/{_id(source_id)}/clawbacks")
+
+
+# Webhook subscriptions -------------------------------------------------------------------
+
+_SUBSCRIPTIONS = "/v1/webhook-subscriptions"
+
+
+def create_subscription(body: Mapping[str, Any], idempotency_key: str | None) -> Call:
+    """POST /v1/webhook-subscriptions."""
+    return Call(
+        "POST", _SUBSCRIPTIONS, validated(WebhookSubscriptionCreate, body), {}, idempotency_key
+    )
+
+
+def list_subscriptions() -> Call:
+    """GET /v1/webhook-subscriptions."""
+    return Call("GET", _SUBSCRIPTIONS)
+
+
+def get_subscription(subscription_id: str) -> Call:
+    """GET /v1/webhook-subscriptions/{id}."""
+    return Call("GET", f"{_SUBSCRIPTIONS}/{_id(subscription_id)}")
+
+
+def update_subscription(subscription_id: str, body: Mapping[str, Any]) -> Call:
+    """PATCH /v1/webhook-subscriptions/{id} (fields left out stay as they are)."""
+    return Call(
+        "PATCH",
+        f"{_SUBSCRIPTIONS}/{_id(subscription_id)}",
+        validated(WebhookSubscriptionUpdate, body),
+    )
+
+
+def delete_subscription(subscription_id: str) -> Call:
+    """DELETE /v1/webhook-subscriptions/{id}."""
+    return Call("DELETE", f"{_SUBSCRIPTIONS}/{_id(subscription_id)}")
+
+
+def subscription_action(
+    subscription_id: str, action: str, idempotency_key: str | None = None
+) -> Call:
+    """POST /v1/webhook-subscriptions/{id}/pause|resume|rotate-secret."""
+    path = f"{_SUBSCRIPTIONS}/{_id(subscription_id)}/{action}"
+    return Call("POST", path, idempotency_key=idempotency_key)
+
+
+def subscription_deliveries(
+    subscription_id: str, status: str | None, before: str | None, limit: int
+) -> Call:
+    """GET /v1/webhook-subscriptions/{id}/deliveries, one page (newest first)."""
+    params = _query(status=status, before=before, limit=limit)
+    return Call("GET", f"{_SUBSCRIPTIONS}/{_id(subscription_id)}/deliveries", params=params)
+
+
+def redeliver(subscription_id: str, delivery_id: str, idempotency_key: str | None) -> Call:
+    """POST /v1/webhook-subscriptions/{id}/deliveries/{delivery_id}/redeliver."""
+    path = f"{_SUBSCRIPTIONS}/{_id(subscription_id)}/deliveries/{_id(delivery_id)}/redeliver"
+    return Call("POST", path, idempotency_key=idempotency_key)
+
+
+def replay(subscription_id: str, after: str | None, idempotency_key: str | None) -> Call:
+    """POST /v1/webhook-subscriptions/{id}/replay."""
+    return Call(
+        "POST",
+        f"{_SUBSCRIPTIONS}/{_id(subscription_id)}/replay",
+        validated(WebhookReplay, {"after": after}),
+        {},
+        idempotency_key,
+    )
 
 
 # Bodies and answers shared by the sync and async resources -------------------------------

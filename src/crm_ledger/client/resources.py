@@ -1,19 +1,25 @@
-"""Resources as a user thinks of them, for `Client` (sync) and `AsyncClient` (async).
+# Generated from async_resources.py by scripts/unasync_client.py: do not edit.
+# Change the async module and run `python scripts/unasync_client.py`.
+"""Resources as a user thinks of them: `client.customers`, `client.records`, `client.audit`, ...
 
-Exports: `Customers`, `Interactions`, `Orders`, `Records`, `Audit`, `Campaigns`,
-`Redemptions`, `Loyalty`, `Events`; their async twins are in `async_resources`.
+Exports: `Resource`, `Customers`, `Interactions`, `Orders`, `Records`, `Audit`, `Campaigns`,
+`Redemptions`, `Loyalty`, `Events`: named `Async...` in `async_resources` (for `AsyncClient`)
+and without the prefix in `resources` (for `Client`). The shops and webhook subscriptions are
+in `async_integrations` / `integrations`.
 
-Each method builds its request in `calls` and sends it through the client's `_send`, which
-retries and maps problems to exceptions. List calls return iterators that follow the cursor.
+Only the async module is written by hand: `scripts/unasync_client.py` generates the sync one
+from it (unasync), and a test checks the two agree. Each method builds its request in `calls`
+and sends it through the client's `send`, which retries and maps problems to exceptions. List
+calls iterate, following the cursor.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
-import httpx
+from pydantic import BaseModel
 
 from crm_ledger.client import calls
 from crm_ledger.client.calls import (
@@ -31,20 +37,30 @@ from crm_ledger.client.calls import (
     parse,
 )
 from crm_ledger.client.receipts import Receipt
-from crm_ledger.client.transport import Call
+from crm_ledger.client.transport import Call, Send
 from crm_ledger.crm.schemas import FeedEventPublic
 
-Send = Callable[[Call], httpx.Response]
+Model = TypeVar("Model", bound=BaseModel)
 
 
-# Sync ------------------------------------------------------------------------------------
-
-
-class Customers:
-    """`client.customers`: create, get, list (all pages), erase."""
+class Resource:
+    """What every resource does with a call: send it, and read the answer."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
+
+    def _parsed(self, model: type[Model], call: Call) -> Model:
+        answer = self._send(call)
+        return parse(model, answer.content)
+
+    def _json(self, call: Call) -> dict[str, Any]:
+        answer = self._send(call)
+        found: dict[str, Any] = answer.json()
+        return found
+
+
+class Customers(Resource):
+    """`client.customers`: create, get, list (all pages), erase."""
 
     def create(
         self,
@@ -58,21 +74,17 @@ class Customers:
     ) -> CustomerPublic:
         """Create a customer (recorder, admin)."""
         body = calls.customer_body(name, email, phone, external_ref, tags)
-        return parse(
-            CustomerPublic, self._send(calls.create_customer(body, idempotency_key)).content
-        )
+        return self._parsed(CustomerPublic, calls.create_customer(body, idempotency_key))
 
     def get(self, customer_id: str) -> CustomerPublic:
         """One customer."""
-        return parse(CustomerPublic, self._send(calls.get_customer(customer_id)).content)
+        return self._parsed(CustomerPublic, calls.get_customer(customer_id))
 
     def list(self, *, page_size: int = calls.PAGE_SIZE) -> Iterator[CustomerPublic]:
         """Every customer in creation order, fetched a page at a time."""
         cursor: str | None = None
         while True:
-            page = parse(
-                CustomersPublic, self._send(calls.list_customers(cursor, page_size)).content
-            )
+            page = self._parsed(CustomersPublic, calls.list_customers(cursor, page_size))
             yield from page.items
             if page.next_cursor is None:
                 return
@@ -80,15 +92,11 @@ class Customers:
 
     def erase(self, customer_id: str, *, idempotency_key: str | None = None) -> ErasurePublic:
         """Erase the customer's personal data; every proof stays valid (admin)."""
-        answer = self._send(calls.erase_customer(customer_id, idempotency_key))
-        return parse(ErasurePublic, answer.content)
+        return self._parsed(ErasurePublic, calls.erase_customer(customer_id, idempotency_key))
 
 
-class Interactions:
+class Interactions(Resource):
     """`client.interactions`: create one, or many all-or-none."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
 
     def create(
         self,
@@ -102,23 +110,19 @@ class Interactions:
     ) -> RecordPublic:
         """Record one interaction (recorder, admin)."""
         body = calls.interaction_body(customer_id, type, channel, occurred_at, details or {})
-        return parse(
-            RecordPublic, self._send(calls.create_interaction(body, idempotency_key)).content
-        )
+        return self._parsed(RecordPublic, calls.create_interaction(body, idempotency_key))
 
     def create_many(
         self, items: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> list[RecordPublic]:
         """Record several interactions in one transaction (each a dict of `create`'s fields)."""
-        answer = self._send(calls.create_interactions(items, idempotency_key))
-        return parse(RecordsPublic, answer.content).items
+        call = calls.create_interactions(items, idempotency_key)
+        records = self._parsed(RecordsPublic, call)
+        return records.items
 
 
-class Orders:
+class Orders(Resource):
     """`client.orders`: create."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
 
     def create(
         self,
@@ -140,18 +144,15 @@ class Orders:
             "currency": currency,
             "status": status,
         }
-        return parse(RecordPublic, self._send(calls.create_order(body, idempotency_key)).content)
+        return self._parsed(RecordPublic, calls.create_order(body, idempotency_key))
 
 
-class Records:
+class Records(Resource):
     """`client.records`: get, and the receipt (optionally waiting for the batch)."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
 
     def get(self, record_id: str) -> RecordPublic:
         """One record, with its committed `document` (canonical text)."""
-        return parse(RecordPublic, self._send(calls.get_record(record_id)).content)
+        return self._parsed(RecordPublic, calls.get_record(record_id))
 
     def receipt(self, record_id: str, *, wait: bool = False, timeout: float = 60.0) -> Receipt:
         """The record's receipt; with `wait`, polls (honouring Retry-After) until anchored.
@@ -161,7 +162,8 @@ class Records:
         """
         deadline = time.monotonic() + timeout
         while True:
-            found = calls.receipt_or_wait(self._send(calls.get_receipt(record_id)))
+            answer = self._send(calls.get_receipt(record_id))
+            found = calls.receipt_or_wait(answer)
             if isinstance(found, Receipt):
                 return found
             if not wait or time.monotonic() + found > deadline:
@@ -169,11 +171,8 @@ class Records:
             time.sleep(found)
 
 
-class Audit:
+class Audit(Resource):
     """`client.audit`: verify a record, audit a customer or the ledger, digest, export."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
 
     def verify(
         self,
@@ -191,40 +190,35 @@ class Audit:
             "content": content,
             "customer_key": customer_key,
         }
-        answer: dict[str, Any] = self._send(calls.verify(body)).json()
-        return answer
+        return self._json(calls.verify(body))
 
     def customer(self, customer_id: str) -> dict[str, Any]:
         """Every record of one customer checked against the chain."""
-        answer: dict[str, Any] = self._send(calls.audit_customer(customer_id)).json()
-        return answer
+        return self._json(calls.audit_customer(customer_id))
 
     def ledger(
         self, *, wait: bool = True, timeout: float = 600.0, poll: float = 1.0
     ) -> dict[str, Any]:
         """Start a ledger audit; with `wait`, the finished run (`status` done or failed)."""
-        run: dict[str, Any] = self._send(calls.start_ledger_audit()).json()
+        run = self._json(calls.start_ledger_audit())
         deadline = time.monotonic() + timeout
         while wait and run.get("status") == "running" and time.monotonic() < deadline:
             time.sleep(poll)
-            run = self._send(calls.latest_ledger_audit()).json()
+            run = self._json(calls.latest_ledger_audit())
         return run
 
     def digest(self) -> dict[str, Any]:
         """The ledger's current digest, to keep and later prove the ledger only grew."""
-        answer: dict[str, Any] = self._send(calls.digest()).json()
-        return answer
+        return self._json(calls.digest())
 
     def export(self, *, customer_id: str | None = None, include_keys: bool = True) -> bytes:
         """A bundle (JSON Lines) for `crm-ledger verify BUNDLE --rpc URL`."""
-        return self._send(calls.export(customer_id, include_keys)).content
+        answer = self._send(calls.export(customer_id, include_keys))
+        return answer.content
 
 
-class Campaigns:
+class Campaigns(Resource):
     """`client.campaigns`: create, get, list, pause/resume/close, award and follow awards."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
 
     def create(
         self,
@@ -248,35 +242,28 @@ class Campaigns:
             "per_customer_cap": per_customer_cap,
             "points_expire_after": points_expire_after,
         }
-        return parse(
-            CampaignPublic, self._send(calls.create_campaign(body, idempotency_key)).content
-        )
+        return self._parsed(CampaignPublic, calls.create_campaign(body, idempotency_key))
 
     def get(self, campaign_id: str) -> CampaignPublic:
         """One campaign and where its budget stands."""
-        return parse(CampaignPublic, self._send(calls.get_campaign(campaign_id)).content)
+        return self._parsed(CampaignPublic, calls.get_campaign(campaign_id))
 
     def list(self) -> list[CampaignPublic]:
         """Every campaign, newest first."""
-        return parse(CampaignsPublic, self._send(calls.list_campaigns()).content).items
+        campaigns = self._parsed(CampaignsPublic, calls.list_campaigns())
+        return campaigns.items
 
     def pause(self, campaign_id: str) -> CampaignPublic:
         """Stop earning and awards until resumed."""
-        return parse(
-            CampaignPublic, self._send(calls.change_campaign(campaign_id, "pause", None)).content
-        )
+        return self._parsed(CampaignPublic, calls.change_campaign(campaign_id, "pause"))
 
     def resume(self, campaign_id: str) -> CampaignPublic:
         """Earn and award again."""
-        return parse(
-            CampaignPublic, self._send(calls.change_campaign(campaign_id, "resume", None)).content
-        )
+        return self._parsed(CampaignPublic, calls.change_campaign(campaign_id, "resume"))
 
     def close(self, campaign_id: str) -> CampaignPublic:
         """Close for good."""
-        return parse(
-            CampaignPublic, self._send(calls.change_campaign(campaign_id, "close", None)).content
-        )
+        return self._parsed(CampaignPublic, calls.change_campaign(campaign_id, "close"))
 
     def award(
         self,
@@ -293,50 +280,38 @@ class Campaigns:
             "customer_ids": list(customer_ids) if customer_ids is not None else None,
             "segment": dict(segment) if segment is not None else None,
         }
-        answer = self._send(calls.award(campaign_id, body, idempotency_key))
-        return parse(AwardJobPublic, answer.content)
+        return self._parsed(AwardJobPublic, calls.award(campaign_id, body, idempotency_key))
 
     def get_award(self, campaign_id: str, job_id: str) -> AwardJobPublic:
         """An award's progress."""
-        return parse(AwardJobPublic, self._send(calls.get_award(campaign_id, job_id)).content)
+        return self._parsed(AwardJobPublic, calls.get_award(campaign_id, job_id))
 
 
-class Redemptions:
+class Redemptions(Resource):
     """`client.redemptions`: create, get."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
 
     def create(
         self, *, customer_id: str, points: int, reward_ref: str, idempotency_key: str | None = None
     ) -> RedemptionPublic:
         """Redeem points (burned on chain)."""
         body = {"customer_id": customer_id, "points": points, "reward_ref": reward_ref}
-        answer = self._send(calls.create_redemption(body, idempotency_key))
-        return parse(RedemptionPublic, answer.content)
+        return self._parsed(RedemptionPublic, calls.create_redemption(body, idempotency_key))
 
     def get(self, redemption_id: str) -> RedemptionPublic:
         """A redemption and whether its burn is on chain."""
-        return parse(RedemptionPublic, self._send(calls.get_redemption(redemption_id)).content)
+        return self._parsed(RedemptionPublic, calls.get_redemption(redemption_id))
 
 
-class Loyalty:
+class Loyalty(Resource):
     """`client.loyalty`: a customer's account."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
 
     def account(self, customer_id: str) -> LoyaltyAccountPublic:
         """Address, balances (the chain's included), lots and history."""
-        answer = self._send(calls.loyalty_account(customer_id))
-        return parse(LoyaltyAccountPublic, answer.content)
+        return self._parsed(LoyaltyAccountPublic, calls.loyalty_account(customer_id))
 
 
-class Events:
+class Events(Resource):
     """`client.events`: the change feed."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
 
     def iter(
         self,
@@ -355,7 +330,7 @@ class Events:
         """
         cursor = after
         while True:
-            page = parse(FeedPagePublic, self._send(calls.events(cursor, types, page_size)).content)
+            page = self._parsed(FeedPagePublic, calls.events(cursor, types, page_size))
             yield from page.items
             cursor = page.next_cursor
             if not page.has_more:

@@ -1,6 +1,6 @@
 """Sending one call to the service: configuration, Idempotency-Key, retries with back-off.
 
-Exports: `Call`, `Settings`, `RETRY_STATUSES`, `send`, `asend`.
+Exports: `Call`, `Settings`, `Send`, `ASend`, `RETRY_STATUSES`, `send`, `asend`.
 
 A call is retried on connection errors, timeouts, 429 and 503, waiting what `Retry-After`
 says or else exponential back-off with jitter (tenacity), up to `max_retries` times. Every POST
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,11 @@ class Call:
         if self.method not in _WRITES:
             return {}
         return {"Idempotency-Key": self.idempotency_key or str(uuid.uuid4())}
+
+
+#: How a resource sends a call: the client's `send` (sync) or `asend` (async), bound to it.
+Send = Callable[[Call], httpx.Response]
+ASend = Callable[[Call], Awaitable[httpx.Response]]
 
 
 class _RetryableStatus(Exception):

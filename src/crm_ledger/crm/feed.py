@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 import json
 import uuid
@@ -42,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.crm import bulk
 from crm_ledger.db.models import FeedEvent, FeedMark, utcnow
 from crm_ledger.errors import Gone, Unprocessable
+from crm_ledger.schemas import EventType
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -78,24 +78,6 @@ _FEED_COLUMNS = (
     "source_batch_pk",
     "source_token_pk",
 )
-
-
-class EventType(enum.StrEnum):
-    """Every event type the feed carries."""
-
-    #: The indexer saw the record's batch on chain with the configured confirmations.
-    RECORD_ANCHORED = "record.anchored"
-    #: A reorg took that batch's block away; the record will be anchored again.
-    RECORD_UNANCHORED = "record.unanchored"
-    REWARD_ISSUED = "reward.issued"
-    REWARD_REDEEMED = "reward.redeemed"
-    REWARD_EXPIRED = "reward.expired"
-    #: A reorg took away the block of a reward.issued / redeemed / expired event.
-    REWARD_RETRACTED = "reward.retracted"
-    #: Reconciliation found a new disagreement between the database and the chain.
-    DRIFT_DETECTED = "drift.detected"
-    #: A webhook subscription was paused after a run of failed deliveries (issue 12).
-    SUBSCRIPTION_PAUSED = "subscription.paused"
 
 
 class CursorExpired(Gone):

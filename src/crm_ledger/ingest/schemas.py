@@ -1,21 +1,29 @@
-"""Request and response documents of the sources and webhook endpoints.
+"""Request and response documents of the sources and webhook endpoints (pydantic only: the
+client library reads them too, without the service's dependencies).
 
-Exports: `SourceCreate`, `SourceRotate`, `SourcePublic`, `SourcesPublic`, `ClawbackPublic`,
-`ClawbacksPublic`,
-`DeliveryPublic`, `DeliveriesPublic`, `WebhookAccepted`.
+Exports: `Platform`, `SourceCreate`, `SourceRotate`, `SourcePublic`, `SourcesPublic`,
+`ClawbackPublic`, `ClawbacksPublic`, `DeliveryPublic`, `DeliveriesPublic`, `WebhookAccepted`.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from crm_ledger.ingest.signatures import Platform
 from crm_ledger.journal.schemas import Name
 
 Secret = Annotated[str, StringConstraints(min_length=8, max_length=512)]
 Pem = Annotated[str, StringConstraints(min_length=64, max_length=8192)]
+
+
+class Platform(enum.StrEnum):
+    """The shop platforms a source can be."""
+
+    SHOPIFY = "shopify"
+    WOOCOMMERCE = "woocommerce"
+    MAGENTO = "magento"
 
 
 class _Request(BaseModel):

@@ -1,7 +1,8 @@
 """Each platform's webhook signature over the raw body, compared in constant time.
 
-Exports: `Platform`, `PlatformHeaders`, `HEADERS`, `MAGENTO_HMAC_HEADER`, `SHOPIFY_EVENT_HEADER`,
-`hmac_sha256_base64`, `hmac_matches`, `rsa_matches`, `load_public_key`.
+Exports: `Platform` (defined in `ingest.schemas`), `PlatformHeaders`, `HEADERS`,
+`MAGENTO_HMAC_HEADER`, `SHOPIFY_EVENT_HEADER`, `hmac_sha256_base64`, `hmac_matches`,
+`rsa_matches`, `load_public_key`.
 
 - Shopify and WooCommerce: base64 HMAC-SHA256 of the raw body under the shared secret, in
   `X-Shopify-Hmac-Sha256` / `X-WC-Webhook-Signature`.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -24,18 +24,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from crm_ledger.ingest.schemas import Platform as Platform  # its home; imported from here too
+
 MAGENTO_HMAC_HEADER = "x-magento-hmac-sha256"
 #: Shopify: the same event delivered twice (a retry, or two subscriptions to one topic) carries
 #: the same event id, whatever its webhook id.
 SHOPIFY_EVENT_HEADER = "x-shopify-event-id"
-
-
-class Platform(enum.StrEnum):
-    """The shop platforms a source can be."""
-
-    SHOPIFY = "shopify"
-    WOOCOMMERCE = "woocommerce"
-    MAGENTO = "magento"
 
 
 @dataclass(frozen=True, slots=True)
