@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi import FastAPI
 from playwright.sync_api import Page
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.models import Customer, Record
@@ -82,7 +82,15 @@ def seed(session_factory: sessionmaker[Session]) -> tuple[str, list[str]]:
                 }
             )
         session.execute(insert(Record), rows)
-        return busy.id, ids
+    with session_factory() as session:
+        engine = session.get_bind()
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            # Autovacuum analyzes a table within a minute of a bulk load like this one; until
+            # then the planner plans for empty tables (the computed sort took 2 s, not 0.4 s).
+            connection.execute(text("ANALYZE"))
+            connection.commit()
+    return busy.id, ids
 
 
 MEASURE = """([url, ready]) => new Promise((resolve) => {
@@ -163,5 +171,6 @@ def test_large_lists_render_in_under_a_second(
         median, worst = statistics.median(runs), max(runs)
         verdict = "under" if worst < BUDGET_MS else "OVER"
         print(
-            f"{db}: {name}: median {median:.0f} ms, worst {worst:.0f} ms of {RUNS} ({verdict} 1 s)"
+            f"{db}: {name}: median {median:.0f} ms, worst {worst:.0f} ms of {RUNS} ({verdict} 1 s);"
+            f" runs {', '.join(f'{run:.0f}' for run in runs)}"
         )
