@@ -13,7 +13,7 @@ the blind email index, the id and the external ref. A filter that matches one cu
 reads about k rows per row shown, at most the whole list once (about 45 ms of CPU at 100,000
 customers on SQLite). `last_interaction_at` and `balance` are computed when read (the newest
 interaction record, the chain's balance), so a page sorted by them computes and sorts every
-customer that matches: slower on large lists (0.35 to 0.7 s a page at 100,000 customers in the
+customer that matches: slower on large lists (0.3 to 0.8 s a page at 100,000 customers in the
 browser; docs/benchmarks.md).
 
 Personal fields are sealed at rest (`journal.privacy`): the list opens them only when the caller
