@@ -214,3 +214,34 @@ def test_a_cursor_only_works_with_the_sort_and_filters_it_came_from(
             422,
         )
         assert "another sort or other filters" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("sort", "after_page_one"),
+    [
+        # The newcomer is the newest: before the cursor, so not on the later pages, and no row
+        # of page 1 comes again (an offset would repeat "erased").
+        ("-created_at", ["dee", "Cyd", "bob", "Ada"]),
+        # No address counts as 0 points; among equals the newest (highest pk) comes first.
+        ("-balance", ["Eve 100%_off", "bob", "Newcomer", "erased", "Cyd"]),
+    ],
+)
+def test_pages_continue_after_the_last_row_shown_when_customers_are_added(
+    client: TestClient,
+    headers: dict[Role, dict[str, str]],
+    people: dict[str, str],
+    app_sessions: sessionmaker[Session],
+    sort: str,
+    after_page_one: list[str],
+) -> None:
+    page = listing(client, headers[Role.MARKETING], sort=sort, limit=2)
+    first = names(page["items"], people)
+    _, newcomer, _ = f.customer_with_records(app_sessions, 0, name="Newcomer")
+    rest: list[dict[str, Any]] = []
+    while page["next_cursor"] is not None:
+        page = listing(
+            client, headers[Role.MARKETING], sort=sort, limit=2, cursor=page["next_cursor"]
+        )
+        rest += page["items"]
+    assert first == {"-created_at": ["Eve 100%_off", "erased"], "-balance": ["dee", "Ada"]}[sort]
+    assert names(rest, people | {"Newcomer": newcomer}) == after_page_one

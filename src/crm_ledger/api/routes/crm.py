@@ -123,7 +123,12 @@ def crm_customers(
         str,
         Query(
             max_length=40,
-            description="one of " + ", ".join(view.SORT_KEYS) + "; prefix '-' for descending",
+            description="one of "
+            + ", ".join(view.SORT_KEYS)
+            + "; prefix '-' for descending. "
+            + ", ".join(view.INDEXED_SORT_KEYS)
+            + " pages in index order (a page reads its own rows); the others are computed "
+            "for every matching customer on each page, so they are slower on large lists",
         ),
     ] = "-created_at",
     q: Annotated[
@@ -139,7 +144,8 @@ def crm_customers(
     last_interaction_after: Annotated[datetime | None, Query()] = None,
     last_interaction_before: Annotated[datetime | None, Query()] = None,
 ) -> Response:
-    """Customers with their last interaction and loyalty balance; follow `next_cursor` with
+    """Customers with their last interaction and loyalty balance, newest first by default;
+    follow `next_cursor` (a keyset cursor: pages do not shift when customers are added) with
     the same filters and sort."""
     personal_view = sees_personal_data(settings, key)
     with read_only(session):
