@@ -40,7 +40,8 @@ _Job = tuple[Callable[[Session], Any], "Future[Any]"]
 
 
 class GroupCommitter:
-    """One writer thread for one database; `run(job)` blocks until `job` is committed."""
+    """One writer thread for one database; `run(job)` blocks until `job` is committed,
+    `submit(job)` returns a future of it."""
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         self._session_factory = session_factory
@@ -51,10 +52,17 @@ class GroupCommitter:
 
     def run(self, job: Callable[[Session], T]) -> T:
         """Run `job(session)` inside a shared transaction; returns after the commit."""
+        return self.submit(job).result()
+
+    def submit(self, job: Callable[[Session], T]) -> Future[T]:
+        """Queue `job(session)`; the future resolves after the commit (or with its error).
+
+        An event loop awaits it with `asyncio.wrap_future`, with no thread of its own waiting.
+        """
         future: Future[T] = Future()
         self._ensure_started()
         self._queue.put((job, future))
-        return future.result()
+        return future
 
     def close(self) -> None:
         """Finish queued writes, then stop the thread."""
