@@ -189,8 +189,9 @@ def create_customer(url: str, key: str) -> str:
 
 
 @contextmanager
-def profiled(pid: int, out: Path | None, seconds: int) -> Iterator[None]:
-    """py-spy recording `pid` and its children for `seconds` (nothing without `out`)."""
+def profiled(pid: int, out: Path | None, seconds: int, *, gil: bool) -> Iterator[None]:
+    """py-spy recording `pid` and its children for `seconds` (nothing without `out`); with
+    `gil`, only the thread holding the GIL (CPU spent in Python, not waits)."""
     if out is None:
         yield
         return
@@ -201,6 +202,7 @@ def profiled(pid: int, out: Path | None, seconds: int) -> Iterator[None]:
             # A second short of the phase, so no sample falls in the next one.
             *("--pid", str(pid), "--duration", str(max(1, seconds - 1)), "--output", str(out)),
             "--nonblocking",
+            *(["--gil"] if gil else []),
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -211,26 +213,24 @@ def profiled(pid: int, out: Path | None, seconds: int) -> Iterator[None]:
 
 
 def top_frames(raw: Path, n: int = 15) -> str:
-    """The frames holding most samples of a py-spy raw (collapsed) profile: own and total."""
+    """Where the samples of a py-spy raw (collapsed) profile fall: the innermost frame of each
+    sample (own time), and crm-ledger's own functions by the samples they are on (total)."""
     own: Counter[str] = Counter()
-    total: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
     samples = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue
         count = int(count_text)
-        frames = [_short(frame) for frame in stack.split(";")]
-        if frames and frames[0].startswith("process "):
-            frames = frames[1:]
+        frames = stack.split(";")
         samples += count
-        if frames:
-            own[frames[-1]] += count
-        for frame in set(frames):
-            total[frame] += count
+        own[_short(frames[-1])] += count
+        for frame in {_short(f) for f in frames if "crm_ledger/" in f and "cli.py" not in f}:
+            ours[frame] += count
     lines = [f"{samples} samples"]
-    for title, counter in (("own", own), ("total", total)):
-        lines.append(f"top {n} by {title} time:")
+    for title, counter in (("own time", own), ("total time, crm-ledger's functions", ours)):
+        lines.append(f"top {n} by {title}:")
         lines += [f"  {100 * c / samples:5.1f} %  {f}" for f, c in counter.most_common(n)]
     return "\n".join(lines)
 
@@ -299,6 +299,7 @@ def main() -> None:
     parser.add_argument("--no-batch", dest="batch", action="store_false", help="single only")
     parser.add_argument("--database-url", help="PostgreSQL server to make a fresh database on")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the service")
+    parser.add_argument("--gil", action="store_true", help="profile only the GIL holder")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="crm-ledger-bench-api-"))
@@ -314,7 +315,7 @@ def main() -> None:
             )
             try:
                 bodies = write_bodies(work, create_customer(service.url, service.key))
-                with profiled(service.process.pid, args.profile, args.seconds):
+                with profiled(service.process.pid, args.profile, args.seconds, gil=args.gil):
                     ours = measure(service.url, service.key, bodies, args)
             finally:
                 service.stop()
