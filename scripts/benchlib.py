@@ -62,7 +62,8 @@ async def open_loop(rate: float, seconds: float, send: Callable[[int], Awaitable
 
 class Service:
     """`crm-ledger serve` as a subprocess on a fresh data directory (SQLite), with an API key
-    of `role`; ready once `ready(readyz)` holds."""
+    of `role`; ready once `ready(readyz)` holds. `serve_args` are added to `serve`'s command
+    line (e.g. `("--workers", "2")`)."""
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class Service:
         role: str = "recorder",
         env: dict[str, str] | None = None,
         ready: Callable[[dict[str, Any]], bool] = lambda _readyz: True,
+        serve_args: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -89,7 +91,15 @@ class Service:
             text=True,
         ).stdout.strip()
         self.process = subprocess.Popen(
-            [str(BIN / "crm-ledger"), "serve", "--port", str(self.port), "--log-level", "warning"],
+            [
+                str(BIN / "crm-ledger"),
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *serve_args,
+            ],
             env=self.env,
         )
         self.url = f"http://127.0.0.1:{self.port}"

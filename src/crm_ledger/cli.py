@@ -10,6 +10,7 @@ Commands:
     crm-ledger keys rotate-master [--new-key-file F] [--data-dir DIR]   re-wrap every data key
     crm-ledger serve [--data-dir DIR] [--host H] [--port N]     REST API + every worker (+ Anvil)
                      [--tls-certfile PEM --tls-keyfile PEM]     HTTPS
+                     [--workers N]                              N API processes on the port
     crm-ledger worker anchor|index|loyalty|NAME [--data-dir DIR]   one background worker alone
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
     crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
@@ -377,11 +378,18 @@ def serve(
         ),
     ] = None,
     log_format: LogFormatOption = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="API processes on the port (one anchorer, indexer... among them); "
+            "docs/deployment.md says when to raise it",
+        ),
+    ] = 1,
 ) -> None:
     """Run the service: REST API, anchorer, and (without CRM_LEDGER_RPC_URL) a local Anvil."""
-    import uvicorn
-
-    from crm_ledger.app import create_app
+    from crm_ledger import serving
 
     settings = _settings(data_dir)
     certfile = tls_certfile or settings.tls_certfile
@@ -389,18 +397,14 @@ def serve(
     if (certfile is None) != (keyfile is None):
         stderr.print("[red]HTTPS needs both --tls-certfile and --tls-keyfile[/red]")
         raise typer.Exit(code=2)
-    _configure_logging(log_level, log_format, settings)
-    uvicorn.run(
-        create_app(settings),
+    serving.serve(
+        settings,
         host=host or settings.host,
         port=port or settings.port,
+        workers=workers,
         log_level=log_level,
-        # Our handler formats uvicorn's lines too; the access lines come from
-        # `RequestLogMiddleware`, with the request id.
-        log_config=None,
-        access_log=False,
-        ssl_certfile=str(certfile) if certfile else None,
-        ssl_keyfile=str(keyfile) if keyfile else None,
+        log_format=log_format,
+        tls=(certfile, keyfile) if certfile and keyfile else None,
     )
 
 

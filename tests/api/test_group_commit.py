@@ -83,7 +83,7 @@ def test_a_failed_shared_commit_runs_each_write_alone(
         if session.in_nested_transaction():
             return  # a savepoint being released, not a commit
         commits.append(1)
-        if len(commits) == 1:
+        if len(commits) <= 2:
             raise RuntimeError("disk full")
 
     event.listen(session_factory, "before_commit", fail_first_commit)
@@ -97,9 +97,10 @@ def test_a_failed_shared_commit_runs_each_write_alone(
         return job
 
     jobs = [(job_for(name), Future[str]()) for name in ("a", "b", "c")]
-    committer._commit_group(jobs)  # one group whose shared commit fails
+    committer._commit_group(jobs)  # one group whose shared commit fails, with savepoints too
     assert [future.result(timeout=5) for _, future in jobs] == ["a", "b", "c"]
-    assert len(commits) == 4  # the failed shared commit, then one commit per write
+    # The failed shared commits (without savepoints, then with them), then one per write.
+    assert len(commits) == 5
     with session_factory() as session:
         assert sorted(session.scalars(select(Customer.external_ref))) == ["a", "b", "c"]
 
@@ -126,7 +127,7 @@ def test_a_database_failure_mid_group_acknowledges_only_what_is_committed(
     # writes before the failing one go with it. The chaos suite's disk-full run found those
     # writes answered as committed, and the failing one answered "no such savepoint" (500).
     committer = GroupCommitter(session_factory)
-    failed_once = threading.Event()
+    failures: list[int] = []
 
     def add(name: str) -> Callable[[Session], str]:
         def job(session: Session) -> str:
@@ -137,8 +138,9 @@ def test_a_database_failure_mid_group_acknowledges_only_what_is_committed(
         return job
 
     def disk_full(session: Session) -> str:
-        if not failed_once.is_set():
-            failed_once.set()
+        # Fails in the group's first run (no savepoints) and in its second (savepoints).
+        if len(failures) < 2:
+            failures.append(1)
             session.connection().exec_driver_sql("ROLLBACK")  # what SQLite does on SQLITE_FULL
             raise OperationalError("INSERT ...", {}, Exception("database or disk is full"))
         return "written alone, after space returned"
@@ -162,3 +164,39 @@ def test_a_database_failure_mid_group_acknowledges_only_what_is_committed(
         assert outcomes[1] == "written alone, after space returned"
     acknowledged = {o for o in outcomes if o in ("before", "after")}
     assert acknowledged <= names, "every write answered as committed is in the database"
+
+
+def test_a_group_that_succeeds_takes_no_savepoints_and_one_that_fails_does(
+    session_factory: sessionmaker[Session],
+) -> None:
+    statements: list[str] = []
+    engine = session_factory.kw["bind"]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement.split()[0].upper())
+
+    committer = GroupCommitter(session_factory)
+
+    def add(name: str, *, refuse: bool = False) -> Callable[[Session], str]:
+        def job(session: Session) -> str:
+            session.add(Customer(external_ref=name, key=new_customer_key()))
+            session.flush()
+            if refuse:
+                raise Refused(name)
+            return name
+
+        return job
+
+    good = [(add(name), Future[str]()) for name in ("a", "b", "c")]
+    committer._commit_group(good)
+    assert [future.result(timeout=5) for _, future in good] == ["a", "b", "c"]
+    assert "INSERT" in statements and "SAVEPOINT" not in statements
+
+    mixed = [(add("d"), Future[str]()), (add("e", refuse=True), Future[str]())]
+    committer._commit_group(mixed)
+    assert mixed[0][1].result(timeout=5) == "d"
+    assert isinstance(mixed[1][1].exception(timeout=5), Refused)
+    assert "SAVEPOINT" in statements  # the failing write was rolled back alone
+    with session_factory() as session:
+        assert sorted(session.scalars(select(Customer.external_ref))) == ["a", "b", "c", "d"]

@@ -5,7 +5,9 @@ Exports: `RuntimeDep`, `SettingsDep`, `SessionDep`, `CurrentKey`, `RecorderKey`,
 
 Handlers that touch the database are plain `def`, so FastAPI runs them in its threadpool; the
 dependencies here are `async` and never block on a cache hit, so a request crosses into a
-thread once.
+thread once. The busiest writes (`/v1/interactions`, `/v1/orders`) are `async def` and hand
+their write to the group committer's thread directly (`idempotency.run_write_async`), so they
+cross into no worker thread at all.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Idempotent writes: the `Idempotency-Key` header, accepted on every POST.
 
-Exports: `Idempotency`, `IdempotencyDep`, `Written`, `run_write`, `request_hash`,
-`prune_expired`, `configure_retention`, `REPLAY_HEADER`.
+Exports: `Idempotency`, `IdempotencyDep`, `Written`, `run_write`, `run_write_async`,
+`request_hash`, `prune_expired`, `configure_retention`, `REPLAY_HEADER`.
 
 Keys are scoped to the API key that sent them. The first request with a key stores its status
 and exact response bytes in the same transaction as the records it wrote, so a crash leaves
@@ -21,6 +21,7 @@ keeps keys) are deleted by `prune_expired`, which the write path runs at most on
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -38,6 +39,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy import Row, Table, bindparam, delete, insert, literal, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from crm_ledger.api.group_commit import committer_for
@@ -130,56 +132,124 @@ def run_write(
     """Run `write` (which returns the JSON response body) idempotently, and commit it.
 
     The write shares a transaction with concurrent ones (`api.group_commit`), in a savepoint
-    of its own; the answer goes out only after the commit.
+    of its own; the answer goes out only after the commit. Blocks: call it from a worker
+    thread (a plain `def` handler); `run_write_async` is the same for `async def` handlers.
 
     `write` returns the body, or a `Written` naming the customers the answer concerns (their
     erasure deletes the stored answer). `on_commit` runs only when this request's write
     committed (not on a replay).
     """
-    key = idempotency.key
-    fingerprint = request_hash(idempotency, payload) if key is not None else b""
-
-    def job(tx: Session) -> str | Response:
-        if key is not None:
-            entry = _find(tx, principal, key)
-            if entry is not None:
-                return _replay(tx, entry, fingerprint, principal, key)
-        written = write(tx)
-        outcome = written if isinstance(written, Written) else Written(written)
-        if key is not None:
-            _store(tx, principal, key, fingerprint, status_code, outcome)
-        return outcome.body
-
+    plan = _WritePlan(session, principal, idempotency, payload, status_code, write)
     _pruner.maybe_prune(session)
-
     committer = committer_for(session)
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            outcome = committer.run(job)
-        except IdempotencyConflict:
-            raise
-        except (IntegrityError, Conflict):
+            outcome = committer.run(plan.job)
+        except Exception as exc:
+            replayed = plan.after_failure(exc, attempt)
+            if replayed is None:
+                continue
+            return replayed
+        return _answer(outcome, status_code, on_commit)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def run_write_async(
+    *,
+    session: Session,
+    principal: ApiKeyPrincipal,
+    idempotency: Idempotency,
+    payload: BaseModel,
+    status_code: int,
+    write: Callable[[Session], str | Written],
+    on_commit: Callable[[], None] | None = None,
+) -> Response:
+    """`run_write` for `async def` handlers: the event loop hands the write to the group
+    committer's thread and awaits its commit, with no worker thread of its own in between.
+
+    The write itself (`write`) still runs in the committer's thread; only the rare paths that
+    read after a failure (a concurrent request with the same key won) go to a worker thread.
+    """
+    plan = _WritePlan(session, principal, idempotency, payload, status_code, write)
+    await _pruner.maybe_prune_async(session)
+    committer = committer_for(session)
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            outcome = await asyncio.wrap_future(committer.submit(plan.job))
+        except Exception as exc:
+            replayed = await run_in_threadpool(plan.after_failure, exc, attempt)
+            if replayed is None:
+                continue
+            return replayed
+        return _answer(outcome, status_code, on_commit)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+class _WritePlan:
+    """One idempotent write: the job the committer runs, and what a failure of it means."""
+
+    def __init__(
+        self,
+        session: Session,
+        principal: ApiKeyPrincipal,
+        idempotency: Idempotency,
+        payload: BaseModel,
+        status_code: int,
+        write: Callable[[Session], str | Written],
+    ) -> None:
+        self.session = session
+        self.status_code = status_code
+        self.principal = principal
+        self.key = idempotency.key
+        self.write = write
+        self.fingerprint = request_hash(idempotency, payload) if self.key is not None else b""
+
+    def job(self, tx: Session) -> str | Response:
+        """Replay a stored answer for the key, or write and store the answer."""
+        key = self.key
+        if key is not None:
+            entry = _find(tx, self.principal, key)
+            if entry is not None:
+                return _replay(tx, entry, self.fingerprint, self.principal, key)
+        written = self.write(tx)
+        outcome = written if isinstance(written, Written) else Written(written)
+        if key is not None:
+            _store(tx, self.principal, key, self.fingerprint, self.status_code, outcome)
+        return outcome.body
+
+    def after_failure(self, exc: Exception, attempt: int) -> Response | None:
+        """After the job raised `exc`: the winner's answer when a concurrent request with the
+        same key won the race, None to try again (a PostgreSQL deadlock or serialization
+        failure), else `exc` raised again. Reads the database: not on the event loop."""
+        if isinstance(exc, IdempotencyConflict):
+            raise exc
+        if isinstance(exc, IntegrityError | Conflict):
             # A concurrent request with the same key may have won the race; if so, its answer
             # is ours. Otherwise the conflict is real.
-            if key is None:
-                raise
-            with read_only(session):
-                entry = _find(session, principal, key)
+            if self.key is None:
+                raise exc
+            with read_only(self.session):
+                entry = _find(self.session, self.principal, self.key)
             if entry is None:
-                raise
-            return _replay(session, entry, fingerprint, principal, key)
-        except OperationalError as exc:
-            if attempt == _ATTEMPTS or _sqlstate(exc) not in _RETRYABLE_SQLSTATES:
-                raise
-            continue
-        if isinstance(outcome, Response):
-            return outcome
-        if on_commit is not None:
-            on_commit()
-        return Response(
-            content=outcome.encode(), status_code=status_code, media_type=JSON_MEDIA_TYPE
-        )
-    raise AssertionError("unreachable: the last attempt returns or raises")
+                raise exc
+            return _replay(self.session, entry, self.fingerprint, self.principal, self.key)
+        if (
+            isinstance(exc, OperationalError)
+            and attempt < _ATTEMPTS
+            and _sqlstate(exc) in _RETRYABLE_SQLSTATES
+        ):
+            return None
+        raise exc
+
+
+def _answer(
+    outcome: str | Response, status_code: int, on_commit: Callable[[], None] | None
+) -> Response:
+    if isinstance(outcome, Response):
+        return outcome
+    if on_commit is not None:
+        on_commit()
+    return Response(content=outcome.encode(), status_code=status_code, media_type=JSON_MEDIA_TYPE)
 
 
 def _find(session: Session, principal: ApiKeyPrincipal, key: str) -> Row[Any] | None:
@@ -281,23 +351,37 @@ class _Pruner:
         self._next: dict[int, float] = {}
 
     def maybe_prune(self, session: Session) -> None:
+        """Prune now if the interval has passed (blocks until the prune committed)."""
+        prune = self._due(session)
+        if prune is not None:
+            try:
+                committer_for(session).run(prune)
+            except SQLAlchemyError:
+                # Housekeeping must not fail the write it rides on; the next interval retries.
+                log.warning("pruning expired idempotency entries failed", exc_info=True)
+
+    async def maybe_prune_async(self, session: Session) -> None:
+        """`maybe_prune` awaiting the committer instead of blocking."""
+        prune = self._due(session)
+        if prune is not None:
+            try:
+                await asyncio.wrap_future(committer_for(session).submit(prune))
+            except SQLAlchemyError:
+                log.warning("pruning expired idempotency entries failed", exc_info=True)
+
+    def _due(self, session: Session) -> Callable[[Session], int] | None:
+        """The prune job when one is due for `session`'s database (and the next one timed)."""
         engine = session.get_bind()
         settings = _retention_of(engine)
         if settings is None:
-            return
+            return None
         retention, interval = settings
         now = time.monotonic()
         with self._lock:
             if now < self._next.get(id(engine), 0.0):
-                return
+                return None
             self._next[id(engine)] = now + interval
-        try:
-            committer_for(session).run(
-                lambda tx: prune_expired(session=tx, older_than=timedelta(hours=retention))
-            )
-        except SQLAlchemyError:
-            # Housekeeping must not fail the write it rides on; the next interval retries.
-            log.warning("pruning expired idempotency entries failed", exc_info=True)
+        return lambda tx: prune_expired(session=tx, older_than=timedelta(hours=retention))
 
 
 def configure_retention(engine: object, *, retention_hours: float, interval_seconds: float) -> None:

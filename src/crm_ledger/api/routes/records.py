@@ -11,7 +11,12 @@ from starlette.responses import Response
 
 from crm_ledger import metrics
 from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep, problem_responses
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
+from crm_ledger.api.idempotency import (
+    JSON_MEDIA_TYPE,
+    IdempotencyDep,
+    Written,
+    run_write_async,
+)
 from crm_ledger.api.privacy import ERASED_REPLAY
 from crm_ledger.api.schemas import record_public
 from crm_ledger.api.transaction import read_only
@@ -41,7 +46,7 @@ def _count(kind: str, n: int = 1) -> Callable[[], None]:
     responses={201: {"model": RecordPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record an interaction (recorder, admin)",
 )
-def create_interaction(
+async def create_interaction(
     payload: InteractionCreate, session: SessionDep, key: RecorderKey, idempotency: IdempotencyDep
 ) -> Response:
     """Commit one interaction to the journal; it is anchored on chain asynchronously."""
@@ -50,7 +55,7 @@ def create_interaction(
         record = records.record_interaction(session=session, payload=payload)
         return Written(record_public(record).model_dump_json(), [record.customer_id])
 
-    return run_write(
+    return await run_write_async(
         session=session,
         principal=key,
         idempotency=idempotency,
@@ -68,7 +73,7 @@ def create_interaction(
     responses={201: {"model": RecordsPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record several interactions at once, all or none (recorder, admin)",
 )
-def create_interactions(
+async def create_interactions(
     payload: InteractionBatchCreate,
     session: SessionDep,
     settings: SettingsDep,
@@ -86,7 +91,7 @@ def create_interactions(
         ).model_dump_json()
         return Written(body, [r.customer_id for r in written])
 
-    return run_write(
+    return await run_write_async(
         session=session,
         principal=key,
         idempotency=idempotency,
@@ -104,7 +109,7 @@ def create_interactions(
     responses={201: {"model": RecordPublic}, **_ERRORS, **ERASED_REPLAY},
     summary="Record an order (recorder, admin)",
 )
-def create_order(
+async def create_order(
     payload: OrderCreate, session: SessionDep, key: RecorderKey, idempotency: IdempotencyDep
 ) -> Response:
     """Commit one order; `total` must equal the sum of quantity * unit_price over its lines."""
@@ -113,7 +118,7 @@ def create_order(
         record = records.record_order(session=session, payload=payload)
         return Written(record_public(record).model_dump_json(), [record.customer_id])
 
-    return run_write(
+    return await run_write_async(
         session=session,
         principal=key,
         idempotency=idempotency,
