@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.models import Batch, BatchStatus, Customer, Record, utcnow
+from crm_ledger.db.session import reading
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
 
@@ -60,7 +61,7 @@ def pending_summary(session_factory: sessionmaker[Session], *, limit: int | None
     Counting stops at `limit` so that deciding whether a batch is due stays cheap however
     large the backlog is.
     """
-    with session_factory() as session:
+    with reading(session_factory) as session:
         pending = select(Record.pk).where(Record.seq.is_(None))
         if limit is not None:
             pending = pending.order_by(Record.pk).limit(limit)
@@ -144,7 +145,7 @@ def cut_batch(session_factory: sessionmaker[Session], *, max_records: int) -> Ba
 
 def unfinished_batches(session_factory: sessionmaker[Session]) -> list[BatchPlan]:
     """Batches cut or sent but not yet seen mined, oldest first."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         batches = session.scalars(
             select(Batch).where(Batch.status != BatchStatus.ANCHORED.value).order_by(Batch.id)
         )
@@ -192,7 +193,7 @@ def recent_anchored_batches(
     session_factory: sessionmaker[Session], *, limit: int
 ) -> list[tuple[int, int, bytes]]:
     """(batch id, block number, block hash) of the newest anchored batches, newest first."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         rows = session.execute(
             select(Batch.id, Batch.block_number, Batch.block_hash)
             .where(Batch.status == BatchStatus.ANCHORED.value)
@@ -204,7 +205,7 @@ def recent_anchored_batches(
 
 def anchored_end(session_factory: sessionmaker[Session]) -> int:
     """The seq after the last batch the journal believes is on chain (0 when none is)."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         end = session.scalar(
             select(func.max(Batch.first_seq + Batch.count)).where(
                 Batch.status == BatchStatus.ANCHORED.value
@@ -215,7 +216,7 @@ def anchored_end(session_factory: sessionmaker[Session]) -> int:
 
 def last_anchored_batch_id(session_factory: sessionmaker[Session]) -> int | None:
     """The id of the newest batch the journal holds as anchored (None when there is none)."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         found = session.scalar(
             select(func.max(Batch.id)).where(Batch.status == BatchStatus.ANCHORED.value)
         )

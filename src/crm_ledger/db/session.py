@@ -1,7 +1,7 @@
 """Engine and session factory; SQLite is tuned for a durable single-file journal.
 
-Exports: `make_engine`, `make_session_factory`, `upgrade_database`, `READ_ONLY`, `WriteQueue`,
-`write_queue`.
+Exports: `make_engine`, `make_session_factory`, `upgrade_database`, `reading`, `READ_ONLY`,
+`WriteQueue`, `write_queue`.
 
 SQLite has one write lock. A transaction that finds it taken waits in SQLite's busy handler,
 which sleeps for milliseconds at a time and hands the lock to whoever asks at the right moment:
@@ -10,8 +10,9 @@ seconds. So this process's write transactions on one engine first queue, first c
 served, on the engine's `WriteQueue`, which hands the database to the next one the moment the
 previous one commits or rolls back. Other processes still meet on SQLite's own lock.
 
-Read-only transactions (the `READ_ONLY` execution option, set by `api.transaction.read_only`)
-skip the queue and begin deferred: in WAL mode they read a snapshot while writers carry on.
+Read-only transactions (the `READ_ONLY` execution option, set by `api.transaction.read_only` for
+handlers and by `reading` for background workers' polls) skip the queue and begin deferred:
+in WAL mode they read a snapshot while writers carry on.
 PostgreSQL needs none of this.
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
@@ -33,6 +36,15 @@ READ_ONLY = "crm_ledger_read_only"
 QUEUE_TIMEOUT_SECONDS = 30.0
 # Set in a pooled connection's info while its transaction holds the queue.
 _HOLDS_QUEUE = "crm_ledger_holds_write_queue"
+
+
+@contextmanager
+def reading(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in a read-only transaction, closed on exit: what a worker's poll should use,
+    so that on SQLite it neither queues for nor holds the write lock the API's writers need."""
+    with session_factory() as session, session.begin():
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
 
 
 class WriteQueue:

@@ -41,6 +41,7 @@ from crm_ledger.db.models import (
     Record,
     utcnow,
 )
+from crm_ledger.db.session import reading
 from crm_ledger.ledger.leaf import RecordKind
 from crm_ledger.loyalty.campaigns import CampaignStatus
 from crm_ledger.loyalty.ids import earning_issuance_id
@@ -80,8 +81,24 @@ def compute_reward(
     return int((base * multiplier).to_integral_value(ROUND_FLOOR))
 
 
+def _next_record_anchored(session_factory: sessionmaker[Session]) -> bool:
+    """Whether the record at the earning cursor is anchored yet (a read-only look)."""
+    with reading(session_factory) as session:
+        position = session.scalar(
+            select(LoyaltyCursor.position).where(LoyaltyCursor.name == EARNING_CURSOR)
+        )
+        found = session.scalar(
+            select(Record.pk)
+            .join(Batch, Batch.id == Record.batch_id)
+            .where(Record.seq == (position or 0), Batch.status == BatchStatus.ANCHORED.value)
+        )
+        return found is not None
+
+
 def plan_earnings(session_factory: sessionmaker[Session], *, limit: int = 1000) -> int:
     """One round: plan the rewards of up to `limit` newly anchored records; returns how many."""
+    if not _next_record_anchored(session_factory):
+        return 0  # the usual poll: nothing new, and no write transaction taken to learn it
     with session_factory() as session, session.begin():
         cursor = session.get(LoyaltyCursor, EARNING_CURSOR, with_for_update=True)
         if cursor is None:

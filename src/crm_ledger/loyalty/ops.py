@@ -30,6 +30,7 @@ from crm_ledger.db.models import (
     LoyaltyRedemption,
     utcnow,
 )
+from crm_ledger.db.session import reading
 from crm_ledger.loyalty.awards import refresh_jobs
 from crm_ledger.loyalty.campaigns import budget_target
 from crm_ledger.loyalty.expiry import ExpirationStatus
@@ -166,7 +167,7 @@ def cut_redeem_ops(session_factory: sessionmaker[Session]) -> int:
 
 def unfinished_ops(session_factory: sessionmaker[Session]) -> list[OpPlan]:
     """Planned and sent ops: issues first (burns may need their points), then redeems, expiries."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         ops = list(
             session.scalars(
                 select(LoyaltyChainOp).where(
@@ -410,7 +411,7 @@ def confirmed_ops_newest_first(
     session_factory: sessionmaker[Session], *, limit: int, before: tuple[int, int] | None = None
 ) -> list[tuple[int, int, bytes, bytes]]:
     """(pk, block number, block hash, tx hash) of confirmed ops, newest block first."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         query = (
             select(
                 LoyaltyChainOp.pk,
@@ -508,7 +509,7 @@ def reset_op(session_factory: sessionmaker[Session], *, op_pk: int) -> None:
 
 def budgets_to_sync(session_factory: sessionmaker[Session]) -> list[tuple[int, bytes, int]]:
     """(pk, on-chain id, target budget) of campaigns whose chain budget is not the target."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         campaigns = session.scalars(select(LoyaltyCampaign).order_by(LoyaltyCampaign.pk))
         return [
             (c.pk, c.onchain_id, budget_target(c))
@@ -535,7 +536,7 @@ def customers_with_unissued_lots(
     session_factory: sessionmaker[Session], customer_pks: Sequence[int]
 ) -> set[int]:
     """Which of `customer_pks` still have lots waiting to be issued."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         return set(
             session.scalars(
                 select(LoyaltyIssuance.customer_pk)

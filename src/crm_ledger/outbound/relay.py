@@ -30,10 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.db.models import OutboundCursor, utcnow
+from crm_ledger.db.session import reading
 from crm_ledger.errors import BrokerUnavailable, WorkerHalted
 from crm_ledger.outbound.nats import NatsPublisher
 from crm_ledger.outbound.publisher import OutboundMessage, Publisher, messages_after
-from crm_ledger.outbound.reading import reading
 
 __all__ = ["NATS_RELAY", "FeedRelay", "load_cursor", "nats_relay"]
 

@@ -51,10 +51,10 @@ from crm_ledger.config import Settings
 from crm_ledger.crm import feed
 from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import FeedEvent, WebhookDelivery, WebhookSubscription, new_id, utcnow
+from crm_ledger.db.session import reading
 from crm_ledger.journal.privacy import KeyRing, keyring_of
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.publisher import message_for
-from crm_ledger.outbound.reading import reading
 from crm_ledger.outbound.webhooks import urls
 from crm_ledger.outbound.webhooks.secrets import unseal
 from crm_ledger.outbound.webhooks.subscriptions import DeliveryStatus, SubscriptionStatus
