@@ -383,14 +383,16 @@ def _spawn(
 
 
 def _wait_until_ready(node: LocalNode, timeout: float) -> None:
+    """Wait until the node answers on its port with the dev chain id, from its own socket."""
     deadline = time.monotonic() + timeout
+    foreign = ""
     while True:
         if not node.is_running():
             code = node.process.returncode
             node.kill()
             raise ChainUnavailable(
-                f"{node.kind} exited with code {code} before answering on {node.rpc_url}; "
-                f"end of {node.log_path}:\n{node.log_tail()}"
+                f"{node.kind} exited with code {code} before answering on {node.rpc_url}"
+                f"{foreign}; end of {node.log_path}:\n{node.log_tail()}"
             )
         chain_id = _chain_id(node.rpc_url)
         if chain_id is not None:
@@ -400,12 +402,14 @@ def _wait_until_ready(node: LocalNode, timeout: float) -> None:
                     f"{node.rpc_url} answered with chain id {chain_id}, not {DEV_CHAIN_ID}: "
                     f"another node took the port while {node.kind} was starting"
                 )
-            return
+            if ownership.group_listens_on(node.pid, node.port) is not False:
+                return
+            foreign = " (another process answers there: it took the port meanwhile)"
         if time.monotonic() >= deadline:
             node.kill()
             raise ChainUnavailable(
-                f"{node.kind} did not answer on {node.rpc_url} within {timeout:.0f} s; end of "
-                f"{node.log_path}:\n{node.log_tail()}"
+                f"{node.kind} did not answer on {node.rpc_url} within {timeout:.0f} s"
+                f"{foreign}; end of {node.log_path}:\n{node.log_tail()}"
             )
         time.sleep(0.05)
 

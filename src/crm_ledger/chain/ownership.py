@@ -1,7 +1,7 @@
 """Who owns the Anvil on a state file: the pid file, the parent-death signal, orphans stopped.
 
 Exports: `PID_FILE_NAME`, `parent_death_signal`, `claim`, `record_node`, `release`,
-`stop_orphans`.
+`stop_orphans`, `group_listens_on`.
 
 A node belongs to the process that started it, even when that process is killed -9:
 
@@ -39,6 +39,7 @@ from crm_ledger.errors import ConfigError
 __all__ = [
     "PID_FILE_NAME",
     "claim",
+    "group_listens_on",
     "parent_death_signal",
     "record_node",
     "release",
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 PID_FILE_NAME = "anvil.pid"
 _PR_SET_PDEATHSIG = 1
 _ORPHAN_STOP_SECONDS = 30.0
+_TCP_LISTEN = "0A"
 
 
 def parent_death_signal(signum: int) -> Callable[[], None] | None:
@@ -125,6 +127,43 @@ def stop_orphans(pid_file: Path, state_path: Path) -> None:
     for pid in sorted(orphans):
         _stop(pid, state_path)
     pid_file.unlink(missing_ok=True)
+
+
+def group_listens_on(group: int, port: int) -> bool | None:
+    """Whether a process of process group `group` listens on 127.0.0.1:`port` (Linux /proc),
+    None where /proc cannot tell. A node that answers on its port may be another one that took
+    the port while this one was starting (and is about to fail to bind it)."""
+    try:
+        table = Path("/proc/net/tcp").read_text(encoding="ascii").splitlines()[1:]
+    except OSError:
+        return None
+    listening = set()
+    for line in table:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == _TCP_LISTEN:
+            listening.add(f"socket:[{fields[9]}]")
+    return any(listening & _open_sockets(pid) for pid in _group_members(group))
+
+
+def _group_members(group: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat_line = (entry / "stat").read_text(encoding="utf-8", errors="replace")
+                if int(stat_line.rsplit(")", 1)[1].split()[2]) == group:
+                    members.append(int(entry.name))
+    return members
+
+
+def _open_sockets(pid: int) -> set[str]:
+    links = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return {link for link in links if link.startswith("socket:[")}
 
 
 def _stop(pid: int, state_path: Path) -> None:
