@@ -304,9 +304,18 @@ def settle(database_url: str, timeout: float) -> float:
         engine.dispose()
 
 
-def genesis_hash(rpc_url: str) -> str:
-    """The hash of block 0 on the node at `rpc_url`."""
-    return str(Web3(Web3.HTTPProvider(rpc_url)).eth.get_block(0)["hash"].hex())
+def genesis_hash(rpc_url: str, timeout: float = 90) -> str:
+    """The hash of block 0 on the node at `rpc_url`, once it answers (the service acknowledges
+    writes before its own Anvil is up)."""
+    found: list[str] = []
+
+    def answered() -> bool:
+        with contextlib.suppress(Exception):
+            found.append(str(Web3(Web3.HTTPProvider(rpc_url)).eth.get_block(0)["hash"].hex()))
+        return bool(found)
+
+    wait_until(answered, timeout, f"the node at {rpc_url} answering")
+    return found[0]
 
 
 def check_ledger(database_url: str, rpc_url: str, acknowledged: set[str], outcome: Outcome) -> None:
