@@ -185,3 +185,44 @@ def test_a_pid_file_naming_another_program_is_ignored(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_an_anvil_the_pid_file_does_not_name_is_stopped_too(
+    tmp_path: Path, stoppers: list[int]
+) -> None:
+    port = free_port()
+    state = tmp_path / "state.json"
+    parent, orphan = start_parent(port, state, die_with_parent=False, then="exit")
+    stoppers.append(orphan)
+    parent.wait()
+    mine(f"http://127.0.0.1:{port}", 5)
+    # As if its owner had been killed between spawning it and naming it in the pid file.
+    (tmp_path / PID_FILE_NAME).unlink()
+
+    node: LocalNode = start_anvil(port=port, state_path=state)
+    try:
+        assert not alive(orphan)
+        assert asyncio.run(ledger_state_block(node.rpc_url)) == 5
+    finally:
+        node.stop()
+
+
+def test_an_owner_still_starting_its_anvil_keeps_the_state_file(tmp_path: Path) -> None:
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        stat_line = Path(f"/proc/{owner.pid}/stat").read_text()
+        (tmp_path / PID_FILE_NAME).write_text(
+            json.dumps(
+                {
+                    "pid": None,
+                    "owner_pid": owner.pid,
+                    "owner_start_time": int(stat_line.rsplit(")", 1)[1].split()[19]),
+                }
+            )
+        )
+
+        with pytest.raises(ConfigError, match=f"belongs to the running process {owner.pid}"):
+            start_anvil(port=free_port(), state_path=tmp_path / "state.json")
+    finally:
+        owner.kill()
+        owner.wait()

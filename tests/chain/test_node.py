@@ -197,6 +197,20 @@ def test_a_node_that_never_answers_times_out_with_its_log(tmp_path: Path) -> Non
     assert time.monotonic() - started < 10
 
 
+def test_another_node_answering_on_the_port_is_not_taken_for_this_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    silent = tmp_path / "anvil"
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")
+    silent.chmod(silent.stat().st_mode | stat.S_IXUSR)
+    with start_anvil(port=free_port(), state_path=None) as other:
+        # The other node took the port after this start checked that it was free.
+        monkeypatch.setattr("crm_ledger.chain.node._refuse_taken_port", lambda *_: None)
+
+        with pytest.raises(ChainUnavailable, match="another process answers there"):
+            start_anvil(port=other.port, state_path=None, binary=silent, startup_timeout=1.0)
+
+
 def test_kill_takes_the_whole_process_group(tmp_path: Path) -> None:
     wrapper = tmp_path / "anvil"
     # A wrapper like npm's: the real node is a child process.

@@ -16,11 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_utils.crypto import keccak
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from web3 import Web3
+from web3.exceptions import Web3Exception
 
 from crm_ledger.app import create_app
 from crm_ledger.chain.artifacts import load_artifact
+from crm_ledger.chain.deploy import LEDGER_CONTRACT
 from crm_ledger.chain.node import LocalNode
 from crm_ledger.db.models import Batch, BatchStatus, Deployment, Record
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
@@ -32,34 +36,96 @@ from tests.e2e.conftest import TestClient, free_port, service_settings, wait_for
 pytestmark = pytest.mark.chain
 
 
-def assert_journal_matches_chain(database_url: str, rpc_url: str, acknowledged: set[str]) -> None:
-    """Every acknowledged record anchored once; seqs contiguous; every batch as on chain."""
+def assert_journal_matches_chain(
+    database_url: str, rpc_url: str, acknowledged: set[str], node: LocalNode | None = None
+) -> None:
+    """Every acknowledged record anchored once; seqs contiguous; every batch as on chain.
+
+    A contract call that fails reports what the chain holds at the AuditLedger's address (and
+    `node`'s log tail when given) instead of the bare error."""
     engine = make_engine(database_url)
     try:
         with make_session_factory(engine)() as session:
             records = session.execute(select(Record.id, Record.seq).order_by(Record.seq)).all()
             batches = session.scalars(select(Batch).order_by(Batch.id)).all()
-            deployment = session.scalars(
-                select(Deployment).order_by(Deployment.epoch.desc())
-            ).first()
+            deployment = ledger_deployment(session)
     finally:
         engine.dispose()
     assert acknowledged <= {r.id for r in records}
     assert [r.seq for r in records] == list(range(len(records)))
     assert deployment is not None
-    contract = Web3(Web3.HTTPProvider(rpc_url)).eth.contract(
-        address=deployment.address, abi=load_artifact("AuditLedger").abi
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    contract = w3.eth.contract(address=deployment.address, abi=load_artifact("AuditLedger").abi)
+    try:
+        assert contract.functions.nextSeq().call() == len(records)
+        assert contract.functions.batchCount().call() == len(batches)
+        for batch in batches:
+            assert batch.status == BatchStatus.ANCHORED.value
+            assert contract.functions.batch(batch.id).call() == [
+                batch.first_seq,
+                batch.count,
+                batch.root,
+            ]
+        assert contract.functions.head().call() == batches[-1].head
+    except Web3Exception as exc:
+        raise AssertionError(f"{exc!r}; {chain_evidence(w3, deployment, node)}") from exc
+
+
+def ledger_deployment(session: Session) -> Deployment | None:
+    """The latest AuditLedger deployment. The LoyaltyToken's row is epoch 1 too: unfiltered,
+    the token's row came first whenever the loyalty worker deployed before the anchorer (the CI
+    flake: nextSeq() "reverted" on the token's address)."""
+    return session.scalars(
+        select(Deployment)
+        .where(Deployment.contract == LEDGER_CONTRACT)
+        .order_by(Deployment.epoch.desc())
+    ).first()
+
+
+def test_the_ledger_deployment_is_found_when_the_token_was_deployed_first(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url)
+    upgrade_database(engine)
+    try:
+        with make_session_factory(engine).begin() as session:
+            for contract, address in (
+                ("LoyaltyToken", "0x" + "11" * 20),
+                (LEDGER_CONTRACT, "0x" + "22" * 20),
+            ):
+                session.add(
+                    Deployment(
+                        contract=contract,
+                        epoch=1,
+                        chain_id=31337,
+                        genesis_hash=bytes(32),
+                        address=address,
+                        code_hash=bytes(32),
+                        tx_hash=bytes(32),
+                        block_number=1,
+                    )
+                )
+        with make_session_factory(engine)() as session:
+            found = ledger_deployment(session)
+            assert found is not None
+            assert (found.contract, found.address) == (LEDGER_CONTRACT, "0x" + "22" * 20)
+    finally:
+        engine.dispose()
+
+
+def chain_evidence(w3: Web3, deployment: Deployment, node: LocalNode | None) -> str:
+    """What the chain holds where `deployment` says the AuditLedger is, and the node's log."""
+    code = bytes(w3.eth.get_code(Web3.to_checksum_address(deployment.address)))
+    genesis = bytes(w3.eth.get_block(0)["hash"])
+    evidence = (
+        f"at {deployment.address}: {len(code)} bytes of code, hash {keccak(code).hex()} "
+        f"(AuditLedger epoch {deployment.epoch}: {deployment.code_hash.hex()}); genesis "
+        f"{genesis.hex()} (deployed on {deployment.genesis_hash.hex()}); block "
+        f"{w3.eth.block_number} (deployed in {deployment.block_number}); {w3.client_version}"
     )
-    assert contract.functions.nextSeq().call() == len(records)
-    assert contract.functions.batchCount().call() == len(batches)
-    for batch in batches:
-        assert batch.status == BatchStatus.ANCHORED.value
-        assert contract.functions.batch(batch.id).call() == [
-            batch.first_seq,
-            batch.count,
-            batch.root,
-        ]
-    assert contract.functions.head().call() == batches[-1].head
+    if node is not None:
+        evidence += f"; node pid {node.pid}, running {node.is_running()}, log:\n{node.log_tail()}"
+    return evidence
 
 
 class Load:
@@ -224,7 +290,7 @@ def test_chain_down_writes_keep_succeeding_and_the_backlog_is_anchored_on_return
     wait_for(lambda: pending(client) == 0, 60)
     wait_for(lambda: client.get("/readyz").json()["chain"]["state"] == "running", 30)
     time.sleep(0.3)
-    assert_journal_matches_chain(database_url, chain.rpc_url, acknowledged)
+    assert_journal_matches_chain(database_url, chain.rpc_url, acknowledged, chain)
 
 
 def test_chain_rolled_back_batches_are_anchored_again(

@@ -1,6 +1,8 @@
 """`crm-ledger serve` in its default setup (no RPC URL: it starts Anvil) killed -9 leaves no
 Anvil behind, and the restarted service is ready and anchors what was written before the kill
 (issue 10, finding 3: the orphan kept the port, /readyz answered 503 and nothing was anchored).
+Killed again and again, it comes back on the same chain every time (the chaos run's kill row
+came back on a "reset" chain: Anvil loaded one of its restarts' genesis blocks at random).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.helpers import interaction
 from tests.chain.test_anvil_ownership import alive, gone_within
 from tests.e2e.conftest import free_port, wait_for
+from tests.e2e.test_faults import assert_journal_matches_chain
 
 pytestmark = [
     pytest.mark.chain,
@@ -62,13 +65,20 @@ class Serve:
         )
         wait_for(self.ready, 90)
 
+    @property
+    def anvil_url(self) -> str:
+        """Where the service's own Anvil answers."""
+        return f"http://127.0.0.1:{self.env['CRM_LEDGER_ANVIL_PORT']}"
+
     def ready(self) -> bool:
-        """Whether /readyz is 200 and the anchorer runs."""
+        """Whether /readyz is 200 and the anchorer runs; fails the test if anchoring halted."""
         try:
             answer = httpx.get(f"{self.base}/readyz", timeout=2)
         except httpx.HTTPError:
             return False
-        return answer.status_code == 200 and answer.json()["chain"]["state"] == "running"
+        chain = answer.json().get("chain", {})
+        assert chain.get("state") != "halted", chain.get("message")
+        return answer.status_code == 200 and chain.get("state") == "running"
 
     def anvil_pid(self) -> int:
         """The pid of the Anvil the service started, from its pid file."""
@@ -92,6 +102,22 @@ class Serve:
                 self.process.wait()
 
 
+def admin_headers(database_url: str) -> dict[str, str]:
+    """An admin key made straight in the (migrated) journal."""
+    engine = make_engine(database_url)
+    upgrade_database(engine)
+    with make_session_factory(engine).begin() as session:
+        key = create_api_key(session, role=Role.ADMIN, label="ownership test")
+    engine.dispose()
+    return {"Authorization": f"Bearer {key}"}
+
+
+def genesis_hash(rpc_url: str) -> str:
+    """The hash of block 0 on the node at `rpc_url`."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": ["0x0", False]}
+    return str(httpx.post(rpc_url, json=body, timeout=10).json()["result"]["hash"])
+
+
 @pytest.fixture
 def serve(tmp_path: Path, database_url: str) -> Iterator[Serve]:
     """The service, stopped (with any Anvil it left) at the end."""
@@ -108,12 +134,7 @@ def serve(tmp_path: Path, database_url: str) -> Iterator[Serve]:
 def test_kill_9_of_serve_takes_its_anvil_and_the_restart_anchors_the_backlog(
     serve: Serve, database_url: str
 ) -> None:
-    engine = make_engine(database_url)
-    upgrade_database(engine)
-    with make_session_factory(engine).begin() as session:
-        key = create_api_key(session, role=Role.ADMIN, label="ownership test")
-    engine.dispose()
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = admin_headers(database_url)
     # Batches wait an hour: the record is still unanchored when the service dies.
     serve.start(batch_max_age_seconds=3600)
     customer = httpx.post(
@@ -139,3 +160,36 @@ def test_kill_9_of_serve_takes_its_anvil_and_the_restart_anchors_the_backlog(
         return answer.status_code == 200
 
     wait_for(anchored, 60)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_kill_9_of_serve_again_and_again_keeps_its_chain(serve: Serve, database_url: str) -> None:
+    headers = admin_headers(database_url)
+    serve.start(batch_max_age_seconds=0.05)
+    customer = httpx.post(
+        f"{serve.base}/v1/customers",
+        json={"name": "Grace Hopper", "email": "grace@example.com"},
+        headers=headers,
+    ).json()["id"]
+    genesis = genesis_hash(serve.anvil_url)
+    acknowledged: set[str] = set()
+
+    for kill in range(1, 4):
+        for n in range(3):
+            written = httpx.post(
+                f"{serve.base}/v1/interactions",
+                json=interaction(customer, details={"kill": kill, "n": n}),
+                headers=headers,
+            )
+            assert written.status_code == 201, written.text
+            acknowledged.add(written.json()["id"])
+        serve.kill()
+        serve.start(batch_max_age_seconds=0.05)  # fails at once if anchoring halted (a reset)
+        assert genesis_hash(serve.anvil_url) == genesis, f"another chain after kill {kill}"
+
+    def all_anchored() -> bool:
+        answer = httpx.get(f"{serve.base}/readyz", timeout=5).json()
+        return bool(answer["anchoring"]["pending_records"] == 0)
+
+    wait_for(all_anchored, 60)
+    assert_journal_matches_chain(database_url, serve.anvil_url, acknowledged)

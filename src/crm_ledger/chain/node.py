@@ -5,36 +5,21 @@ Exports: `LocalNode`, `find_anvil_binary`, `find_hardhat_project`, `start_anvil`
 
 Anvil keeps its whole chain in memory. With `--state <file>` it loads the file at start and
 writes it back on a clean exit (SIGTERM); `--state-interval` also writes it every few seconds,
-so a SIGKILL or a power cut loses at most that much. Anvil writes the file in place, so a
-SIGKILL in the middle of a write can leave it truncated; `start_anvil` keeps the last copy that
-Anvil loaded successfully next to it and falls back to that copy. Falling back to an older state
-is a chain rollback, which the anchorer already handles (it re-anchors from the journal).
+so a SIGKILL or a power cut loses at most that much. Before each start `chain.anvil_state`
+makes the file fit to load (a torn write replaced by the last good copy, the stray genesis
+blocks of earlier starts dropped so that the genesis hash never changes), and
+`chain.ownership` stops any Anvil a killed owner left on it, waiting until it has written its
+state and exited.
 
 The npm package's `node_modules/.bin/anvil` is a Node.js wrapper that spawns the native binary;
 `find_anvil_binary` prefers the native binary so that a signal reaches Anvil itself. Every node
 runs in a process group of its own and `kill()` signals the whole group, so no orphan keeps the
-port.
-
-A node belongs to the process that started it, even when that process is killed -9:
-
-- On Linux the node is started with a parent-death signal (`prctl(PR_SET_PDEATHSIG, SIGTERM)`):
-  when its parent dies, however it dies, the kernel sends the node SIGTERM and Anvil saves its
-  state and exits. Linux sends the signal when the *thread* that started the node ends, so start
-  nodes from a thread that lives as long as the node should (the main thread, or the asyncio
-  default executor, whose threads live until the loop closes).
-- An Anvil with a state file writes `anvil.pid` beside it: its pid and start time, and those of
-  the process that owns it. `start_anvil` on the same state file finds an Anvil left behind by
-  an owner that is gone (no parent-death signal on this platform, or an older version), checks
-  that the pid still is that Anvil (same start time, an `anvil` command line with this state
-  file), stops it with SIGTERM (it saves its state) and starts its own. An Anvil whose owner is
-  still running is left alone, and the start is refused with a message naming the owner.
+port; on Linux it also dies with the process that started it (`chain.ownership`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import http.client
 import json
 import logging
@@ -49,12 +34,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
+from crm_ledger.chain import ownership
+from crm_ledger.chain.anvil_state import keep_last_good, prepare_state_file
+from crm_ledger.chain.ownership import PID_FILE_NAME
 from crm_ledger.config import DEV_CHAIN_ID, DEV_MNEMONIC, Settings
 from crm_ledger.errors import ChainUnavailable, ConfigError
 
@@ -76,10 +64,6 @@ HOST = "127.0.0.1"
 HARDHAT_PROJECT = "hardhat-local"
 _NPM_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 _LOG_TAIL_LINES = 20
-#: Beside the state file: who runs the Anvil that owns it (see the module docstring).
-PID_FILE_NAME = "anvil.pid"
-_PR_SET_PDEATHSIG = 1
-_ORPHAN_STOP_SECONDS = 30.0
 
 
 @dataclass
@@ -143,8 +127,8 @@ class LocalNode:
         self.process.wait()
         self._log_file.close()
         self._ended = True
-        if self.pid_file is not None and _read_pid_file(self.pid_file).get("pid") == self.pid:
-            self.pid_file.unlink(missing_ok=True)
+        if self.pid_file is not None:
+            ownership.release(self.pid_file, self.pid)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last lines of the node's log file."""
@@ -217,11 +201,12 @@ def start_anvil(
 
     With `state_path` the chain is loaded from and saved to that file (every
     `ANVIL_STATE_INTERVAL_SECONDS` and on a clean stop), the log goes next to it as `anvil.log`
-    and the pid file as `anvil.pid`, and an Anvil an earlier owner left running on that state
-    file is stopped first; without it the chain lives in memory only. `die_with_parent=False`
-    leaves out the parent-death signal (tests make orphans with it). Raises `ConfigError` when
-    the port is taken or the state file's Anvil belongs to a running process,
-    `ChainUnavailable` (with the end of the log) when Anvil does not come up.
+    and the pid file as `anvil.pid`; an Anvil an earlier owner left running on that state file
+    is stopped first and the file is made fit to load (`chain.anvil_state`). Without it the
+    chain lives in memory only. `die_with_parent=False` leaves out the parent-death signal
+    (tests make orphans with it). Raises `ConfigError` when the port is taken or the state
+    file's Anvil belongs to a running process, `ChainUnavailable` (with the end of the log)
+    when Anvil does not come up.
     """
     executable = binary if binary is not None else find_anvil_binary()
     pid_file = None
@@ -229,13 +214,38 @@ def start_anvil(
         state_path = state_path.resolve()
         state_path.parent.mkdir(parents=True, exist_ok=True)
         pid_file = state_path.with_name(PID_FILE_NAME)
-        _stop_orphan(pid_file, state_path)
+        ownership.stop_orphans(pid_file, state_path)
     _refuse_taken_port(port, "Anvil")
-    if state_path is not None:
-        _restore_state_if_unreadable(state_path)
+    if state_path is not None and pid_file is not None:
+        prepare_state_file(state_path)
+        ownership.claim(pid_file, port=port, state_path=state_path)
     if log_path is None:
         log_dir = state_path.parent if state_path is not None else _scratch_dir("anvil")
         log_path = log_dir / "anvil.log"
+    try:
+        node = _spawn(
+            "anvil",
+            _anvil_command(executable, port, state_path),
+            port=port,
+            log_path=log_path,
+            state_path=state_path,
+            die_with_parent=die_with_parent,
+        )
+    except ConfigError:
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+        raise
+    if pid_file is not None and state_path is not None:
+        ownership.record_node(pid_file, pid=node.pid, port=port, state_path=state_path)
+        node.pid_file = pid_file
+    _wait_until_ready(node, startup_timeout)
+    if state_path is not None:
+        # Anvil just loaded this file: it is the copy to fall back on after a torn write.
+        keep_last_good(state_path)
+    return node
+
+
+def _anvil_command(executable: Path, port: int, state_path: Path | None) -> list[str]:
     command = [
         str(executable),
         "--host",
@@ -257,21 +267,7 @@ def start_anvil(
             "--state-interval",
             str(ANVIL_STATE_INTERVAL_SECONDS),
         ]
-    node = _spawn(
-        "anvil",
-        command,
-        port=port,
-        log_path=log_path,
-        state_path=state_path,
-        die_with_parent=die_with_parent,
-    )
-    if pid_file is not None:
-        _write_pid_file(pid_file, node)
-    _wait_until_ready(node, startup_timeout)
-    if state_path is not None and state_path.exists():
-        # Anvil just loaded this file: it is the copy to fall back on after a torn write.
-        _copy_atomically(state_path, _last_good(state_path))
-    return node
+    return command
 
 
 def start_hardhat(
@@ -341,49 +337,6 @@ def _refuse_taken_port(port: int, what: str) -> None:
             ) from None
 
 
-def _restore_state_if_unreadable(state_path: Path) -> None:
-    """Replace a torn state file (SIGKILL mid-write) with the last copy Anvil loaded."""
-    if not state_path.exists() or _is_json(state_path):
-        return
-    aside = state_path.with_name(f"{state_path.name}.unreadable-{int(time.time())}")
-    state_path.replace(aside)
-    fallback = _last_good(state_path)
-    if fallback.exists():
-        _copy_atomically(fallback, state_path)
-        log.warning(
-            "Anvil state %s was unreadable (kept as %s); restarting from the last good copy: "
-            "the chain rolls back to it and the anchorer re-anchors what is missing",
-            state_path,
-            aside,
-        )
-    else:
-        log.warning(
-            "Anvil state %s was unreadable (kept as %s) and no earlier copy exists: starting "
-            "an empty chain",
-            state_path,
-            aside,
-        )
-
-
-def _is_json(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            json.load(handle)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _last_good(state_path: Path) -> Path:
-    return state_path.with_name(f"{state_path.name}.last-good")
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    partial = target.with_name(f"{target.name}.partial")
-    shutil.copyfile(source, partial)
-    partial.replace(target)
-
-
 def _scratch_dir(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"crm-ledger-{kind}-"))
 
@@ -401,7 +354,7 @@ def _spawn(
 ) -> LocalNode:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
-    preexec = _parent_death_signal(signal.SIGTERM) if die_with_parent else None
+    preexec = ownership.parent_death_signal(signal.SIGTERM) if die_with_parent else None
     try:
         process = subprocess.Popen(
             command,
@@ -429,147 +382,17 @@ def _spawn(
     )
 
 
-def _parent_death_signal(signum: int) -> Callable[[], None] | None:
-    """A `preexec_fn` that has the kernel send `signum` to the child when its parent dies.
-
-    Linux only (None elsewhere). The libc function is looked up here, before the fork, so the
-    child runs nothing but the call itself and a check that the parent did not die already.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return None
-    prctl = ctypes.CDLL(library, use_errno=True).prctl
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        if os.getppid() != parent:
-            # The parent died between the fork and prctl: no signal will ever come.
-            os._exit(1)
-
-    return arm
-
-
-def _process_start_time(pid: int) -> int | None:
-    """The start time of live process `pid` in clock ticks since boot (Linux /proc), or None
-    when it does not run (a zombie that nobody reaped counts as ended)."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        # The command name (field 2) may hold spaces and parentheses: split after it.
-        fields = stat_line.rsplit(")", 1)[1].split()
-        return None if fields[0] in ("Z", "X") else int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _command_line(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-
-
-def _write_pid_file(pid_file: Path, node: LocalNode) -> None:
-    document = {
-        "pid": node.pid,
-        "start_time": _process_start_time(node.pid),
-        "owner_pid": os.getpid(),
-        "owner_start_time": _process_start_time(os.getpid()),
-        "port": node.port,
-        "state_path": str(node.state_path),
-    }
-    partial = pid_file.with_name(f"{pid_file.name}.partial")
-    partial.write_text(json.dumps(document), encoding="utf-8")
-    partial.replace(pid_file)
-    node.pid_file = pid_file
-
-
-def _read_pid_file(pid_file: Path) -> dict[str, Any]:
-    try:
-        document = json.loads(pid_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return document if isinstance(document, dict) else {}
-
-
-def _is_alive(pid: object, start_time: object) -> bool:
-    """Whether `pid` runs and is the process that started at `start_time` (not a reused pid)."""
-    return isinstance(pid, int) and pid > 0 and _process_start_time(pid) == start_time
-
-
-def _is_our_anvil(pid: int, state_path: Path) -> bool:
-    """Whether `pid`'s command line is an `anvil` serving `state_path`."""
-    args = _command_line(pid)
-    named_anvil = any(Path(arg).name.startswith("anvil") for arg in args[:2])
-    try:
-        serves = args[args.index("--state") + 1] == str(state_path)
-    except (ValueError, IndexError):
-        serves = False
-    return named_anvil and serves
-
-
-def _stop_orphan(pid_file: Path, state_path: Path) -> None:
-    """Stop the Anvil a gone owner left running on `state_path` (see the module docstring)."""
-    document = _read_pid_file(pid_file)
-    if not document:
-        pid_file.unlink(missing_ok=True)
-        return
-    pid = document.get("pid")
-    if not isinstance(pid, int) or not _is_alive(pid, document.get("start_time")):
-        pid_file.unlink(missing_ok=True)  # it ended, or the pid belongs to another process now
-        return
-    if not _is_our_anvil(pid, state_path):
-        log.warning(
-            "%s names pid %s, which is not an Anvil on %s: ignored", pid_file, pid, state_path
-        )
-        pid_file.unlink(missing_ok=True)
-        return
-    owner = document.get("owner_pid")
-    if owner != os.getpid() and _is_alive(owner, document.get("owner_start_time")):
-        raise ConfigError(
-            f"the Anvil on {state_path} (pid {pid}, port {document.get('port')}) belongs to the "
-            f"running process {owner}: stop that process first, or give this one another data "
-            "directory, or point CRM_LEDGER_RPC_URL at that Anvil"
-        )
-    log.warning(
-        "found the Anvil (pid %d) that a stopped process left running on %s: stopping it (it "
-        "saves its state) and starting a new one",
-        pid,
-        state_path,
-    )
-    start_time = document.get("start_time")
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGTERM)
-    if not _gone_within(pid, start_time, _ORPHAN_STOP_SECONDS):
-        log.warning("the orphaned Anvil (pid %d) ignored SIGTERM: killing it", pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-        if not _gone_within(pid, start_time, 5.0):
-            raise ConfigError(f"cannot stop the orphaned Anvil (pid {pid}) on {state_path}")
-    pid_file.unlink(missing_ok=True)
-
-
-def _gone_within(pid: int, start_time: object, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while _is_alive(pid, start_time):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _wait_until_ready(node: LocalNode, timeout: float) -> None:
+    """Wait until the node answers on its port with the dev chain id, from its own socket."""
     deadline = time.monotonic() + timeout
+    foreign = ""
     while True:
         if not node.is_running():
             code = node.process.returncode
             node.kill()
             raise ChainUnavailable(
-                f"{node.kind} exited with code {code} before answering on {node.rpc_url}; "
-                f"end of {node.log_path}:\n{node.log_tail()}"
+                f"{node.kind} exited with code {code} before answering on {node.rpc_url}"
+                f"{foreign}; end of {node.log_path}:\n{node.log_tail()}"
             )
         chain_id = _chain_id(node.rpc_url)
         if chain_id is not None:
@@ -579,12 +402,14 @@ def _wait_until_ready(node: LocalNode, timeout: float) -> None:
                     f"{node.rpc_url} answered with chain id {chain_id}, not {DEV_CHAIN_ID}: "
                     f"another node took the port while {node.kind} was starting"
                 )
-            return
+            if ownership.group_listens_on(node.pid, node.port) is not False:
+                return
+            foreign = " (another process answers there: it took the port meanwhile)"
         if time.monotonic() >= deadline:
             node.kill()
             raise ChainUnavailable(
-                f"{node.kind} did not answer on {node.rpc_url} within {timeout:.0f} s; end of "
-                f"{node.log_path}:\n{node.log_tail()}"
+                f"{node.kind} did not answer on {node.rpc_url} within {timeout:.0f} s"
+                f"{foreign}; end of {node.log_path}:\n{node.log_tail()}"
             )
         time.sleep(0.05)
 
