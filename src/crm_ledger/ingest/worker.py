@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: How often the worker deletes the bodies of failed deliveries past retention.
 PURGE_INTERVAL_SECONDS = 600.0
+#: How long a step that found less than a full batch waits before the next one.
+LINGER_SECONDS = 0.05
 
 
 def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
@@ -84,9 +86,7 @@ def _parse(delivery: IngestDelivery, source: IngestSource) -> Event:
 
 def _map_run(session: Session, run: list[_OrderDelivery]) -> None:
     """Map consecutive order deliveries together (`ingest.batch`); if that fails, each alone."""
-    if len(run) < 2:
-        for delivery, source, event in run:
-            _map_one(session, delivery, source, event)
+    if not run:
         return
     try:
         with session.begin_nested():
@@ -156,12 +156,17 @@ class IngestWorker:
     async def step(self) -> int:
         """Map a batch of deliveries and settle ready clawbacks; returns how many."""
         try:
-            return await asyncio.to_thread(self.run_once)
+            handled = await asyncio.to_thread(self.run_once)
         except OperationalError as exc:
             raise Unavailable(
                 f"the database cannot be reached ({type(exc.orig).__name__}); stored "
                 "deliveries wait and are mapped once it is back"
             ) from exc
+        if 0 < handled < self.settings.ingest_batch_size:
+            # Deliveries are arriving (each one wakes this worker): let the next ones gather
+            # for a moment, so a stream is mapped a batch at a time, not one step per delivery.
+            await asyncio.sleep(LINGER_SECONDS)
+        return handled
 
     def run_once(self) -> int:
         """`step`, blocking (for the CLI and tests)."""
