@@ -13,8 +13,9 @@ which:
 2. decides in memory, delivery by delivery and in delivery order, what `ingest.apply` decides
    for one (same rules, same helpers: a later delivery of the run sees the customers, links
    and order states the earlier ones made);
-3. writes it all: one INSERT per table (customers, links, records, orders), the known orders'
-   changes in one flush.
+3. writes it all: one multi-row INSERT per table (customers, links, records, orders), the
+   new rows' pks read back by public id in one query per table, the known orders' changes in
+   one flush.
 
 The worker runs a batch inside a savepoint; if anything in it fails, it maps the run's
 deliveries one by one instead, so one bad delivery cannot fail or roll back the others.
@@ -27,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, and_, insert, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, and_, insert, or_, select
+from sqlalchemy.orm import Session, object_mapper
 
 from crm_ledger.db.models import (
     Customer,
@@ -56,9 +57,12 @@ from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.ledger.canonical import commitment
 from crm_ledger.ledger.leaf import RecordKind
 
-_INSERT_RECORDS = insert(cast(Table, Record.__table__)).returning(
-    Record.__table__.c.pk, sort_by_parameter_order=True
-)
+_RECORDS = cast(Table, Record.__table__)
+_CUSTOMERS = cast(Table, Customer.__table__)
+# No RETURNING: SQLite would then insert one row per statement to keep the rows' order.
+_INSERT_RECORDS = insert(_RECORDS)
+_INSERT_CUSTOMERS = insert(_CUSTOMERS)
+_INSERT_ORDERS = insert(cast(Table, IngestOrder.__table__))
 _INSERT_LINKS = insert(cast(Table, IngestCustomerLink.__table__))
 
 _ERASED = "the customer's personal data was erased: nothing more is recorded for them"
@@ -196,21 +200,22 @@ class OrderBatch:
     def write(self) -> list[Applied]:
         """Insert and update what `add` decided; one `Applied` per `add`, in order."""
         session = self._session
-        if self._new_buyers:
-            session.flush()  # the new customers: one INSERT, their pks returned
-            for buyer in self._new_buyers:
-                assert buyer.new is not None
-                buyer.pk = buyer.new.pk
         connection = session.connection()
+        if self._new_buyers:
+            made = [buyer.new for buyer in self._new_buyers if buyer.new is not None]
+            connection.execute(_INSERT_CUSTOMERS, [_row_of(customer) for customer in made])
+            customer_pks = _pks_by_id(
+                connection, _CUSTOMERS, [buyer.id for buyer in self._new_buyers]
+            )
+            for buyer in self._new_buyers:
+                buyer.pk = customer_pks[buyer.id]
         if self._new_links:
             connection.execute(_INSERT_LINKS, [self._link_row(*link) for link in self._new_links])
         record_pks: list[int] = []
         if self._records:
-            record_pks = list(
-                connection.execute(_INSERT_RECORDS, [self._record_row(r) for r in self._records])
-                .scalars()
-                .all()
-            )
+            connection.execute(_INSERT_RECORDS, [self._record_row(r) for r in self._records])
+            pk_of = _pks_by_id(connection, _RECORDS, [record.id for record in self._records])
+            record_pks = [pk_of[record.id] for record in self._records]
         self._write_orders(record_pks)
         session.flush()
         for source_pk in sorted(self._sources_with_new_orders):
@@ -256,6 +261,8 @@ class OrderBatch:
                 name=shop_customer.name, email=shop_customer.email, phone=shop_customer.phone
             ),
         )
+        # Inserted by `write` with the batch's other new customers in one statement.
+        self._session.expunge(customer)
         buyer = _Buyer(id=customer.id, key=customer.key, new=customer)
         self._new_buyers.append(buyer)
         if customer.email_index is not None:
@@ -312,16 +319,12 @@ class OrderBatch:
         self._sources_with_new_orders.add(source_pk)
 
     def _write_orders(self, record_pks: list[int]) -> None:
+        created: list[dict[str, object]] = []
         for draft in self._orders.values():
             if draft.last_index is None:
                 continue  # loaded, not changed
             order = draft.created if draft.created is not None else draft.stored
             assert order is not None
-            if draft.created is not None:
-                assert draft.first_index is not None and draft.buyer.pk is not None
-                order.customer_pk = draft.buyer.pk
-                order.first_record_pk = record_pks[draft.first_index]
-                self._session.add(order)
             order.last_record_pk = record_pks[draft.last_index]
             order.status = draft.status
             order.currency = draft.currency
@@ -332,6 +335,13 @@ class OrderBatch:
             order.state_sha256 = draft.state_sha256
             order.clawback_pending = draft.clawback_pending
             order.updated_at = self._now
+            if draft.created is not None:
+                assert draft.first_index is not None and draft.buyer.pk is not None
+                order.customer_pk = draft.buyer.pk
+                order.first_record_pk = record_pks[draft.first_index]
+                created.append(_row_of(order))
+        if created:
+            self._session.connection().execute(_INSERT_ORDERS, created)
 
     def _link_row(self, source_pk: int, external_id: str, buyer: _Buyer) -> dict[str, object]:
         return {
@@ -417,6 +427,21 @@ class OrderBatch:
             select(Record.pk, Record.id).where(Record.pk.in_(sorted(set(record_pks))))
         )
         return {row.pk: row.id for row in rows}
+
+
+def _row_of(obj: Customer | IngestOrder) -> dict[str, object]:
+    """The column values of a new ORM object, for a Core INSERT (its pk left to the database)."""
+    return {
+        attr.key: getattr(obj, attr.key)
+        for attr in object_mapper(obj).column_attrs
+        if attr.key != "pk"
+    }
+
+
+def _pks_by_id(connection: Connection, table: Table, ids: list[str]) -> dict[str, int]:
+    """The pks of the rows of `table` with these public ids."""
+    rows = connection.execute(select(table.c.id, table.c.pk).where(table.c.id.in_(ids)))
+    return {row.id: row.pk for row in rows}
 
 
 def _by_source(pairs: Iterable[tuple[int, str]]) -> dict[int, list[str]]:
