@@ -36,7 +36,6 @@ def make_relay(
     stream: str,
     prefix: str,
     batch_size: int = 10,
-    rounds_per_step: int = 8,
 ) -> FeedRelay:
     publisher = NatsPublisher(
         url=url,
@@ -48,12 +47,7 @@ def make_relay(
         connect_timeout_seconds=1,
     )
     return FeedRelay(
-        name=NATS_RELAY,
-        publisher=publisher,
-        session_factory=session_factory,
-        batch_size=batch_size,
-        window=4,
-        rounds_per_step=rounds_per_step,
+        name=NATS_RELAY, publisher=publisher, session_factory=session_factory, batch_size=batch_size
     )
 
 
@@ -148,11 +142,7 @@ async def test_relay_killed_between_ack_and_commit_resends_and_the_broker_drops_
 ) -> None:
     write_events(session_factory, 30)
     first = make_relay(
-        session_factory,
-        url=SHARED_NATS_URL,
-        stream=shared_stream,
-        prefix=subject_prefix,
-        rounds_per_step=1,
+        session_factory, url=SHARED_NATS_URL, stream=shared_stream, prefix=subject_prefix
     )
     assert await first.step() == 10
 
@@ -176,50 +166,6 @@ async def test_relay_killed_between_ack_and_commit_resends_and_the_broker_drops_
     finally:
         await fresh.close()
     assert [m.msg_id for m in await read_stream(SHARED_NATS_URL, shared_stream)] == ids
-
-
-@pytest.mark.asyncio
-async def test_a_pipelined_step_commits_each_batch_once_acked_and_a_kill_resends_in_order(
-    session_factory: sessionmaker[Session],
-    shared_stream: str,
-    subject_prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    write_events(session_factory, 60)
-    relay = make_relay(
-        session_factory, url=SHARED_NATS_URL, stream=shared_stream, prefix=subject_prefix
-    )
-    real_save = relay.save_cursor
-    saved: list[int] = []
-
-    def save_then_die_on_the_third(position: int) -> None:
-        if len(saved) == 2:
-            raise KeyboardInterrupt("killed after the broker's ack, before the cursor's commit")
-        real_save(position)
-        saved.append(position)
-
-    monkeypatch.setattr(relay, "save_cursor", save_then_die_on_the_third)
-    with pytest.raises(KeyboardInterrupt):
-        await relay.step()
-    await relay.close()
-    ids, every = feed_ids(session_factory), positions(session_factory)
-    # Batches of 10, several in flight: the cursor moved past each of the first two, in order,
-    # and the broker holds at least the three acknowledged ones, as a prefix of the feed.
-    assert saved == [every[9], every[19]]
-    assert cursor_of(session_factory) == every[19]
-    stored = [m.msg_id for m in await read_stream(SHARED_NATS_URL, shared_stream)]
-    assert len(stored) >= 30
-    assert stored == ids[: len(stored)]
-
-    fresh = make_relay(
-        session_factory, url=SHARED_NATS_URL, stream=shared_stream, prefix=subject_prefix
-    )
-    try:
-        assert await drain(fresh) == 40
-    finally:
-        await fresh.close()
-    assert [m.msg_id for m in await read_stream(SHARED_NATS_URL, shared_stream)] == ids
-    assert cursor_of(session_factory) == every[-1]
 
 
 @pytest.mark.asyncio

@@ -7,8 +7,6 @@ again inside the stream's duplicate window (after a crash between the broker's a
 cursor's commit), and `Nats-Expected-Stream`, so a message some other stream captures is refused
 rather than lost. A batch is pipelined: every message is written, then the acks are awaited
 together; they are counted in order and the relay only moves past the acknowledged prefix.
-`send` writes a batch and returns without waiting for its acks, so the relay writes the next
-batch while the broker acknowledges this one (`outbound.relay`).
 
 The connection never reconnects by itself and never buffers while disconnected (nats-py would
 otherwise replay its buffer after a reconnect, after messages whose acks were lost: out of
@@ -26,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import nats
@@ -86,10 +84,6 @@ async def ensure_stream(
     log.info("created JetStream stream %s for %s.>", stream, subject_prefix)
 
 
-async def _finished(outcome: PublishOutcome) -> PublishOutcome:
-    return outcome
-
-
 class NatsPublisher:
     """Publishes to one JetStream stream over one connection it opens when first needed."""
 
@@ -114,8 +108,6 @@ class NatsPublisher:
         self.destination = f"JetStream stream {stream} at {_redacted(url)}"
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        # One batch is written at a time, whole, in the order `send` was called.
-        self._writing = asyncio.Lock()
 
     def subject(self, event_type: str) -> str:
         """The subject of an event type: `<prefix>.<type>` (e.g. crm-ledger.record.anchored)."""
@@ -131,55 +123,27 @@ class NatsPublisher:
 
     async def publish(self, messages: Sequence[OutboundMessage]) -> PublishOutcome:
         """Publish in order; the outcome counts the acknowledged prefix."""
-        return await (await self.send(messages))
-
-    async def send(
-        self, messages: Sequence[OutboundMessage], *, connect: bool = True
-    ) -> Awaitable[PublishOutcome]:
-        """Write `messages` in order now; the returned awaitable waits for their acks.
-
-        Batches sent one after the other go out in that order on one connection, each
-        acknowledged while the next is written. With `connect=False` nothing is written unless
-        the connection is still the open one (a batch after a failed one must not go out on a
-        new connection ahead of the failed one's retry).
-        """
         if not messages:
-            return _finished(PublishOutcome(acked=0))
-        async with self._writing:
-            if not connect and not self._connected():
-                return _finished(
-                    PublishOutcome(acked=0, error=f"the connection to {self.destination} closed")
-                )
-            try:
-                js = await self._connect()
-            except (OSError, TimeoutError, nats.errors.Error) as exc:
-                await self.close()
-                return _finished(
-                    PublishOutcome(acked=0, error=f"cannot reach {self.destination}: {exc!r}")
-                )
-            futures: list[asyncio.Future[PubAck]] = []
-            error: str | None = None
-            try:
-                for message in messages:
-                    futures.append(
-                        await js.publish_async(
-                            self.subject(message.type),
-                            message.body,
-                            stream=self.stream,
-                            headers={"Nats-Msg-Id": message.id},
-                        )
+            return PublishOutcome(acked=0)
+        try:
+            js = await self._connect()
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            await self.close()
+            return PublishOutcome(acked=0, error=f"cannot reach {self.destination}: {exc!r}")
+        futures: list[asyncio.Future[PubAck]] = []
+        error: str | None = None
+        try:
+            for message in messages:
+                futures.append(
+                    await js.publish_async(
+                        self.subject(message.type),
+                        message.body,
+                        stream=self.stream,
+                        headers={"Nats-Msg-Id": message.id},
                     )
-            except (OSError, nats.errors.Error) as exc:
-                error = f"publishing to {self.destination} failed: {exc!r}"
-        return self._outcome(messages, futures, error)
-
-    async def _outcome(
-        self,
-        messages: Sequence[OutboundMessage],
-        futures: list[asyncio.Future[PubAck]],
-        error: str | None,
-    ) -> PublishOutcome:
-        """Wait for the acks of one sent batch; count the acknowledged prefix."""
+                )
+        except (OSError, nats.errors.Error) as exc:
+            error = f"publishing to {self.destination} failed: {exc!r}"
         if futures:
             await asyncio.wait(futures, timeout=self.ack_timeout_seconds)
         acked = 0
@@ -210,12 +174,8 @@ class NatsPublisher:
             except (TimeoutError, OSError, nats.errors.Error):
                 log.debug("closing the NATS connection failed", exc_info=True)
 
-    def _connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected and self._js is not None
-
     async def _connect(self) -> JetStreamContext:
-        if self._connected():
-            assert self._js is not None
+        if self._nc is not None and self._nc.is_connected and self._js is not None:
             return self._js
         await self.close()
 

@@ -5,7 +5,7 @@ Exports: `OutboundMessage`, `PublishOutcome`, `Publisher`, `message_for`, `messa
 A relay (`outbound.relay.FeedRelay`) turns change-feed events into `OutboundMessage`s and hands
 them, in feed order, to a `Publisher`. The publisher answers how many of them, counted from the
 first, the broker acknowledged; the relay moves its cursor past exactly those. NATS JetStream is
-the one implemented (`outbound.nats`); a Kafka or RabbitMQ publisher implements the same four
+the one implemented (`outbound.nats`); a Kafka or RabbitMQ publisher implements the same three
 methods (Kafka: `acks=all` + an idempotent producer keyed on `id`; RabbitMQ: publisher confirms
 with `message_id` = `id`).
 
@@ -17,7 +17,7 @@ pseudonymous wallet addresses, amounts, chain locations), and nothing else is ad
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,15 +64,6 @@ class Publisher(Protocol):
 
     async def publish(self, messages: Sequence[OutboundMessage]) -> PublishOutcome:
         """Publish `messages` in order and wait for the broker's acknowledgements."""
-        ...
-
-    async def send(
-        self, messages: Sequence[OutboundMessage], *, connect: bool = True
-    ) -> Awaitable[PublishOutcome]:
-        """Write `messages` in order now and return what waits for their acknowledgements, so
-        the next batch can be written meanwhile. Batches sent one after the other reach the
-        broker in that order; with `connect=False` a batch is only written on the connection
-        the previous one used (none is opened)."""
         ...
 
     async def close(self) -> None:

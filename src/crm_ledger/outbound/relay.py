@@ -3,11 +3,9 @@
 Exports: `FeedRelay`, `load_cursor`, `nats_relay`, `NATS_RELAY`.
 
 The feed is the outbox. The relay's durable cursor (`outbound_cursors`, one row per relay) is
-the feed position up to which the broker acknowledged every event. Each `step` reads batches of
-up to `batch_size` events after it and sends them through its `Publisher`, the next one written
-while the broker acknowledges the ones before (up to `window` batches unacknowledged, up to
-`rounds_per_step` batches a step), and commits the cursor past each batch's acknowledged prefix
-only, in feed order; a batch that is not wholly acknowledged ends the step. So:
+the feed position up to which the broker acknowledged every event. Each `step` reads up to
+`batch_size` events after it, hands them to its `Publisher` and commits the cursor past the
+acknowledged prefix only. So:
 
 - broker down or slow: nothing is acknowledged, the cursor stays, `BrokerUnavailable` is
   raised and the supervisor backs off; the next step sends the same events again;
@@ -25,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,12 +32,7 @@ from crm_ledger.crm import feed
 from crm_ledger.db.models import OutboundCursor, utcnow
 from crm_ledger.errors import BrokerUnavailable, WorkerHalted
 from crm_ledger.outbound.nats import NatsPublisher
-from crm_ledger.outbound.publisher import (
-    OutboundMessage,
-    Publisher,
-    PublishOutcome,
-    messages_after,
-)
+from crm_ledger.outbound.publisher import OutboundMessage, Publisher, messages_after
 from crm_ledger.outbound.reading import reading
 
 __all__ = ["NATS_RELAY", "FeedRelay", "load_cursor", "nats_relay"]
@@ -67,68 +59,32 @@ class FeedRelay:
         publisher: Publisher,
         session_factory: sessionmaker[Session],
         batch_size: int = 500,
-        window: int = 4,
-        rounds_per_step: int = 8,
     ) -> None:
         self.name = name
         self.publisher = publisher
         self.session_factory = session_factory
         self.batch_size = batch_size
-        self.window = window
-        self.rounds_per_step = rounds_per_step
-        # The batch the last step read ahead, and the feed position it follows.
-        self._prefetch: tuple[int, list[OutboundMessage]] | None = None
+        # The batch after the one being published, read meanwhile (feed position it follows).
+        self._prefetch: tuple[int, asyncio.Future[list[OutboundMessage]]] | None = None
 
     async def step(self) -> int:
-        """Publish the next events after the cursor; returns how many were acknowledged.
-
-        Up to `rounds_per_step` batches, up to `window` of them sent and not yet acknowledged
-        at a time. While one batch is written the next is read (in a thread), and while the
-        broker acknowledges batches the cursor is committed (in a thread) past each one, in
-        feed order, once it is acknowledged.
-        """
-        loop = asyncio.get_running_loop()
-        batch, read_after = await self._next_batch()
-        in_flight: deque[tuple[list[OutboundMessage], asyncio.Future[PublishOutcome]]] = deque()
-        reading: asyncio.Future[list[OutboundMessage]] | None = None
-        saving: asyncio.Future[None] | None = None
-        acked = sent = 0
-        try:
-            while in_flight or (batch and sent < self.rounds_per_step):
-                if batch and len(in_flight) < self.window and sent < self.rounds_per_step:
-                    read_after = batch[-1].position
-                    reading = loop.run_in_executor(None, self._read, read_after)
-                    # Only the step's first batch may open a connection: a later one must not
-                    # overtake, on a new connection, a batch that failed on the old one.
-                    outcome = await self.publisher.send(batch, connect=sent == 0)
-                    in_flight.append((batch, asyncio.ensure_future(outcome)))
-                    sent += 1
-                    batch, reading = await reading, None
-                    continue
-                messages, pending = in_flight.popleft()
-                result = await pending
-                if result.acked:
-                    if saving is not None:
-                        await saving
-                    position = messages[result.acked - 1].position
-                    saving = loop.run_in_executor(None, self.save_cursor, position)
-                    acked += result.acked
-                if result.error is not None:
-                    raise BrokerUnavailable(
-                        f"{self.name}: {result.error}; {acked} events acknowledged in this "
-                        "step, the rest will be sent again"
-                    )
-        finally:
-            await _abandon([pending for _, pending in in_flight])
-            if reading is not None:
-                with contextlib.suppress(Exception):
-                    await reading
-            if saving is not None:
-                await saving
-        if batch:
-            # Read after the last batch sent: where the next step starts, if the cursor is.
-            self._prefetch = (read_after, batch)
-        return acked
+        """Publish the next events after the cursor; returns how many were acknowledged."""
+        messages = await self._next_batch()
+        if not messages:
+            return 0
+        # Read the following batch in a thread while this one is published.
+        last = messages[-1].position
+        self._prefetch = (last, asyncio.ensure_future(asyncio.to_thread(self._read, last)))
+        outcome = await self.publisher.publish(messages)
+        if outcome.acked:
+            await asyncio.to_thread(self.save_cursor, messages[outcome.acked - 1].position)
+        if outcome.error is not None:
+            await self._drop_prefetch()
+            raise BrokerUnavailable(
+                f"{self.name}: {outcome.error}; {outcome.acked} of {len(messages)} events "
+                "acknowledged, the rest will be sent again"
+            )
+        return outcome.acked
 
     async def prepare(self) -> None:
         """Connect to the broker before the first step (the supervisor calls it)."""
@@ -136,19 +92,27 @@ class FeedRelay:
 
     async def close(self) -> None:
         """Close the publisher's connection."""
-        self._prefetch = None
+        await self._drop_prefetch()
         await self.publisher.close()
 
-    async def _next_batch(self) -> tuple[list[OutboundMessage], int]:
-        """The events after the committed cursor, and that position: the batch the previous
-        step read ahead when it follows the cursor, else a fresh read."""
+    async def _next_batch(self) -> list[OutboundMessage]:
+        """The prefetched batch when it follows the cursor and is not empty; else a fresh read
+        (an empty prefetch may be stale: events may have come since)."""
         position = await asyncio.to_thread(self._load_cursor)
         if self._prefetch is not None:
-            after, prefetched = self._prefetch
+            after, future = self._prefetch
             self._prefetch = None
-            if after == position:
-                return prefetched, position
-        return await asyncio.to_thread(self._read, position), position
+            prefetched = await future
+            if after == position and prefetched:
+                return prefetched
+        return await asyncio.to_thread(self._read, position)
+
+    async def _drop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            _, future = self._prefetch
+            self._prefetch = None
+            with contextlib.suppress(Exception):
+                await future
 
     def _load_cursor(self) -> int:
         with reading(self.session_factory) as session:
@@ -174,14 +138,6 @@ class FeedRelay:
                     f"those events are gone (to resume from the oldest retained event, "
                     f"delete the row '{self.name}' of outbound_cursors and restart)"
                 ) from None
-
-
-async def _abandon(outcomes: list[asyncio.Future[PublishOutcome]]) -> None:
-    """Stop waiting for batches whose acks no longer matter (a step failed or was cancelled);
-    they are sent again from the cursor."""
-    for outcome in outcomes:
-        outcome.cancel()
-    await asyncio.gather(*outcomes, return_exceptions=True)
 
 
 def nats_relay(*, settings: Settings, session_factory: sessionmaker[Session]) -> FeedRelay:
