@@ -1,7 +1,9 @@
 """Events into the journal: the buyer matched or created, the order's records written.
 
-Exports: `Applied`, `apply_event`, `resolve_customer`, `order_key`, `CLAWBACK_STATUSES`,
-`REFUND_TOPICS`.
+Exports: `Applied`, `OrderBook`, `apply_event`, `resolve_customer`, `order_key`,
+`order_state_hash`, `is_stale`, `order_record_body`, `new_order`, `advance_order`,
+`count_refunds`, `requeue_waiting_refunds`, `CLAWBACK_STATUSES`, `REFUND_TOPICS`
+(`ingest.batch` maps many order states with the same rules).
 
 A platform customer is the ledger customer linked to (source, platform customer id), else the
 one with the same normalised e-mail (`journal.customers.find_customer_by_email`), else a new
@@ -26,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -78,6 +81,19 @@ class Applied:
     record_ids: list[str] = field(default_factory=list)
     customer_pk: int | None = None
     note: str | None = None
+
+
+class OrderBook(Protocol):
+    """An order's applied state: the stored `IngestOrder`, or `ingest.batch`'s draft of one."""
+
+    status: str
+    currency: str
+    total: str
+    refunded: str
+    refund_ids: list[str]
+    platform_updated_at: datetime | None
+    state_sha256: bytes
+    clawback_pending: bool
 
 
 def order_key(source_id: str, order_id: str) -> str:
@@ -150,7 +166,8 @@ def _lock_order(session: Session, source: IngestSource, order_id: str) -> Ingest
     ).first()
 
 
-def _state_hash(event: OrderState) -> bytes:
+def order_state_hash(event: OrderState) -> bytes:
+    """SHA-256 of what an order state says: the same state delivered again records nothing."""
     state = {
         "order_number": event.order_number,
         "currency": event.currency,
@@ -196,7 +213,7 @@ def _write(session: Session, customer: Customer, body: dict[str, Any]) -> tuple[
 
 def _apply_order(session: Session, source: IngestSource, topic: str, event: OrderState) -> Applied:
     order = _lock_order(session, source, event.order_id)
-    state_hash = _state_hash(event)
+    state_hash = order_state_hash(event)
     if order is not None and order.state_sha256 == state_hash:
         return Applied(customer_pk=order.customer_pk, note="same order state already recorded")
     if order is None:
@@ -206,19 +223,57 @@ def _apply_order(session: Session, source: IngestSource, topic: str, event: Orde
         customer = session.get_one(Customer, order.customer_pk)
     if customer.key is None:
         return _erased(customer)
-    stale = (
-        order is not None
-        and event.updated_at is not None
-        and order.platform_updated_at is not None
-        and event.updated_at < order.platform_updated_at
-    )
+    stale = order is not None and is_stale(order.platform_updated_at, event)
     status = order.status if order is not None and stale else event.status
     first_record_id = None
     if order is not None:
         first_record_id = session.scalar(
             select(Record.id).where(Record.pk == order.first_record_pk)
         )
-    body = _base_body(source, topic, event.order_id) | {
+    body = order_record_body(
+        source, topic, event, status=status, stale=stale, first_record_id=first_record_id
+    )
+    record_id, record_pk = _write(session, customer, body)
+    now = utcnow()
+    if order is None:
+        order = new_order(
+            source_pk=source.pk,
+            event=event,
+            customer_pk=customer.pk,
+            record_pk=record_pk,
+            state_hash=state_hash,
+            now=now,
+        )
+        session.add(order)
+        requeue_waiting_refunds(session, source.pk)
+    else:
+        order.last_record_pk = record_pk
+        advance_order(order, event, stale=stale, status=status, state_hash=state_hash)
+        order.updated_at = now
+    session.flush()
+    return Applied(record_ids=[record_id], customer_pk=customer.pk)
+
+
+def is_stale(applied_updated_at: datetime | None, event: OrderState) -> bool:
+    """Whether `event` describes the order as it was before the state already applied."""
+    return (
+        event.updated_at is not None
+        and applied_updated_at is not None
+        and event.updated_at < applied_updated_at
+    )
+
+
+def order_record_body(
+    source: IngestSource,
+    topic: str,
+    event: OrderState,
+    *,
+    status: str,
+    stale: bool,
+    first_record_id: str | None,
+) -> dict[str, Any]:
+    """The body of the record an order state writes (see the module docstring)."""
+    return _base_body(source, topic, event.order_id) | {
         "order_number": event.order_number,
         "currency": event.currency,
         "total": event.total,
@@ -230,55 +285,67 @@ def _apply_order(session: Session, source: IngestSource, topic: str, event: Orde
         "applied": not stale,
         "first_record_id": first_record_id,
     }
-    record_id, record_pk = _write(session, customer, body)
-    now = utcnow()
-    if order is None:
-        order = IngestOrder(
-            source_pk=source.pk,
-            external_id=event.order_id,
-            order_number=event.order_number[:64],
-            customer_pk=customer.pk,
-            first_record_pk=record_pk,
-            last_record_pk=record_pk,
-            status=status,
-            currency=event.currency,
-            total=event.total,
-            refunded="0",
-            refund_ids=[],
-            platform_updated_at=event.updated_at,
-            state_sha256=state_hash,
-            clawback_pending=False,
-            clawed_points=0,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(order)
-        previous_status = None
-        _requeue_waiting_refunds(session, source)
-    else:
-        order.last_record_pk = record_pk
-        previous_status = order.status
-        if not stale:
-            order.status = status
-            order.currency = event.currency
-            order.total = event.total
-            order.platform_updated_at = event.updated_at
-            order.state_sha256 = state_hash
-        order.updated_at = now
-    if not stale:
-        _count_refunds(order, event.refunds)
-        if status in CLAWBACK_STATUSES and previous_status not in CLAWBACK_STATUSES:
-            order.clawback_pending = True
-    session.flush()
-    return Applied(record_ids=[record_id], customer_pk=customer.pk)
 
 
-def _requeue_waiting_refunds(session: Session, source: IngestSource) -> None:
+def new_order(
+    *,
+    source_pk: int,
+    event: OrderState,
+    customer_pk: int,
+    record_pk: int,
+    state_hash: bytes,
+    now: datetime,
+) -> IngestOrder:
+    """The `IngestOrder` an order's first state creates (not added to a session)."""
+    order = IngestOrder(
+        source_pk=source_pk,
+        external_id=event.order_id,
+        order_number=event.order_number[:64],
+        customer_pk=customer_pk,
+        first_record_pk=record_pk,
+        last_record_pk=record_pk,
+        status=event.status,
+        currency=event.currency,
+        total=event.total,
+        refunded="0",
+        refund_ids=[],
+        platform_updated_at=event.updated_at,
+        state_sha256=state_hash,
+        clawback_pending=False,
+        clawed_points=0,
+        created_at=now,
+        updated_at=now,
+    )
+    count_refunds(order, event.refunds)
+    if event.status in CLAWBACK_STATUSES:
+        order.clawback_pending = True
+    return order
+
+
+def advance_order(
+    order: OrderBook, event: OrderState, *, stale: bool, status: str, state_hash: bytes
+) -> None:
+    """Move a known order to `event`'s state, unless `stale`; mark it for the clawback when
+    it is newly cancelled or refunded, or lists a refund not counted yet."""
+    if stale:
+        return
+    previous_status = order.status
+    order.status = status
+    order.currency = event.currency
+    order.total = event.total
+    order.platform_updated_at = event.updated_at
+    order.state_sha256 = state_hash
+    count_refunds(order, event.refunds)
+    if status in CLAWBACK_STATUSES and previous_status not in CLAWBACK_STATUSES:
+        order.clawback_pending = True
+
+
+def requeue_waiting_refunds(session: Session, source_pk: int) -> None:
     """A refund delivered before its order failed; a new order may be the one it waits for."""
     session.execute(
         update(IngestDelivery)
         .where(
-            IngestDelivery.source_pk == source.pk,
+            IngestDelivery.source_pk == source_pk,
             IngestDelivery.status == DeliveryStatus.FAILED.value,
             IngestDelivery.topic.in_(REFUND_TOPICS),
             IngestDelivery.body.is_not(None),
@@ -287,7 +354,9 @@ def _requeue_waiting_refunds(session: Session, source: IngestSource) -> None:
     )
 
 
-def _count_refunds(order: IngestOrder, refunds: tuple[tuple[str, str], ...]) -> None:
+def count_refunds(order: OrderBook, refunds: tuple[tuple[str, str], ...]) -> None:
+    """Add the refunds not counted yet to the order's refunded total (and mark it for the
+    clawback)."""
     known = list(order.refund_ids or [])
     refunded = Decimal(order.refunded)
     for refund_id, amount in refunds:
@@ -311,7 +380,7 @@ def _apply_refund(session: Session, source: IngestSource, topic: str, event: Ref
         return _erased(customer)
     if event.refund_id in (order.refund_ids or []):
         return Applied(customer_pk=customer.pk, note=f"refund {event.refund_id} already recorded")
-    _count_refunds(order, ((event.refund_id, event.amount),))
+    count_refunds(order, ((event.refund_id, event.amount),))
     full = Decimal(order.refunded) >= Decimal(order.total)
     if full:
         order.status = "refunded"

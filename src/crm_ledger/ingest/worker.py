@@ -3,11 +3,14 @@
 Exports: `IngestWorker`, `map_pending`.
 
 Each step maps up to `ingest_batch_size` pending deliveries in delivery order, in one
-transaction with a savepoint per delivery: the records a delivery writes and its status
-(`mapped`, body deleted) commit together, so a process killed mid-step maps the delivery again
-after restart, and only once. A delivery that cannot be mapped is `failed` with its error (the
-others go on). The database being down is `Unavailable`: the supervisor backs off and the
-deliveries stay pending. The webhook endpoint wakes the worker after each delivery it stores.
+transaction: the records a delivery writes and its status (`mapped`, body deleted) commit
+together, so a process killed mid-step maps the delivery again after restart, and only once.
+Consecutive order deliveries are mapped together by `ingest.batch` (a few statements for the
+whole run, in a savepoint); any other delivery, and every delivery of a run that could not be
+written together, is mapped alone in a savepoint of its own. A delivery that cannot be mapped
+is `failed` with its error; the others go on. The database being down is `Unavailable`: the
+supervisor backs off and the deliveries stay pending. The webhook endpoint wakes the worker
+after each delivery it stores.
 """
 
 from __future__ import annotations
@@ -24,22 +27,25 @@ from crm_ledger.api.transaction import read_only
 from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestDelivery, IngestOrder, IngestSource, utcnow
 from crm_ledger.errors import LedgerError, Unavailable
-from crm_ledger.ingest.apply import apply_event
+from crm_ledger.ingest.apply import Applied, apply_event
+from crm_ledger.ingest.batch import OrderBatch
 from crm_ledger.ingest.clawback import run_clawbacks
 from crm_ledger.ingest.inbox import DeliveryStatus, purge_failed_bodies
-from crm_ledger.ingest.payloads import parse_delivery
+from crm_ledger.ingest.payloads import Event, OrderState, parse_delivery
 from crm_ledger.ingest.signatures import Platform
 
 log = logging.getLogger(__name__)
 
 #: How often the worker deletes the bodies of failed deliveries past retention.
 PURGE_INTERVAL_SECONDS = 600.0
+#: How long a step that found less than a full batch waits before the next one.
+LINGER_SECONDS = 0.05
 
 
 def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
     """Map up to `limit` pending deliveries; returns how many were handled (mapped or failed)."""
-    # No autoflush: each delivery's changes are flushed once, at the end of its savepoint,
-    # instead of before every query the mapping makes.
+    # No autoflush: changes are flushed once per run of orders or per delivery, not before
+    # every query the mapping makes.
     with session_factory(autoflush=False) as session, session.begin():
         rows = session.execute(
             select(IngestDelivery, IngestSource)
@@ -49,32 +55,86 @@ def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
             .limit(limit)
             .with_for_update(of=IngestDelivery)
         ).all()
+        run: list[_OrderDelivery] = []
         for delivery, source in rows:
-            _map_one(session, delivery, source)
+            delivery.attempts += 1
+            try:
+                event = _parse(delivery, source)
+            except LedgerError as exc:
+                _failed(delivery, str(exc))
+                continue
+            if isinstance(event, OrderState):
+                run.append((delivery, source, event))
+                continue
+            # Anything else may change what the run's orders and customers look like: the run
+            # is written first, in delivery order.
+            _map_run(session, run)
+            run = []
+            _map_one(session, delivery, source, event)
+        _map_run(session, run)
         return len(rows)
 
 
-def _map_one(session: Session, delivery: IngestDelivery, source: IngestSource) -> None:
-    delivery.attempts += 1
-    error = None
+_OrderDelivery = tuple[IngestDelivery, IngestSource, OrderState]
+
+
+def _parse(delivery: IngestDelivery, source: IngestSource) -> Event:
+    if delivery.body is None:
+        raise LedgerError("the delivery's body was erased before it was mapped")
+    return parse_delivery(Platform(source.platform), delivery.topic, delivery.body)
+
+
+def _map_run(session: Session, run: list[_OrderDelivery]) -> None:
+    """Map consecutive order deliveries together (`ingest.batch`); if that fails, each alone."""
+    if not run:
+        return
     try:
         with session.begin_nested():
-            if delivery.body is None:
-                raise LedgerError("the delivery's body was erased before it was mapped")
-            event = parse_delivery(Platform(source.platform), delivery.topic, delivery.body)
+            batch = OrderBatch(session)
+            batch.load([(source, event) for _, source, event in run])
+            for delivery, source, event in run:
+                batch.add(source, delivery.topic, event)
+            outcomes = batch.write()
+    except OperationalError:
+        raise
+    except Exception:
+        log.warning(
+            "%d order deliveries could not be mapped together; mapping each alone", len(run)
+        )
+        for delivery, source, event in run:
+            _map_one(session, delivery, source, event)
+        return
+    for (delivery, _, _), applied in zip(run, outcomes, strict=True):
+        _mapped(delivery, applied)
+
+
+def _map_one(
+    session: Session, delivery: IngestDelivery, source: IngestSource, event: Event
+) -> None:
+    try:
+        with session.begin_nested():
             applied = apply_event(session=session, source=source, topic=delivery.topic, event=event)
             session.flush()
     except OperationalError:
         raise
     except LedgerError as exc:
-        error = str(exc)
+        _failed(delivery, str(exc))
     except Exception as exc:
         log.exception("delivery %s could not be mapped", delivery.id)
-        error = f"unexpected error while mapping ({type(exc).__name__}); retry it after an upgrade"
-    if error is not None:
-        delivery.status = DeliveryStatus.FAILED.value
-        delivery.error = error
-        return
+        _failed(
+            delivery,
+            f"unexpected error while mapping ({type(exc).__name__}); retry it after an upgrade",
+        )
+    else:
+        _mapped(delivery, applied)
+
+
+def _failed(delivery: IngestDelivery, error: str) -> None:
+    delivery.status = DeliveryStatus.FAILED.value
+    delivery.error = error
+
+
+def _mapped(delivery: IngestDelivery, applied: Applied) -> None:
     delivery.status = DeliveryStatus.MAPPED.value
     delivery.body = None
     delivery.error = applied.note
@@ -96,12 +156,17 @@ class IngestWorker:
     async def step(self) -> int:
         """Map a batch of deliveries and settle ready clawbacks; returns how many."""
         try:
-            return await asyncio.to_thread(self.run_once)
+            handled = await asyncio.to_thread(self.run_once)
         except OperationalError as exc:
             raise Unavailable(
                 f"the database cannot be reached ({type(exc.orig).__name__}); stored "
                 "deliveries wait and are mapped once it is back"
             ) from exc
+        if 0 < handled < self.settings.ingest_batch_size:
+            # Deliveries are arriving (each one wakes this worker): let the next ones gather
+            # for a moment, so a stream is mapped a batch at a time, not one step per delivery.
+            await asyncio.sleep(LINGER_SECONDS)
+        return handled
 
     def run_once(self) -> int:
         """`step`, blocking (for the CLI and tests)."""

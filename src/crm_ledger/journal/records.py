@@ -1,9 +1,8 @@
 """Records: interactions and orders committed to the journal, and read back.
 
 Exports: `RecordView`, `Backlog`, `record_interaction`, `record_interactions`, `record_order`,
-`record_document`, `record_accesses`, `get_record`, `find_record`, `anchoring_backlog`,
-`kind_name`,
-`DOCUMENT_VERSION`.
+`record_document`, `record_accesses`, `document_content`, `get_record`, `find_record`,
+`anchoring_backlog`, `kind_name`, `DOCUMENT_VERSION`.
 
 Every record commits to exactly this document, serialised with RFC 8785:
 
@@ -214,6 +213,23 @@ def anchoring_backlog(*, session: Session) -> Backlog:
     )
 
 
+def document_content(
+    *, record_id: str, customer_id: str, kind: RecordKind, recorded_at: str, body: dict[str, Any]
+) -> bytes:
+    """The canonical bytes a record commits to (the document in the module docstring); for
+    writers that insert records in bulk themselves (`ingest.batch`)."""
+    return canonical_json(
+        {
+            "v": DOCUMENT_VERSION,
+            "id": record_id,
+            "customer_id": customer_id,
+            "kind": kind_name(kind),
+            "recorded_at": recorded_at,
+            "body": body,
+        }
+    )
+
+
 def _no_record(record_id: str) -> NotFound:
     shown = shorten(record_id)
     return NotFound(f"no record with id {shown!r}", record_id=shown)
@@ -250,15 +266,12 @@ def _write(session: Session, items: list[_Item]) -> list[RecordView]:
     for item in items:
         customer_pk, key = customers[item.customer_id]
         record_id = new_id()
-        content = canonical_json(
-            {
-                "v": DOCUMENT_VERSION,
-                "id": record_id,
-                "customer_id": item.customer_id,
-                "kind": kind_name(item.kind),
-                "recorded_at": recorded_at,
-                "body": item.body,
-            }
+        content = document_content(
+            record_id=record_id,
+            customer_id=item.customer_id,
+            kind=item.kind,
+            recorded_at=recorded_at,
+            body=item.body,
         )
         record_commitment = commitment(key, content)
         rows.append(
