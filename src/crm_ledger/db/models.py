@@ -585,7 +585,7 @@ class ReconciliationReport(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     drift_count: Mapped[int] = mapped_column(Integer, default=0)
     repaired_count: Mapped[int] = mapped_column(Integer, default=0)
-    # The findings as JSON (`crm_ledger.crm.reconcile.ReconciliationResult.to_json`).
+    # The findings as JSON (`crm_ledger.indexer.reconcile.ReconciliationResult.to_json`).
     report: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
 

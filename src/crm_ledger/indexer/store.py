@@ -27,8 +27,8 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.crm import bulk, feed
-from crm_ledger.crm.feed import EventType, NewFeedEvent
+from crm_ledger import feed
+from crm_ledger.db import bulk
 from crm_ledger.db.models import (
     Batch,
     Customer,
@@ -45,6 +45,7 @@ from crm_ledger.db.models import (
     Record,
     utcnow,
 )
+from crm_ledger.feed import EventType, NewFeedEvent
 from crm_ledger.indexer.events import (
     AUDIT_LEDGER_TOPICS,
     LOYALTY_TOKEN_TOPICS,

@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 
 FEED_CURSOR = "feed"
 AUDIT_CURSOR = "audit"
-#: The feed mark below which events were pruned (`crm_ledger.crm.feed`).
+#: The feed mark below which events were pruned (`crm_ledger.feed`).
 _PRUNED_THROUGH = "pruned_through"
 _CHUNK = 1000
 #: How many row errors a job outcome keeps for people to read.

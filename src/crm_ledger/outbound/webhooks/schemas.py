@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from crm_ledger.crm.feed import EventType
+from crm_ledger.feed import EventType
 
 EVENT_TYPES = tuple(t.value for t in EventType)
 

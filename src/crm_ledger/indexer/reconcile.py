@@ -45,10 +45,8 @@ from eth_utils.crypto import keccak
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger import metrics
+from crm_ledger import feed, metrics
 from crm_ledger.anchoring import batches as anchoring_batches
-from crm_ledger.crm import feed
-from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import (
     Batch,
     BatchStatus,
@@ -66,6 +64,7 @@ from crm_ledger.db.models import (
     utcnow,
 )
 from crm_ledger.errors import ChainError
+from crm_ledger.feed import EventType, NewFeedEvent
 from crm_ledger.indexer.source import ChainSource
 
 __all__ = [
