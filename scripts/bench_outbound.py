@@ -42,11 +42,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger import feed
 from crm_ledger.config import Settings
-from crm_ledger.crm import feed
-from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import WebhookDelivery
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
+from crm_ledger.feed import EventType, NewFeedEvent
 from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.outbound.nats import NatsPublisher
 from crm_ledger.outbound.publisher import message_for

@@ -12,7 +12,9 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
+from crm_ledger.journal.erasure import attach_copy_erasers
 from crm_ledger.journal.privacy import KeyRing, attach_keyring
+from crm_ledger.runtime import PERSONAL_DATA_COPIES
 
 POSTGRES_URL = os.environ.get(
     "CRM_LEDGER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -39,9 +41,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated engine on the parametrised database, with a master key of its own."""
+    """A migrated engine on the parametrised database, with a master key of its own and the
+    service's copy erasers (as `runtime.Runtime` attaches them)."""
     engine = make_engine(database_url)
     attach_keyring(engine, KeyRing.generate())
+    attach_copy_erasers(engine, PERSONAL_DATA_COPIES)
     upgrade_database(engine)
     try:
         yield engine

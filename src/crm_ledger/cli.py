@@ -487,7 +487,7 @@ def _add_worker_command(command_name: str, worker_name: str, help_text: str) -> 
 
 
 def _add_worker_commands() -> None:
-    from crm_ledger.workers.roles import ROLES
+    from crm_ledger.roles import ROLES
 
     for command_name, (worker_name, help_text) in _CHAIN_WORKER_COMMANDS.items():
         _add_worker_command(command_name, worker_name, help_text)

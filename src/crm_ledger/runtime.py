@@ -1,14 +1,18 @@
 """What runs beside the API in one process: the chain connection and the background workers.
 
-Exports: `Runtime`.
+Exports: `Runtime`, `PERSONAL_DATA_COPIES`.
 
 Every background role is a peer under one supervisor (`workers.Supervisor`): the anchorer, the
 indexer and loyalty issuance share the process's chain connection (`chain.connection`: the
-embedded Anvil when no RPC URL is set), and the integrations' workers (`workers.roles`) run
+embedded Anvil when no RPC URL is set), and the integrations' workers (`crm_ledger.roles`) run
 beside them. Each is a singleton per journal and keeps its own state: an anchorer backing off
 on an unreachable chain, or halted on a reset one, leaves the indexer and loyalty to go on as
 far as they can. `/readyz` shows the `chain` section (the anchorer's state, location and last
 batch, with `indexer` and `loyalty` inside it) and `workers` (every other worker).
+
+A runtime also attaches to its engine the erasers of every package above the journal that keeps
+a copy of personal data (`PERSONAL_DATA_COPIES`, see `journal.erasure`): the API, the workers
+and the CLI all build one, so every erasure in the process reaches every copy.
 """
 
 from __future__ import annotations
@@ -22,11 +26,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.anchoring.worker import AnchoringWorker
 from crm_ledger.chain.connection import ChainConnection
 from crm_ledger.config import Settings
-from crm_ledger.crm.reconcile import Reconciler
+from crm_ledger.indexer.reconcile import Reconciler
 from crm_ledger.indexer.worker import IndexingWorker
+from crm_ledger.ingest.erasure import erase_ingest_copies
+from crm_ledger.journal.erasure import CopyEraser, attach_copy_erasers
 from crm_ledger.loyalty.service import LOYALTY, LoyaltyRuntime
-from crm_ledger.workers import Supervisor, WorkerState, background_workers
+from crm_ledger.roles import background_workers
+from crm_ledger.workers import Supervisor, WorkerState
 from crm_ledger.workers.lock import ANCHORER, INDEXER
+
+#: The erasers of the packages above the journal that keep a copy of a customer's personal
+#: data, in the order an erasure runs them (`journal.erasure`). A package that starts keeping
+#: one adds its eraser here; `tests/test_runtime.py` checks that every `*/erasure.py` is listed.
+PERSONAL_DATA_COPIES: tuple[CopyEraser, ...] = (erase_ingest_copies,)
 
 
 @dataclass
@@ -48,6 +60,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         settings, factory = self.settings, self.session_factory
+        attach_copy_erasers(self.engine, PERSONAL_DATA_COPIES)
         # A worker run alone other than the anchorer follows the node a `serve` started.
         self.connection = ChainConnection(settings, may_start_node=self.only in (None, ANCHORER))
         self.supervisor = Supervisor(

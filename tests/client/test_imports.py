@@ -26,7 +26,7 @@ SERVICE = (
     "crm_ledger.journal.records",
     "crm_ledger.audit",
     "crm_ledger.config",
-    "crm_ledger.crm.feed",
+    "crm_ledger.feed",
     "crm_ledger.ingest.signatures",
     "crm_ledger.outbound.webhooks.subscriptions",
 )

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.crm import feed
-from crm_ledger.crm.feed import EventType, NewFeedEvent
+from crm_ledger import feed
 from crm_ledger.db.models import FeedEvent, utcnow
+from crm_ledger.feed import EventType, NewFeedEvent
 from crm_ledger.journal.keys import Role
 from tests.api.helpers import problem
 from tests.crm.conftest import TestClient

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.config import Settings
-from crm_ledger.crm.reconcile import ChainReader, Reconciler, latest_report
 from crm_ledger.indexer.indexer import Indexer
+from crm_ledger.indexer.reconcile import ChainReader, Reconciler, latest_report
 from crm_ledger.journal.keys import Role
 from tests.api.helpers import checked_out_at_dispose, problem
 from tests.crm import factories as f

@@ -21,9 +21,9 @@ from crm_ledger.chain.deploy import ensure_ledger_deployment
 from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.chain.signer import dev_account
 from crm_ledger.config import Settings
-from crm_ledger.crm.reconcile import Reconciler, SourceReader
 from crm_ledger.db.models import LoyaltyWallet
 from crm_ledger.indexer.indexer import Indexer
+from crm_ledger.indexer.reconcile import Reconciler, SourceReader
 from crm_ledger.indexer.source import ChainSource, JsonRpcSource
 from crm_ledger.loyalty.chain import LoyaltyToken
 from crm_ledger.loyalty.deploy import ensure_token_deployment

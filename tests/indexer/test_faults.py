@@ -17,9 +17,9 @@ import pytest_asyncio
 from aiohttp import web
 from sqlalchemy import func, select
 
+from crm_ledger import feed
 from crm_ledger.chain.client import make_async_web3
 from crm_ledger.chain.node import start_anvil
-from crm_ledger.crm import feed
 from crm_ledger.db.models import FeedEvent, Record
 from crm_ledger.errors import ChainReset, ChainUnavailable
 from crm_ledger.indexer import store

@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
-from crm_ledger.crm.reconcile import Reconciler, SourceReader, latest_report, request_run
 from crm_ledger.db.models import (
     Batch,
     BatchStatus,
@@ -23,6 +22,7 @@ from crm_ledger.db.models import (
     LoyaltyIssuance,
 )
 from crm_ledger.indexer import indexer as indexer_module
+from crm_ledger.indexer.reconcile import Reconciler, SourceReader, latest_report, request_run
 from crm_ledger.indexer.source import JsonRpcSource
 from crm_ledger.loyalty.ops import reset_op
 from tests.anchoring.fakes import add_records
@@ -87,7 +87,7 @@ async def test_a_root_that_differs_is_reported_loudly_and_never_repaired(
     with anvil_chain.session_factory.begin() as session:
         session.execute(update(Batch).where(Batch.id == 1).values(root=forged))
     runner = reconciler(anvil_chain)
-    with caplog.at_level(logging.ERROR, logger="crm_ledger.crm.reconcile"):
+    with caplog.at_level(logging.ERROR, logger="crm_ledger.indexer.reconcile"):
         found = items(await runner.run(trigger="schedule"))
     assert [(item["kind"], item["subject"]) for item in found] == [
         ("batch_root_differs", {"batch_id": 1})

@@ -15,7 +15,7 @@ from crm_ledger.db.session import make_engine, make_session_factory
 from crm_ledger.errors import Unavailable
 from crm_ledger.ingest.worker import IngestWorker
 from crm_ledger.journal.keys import Role, create_api_key
-from crm_ledger.workers import background_workers
+from crm_ledger.roles import background_workers
 from tests.ingest.conftest import TestClient, ingest_settings, make_source
 from tests.ingest.helpers import deliveries, send_shopify
 from tests.ingest.shops import SHOPIFY_SECRET, shopify_order

@@ -1,5 +1,5 @@
 """Personal data at rest: sealing, the key ring and its file, the blind index, erasure of the
-data key and of every copy (`journal.erasure.COPY_ERASERS`)."""
+data key and of every copy (`journal.erasure`, `runtime.PERSONAL_DATA_COPIES`)."""
 
 from __future__ import annotations
 

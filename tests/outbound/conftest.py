@@ -23,8 +23,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.crm import feed
-from crm_ledger.crm.feed import EventType, NewFeedEvent
+from crm_ledger import feed
+from crm_ledger.feed import EventType, NewFeedEvent
 
 SHARED_NATS_URL = "nats://127.0.0.1:4222"
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"

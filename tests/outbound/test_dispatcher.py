@@ -19,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from crm_ledger.crm import feed
-from crm_ledger.crm.feed import EventType
+from crm_ledger import feed
 from crm_ledger.db.models import FeedEvent, WebhookDelivery, WebhookSubscription
+from crm_ledger.feed import EventType
 from crm_ledger.outbound.webhooks import subscriptions as service
 from crm_ledger.outbound.webhooks.dispatcher import WebhookDispatcher, WebhookPolicy, retry_delay
 from crm_ledger.outbound.webhooks.schemas import WebhookSubscriptionCreate

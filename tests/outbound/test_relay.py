@@ -13,7 +13,7 @@ import pytest
 from nats.js.api import RetentionPolicy
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.crm import feed
+from crm_ledger import feed
 from crm_ledger.crm.schemas import FeedEventPublic
 from crm_ledger.errors import BrokerUnavailable, WorkerHalted
 from crm_ledger.journal.schemas import format_timestamp

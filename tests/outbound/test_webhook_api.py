@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger import feed
 from crm_ledger.app import create_app
 from crm_ledger.config import Settings
-from crm_ledger.crm import feed
 from crm_ledger.db.models import WebhookDelivery, WebhookSubscription, utcnow
 from crm_ledger.journal.keys import Role, create_api_key
 from crm_ledger.journal.privacy import keyring_for_engine

@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from crm_ledger.config import Settings
-from crm_ledger.crm.feed import EventType
+from crm_ledger.feed import EventType
 from crm_ledger.outbound.webhooks import subscriptions as service
 from crm_ledger.outbound.webhooks.schemas import WebhookSubscriptionCreate
 from crm_ledger.outbound.webhooks.secrets import new_signing_secret
-from crm_ledger.workers import Supervisor, background_workers
+from crm_ledger.roles import background_workers
+from crm_ledger.workers import Supervisor
 from tests.outbound.conftest import SHARED_NATS_URL, Receiver, feed_ids, read_stream, write_events
 
 

@@ -36,7 +36,6 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from crm_ledger.crm.feed import CursorExpired
 from crm_ledger.errors import (
     BadRequest,
     Conflict,
@@ -52,6 +51,7 @@ from crm_ledger.errors import (
     Unauthorized,
     Unprocessable,
 )
+from crm_ledger.feed import CursorExpired
 from crm_ledger.ingest.inbox import MalformedDelivery
 from crm_ledger.journal.schemas import MAX_QUOTED_CHARS, safe_text
 from crm_ledger.outbound.webhooks.urls import UnsafeWebhookUrl

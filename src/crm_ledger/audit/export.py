@@ -178,75 +178,11 @@ def _plan(conn: Connection, stack: ExitStack, scope: Scope, include_keys: bool) 
     anchored = _anchored_prefix(conn)
     end = anchored[-1].batch.first_seq + anchored[-1].batch.count if anchored else 0
     customer_pk = None
+    first, last = 0, end - 1
     if scope.kind == "customer":
-        assert scope.customer_id is not None
-        customer = None
-        if is_public_id(scope.customer_id):
-            customer = conn.execute(
-                select(Customer.pk, Customer.erased_at).where(
-                    Customer.id == scope.customer_id.lower()
-                )
-            ).first()
-        if customer is None:
-            raise NotFound(
-                f"no customer with id {scope.customer_id!r}", customer_id=scope.customer_id
-            )
-        if customer.erased_at is not None:
-            raise Conflict(
-                f"customer {scope.customer_id}'s personal data was erased: there is nothing to "
-                "export for them. Their records' leaves are still in bundles of the whole "
-                "ledger, tied to no customer.",
-                customer_id=scope.customer_id,
-            )
-        customer_pk = customer.pk
-        scope = Scope("customer", customer_id=scope.customer_id.lower())
-        first, last = 0, end - 1
-        seqs = [
-            seq
-            for seq in conn.execute(
-                select(Record.seq)
-                .where(Record.customer_pk == customer_pk, Record.seq < end)
-                .order_by(Record.seq)
-            ).scalars()
-            if seq is not None
-        ]
-        starts = [b.batch.first_seq for b in anchored]
-        wanted = {_index(starts, seq) for seq in seqs}
-        batches = [
-            BundleBatch(b.batch, b.chain, complete=False)
-            for i, b in enumerate(anchored)
-            if i in wanted
-        ]
-        records = len(seqs)
+        scope, customer_pk, batches, records = _customer_plan(conn, scope, anchored, end)
     else:
-        first, last = 0, end - 1
-        if scope.kind == "range":
-            assert scope.from_seq is not None and scope.to_seq is not None
-            if scope.from_seq >= end:
-                raise Unprocessable(
-                    f"from_seq {scope.from_seq} is not anchored yet: the anchored ledger ends "
-                    f"at seq {end - 1}"
-                    if end
-                    else "nothing is anchored yet",
-                    errors=[{"location": "query", "field": "from_seq", "message": "not anchored"}],
-                )
-            first, last = scope.from_seq, min(scope.to_seq, end - 1)
-            scope = Scope("range", from_seq=first, to_seq=last)
-        batches = [
-            BundleBatch(
-                b.batch,
-                b.chain,
-                complete=first <= b.batch.first_seq
-                and b.batch.first_seq + b.batch.count - 1 <= last,
-            )
-            for b in anchored
-            if b.batch.first_seq <= last and first < b.batch.first_seq + b.batch.count
-        ]
-        records = int(
-            conn.execute(
-                select(func.count()).where(Record.seq >= first, Record.seq <= last)
-            ).scalar_one()
-        )
+        scope, first, last, batches, records = _range_plan(conn, scope, anchored, end)
     export = BundleExport(
         header=BundleHeader(
             created_at=_now(),
@@ -275,6 +211,81 @@ def _plan(conn: Connection, stack: ExitStack, scope: Scope, include_keys: bool) 
             records=records,
         )
     return export
+
+
+def _customer_plan(
+    conn: Connection, scope: Scope, anchored: list[BundleBatch], end: int
+) -> tuple[Scope, int, list[BundleBatch], int]:
+    """A customer's export: their scope, pk, the anchored batches holding their records, and
+    how many records they have; `NotFound`, or `Conflict` once they were erased."""
+    assert scope.customer_id is not None
+    customer = None
+    if is_public_id(scope.customer_id):
+        customer = conn.execute(
+            select(Customer.pk, Customer.erased_at).where(Customer.id == scope.customer_id.lower())
+        ).first()
+    if customer is None:
+        raise NotFound(f"no customer with id {scope.customer_id!r}", customer_id=scope.customer_id)
+    if customer.erased_at is not None:
+        raise Conflict(
+            f"customer {scope.customer_id}'s personal data was erased: there is nothing to "
+            "export for them. Their records' leaves are still in bundles of the whole "
+            "ledger, tied to no customer.",
+            customer_id=scope.customer_id,
+        )
+    customer_pk = customer.pk
+    scope = Scope("customer", customer_id=scope.customer_id.lower())
+    seqs = [
+        seq
+        for seq in conn.execute(
+            select(Record.seq)
+            .where(Record.customer_pk == customer_pk, Record.seq < end)
+            .order_by(Record.seq)
+        ).scalars()
+        if seq is not None
+    ]
+    starts = [b.batch.first_seq for b in anchored]
+    wanted = {_index(starts, seq) for seq in seqs}
+    batches = [
+        BundleBatch(b.batch, b.chain, complete=False) for i, b in enumerate(anchored) if i in wanted
+    ]
+    records = len(seqs)
+    return scope, customer_pk, batches, records
+
+
+def _range_plan(
+    conn: Connection, scope: Scope, anchored: list[BundleBatch], end: int
+) -> tuple[Scope, int, int, list[BundleBatch], int]:
+    """The whole ledger's or a seq range's export: its scope, first and last seq, the batches
+    that overlap it, and how many records it has."""
+    first, last = 0, end - 1
+    if scope.kind == "range":
+        assert scope.from_seq is not None and scope.to_seq is not None
+        if scope.from_seq >= end:
+            raise Unprocessable(
+                f"from_seq {scope.from_seq} is not anchored yet: the anchored ledger ends "
+                f"at seq {end - 1}"
+                if end
+                else "nothing is anchored yet",
+                errors=[{"location": "query", "field": "from_seq", "message": "not anchored"}],
+            )
+        first, last = scope.from_seq, min(scope.to_seq, end - 1)
+        scope = Scope("range", from_seq=first, to_seq=last)
+    batches = [
+        BundleBatch(
+            b.batch,
+            b.chain,
+            complete=first <= b.batch.first_seq and b.batch.first_seq + b.batch.count - 1 <= last,
+        )
+        for b in anchored
+        if b.batch.first_seq <= last and first < b.batch.first_seq + b.batch.count
+    ]
+    records = int(
+        conn.execute(
+            select(func.count()).where(Record.seq >= first, Record.seq <= last)
+        ).scalar_one()
+    )
+    return scope, first, last, batches, records
 
 
 def ledger_digest(engine: Engine) -> Digest | None:

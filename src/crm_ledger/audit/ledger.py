@@ -3,11 +3,11 @@
 Exports: `ChainBatch`, `ChainView`, `read_chain`, `audit_journal`, `run_ledger_audit`,
 `reset_reason`, `read_deployment`, `count_sequenced`.
 
-Two halves. `read_chain` (async) takes what the chain says about the journal's AuditLedger:
-whether the deployment is still there, every `BatchAnchored` event (first seq, count, root,
-head, transaction, block), `batchCount()`, `head()` and `nextSeq()`; it checks that the events
-chain into the head the contract reports. `audit_journal` (sync, the heavy part) streams every
-sequenced record in seq order through one loop and checks, per record:
+Two halves. `read_chain` (async, `audit.ledger_chain`) takes what the chain says about the
+journal's AuditLedger: whether the deployment is still there, every `BatchAnchored` event
+(first seq, count, root, head, transaction, block), `batchCount()`, `head()` and `nextSeq()`;
+it checks that the events chain into the head the contract reports. `audit_journal` (sync, the
+heavy part) streams every sequenced record in seq order through one loop and checks, per record:
 
     content      HMAC-SHA256(key, content) = stored commitment; the document names this
                  record, its customer and its kind (skipped for erased records)
@@ -31,6 +31,9 @@ Every finding is pinned on the records it accuses and nothing else:
   the chain, the rewritten record is named (`leaf_rewritten`). Only when nothing explains a
   root is the whole batch accused.
 
+The batch rows are checked against the chain by `audit.ledger_batches`; the state the checks
+share and the way a finding reaches the report are `audit.ledger_findings`'s.
+
 Example::
 
     view = await read_chain(chain, deployment)
@@ -45,19 +48,40 @@ import bisect
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from crm_ledger.audit.report import Discrepancy, DiscrepancyKind, LedgerReport
+from crm_ledger.audit.ledger_batches import BatchChecks
+from crm_ledger.audit.ledger_chain import ChainBatch, ChainView, read_chain, reset_reason
+from crm_ledger.audit.ledger_findings import (
+    BatchRange,
+    CustomerState,
+    LinkBreak,
+    as_bytes,
+    kind_name,
+    to_hex,
+)
+from crm_ledger.audit.report import DiscrepancyKind, LedgerReport
 from crm_ledger.audit.snapshot import DeploymentRecord, latest_deployment, read_snapshot
-from crm_ledger.db.models import Batch, BatchStatus, Customer, Record
+from crm_ledger.db.models import Customer, Record
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import FORMAT_VERSION, RecordKind
-from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain
+from crm_ledger.verifier.chain import AuditChain
+
+__all__ = [
+    "ChainBatch",
+    "ChainView",
+    "Progress",
+    "audit_journal",
+    "count_sequenced",
+    "read_chain",
+    "read_deployment",
+    "reset_reason",
+    "run_ledger_audit",
+]
 
 Progress = Callable[[int], None]
 #: Rows fetched per round trip while streaming records.
@@ -72,181 +96,8 @@ _KIND_TAILS = {
 }
 _LEAF_PREFIX = b"\x00" + bytes([FORMAT_VERSION])
 _DOCUMENT_END = b'","v":1}'
-
-
-@dataclass(frozen=True, slots=True)
-class ChainBatch:
-    """One batch as the chain has it (from its `BatchAnchored` event)."""
-
-    batch_id: int
-    first_seq: int
-    count: int
-    root: bytes
-    head: bytes
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-
-
-@dataclass
-class ChainView:
-    """What the chain says about the journal's AuditLedger."""
-
-    deployment: DeploymentRecord | None
-    #: Why the deployment is gone from the chain, or None while it is there.
-    reset: str | None = None
-    batches: list[ChainBatch] = field(default_factory=list)
-    batch_count: int = 0
-    head: bytes = merkle.ZERO_HASH
-    next_seq: int = 0
-    #: Ways the chain's own data does not add up.
-    problems: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, object]:
-        """The chain part of a report."""
-        deployment = self.deployment
-        return {
-            "chain_id": deployment.chain_id if deployment else None,
-            "contract": deployment.address if deployment else None,
-            "epoch": deployment.epoch if deployment else None,
-            "reset": self.reset is not None,
-            "batch_count": self.batch_count,
-            "next_seq": self.next_seq,
-            "head": "0x" + self.head.hex(),
-        }
-
-
-async def read_chain(chain: AuditChain | None, deployment: DeploymentRecord | None) -> ChainView:
-    """Everything the audit compares the journal with, read from the chain.
-
-    `chain` is bound to `deployment.address`; with no deployment recorded nothing was anchored
-    and the chain is not asked. Raises `ChainUnavailable` when the node cannot be reached.
-    """
-    view = ChainView(deployment=deployment)
-    if deployment is None or chain is None:
-        return view
-    view.reset = await reset_reason(chain, deployment)
-    if view.reset is not None:
-        return view
-    events = await chain.batch_events(deployment.block_number)
-    view.batch_count = await chain.batch_count()
-    view.head = await chain.head()
-    view.next_seq = await chain.next_seq()
-    view.batches = [
-        ChainBatch(
-            batch_id=e.batch_id,
-            first_seq=e.first_seq,
-            count=e.count,
-            root=e.root,
-            head=e.head,
-            tx_hash=e.tx_hash,
-            block_number=e.block_number,
-            block_hash=e.block_hash,
-        )
-        for e in sorted(events, key=lambda e: e.batch_id)
-    ]
-    view.problems = _chain_problems(view)
-    return view
-
-
-async def reset_reason(chain: AuditChain, deployment: DeploymentRecord) -> str | None:
-    """Why `deployment` is no longer on the chain (reset, replaced), or None while it is."""
-    chain_id = await chain.chain_id()
-    if chain_id != deployment.chain_id:
-        return (
-            f"the node is chain {chain_id}, but AuditLedger epoch {deployment.epoch} was "
-            f"deployed on chain {deployment.chain_id}"
-        )
-    code_hash = await chain.code_hash(deployment.address)
-    if code_hash != deployment.code_hash:
-        what = "no code" if code_hash == EMPTY_CODE_HASH else "other code"
-        return (
-            f"the chain has {what} at {deployment.address}, where AuditLedger epoch "
-            f"{deployment.epoch} was deployed: the chain was reset or replaced"
-        )
-    genesis = await chain.genesis_hash()
-    if genesis != deployment.genesis_hash:
-        return (
-            f"the chain's genesis block is 0x{genesis.hex()}, not 0x"
-            f"{deployment.genesis_hash.hex()} as when AuditLedger epoch {deployment.epoch} was "
-            "deployed: the chain was replaced"
-        )
-    return None
-
-
-def _chain_problems(view: ChainView) -> list[str]:
-    problems = []
-    head = merkle.ZERO_HASH
-    end = 0
-    for expected_id, batch in enumerate(view.batches):
-        if batch.batch_id != expected_id:
-            problems.append(
-                f"BatchAnchored events skip from batch {expected_id - 1} to {batch.batch_id}"
-            )
-            break
-        if batch.first_seq != end:
-            problems.append(
-                f"batch {batch.batch_id} starts at seq {batch.first_seq}, the previous ended "
-                f"at {end}"
-            )
-        head = merkle.next_head(head, batch.root, batch.first_seq, batch.count)
-        if batch.head != head:
-            problems.append(
-                f"batch {batch.batch_id}'s event head 0x{batch.head.hex()} is not "
-                f"SHA-256(previous head ‖ root ‖ first_seq ‖ count) = 0x{head.hex()}"
-            )
-            head = batch.head
-        end = batch.first_seq + batch.count
-    if view.batch_count != len(view.batches):
-        problems.append(
-            f"batchCount() is {view.batch_count} but {len(view.batches)} BatchAnchored events "
-            "were found"
-        )
-    if view.head != head:
-        problems.append(f"head() is 0x{view.head.hex()}, the events chain to 0x{head.hex()}")
-    if view.next_seq != end:
-        problems.append(f"nextSeq() is {view.next_seq}, the events end at seq {end}")
-    return problems
-
-
-@dataclass(slots=True)
-class _Customer:
-    id: str
-    #: `"customer_id":"<id>","id":"` as it appears in the customer's canonical documents.
-    document_tail: bytes
-    key: bytes | None
-    erased: bool
-    last_leaf_hash: bytes | None
-
-
-@dataclass(slots=True)
-class _Range:
-    """The seqs of one batch, the leaves recomputed for them, and the root they must give."""
-
-    batch_id: int
-    first_seq: int
-    count: int
-    expected_root: bytes
-    on_chain: bool
-    #: On chain but without a row in the database.
-    unknown: bool = False
-    leaves: list[bytes | None] = field(default_factory=list)
-    leaf_findings: int = 0
-
-    @property
-    def end(self) -> int:
-        return self.first_seq + self.count
-
-
-@dataclass(frozen=True, slots=True)
-class _LinkBreak:
-    """Record `seq` links to `previous`, which is not the stored leaf of `previous_seq`."""
-
-    previous_seq: int
-    seq: int
-    previous: bytes
-    record_id: str
-    customer_id: str
+#: Content findings whose detail follows the record with a colon (the others run on).
+_COLON_FINDINGS = {DiscrepancyKind.KEY_MISSING, DiscrepancyKind.COMMITMENT_MISMATCH}
 
 
 async def run_ledger_audit(
@@ -281,50 +132,21 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _Audit:
+class _Audit(BatchChecks):
     """One audit's state; `run` does the work."""
 
     def __init__(
         self, conn: Connection, view: ChainView, report: LedgerReport, progress: Progress | None
     ) -> None:
-        self.conn = conn
-        self.view = view
-        self.report = report
+        super().__init__(conn, view, report)
         self.progress = progress
-        self.customers: dict[int, _Customer] = {}
-        self.ranges: list[_Range] = []
-        self.starts: list[int] = []
+        self.customers: dict[int, CustomerState] = {}
         #: Every seq below the end of the batches that has no record, in order.
         self.absent: list[int] = []
         #: customer pk -> (seq, stored leaf hash, recomputed leaf hash) of their latest record.
         self.tips: dict[int, tuple[int, bytes, bytes]] = {}
-        self.link_breaks: list[_LinkBreak] = []
-        self.unexplained: dict[int, _Range] = {}
-
-    def add(
-        self,
-        kind: DiscrepancyKind,
-        detail: str,
-        *,
-        seq: int | None = None,
-        first_seq: int | None = None,
-        last_seq: int | None = None,
-        batch_id: int | None = None,
-        record_id: str | None = None,
-        customer_id: str | None = None,
-    ) -> None:
-        self.report.add(
-            Discrepancy(
-                kind,
-                detail,
-                seq=seq,
-                first_seq=first_seq,
-                last_seq=last_seq,
-                batch_id=batch_id,
-                record_id=record_id,
-                customer_id=customer_id,
-            )
-        )
+        self.link_breaks: list[LinkBreak] = []
+        self.unexplained: dict[int, BatchRange] = {}
 
     def run(self) -> None:
         self._load_customers()
@@ -333,149 +155,6 @@ class _Audit:
         self._check_records()
         self._resolve_rewrites()
         self._check_pending()
-
-    # Chain and batch rows --------------------------------------------------------------
-
-    def _check_chain(self) -> None:
-        view = self.view
-        if view.reset is not None:
-            self.add(
-                DiscrepancyKind.CHAIN_RESET,
-                f"{view.reset}. No batch can be checked against the chain; the journal is "
-                "checked against its own batch rows. Run `crm-ledger chain recover` to open a "
-                "new ledger epoch and re-anchor the journal.",
-            )
-        for problem in view.problems:
-            self.add(DiscrepancyKind.CHAIN_INCONSISTENT, problem)
-
-    def _check_batches(self) -> None:
-        rows = {
-            row.id: row
-            for row in self.conn.execute(
-                select(
-                    Batch.id,
-                    Batch.first_seq,
-                    # Not "count": a Row is a tuple, and tuples have a count() method.
-                    Batch.count.label("size"),
-                    Batch.root,
-                    Batch.previous_head,
-                    Batch.head,
-                    Batch.status,
-                    Batch.tx_hash,
-                    Batch.block_number,
-                    Batch.block_hash,
-                ).order_by(Batch.id)
-            )
-        }
-        chain_ids = set()
-        previous_head = merkle.ZERO_HASH
-        for batch in self.view.batches:
-            chain_ids.add(batch.batch_id)
-            last = batch.first_seq + batch.count - 1
-            row = rows.get(batch.batch_id)
-            if row is None:
-                self.add(
-                    DiscrepancyKind.UNKNOWN_BATCH,
-                    f"batch {batch.batch_id} (seqs {batch.first_seq} to {last}) is on chain "
-                    f"(transaction 0x{batch.tx_hash.hex()}) but the database has no row for it",
-                    batch_id=batch.batch_id,
-                    first_seq=batch.first_seq,
-                    last_seq=last,
-                )
-            else:
-                self._compare_row(row, batch, previous_head)
-            previous_head = batch.head
-            self.ranges.append(
-                _Range(
-                    batch_id=batch.batch_id,
-                    first_seq=batch.first_seq,
-                    count=batch.count,
-                    expected_root=batch.root,
-                    on_chain=True,
-                    unknown=row is None,
-                )
-            )
-        chain_end = self.ranges[-1].end if self.ranges else 0
-        for batch_id, row in rows.items():
-            if batch_id in chain_ids:
-                continue
-            first, count = int(row.first_seq), int(row.size)
-            span = f"seqs {first} to {first + count - 1}"
-            if row.status == BatchStatus.ANCHORED.value and self.view.reset is None:
-                self.add(
-                    DiscrepancyKind.BATCH_NOT_ON_CHAIN,
-                    f"batch {batch_id} ({span}) is marked anchored in transaction "
-                    f"{_hex(row.tx_hash)}, but the chain has no such batch: the chain rolled "
-                    "back (the anchorer re-anchors it) or the row was inserted",
-                    batch_id=batch_id,
-                )
-            if first < chain_end:
-                self.add(
-                    DiscrepancyKind.BATCH_ROW_ALTERED,
-                    f"batch row {batch_id} claims {span}, which the chain anchored in other "
-                    "batches",
-                    batch_id=batch_id,
-                )
-                continue
-            expected_head = merkle.next_head(previous_head, bytes(row.root), first, count)
-            if bytes(row.previous_head) != previous_head or bytes(row.head) != expected_head:
-                self.add(
-                    DiscrepancyKind.BATCH_ROW_ALTERED,
-                    f"batch row {batch_id} ({span}) does not continue the head chain: previous "
-                    f"head {_hex(row.previous_head)} should be 0x{previous_head.hex()}, head "
-                    f"{_hex(row.head)} should be 0x{expected_head.hex()}",
-                    batch_id=batch_id,
-                )
-            previous_head = bytes(row.head)
-            self.ranges.append(
-                _Range(
-                    batch_id=batch_id,
-                    first_seq=first,
-                    count=count,
-                    expected_root=bytes(row.root),
-                    on_chain=False,
-                )
-            )
-        self.ranges.sort(key=lambda r: r.first_seq)
-        self.starts = [r.first_seq for r in self.ranges]
-        self.report.batches_checked = len(self.ranges)
-
-    def _compare_row(self, row: Any, batch: ChainBatch, previous_head: bytes) -> None:
-        fields = {
-            "first_seq": (row.first_seq, batch.first_seq),
-            "count": (row.size, batch.count),
-            "root": (_bytes(row.root), batch.root),
-            "previous_head": (_bytes(row.previous_head), previous_head),
-            "head": (_bytes(row.head), batch.head),
-        }
-        differs = [
-            f"{name} {_show(mine)} (chain: {_show(theirs)})"
-            for name, (mine, theirs) in fields.items()
-            if mine != theirs
-        ]
-        if differs:
-            self.add(
-                DiscrepancyKind.BATCH_ROW_ALTERED,
-                f"batch row {batch.batch_id} differs from the batch on chain: "
-                + "; ".join(differs),
-                batch_id=batch.batch_id,
-            )
-        if row.status != BatchStatus.ANCHORED.value:
-            return
-        where = (
-            _bytes(row.tx_hash) if row.tx_hash is not None else None,
-            row.block_number,
-            _bytes(row.block_hash) if row.block_hash is not None else None,
-        )
-        if where != (batch.tx_hash, batch.block_number, batch.block_hash):
-            self.add(
-                DiscrepancyKind.BATCH_LOCATION,
-                f"batch row {batch.batch_id} says transaction {_hex(where[0])} in block "
-                f"{where[1]} ({_hex(where[2])}); the chain has it in transaction "
-                f"0x{batch.tx_hash.hex()}, block {batch.block_number} "
-                f"(0x{batch.block_hash.hex()})",
-                batch_id=batch.batch_id,
-            )
 
     # Records -----------------------------------------------------------------------------
 
@@ -489,51 +168,94 @@ class _Audit:
                 Customer.last_leaf_hash,
             )
         ):
-            self.customers[pk] = _Customer(
+            self.customers[pk] = CustomerState(
                 id=public_id,
                 document_tail=b'"customer_id":"' + public_id.encode() + b'","id":"',
-                key=_bytes(key) if key is not None else None,
+                key=as_bytes(key) if key is not None else None,
                 erased=bool(erased),
-                last_leaf_hash=_bytes(last_leaf_hash) if last_leaf_hash is not None else None,
+                last_leaf_hash=as_bytes(last_leaf_hash) if last_leaf_hash is not None else None,
             )
 
     def _check_records(self) -> None:
         """The hot loop: one pass over every sequenced record, in seq order.
 
-        Written for speed (locals, no per-record function calls but hashlib's): at a million
-        records every attribute lookup shows. The drivers in use (pysqlite, psycopg 3) return
-        binary columns as `bytes`.
+        Written for speed (locals; per record, one call to `_check_content` besides hashlib's,
+        and calls only on findings): at a million records every attribute lookup shows. The
+        drivers in use (pysqlite, psycopg 3) return binary columns as `bytes`.
         """
-        report = self.report
-        add = self.add
-        customers = self.customers
-        tips = self.tips
-        absent = self.absent
-        link_breaks = self.link_breaks
-        sha256 = hashlib.sha256
-        hmac_digest = hmac.digest
-        kind_bytes = _KIND_BYTES
-        kind_tails = _KIND_TAILS
-        leaf_prefix = _LEAF_PREFIX
-        document_end = _DOCUMENT_END
-        end_quote = -len(_DOCUMENT_END)
+        customers, tips, absent = self.customers, self.tips, self.absent
+        sha256, kind_bytes, leaf_prefix = hashlib.sha256, _KIND_BYTES, _LEAF_PREFIX
+        check_content = self._check_content
         no_tip = (-1, merkle.ZERO_HASH, merkle.ZERO_HASH)
-        nobody = _Customer("", b"", None, False, None)
+        nobody = CustomerState("", b"", None, False, None)
         progress = self.progress
-
         ranges = iter(self.ranges)
-        current = next(ranges, None)
-        leaves: list[bytes | None] = []
-        first = end = -1
-        if current is not None:
-            leaves = current.leaves = [None] * current.count
-            first, end = current.first_seq, current.end
         batches_end = self.ranges[-1].end if self.ranges else 0
-        expected = 0
-        checked = 0
-        erased_records = 0
+        current, leaves, first, end = self._next_range(ranges, batches_end)
+        expected = checked = erased_records = 0
+        for row in self._sequenced_rows():
+            seq, kind, content, commitment, previous, leaf, batch_id, customer_pk, rid, rkey = row
+            checked += 1
+            if progress is not None and not checked & PROGRESS_MASK:
+                progress(checked)
+            if seq != expected:
+                if seq < 0:
+                    self._inserted(rid, seq, f"has the negative seq {seq}")
+                    continue
+                self._absent(expected, min(seq, batches_end))
+            expected = seq + 1
+            while current is not None and seq >= end:
+                self._finish(current)
+                current, leaves, first, end = self._next_range(ranges, batches_end)
+            if current is None or seq < first:
+                self._inserted(rid, seq, f"has seq {seq}, which no batch holds")
+                continue
+            if batch_id != current.batch_id:
+                self._batch_mismatch(rid, seq, batch_id, current.batch_id)
+            customer = customers.get(customer_pk)
+            if customer is None:
+                customer = self._orphan(rid, seq, nobody)
+            if check_content(rid, seq, kind, content, commitment, rkey, customer):
+                erased_records += 1
 
-        rows = self.conn.execution_options(yield_per=FETCH_ROWS).execute(
+            # Leaf -------------------------------------------------------------------------
+            kind_byte = kind_bytes.get(kind)
+            if kind_byte is not None and previous is not None and len(commitment) == 32:
+                computed = sha256(
+                    leaf_prefix + seq.to_bytes(8, "big") + kind_byte + commitment + previous
+                ).digest()
+            else:
+                computed = b""
+            if computed != leaf:
+                self._leaf_mismatch(rid, seq, kind, commitment, previous, computed, leaf, current)
+            leaves[seq - first] = computed
+
+            # Link -------------------------------------------------------------------------
+            # The link may name either version of an inconsistent predecessor: that one is
+            # already accused, the link is not.
+            tip_seq, tip_leaf, tip_computed = tips.get(customer_pk, no_tip)
+            if previous != tip_leaf and previous != tip_computed:
+                # A record deleted in between explains the break: it is reported as deleted.
+                gap = bisect.bisect_right(absent, tip_seq)
+                if gap == len(absent) or absent[gap] >= seq:
+                    self.link_breaks.append(
+                        LinkBreak(tip_seq, seq, previous or b"", rid, customer.id)
+                    )
+            tips[customer_pk] = (seq, leaf or b"", computed)
+
+        if expected < batches_end:
+            self._absent(expected, batches_end)
+        while current is not None:
+            self._finish(current)
+            current = self._next_range(ranges, batches_end)[0]
+        self.report.records_checked = checked
+        self.report.erased_records = erased_records
+        if progress is not None:
+            progress(checked)
+
+    def _sequenced_rows(self) -> Any:
+        """Every sequenced record's audited columns, streamed in seq order."""
+        return self.conn.execution_options(yield_per=FETCH_ROWS).execute(
             select(
                 Record.seq,
                 Record.kind,
@@ -549,170 +271,139 @@ class _Audit:
             .where(Record.seq.is_not(None))
             .order_by(Record.seq)
         )
-        for (
-            seq,
-            kind,
-            content,
-            commitment,
-            previous,
-            leaf,
-            batch_id,
-            customer_pk,
-            rid,
-            rkey,
-        ) in rows:
-            checked += 1
-            if progress is not None and not checked & PROGRESS_MASK:
-                progress(checked)
-            if seq != expected:
-                if seq < 0:
-                    add(
-                        DiscrepancyKind.INSERTED_RECORD,
-                        f"record {rid} has the negative seq {seq}: it was inserted",
-                        seq=seq,
-                        record_id=rid,
-                    )
-                    continue
-                self._absent(expected, min(seq, batches_end))
-            expected = seq + 1
-            if seq >= end:
-                while current is not None and seq >= current.end:
-                    self._finish(current)
-                    current = next(ranges, None)
-                    if current is not None:
-                        leaves = current.leaves = [None] * current.count
-                        first, end = current.first_seq, current.end
-                if current is None:
-                    first = end = batches_end + 2**64
-            if seq < first:
-                add(
-                    DiscrepancyKind.INSERTED_RECORD,
-                    f"record {rid} has seq {seq}, which no batch holds: it was inserted",
-                    seq=seq,
-                    record_id=rid,
+
+    @staticmethod
+    def _next_range(
+        ranges: Iterator[BatchRange], batches_end: int
+    ) -> tuple[BatchRange | None, list[bytes | None], int, int]:
+        """The next batch with a fresh list for its leaves, its first seq and its end; past
+        the last batch: None, and a range no seq reaches."""
+        batch = next(ranges, None)
+        if batch is None:
+            beyond = batches_end + 2**64
+            return None, [], beyond, beyond
+        batch.leaves = [None] * batch.count
+        return batch, batch.leaves, batch.first_seq, batch.end
+
+    def _check_content(
+        self,
+        rid: str,
+        seq: int,
+        kind: int,
+        content: bytes | None,
+        commitment: bytes,
+        rkey: bytes | None,
+        customer: CustomerState,
+    ) -> bool:
+        """Check a record's content against its commitment and its document's top-level
+        members; True when the record is one of an erased customer's (no content, rightly)."""
+        key = rkey if rkey is not None else customer.key
+        if content is None:
+            if customer.erased:
+                return True
+            self._content_finding(DiscrepancyKind.CONTENT_MISSING, rid, seq, customer)
+        elif customer.erased and rkey is None:
+            self._content_finding(DiscrepancyKind.ERASED_CONTENT_PRESENT, rid, seq, customer)
+        elif key is None:
+            self._content_finding(DiscrepancyKind.KEY_MISSING, rid, seq, customer)
+        else:
+            if len(key) != 32 or hmac.digest(key, content, "sha256") != commitment:
+                self._content_finding(
+                    DiscrepancyKind.COMMITMENT_MISMATCH, rid, seq, customer, commitment
                 )
-                continue
-            assert current is not None
-            if batch_id != current.batch_id:
-                add(
-                    DiscrepancyKind.RECORD_BATCH_MISMATCH,
-                    f"record {rid} (seq {seq}) says batch {batch_id}; seq {seq} is in batch "
-                    f"{current.batch_id}",
-                    seq=seq,
-                    record_id=rid,
-                )
-            customer = customers.get(customer_pk)
-            if customer is None:
-                # The foreign key makes this impossible short of disabling constraints.
-                add(
+            # A canonical document ends with its top-level members after "body", in this
+            # order, and the last quote before `","v":1}` closes "recorded_at": so the
+            # last occurrence of this tail is the top level's, not a look-alike in "body".
+            tail = customer.document_tail + rid.encode() + _KIND_TAILS.get(kind, b"?")
+            at = content.rfind(tail)
+            if (
+                at < 0
+                or not content.endswith(_DOCUMENT_END)
+                or content.find(b'"', at + len(tail)) != len(content) - len(_DOCUMENT_END)
+            ):
+                self.add(
                     DiscrepancyKind.DOCUMENT_MISMATCH,
-                    f"record {rid} (seq {seq}) belongs to no customer",
+                    f"record {rid} (seq {seq}): the committed document does not name record "
+                    f"{rid}, customer {customer.id} and kind {kind_name(kind)}",
                     seq=seq,
                     record_id=rid,
                 )
-                customer = nobody
-            key = rkey if rkey is not None else customer.key
+        return False
 
-            # Content ----------------------------------------------------------------------
-            if content is None:
-                if customer.erased:
-                    erased_records += 1
-                else:
-                    add(
-                        DiscrepancyKind.CONTENT_MISSING,
-                        f"record {rid} (seq {seq}) has no content, but its customer "
-                        f"{customer.id} was not erased",
-                        seq=seq,
-                        record_id=rid,
-                    )
-            elif customer.erased and rkey is None:
-                add(
-                    DiscrepancyKind.ERASED_CONTENT_PRESENT,
-                    f"record {rid} (seq {seq}) still holds content, but its customer "
-                    f"{customer.id} was erased",
-                    seq=seq,
-                    record_id=rid,
-                )
-            elif key is None:
-                add(
-                    DiscrepancyKind.KEY_MISSING,
-                    f"record {rid} (seq {seq}): its customer {customer.id} has no key but was "
-                    "not erased",
-                    seq=seq,
-                    record_id=rid,
-                )
-            else:
-                if len(key) != 32 or hmac_digest(key, content, "sha256") != commitment:
-                    add(
-                        DiscrepancyKind.COMMITMENT_MISMATCH,
-                        f"record {rid} (seq {seq}): HMAC-SHA256(key, content) is not the stored "
-                        f"commitment {_hex(commitment)}: its content or its customer's key was "
-                        "altered",
-                        seq=seq,
-                        record_id=rid,
-                        customer_id=customer.id,
-                    )
-                # A canonical document ends with its top-level members after "body", in this
-                # order, and the last quote before `","v":1}` closes "recorded_at": so the
-                # last occurrence of this tail is the top level's, not a look-alike in "body".
-                tail = customer.document_tail + rid.encode() + kind_tails.get(kind, b"?")
-                at = content.rfind(tail)
-                if (
-                    at < 0
-                    or not content.endswith(document_end)
-                    or content.find(b'"', at + len(tail)) != len(content) + end_quote
-                ):
-                    add(
-                        DiscrepancyKind.DOCUMENT_MISMATCH,
-                        f"record {rid} (seq {seq}): the committed document does not name record "
-                        f"{rid}, customer {customer.id} and kind {_kind_name(kind)}",
-                        seq=seq,
-                        record_id=rid,
-                    )
+    def _content_finding(
+        self,
+        kind: DiscrepancyKind,
+        rid: str,
+        seq: int,
+        customer: CustomerState,
+        commitment: bytes | None = None,
+    ) -> None:
+        what = {
+            DiscrepancyKind.CONTENT_MISSING: "has no content, but its customer "
+            f"{customer.id} was not erased",
+            DiscrepancyKind.ERASED_CONTENT_PRESENT: "still holds content, but its customer "
+            f"{customer.id} was erased",
+            DiscrepancyKind.KEY_MISSING: f"its customer {customer.id} has no key but was not "
+            "erased",
+            DiscrepancyKind.COMMITMENT_MISMATCH: "HMAC-SHA256(key, content) is not the stored "
+            f"commitment {to_hex(commitment)}: its content or its customer's key was altered",
+        }[kind]
+        separator = ": " if kind in _COLON_FINDINGS else " "
+        self.add(
+            kind,
+            f"record {rid} (seq {seq}){separator}{what}",
+            seq=seq,
+            record_id=rid,
+            customer_id=customer.id if kind is DiscrepancyKind.COMMITMENT_MISMATCH else None,
+        )
 
-            # Leaf -------------------------------------------------------------------------
-            kind_byte = kind_bytes.get(kind)
-            if kind_byte is not None and previous is not None and len(commitment) == 32:
-                computed = sha256(
-                    leaf_prefix + seq.to_bytes(8, "big") + kind_byte + commitment + previous
-                ).digest()
-            else:
-                computed = b""
-            if computed != leaf:
-                add(
-                    DiscrepancyKind.LEAF_MISMATCH,
-                    f"record {rid} (seq {seq}): its stored leaf input (kind {kind}, commitment "
-                    f"{_hex(commitment)}, previous leaf {_hex(previous)}) hashes to "
-                    f"{_hex(computed or None)}, the stored leaf hash is {_hex(leaf)}: one of "
-                    "them was altered",
-                    seq=seq,
-                    record_id=rid,
-                )
-                current.leaf_findings += 1
-            leaves[seq - first] = computed
+    def _inserted(self, rid: str, seq: int, why: str) -> None:
+        self.add(
+            DiscrepancyKind.INSERTED_RECORD,
+            f"record {rid} {why}: it was inserted",
+            seq=seq,
+            record_id=rid,
+        )
 
-            # Link -------------------------------------------------------------------------
-            # The link may name either version of an inconsistent predecessor: that one is
-            # already accused, the link is not.
-            tip_seq, tip_leaf, tip_computed = tips.get(customer_pk, no_tip)
-            if previous != tip_leaf and previous != tip_computed:
-                # A record deleted in between explains the break: it is reported as deleted.
-                gap = bisect.bisect_right(absent, tip_seq)
-                if gap == len(absent) or absent[gap] >= seq:
-                    link_breaks.append(_LinkBreak(tip_seq, seq, previous or b"", rid, customer.id))
-            tips[customer_pk] = (seq, leaf or b"", computed)
+    def _batch_mismatch(self, rid: str, seq: int, batch_id: int, holder: int) -> None:
+        self.add(
+            DiscrepancyKind.RECORD_BATCH_MISMATCH,
+            f"record {rid} (seq {seq}) says batch {batch_id}; seq {seq} is in batch {holder}",
+            seq=seq,
+            record_id=rid,
+        )
 
-        if expected < batches_end:
-            self._absent(expected, batches_end)
-        while current is not None:
-            self._finish(current)
-            current = next(ranges, None)
-            if current is not None:
-                current.leaves = [None] * current.count
-        report.records_checked = checked
-        report.erased_records = erased_records
-        if progress is not None:
-            progress(checked)
+    def _orphan(self, rid: str, seq: int, nobody: CustomerState) -> CustomerState:
+        # The foreign key makes this impossible short of disabling constraints.
+        self.add(
+            DiscrepancyKind.DOCUMENT_MISMATCH,
+            f"record {rid} (seq {seq}) belongs to no customer",
+            seq=seq,
+            record_id=rid,
+        )
+        return nobody
+
+    def _leaf_mismatch(
+        self,
+        rid: str,
+        seq: int,
+        kind: int,
+        commitment: bytes,
+        previous: bytes | None,
+        computed: bytes,
+        leaf: bytes | None,
+        batch: BatchRange,
+    ) -> None:
+        self.add(
+            DiscrepancyKind.LEAF_MISMATCH,
+            f"record {rid} (seq {seq}): its stored leaf input (kind {kind}, commitment "
+            f"{to_hex(commitment)}, previous leaf {to_hex(previous)}) hashes to "
+            f"{to_hex(computed or None)}, the stored leaf hash is {to_hex(leaf)}: one of "
+            "them was altered",
+            seq=seq,
+            record_id=rid,
+        )
+        batch.leaf_findings += 1
 
     def _absent(self, start: int, stop: int) -> None:
         """Seqs `start`..`stop - 1` have no record."""
@@ -728,13 +419,13 @@ class _Audit:
                     batch_id=batch.batch_id,
                 )
 
-    def _range_of(self, seq: int) -> _Range | None:
+    def _range_of(self, seq: int) -> BatchRange | None:
         index = bisect.bisect_right(self.starts, seq) - 1
         if index >= 0 and seq < self.ranges[index].end:
             return self.ranges[index]
         return None
 
-    def _finish(self, batch: _Range) -> None:
+    def _finish(self, batch: BatchRange) -> None:
         """All records of `batch` were seen: compare its root."""
         leaves = batch.leaves
         if any(leaf is None for leaf in leaves) or batch.leaf_findings:
@@ -750,17 +441,17 @@ class _Audit:
     def _resolve_rewrites(self) -> None:
         """Pin unexplained batch roots on rewritten records, using the links that name them."""
         hints: dict[int, list[tuple[int, bytes]]] = {}
-        consumed: dict[int, list[_LinkBreak]] = {}
+        consumed: dict[int, list[LinkBreak]] = {}
         by_first = sorted(self.unexplained.values(), key=lambda r: r.first_seq)
         starts = [r.first_seq for r in by_first]
 
-        def batch_holding(seq: int) -> _Range | None:
+        def batch_holding(seq: int) -> BatchRange | None:
             index = bisect.bisect_right(starts, seq) - 1
             if index >= 0 and seq < by_first[index].end:
                 return by_first[index]
             return None
 
-        remaining: list[_LinkBreak] = []
+        remaining: list[LinkBreak] = []
         for link in self.link_breaks:
             batch = batch_holding(link.previous_seq) if link.previous_seq >= 0 else None
             if batch is None:
@@ -784,56 +475,65 @@ class _Audit:
             last = "no sequenced record" if tip is None else f"last record at seq {tip[0]}"
             self.add(
                 DiscrepancyKind.CUSTOMER_TAIL_MISMATCH,
-                f"customer {customer.id}'s last leaf hash is {_hex(tail)}, which does not match "
+                f"customer {customer.id}'s last leaf hash is {to_hex(tail)}, which does not match "
                 f"their {last}" + ("" if tip is None else f" (leaf 0x{tip[1].hex()})"),
                 customer_id=customer.id,
             )
 
         for batch in by_first:
-            leaves = [leaf for leaf in batch.leaves if leaf is not None]
-            rewritten: dict[int, bytes] = {}
-            for seq, anchored_leaf in hints.get(batch.batch_id, []):
-                index = seq - batch.first_seq
-                if leaves[index] != anchored_leaf:
-                    leaves[index] = anchored_leaf
-                    rewritten[seq] = anchored_leaf
-            if rewritten and merkle.root(leaves) == batch.expected_root:
-                for seq, anchored_leaf in sorted(rewritten.items()):
-                    self.add(
-                        DiscrepancyKind.LEAF_REWRITTEN,
-                        f"seq {seq} was rewritten: its stored leaf is not the anchored one, "
-                        f"0x{anchored_leaf.hex()}, which its customer's next record still links "
-                        f"to and which restores the root of batch {batch.batch_id}",
-                        seq=seq,
-                        batch_id=batch.batch_id,
-                    )
-                continue
-            remaining.extend(consumed.get(batch.batch_id, []))
-            where = "on chain" if batch.on_chain else "in its batch row"
-            self.add(
-                DiscrepancyKind.BATCH_ROOT_MISMATCH,
-                f"the records of batch {batch.batch_id} (seqs {batch.first_seq} to "
-                f"{batch.end - 1}) hash to 0x{merkle.root(leaves).hex()}, not to the root "
-                f"{where}, 0x{batch.expected_root.hex()}, and no single record explains it",
-                batch_id=batch.batch_id,
-                first_seq=batch.first_seq,
-                last_seq=batch.end - 1,
-            )
-
+            if not self._explain_root(batch, hints.get(batch.batch_id, [])):
+                remaining.extend(consumed.get(batch.batch_id, []))
         for link in sorted(remaining, key=lambda link: link.seq):
-            before = (
-                "to be its customer's first record"
-                if link.previous_seq < 0
-                else f"the leaf of its customer's previous record, seq {link.previous_seq}"
-            )
-            self.add(
-                DiscrepancyKind.CHAIN_LINK_BROKEN,
-                f"record {link.record_id} (seq {link.seq}) links to previous leaf "
-                f"0x{link.previous.hex()}, which is not {before}",
-                seq=link.seq,
-                record_id=link.record_id,
-                customer_id=link.customer_id,
-            )
+            self._broken_link(link)
+
+    def _explain_root(self, batch: BatchRange, hints: list[tuple[int, bytes]]) -> bool:
+        """Try the anchored leaves `hints` name in place of the stored ones: True (and the
+        rewritten records named) when that restores the batch's root; else the batch is
+        accused."""
+        leaves = [leaf for leaf in batch.leaves if leaf is not None]
+        rewritten: dict[int, bytes] = {}
+        for seq, anchored_leaf in hints:
+            index = seq - batch.first_seq
+            if leaves[index] != anchored_leaf:
+                leaves[index] = anchored_leaf
+                rewritten[seq] = anchored_leaf
+        if rewritten and merkle.root(leaves) == batch.expected_root:
+            for seq, anchored_leaf in sorted(rewritten.items()):
+                self.add(
+                    DiscrepancyKind.LEAF_REWRITTEN,
+                    f"seq {seq} was rewritten: its stored leaf is not the anchored one, "
+                    f"0x{anchored_leaf.hex()}, which its customer's next record still links "
+                    f"to and which restores the root of batch {batch.batch_id}",
+                    seq=seq,
+                    batch_id=batch.batch_id,
+                )
+            return True
+        where = "on chain" if batch.on_chain else "in its batch row"
+        self.add(
+            DiscrepancyKind.BATCH_ROOT_MISMATCH,
+            f"the records of batch {batch.batch_id} (seqs {batch.first_seq} to "
+            f"{batch.end - 1}) hash to 0x{merkle.root(leaves).hex()}, not to the root "
+            f"{where}, 0x{batch.expected_root.hex()}, and no single record explains it",
+            batch_id=batch.batch_id,
+            first_seq=batch.first_seq,
+            last_seq=batch.end - 1,
+        )
+        return False
+
+    def _broken_link(self, link: LinkBreak) -> None:
+        before = (
+            "to be its customer's first record"
+            if link.previous_seq < 0
+            else f"the leaf of its customer's previous record, seq {link.previous_seq}"
+        )
+        self.add(
+            DiscrepancyKind.CHAIN_LINK_BROKEN,
+            f"record {link.record_id} (seq {link.seq}) links to previous leaf "
+            f"0x{link.previous.hex()}, which is not {before}",
+            seq=link.seq,
+            record_id=link.record_id,
+            customer_id=link.customer_id,
+        )
 
     def _absent_after(self, seq: int) -> bool:
         return bool(self.absent) and self.absent[-1] > seq
@@ -849,10 +549,10 @@ class _Audit:
         for rid, content, commitment, customer_pk, rkey in rows:
             pending += 1
             customer = self.customers.get(customer_pk)
-            key = _bytes(rkey) if rkey is not None else (customer.key if customer else None)
+            key = as_bytes(rkey) if rkey is not None else (customer.key if customer else None)
             if content is None or key is None or len(key) != 32:
                 continue
-            if hmac.digest(key, _bytes(content), "sha256") != _bytes(commitment):
+            if hmac.digest(key, as_bytes(content), "sha256") != as_bytes(commitment):
                 self.add(
                     DiscrepancyKind.COMMITMENT_MISMATCH,
                     f"pending record {rid}: HMAC-SHA256(key, content) is not the stored "
@@ -869,23 +569,3 @@ def count_sequenced(engine: Engine) -> int:
         return int(
             conn.execute(select(func.count()).where(Record.seq.is_not(None))).scalar_one() or 0
         )
-
-
-def _bytes(value: Any) -> bytes:
-    """Drivers may hand back memoryview or bytearray for binary columns."""
-    return value if isinstance(value, bytes) else bytes(value)
-
-
-def _hex(value: object) -> str:
-    return "null" if value is None else "0x" + _bytes(value).hex()
-
-
-def _show(value: object) -> str:
-    return _hex(value) if isinstance(value, bytes | memoryview) else str(value)
-
-
-def _kind_name(kind: int) -> str:
-    try:
-        return RecordKind(kind).name.lower()
-    except ValueError:
-        return str(kind)

@@ -50,10 +50,8 @@ from eth_utils.crypto import keccak
 from sqlalchemy.orm import Session, sessionmaker
 from web3 import AsyncWeb3
 
-from crm_ledger import metrics
+from crm_ledger import feed, metrics
 from crm_ledger.config import Settings
-from crm_ledger.crm import feed
-from crm_ledger.crm.reconcile import TRIGGER_SCHEDULE, Reconciler, SourceReader
 from crm_ledger.errors import ChainReset, ChainUnavailable
 from crm_ledger.indexer import store
 from crm_ledger.indexer.events import (
@@ -62,6 +60,7 @@ from crm_ledger.indexer.events import (
     decode_batch_anchored,
     decode_token_event,
 )
+from crm_ledger.indexer.reconcile import TRIGGER_SCHEDULE, Reconciler, SourceReader
 from crm_ledger.indexer.source import ChainSource, JsonRpcSource
 from crm_ledger.indexer.store import StaleRange, Stream
 from crm_ledger.loyalty.ops import reset_op

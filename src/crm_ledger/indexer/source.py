@@ -1,6 +1,7 @@
 """What the indexer reads from the chain, over raw JSON-RPC, checked field by field.
 
-Exports: `ChainSource`, `JsonRpcSource`, `BATCH_SIZE`.
+Exports: `ChainSource`, `JsonRpcSource`, `BATCH_SIZE`; `ChainReader`, `SourceReader` (the
+contract reads reconciliation makes through a source).
 
 The indexer asks for tens of thousands of logs at a time, so `JsonRpcSource` skips web3.py's
 result formatters and reads the node's JSON itself: every field is checked for type and size,
@@ -26,13 +27,17 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
+from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
 
 from crm_ledger.chain.rpc import RpcNode, answered_garbage
+from crm_ledger.errors import ChainError
 from crm_ledger.indexer.events import RawLog
 
-__all__ = ["BATCH_SIZE", "ChainSource", "JsonRpcSource"]
+__all__ = ["BATCH_SIZE", "ChainReader", "ChainSource", "JsonRpcSource", "SourceReader"]
 
 #: Requests per JSON-RPC batch (block hashes to check logs against).
 BATCH_SIZE = 500
@@ -270,3 +275,46 @@ class _LogReader:
 def _shown(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:40] + "…"
+
+
+class ChainReader(Protocol):
+    """The chain reads reconciliation needs beyond the index (`indexer.reconcile`)."""
+
+    async def ledger_next_seq(self, ledger: str) -> int: ...
+    async def token_issued(self, token: str, issuance_id: bytes) -> bool: ...
+    async def token_balance(self, token: str, holder: str) -> int: ...
+
+
+_NEXT_SEQ = function_signature_to_4byte_selector("nextSeq()")
+_ISSUED = function_signature_to_4byte_selector("issued(bytes32)")
+_BALANCE_OF = function_signature_to_4byte_selector("balanceOf(address)")
+
+
+class SourceReader:
+    """`ChainReader` over a `ChainSource` (eth_call, calldata from `eth_abi`)."""
+
+    def __init__(self, source: ChainSource) -> None:
+        self._source = source
+
+    async def ledger_next_seq(self, ledger: str) -> int:
+        """AuditLedger.nextSeq()."""
+        return self._uint(await self._source.call(ledger, _NEXT_SEQ), "nextSeq()")
+
+    async def token_issued(self, token: str, issuance_id: bytes) -> bool:
+        """LoyaltyToken.issued(id)."""
+        calldata = _ISSUED + abi_encode(["bytes32"], [issuance_id])
+        return self._uint(await self._source.call(token, calldata), "issued") != 0
+
+    async def token_balance(self, token: str, holder: str) -> int:
+        """LoyaltyToken.balanceOf(holder)."""
+        calldata = _BALANCE_OF + abi_encode(["address"], [holder])
+        return self._uint(await self._source.call(token, calldata), "balanceOf")
+
+    def _uint(self, raw: bytes, what: str) -> int:
+        if len(raw) != 32:
+            raise ChainError(
+                f"{what} at {self._source.rpc_url} returned {len(raw)} bytes instead of 32: "
+                "the contract is not the one deployed"
+            )
+        (value,) = abi_decode(["uint256"], raw)
+        return int(value)

@@ -10,6 +10,8 @@ and the advanced cursor) in one commit, so a crash at any instruction leaves eit
 none, and the range is read again after a restart. Events are keyed by (block hash, log index),
 and a range already written is never written twice: `apply_range` skips keys it already holds.
 
+The feed events a range produces and a rollback's compensations are `indexer.feed_events`'s.
+
 `roll_back(from_block)` undoes exactly what blocks `from_block` and later wrote: it deletes
 their indexed events, recomputes the balances they touched from what remains, appends one
 compensating feed event per feed event they produced (`record.unanchored`,
@@ -18,33 +20,27 @@ compensating feed event per feed event they produced (`record.unanchored`,
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.crm import bulk, feed
-from crm_ledger.crm.feed import EventType, NewFeedEvent
+from crm_ledger import feed
+from crm_ledger.db import bulk
 from crm_ledger.db.models import (
-    Batch,
-    Customer,
     Deployment,
-    FeedEvent,
     IndexedBalance,
     IndexedBatch,
     IndexedBlock,
     IndexedTokenEvent,
     IndexerStream,
-    LoyaltyIssuance,
-    LoyaltyRedemption,
-    LoyaltyWallet,
-    Record,
     utcnow,
 )
+from crm_ledger.feed import NewFeedEvent
+from crm_ledger.indexer import feed_events
 from crm_ledger.indexer.events import (
     AUDIT_LEDGER_TOPICS,
     LOYALTY_TOKEN_TOPICS,
@@ -52,7 +48,6 @@ from crm_ledger.indexer.events import (
     TokenEvent,
     TokenEventKind,
 )
-from crm_ledger.ledger.leaf import RecordKind
 
 __all__ = [
     "FOLLOWED_CONTRACTS",
@@ -79,11 +74,6 @@ FOLLOWED_CONTRACTS: dict[str, tuple[bytes, ...]] = {
 #: Block hashes kept below the highest indexed block. Deeper reorgs are still found: the fork
 #: search also uses the block hash stored with every indexed event.
 RECENT_BLOCKS = 64
-_REWARD_TYPES = {
-    TokenEventKind.ISSUED: EventType.REWARD_ISSUED,
-    TokenEventKind.REDEEMED: EventType.REWARD_REDEEMED,
-    TokenEventKind.EXPIRED: EventType.REWARD_EXPIRED,
-}
 
 
 class StaleRange(Exception):
@@ -249,7 +239,7 @@ def apply_range(
                 session, batches, epoch=epochs[LEDGER], from_block=from_block, to_block=to_block
             )
             added_batches = len(inserted)
-            new_feed += _record_events(session, inserted, epoch=epochs[LEDGER])
+            new_feed += feed_events.record_events(session, inserted, epoch=epochs[LEDGER])
         added_tokens = 0
         if token_events:
             token_inserted = _insert_token_events(
@@ -260,7 +250,7 @@ def apply_range(
                 to_block=to_block,
             )
             added_tokens = len(token_inserted)
-            new_feed += _reward_events(session, token_inserted, epoch=epochs[TOKEN])
+            new_feed += feed_events.reward_events(session, token_inserted, epoch=epochs[TOKEN])
             _add_transfers(session, [event for _, event in token_inserted], epoch=epochs[TOKEN])
         feed.append(session, new_feed)
         for stream in streams:
@@ -283,7 +273,7 @@ def roll_back(
     """Undo everything blocks `from_block` and later wrote (see the module docstring)."""
     with session_factory.begin() as session:
         feed.lock_feed(session)
-        compensations = _retractions(session, from_block=from_block, reason=reason)
+        compensations = feed_events.retractions(session, from_block=from_block, reason=reason)
         touched = [
             (int(epoch), address)
             for epoch, address in session.execute(
@@ -508,153 +498,6 @@ def _insert_token_events(
     return list(zip(_pks_after(session, IndexedTokenEvent, last, len(fresh)), fresh, strict=True))
 
 
-def _record_events(
-    session: Session, inserted: Sequence[tuple[int, BatchAnchored]], *, epoch: int
-) -> list[NewFeedEvent]:
-    """`record.anchored` for every record of each inserted batch that matches the journal.
-
-    A batch whose range or root differs from the journal's produces nothing here: that is
-    drift, which reconciliation reports.
-    """
-    if not inserted:
-        return []
-    ids = [event.batch_id for _, event in inserted]
-    lo, hi = min(ids), max(ids)
-    journal = {
-        int(batch_id): (int(first_seq), int(count), bytes(root))
-        for batch_id, first_seq, count, root in session.execute(
-            select(Batch.id, Batch.first_seq, Batch.count, Batch.root).where(
-                Batch.id.between(lo, hi)
-            )
-        ).tuples()
-    }
-    matched: dict[int, tuple[int, BatchAnchored]] = {}
-    for pk, event in inserted:
-        if journal.get(event.batch_id) == (event.first_seq, event.count, event.root):
-            matched[event.batch_id] = (pk, event)
-    if not matched:
-        return []
-    rows = session.execute(
-        select(Record.id, Record.seq, Record.kind, Record.batch_id, Customer.id.label("customer"))
-        .join(Customer, Customer.pk == Record.customer_pk)
-        .where(Record.batch_id.between(min(matched), max(matched)))
-        # Access records (reads of personal data) stay out of the feed: see docs/privacy.md.
-        .where(Record.kind != int(RecordKind.ACCESS))
-        .order_by(Record.seq)
-    )
-    events: list[NewFeedEvent] = []
-    for row in rows:
-        found = matched.get(int(row.batch_id))
-        if found is None:
-            continue
-        source_pk, batch = found
-        events.append(
-            NewFeedEvent(
-                type=EventType.RECORD_ANCHORED,
-                customer_id=row.customer,
-                source_batch_pk=source_pk,
-                payload={
-                    "record_id": row.id,
-                    "customer_id": row.customer,
-                    "kind": RecordKind(row.kind).name.lower(),
-                    "seq": int(row.seq),
-                    "batch_id": batch.batch_id,
-                    "epoch": epoch,
-                    "ledger_state": "confirmed",
-                    **_chain_location(batch.at.tx_hash, batch.at.block_number, batch.at.block_hash),
-                },
-            )
-        )
-    return events
-
-
-def _reward_events(
-    session: Session, inserted: Sequence[tuple[int, TokenEvent]], *, epoch: int
-) -> list[NewFeedEvent]:
-    """reward.issued / redeemed / expired for inserted Issued, Redeemed and Expired events."""
-    rewards = [(pk, e) for pk, e in inserted if e.kind in _REWARD_TYPES]
-    if not rewards:
-        return []
-    addresses = {e.to_address or e.from_address for _, e in rewards} - {None}
-    owners = _owners(session, addresses)
-    ids = {e.token_id for _, e in rewards if e.token_id is not None}
-    public = _public_reward_ids(session, ids)
-    events: list[NewFeedEvent] = []
-    for pk, event in rewards:
-        holder = event.to_address or event.from_address
-        customer_id = owners.get(holder) if holder else None
-        assert event.token_id is not None
-        payload: dict[str, Any] = {
-            "customer_id": customer_id,
-            "address": holder,
-            "points": event.amount,
-            "epoch": epoch,
-            **_chain_location(event.at.tx_hash, event.at.block_number, event.at.block_hash),
-        }
-        token_hex = "0x" + event.token_id.hex()
-        if event.kind is TokenEventKind.ISSUED:
-            assert event.campaign is not None
-            payload |= {
-                "issuance_id": token_hex,
-                "campaign": "0x" + event.campaign.hex(),
-                "reward_id": public.get(("issuance", event.token_id)),
-            }
-        else:
-            assert event.reference is not None
-            # An expiry burns the remainder of a lot under the lot's own issuance id.
-            payload |= {
-                "burn_id": token_hex,
-                "reference": "0x" + event.reference.hex(),
-                "redemption_id": public.get(("redemption", event.token_id)),
-                "reward_id": public.get(("issuance", event.token_id))
-                if event.kind is TokenEventKind.EXPIRED
-                else None,
-            }
-        events.append(
-            NewFeedEvent(
-                type=_REWARD_TYPES[event.kind],
-                customer_id=customer_id,
-                source_token_pk=pk,
-                payload={k: v for k, v in payload.items() if v is not None or k == "customer_id"},
-            )
-        )
-    return events
-
-
-def _owners(session: Session, addresses: Iterable[str | None]) -> dict[str, str]:
-    """Lower-case address -> customer id, for the addresses that are customers' wallets."""
-    wanted = sorted({a for a in addresses if a})
-    if not wanted:
-        return {}
-    rows = session.execute(
-        select(func.lower(LoyaltyWallet.address), Customer.id)
-        .join(Customer, Customer.pk == LoyaltyWallet.customer_pk)
-        .where(func.lower(LoyaltyWallet.address).in_(wanted))
-    )
-    return {str(address): str(customer) for address, customer in rows}
-
-
-def _public_reward_ids(session: Session, token_ids: set[bytes]) -> dict[tuple[str, bytes], str]:
-    """The loyalty tables' public ids of issuances and redemptions, by their on-chain id."""
-    if not token_ids:
-        return {}
-    wanted = sorted(token_ids)
-    found: dict[tuple[str, bytes], str] = {}
-    for issuance_id, public_id in session.execute(
-        select(LoyaltyIssuance.issuance_id, LoyaltyIssuance.id).where(
-            LoyaltyIssuance.issuance_id.in_(wanted)
-        )
-    ):
-        found[("issuance", bytes(issuance_id))] = str(public_id)
-    for burn_id, public_id in session.execute(
-        select(LoyaltyRedemption.burn_id, LoyaltyRedemption.id).where(
-            LoyaltyRedemption.burn_id.in_(wanted)
-        )
-    ):
-        found[("redemption", bytes(burn_id))] = str(public_id)
-    return found
-
-
 def _add_transfers(session: Session, events: Sequence[TokenEvent], *, epoch: int) -> None:
     """Apply the inserted `Transfer` events to `indexed_balances`."""
     deltas: dict[str, int] = defaultdict(int)
@@ -723,85 +566,3 @@ def _recompute_balances(session: Session, touched: Sequence[tuple[int, str]]) ->
                 block_number=max(int(last_in or 0), int(last_out or 0)),
             )
         )
-
-
-def _retractions(session: Session, *, from_block: int, reason: str) -> list[NewFeedEvent]:
-    """One compensating event per live feed event of the indexed rows being rolled back."""
-    out: list[NewFeedEvent] = []
-    record_events = session.execute(
-        select(FeedEvent.id, FeedEvent.customer_id, FeedEvent.payload, IndexedBatch)
-        .join(IndexedBatch, IndexedBatch.pk == FeedEvent.source_batch_pk)
-        .where(
-            IndexedBatch.block_number >= from_block,
-            FeedEvent.type == EventType.RECORD_ANCHORED.value,
-        )
-        .order_by(FeedEvent.pk)
-    )
-    for event_id, customer_id, payload, batch in record_events:
-        original = _json(payload)
-        out.append(
-            NewFeedEvent(
-                type=EventType.RECORD_UNANCHORED,
-                customer_id=customer_id,
-                payload={
-                    "record_id": original.get("record_id"),
-                    "customer_id": customer_id,
-                    "seq": original.get("seq"),
-                    "batch_id": batch.batch_id,
-                    "epoch": batch.epoch,
-                    "ledger_state": "pending",
-                    "retracts": event_id,
-                    "reason": reason,
-                    "orphaned_block_number": batch.block_number,
-                    "orphaned_block_hash": "0x" + bytes(batch.block_hash).hex(),
-                },
-            )
-        )
-    reward_events = session.execute(
-        select(
-            FeedEvent.id,
-            FeedEvent.type,
-            FeedEvent.customer_id,
-            FeedEvent.payload,
-            IndexedTokenEvent,
-        )
-        .join(IndexedTokenEvent, IndexedTokenEvent.pk == FeedEvent.source_token_pk)
-        .where(
-            IndexedTokenEvent.block_number >= from_block,
-            FeedEvent.type.in_([t.value for t in _REWARD_TYPES.values()]),
-        )
-        .order_by(FeedEvent.pk)
-    )
-    for event_id, event_type, customer_id, payload, token in reward_events:
-        original = _json(payload)
-        out.append(
-            NewFeedEvent(
-                type=EventType.REWARD_RETRACTED,
-                customer_id=customer_id,
-                payload={
-                    "retracts": event_id,
-                    "retracted_type": event_type,
-                    "customer_id": customer_id,
-                    "points": original.get("points"),
-                    "issuance_id": original.get("issuance_id"),
-                    "burn_id": original.get("burn_id"),
-                    "reason": reason,
-                    "orphaned_block_number": token.block_number,
-                    "orphaned_block_hash": "0x" + bytes(token.block_hash).hex(),
-                },
-            )
-        )
-    return out
-
-
-def _chain_location(tx_hash: bytes, block_number: int, block_hash: bytes) -> dict[str, Any]:
-    return {
-        "tx_hash": "0x" + tx_hash.hex(),
-        "block_number": block_number,
-        "block_hash": "0x" + block_hash.hex(),
-    }
-
-
-def _json(payload: str) -> dict[str, Any]:
-    loaded = json.loads(payload)
-    return loaded if isinstance(loaded, dict) else {}

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.chain.connection import ChainConnection
 from crm_ledger.config import Settings
-from crm_ledger.crm.reconcile import Reconciler
 from crm_ledger.indexer.indexer import Indexer, make_indexer
+from crm_ledger.indexer.reconcile import Reconciler
 from crm_ledger.workers.lock import INDEXER
 
 

@@ -23,9 +23,9 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.api.transaction import read_only
 from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestDelivery, IngestOrder, IngestSource, utcnow
+from crm_ledger.db.session import reading
 from crm_ledger.errors import LedgerError, Unavailable
 from crm_ledger.ingest.apply import Applied, apply_event
 from crm_ledger.ingest.batch import OrderBatch
@@ -188,7 +188,7 @@ class IngestWorker:
     def _work_waiting(self) -> tuple[bool, bool]:
         """Whether deliveries or clawbacks wait, read without the write lock (an idle step
         must not queue behind the API's writes on SQLite)."""
-        with self.session_factory() as session, read_only(session):
+        with reading(self.session_factory) as session:
             deliveries = session.scalar(
                 select(exists().where(IngestDelivery.status == DeliveryStatus.PENDING.value))
             )

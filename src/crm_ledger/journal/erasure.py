@@ -1,6 +1,7 @@
 """Erasure (GDPR / RODO): delete a customer's personal data and keep every proof valid.
 
-Exports: `ErasureResult`, `erase_customer`, `COPY_ERASERS`, `LOCK_TIMEOUT_MS`.
+Exports: `ErasureResult`, `erase_customer`, `CopyEraser`, `attach_copy_erasers`,
+`copy_erasers_for_engine`, `LOCK_TIMEOUT_MS`.
 
 An erasure, in one transaction:
 
@@ -8,14 +9,15 @@ An erasure, in one transaction:
   index go with it), clears their external ref and tags and deletes their commitment key, so
   no commitment of theirs can be opened or confirmed by guessing any more;
 - erases every other copy of their personal data the service keeps: each is one function
-  `erase(session, customer_pk)` in `COPY_ERASERS` (stored idempotent answers that concern
-  them, the free-text `reward_ref` of their redemptions; a package that keeps another copy
-  adds its function to that list);
+  `erase(session, customer_pk)` (a `CopyEraser`). The journal's own (stored idempotent answers
+  that concern them, the free-text `reward_ref` of their redemptions) always run; those of
+  the packages above the journal that keep a copy (commerce ingest) are attached to the engine
+  by whoever builds the process (`attach_copy_erasers`, called by `runtime.Runtime`), so the
+  journal imports none of them. An engine with none attached refuses to erase (`ConfigError`)
+  rather than skip a copy;
 - deletes the content of every record of theirs, pending ones included; each record keeps its
   commitment and, once sequenced, its leaf (seq, kind, previous leaf hash, leaf hash), so every
   leaf, batch root, head and receipt stays valid;
-- deletes the copies commerce ingest holds: raw webhook bodies about the customer and the
-  links from shop customer ids to them (`ingest.erasure`);
 - writes an erasure record (kind `erasure`) for the customer, so the ledger shows when it
   happened. Its document is `{"v": 1, "id", "customer_id", "kind": "erasure", "recorded_at",
   "body": {"erased_records": N}}`: no personal data. It is committed with a fresh random key
@@ -30,11 +32,11 @@ caller owns the transaction (writers flush, they do not commit).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import (
@@ -46,8 +48,7 @@ from crm_ledger.db.models import (
     new_id,
     utcnow,
 )
-from crm_ledger.errors import NotFound
-from crm_ledger.ingest.erasure import erase_ingest_copies
+from crm_ledger.errors import ConfigError, NotFound
 from crm_ledger.journal.records import DOCUMENT_VERSION, kind_name
 from crm_ledger.journal.schemas import format_timestamp, is_public_id
 from crm_ledger.ledger.canonical import canonical_json, commitment, new_customer_key
@@ -78,14 +79,42 @@ def _erase_reward_refs(session: Session, customer_pk: int) -> None:
     )
 
 
-#: Every copy of personal data kept outside the customer row and the records, one eraser each.
-#: They run before the customer row is cleared (commerce ingest reads the customer's email and
-#: shop ids to find raw deliveries not mapped yet).
-COPY_ERASERS: list[Callable[[Session, int], None]] = [
-    erase_ingest_copies,
-    _erase_idempotent_answers,
-    _erase_reward_refs,
-]
+#: Erases one copy of a customer's personal data kept outside the customer row and the
+#: records: `erase(session, customer_pk)`, flushing; the caller commits.
+CopyEraser = Callable[[Session, int], None]
+
+#: The copies the journal's own tables keep; they run after the attached ones.
+_JOURNAL_ERASERS: tuple[CopyEraser, ...] = (_erase_idempotent_answers, _erase_reward_refs)
+_ENGINE_ATTRIBUTE = "_crm_ledger_copy_erasers"
+
+
+def attach_copy_erasers(engine: Engine, erasers: Sequence[CopyEraser]) -> None:
+    """Make `erasers` (one per package above the journal that keeps a copy) the ones every
+    erasure on `engine` runs, in order, before the journal's own."""
+    setattr(engine, _ENGINE_ATTRIBUTE, tuple(erasers))
+
+
+def copy_erasers_for_engine(engine: Engine) -> tuple[CopyEraser, ...] | None:
+    """The erasers attached to `engine`, or None when nobody attached any."""
+    erasers = getattr(engine, _ENGINE_ATTRIBUTE, None)
+    return erasers if isinstance(erasers, tuple) else None
+
+
+def _copy_erasers(session: Session) -> tuple[CopyEraser, ...]:
+    """Every eraser an erasure in `session` runs; `ConfigError` when none were attached.
+
+    They run before the customer row is cleared (commerce ingest reads the customer's email and
+    shop ids to find raw deliveries not mapped yet).
+    """
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    attached = copy_erasers_for_engine(engine)
+    if attached is None:
+        raise ConfigError(
+            "no copy erasers are attached to this database's engine: an erasure would leave "
+            "copies of personal data behind (the service attaches them in `runtime.Runtime`)"
+        )
+    return attached + _JOURNAL_ERASERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +155,7 @@ def erase_customer(*, session: Session, customer_id: str) -> ErasureResult:
     if customer.erased_at is not None:
         return _earlier_erasure(session, customer.pk, customer.id, customer.erased_at)
 
-    for erase in COPY_ERASERS:
+    for erase in _copy_erasers(session):
         erase(session, customer.pk)
     now = utcnow()
     session.execute(

@@ -10,6 +10,7 @@ chain yet; `reserved` redemptions whose burn is not on chain yet.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -61,38 +62,9 @@ def loyalty_account(
 ) -> LoyaltyAccountPublic:
     """The account without chain figures (`chain_balance` None); raises `NotFound`."""
     customer = get_customer(session=session, customer_id=customer_id)
-    wallet = customer_address(session, customer.pk)
-    address: str | None = None
-    kind: str | None = None
-    if wallet is not None:
-        address, kind = wallet.address, "linked" if wallet.linked_at else "custodial"
-    elif keyring is not None:
-        address, kind = keyring.address(keyring.index_of(customer.pk)), "custodial"
+    address, kind = _address_of(session, customer.pk, keyring)
     campaigns = dict(session.execute(select(LoyaltyCampaign.pk, LoyaltyCampaign.id)).tuples().all())
-    lots = list(
-        session.scalars(
-            select(LoyaltyIssuance)
-            .where(LoyaltyIssuance.customer_pk == customer.pk)
-            .order_by(LoyaltyIssuance.pk.desc())
-            .limit(HISTORY_LIMIT)
-        )
-    )
-    redemptions = list(
-        session.scalars(
-            select(LoyaltyRedemption)
-            .where(LoyaltyRedemption.customer_pk == customer.pk)
-            .order_by(LoyaltyRedemption.pk.desc())
-            .limit(HISTORY_LIMIT)
-        )
-    )
-    expirations = list(
-        session.scalars(
-            select(LoyaltyExpiration)
-            .where(LoyaltyExpiration.customer_pk == customer.pk)
-            .order_by(LoyaltyExpiration.pk.desc())
-            .limit(HISTORY_LIMIT)
-        )
-    )
+    lots = _newest(session, LoyaltyIssuance, customer.pk)
     spendable = available_lots(session, customer.pk, address, now) if address else []
     pending = session.scalar(
         select(func.coalesce(func.sum(LoyaltyIssuance.points), 0)).where(
@@ -106,45 +78,12 @@ def loyalty_account(
             LoyaltyRedemption.status == RedemptionStatus.PENDING.value,
         )
     )
-    history: list[HistoryEntry] = []
-    for lot in lots:
-        history.append(
-            HistoryEntry(
-                type="issue",
-                points=lot.points,
-                status=lot.status,
-                at=format_timestamp(lot.issued_at or lot.earned_at),
-                tx_hash=_hex(lot.tx_hash),
-                block_number=lot.block_number,
-                campaign_id=campaigns.get(lot.campaign_pk),
-            )
-        )
-    for redemption in redemptions:
-        history.append(
-            HistoryEntry(
-                type="redeem",
-                points=redemption.points,
-                status=redemption.status,
-                at=format_timestamp(redemption.redeemed_at or redemption.created_at),
-                tx_hash=_hex(redemption.tx_hash),
-                block_number=redemption.block_number,
-                redemption_id=redemption.id,
-                reward_ref=redemption.reward_ref,
-            )
-        )
-    for expiration in expirations:
-        history.append(
-            HistoryEntry(
-                type="expire",
-                points=expiration.points,
-                status=expiration.status,
-                at=format_timestamp(expiration.expired_at or expiration.created_at),
-                tx_hash=_hex(expiration.tx_hash),
-                block_number=expiration.block_number,
-                reason=expiration.reason,
-            )
-        )
-    history.sort(key=lambda entry: entry.at, reverse=True)
+    history = _history(
+        lots,
+        _newest(session, LoyaltyRedemption, customer.pk),
+        _newest(session, LoyaltyExpiration, customer.pk),
+        campaigns,
+    )
     return LoyaltyAccountPublic(
         customer_id=customer.id,
         address=address,
@@ -171,3 +110,78 @@ def loyalty_account(
         ],
         history=history[:HISTORY_LIMIT],
     )
+
+
+def _address_of(
+    session: Session, customer_pk: int, keyring: WalletKeyring | None
+) -> tuple[str | None, str | None]:
+    """The customer's address and its kind (linked or custodial), or (None, None)."""
+    wallet = customer_address(session, customer_pk)
+    if wallet is not None:
+        return wallet.address, "linked" if wallet.linked_at else "custodial"
+    if keyring is not None:
+        return keyring.address(keyring.index_of(customer_pk)), "custodial"
+    return None, None
+
+
+_Row = TypeVar("_Row", LoyaltyIssuance, LoyaltyRedemption, LoyaltyExpiration)
+
+
+def _newest(session: Session, model: type[_Row], customer_pk: int) -> list[_Row]:
+    """The customer's newest `HISTORY_LIMIT` rows of `model`, newest first."""
+    return list(
+        session.scalars(
+            select(model)
+            .where(model.customer_pk == customer_pk)
+            .order_by(model.pk.desc())
+            .limit(HISTORY_LIMIT)
+        )
+    )
+
+
+def _history(
+    lots: list[LoyaltyIssuance],
+    redemptions: list[LoyaltyRedemption],
+    expirations: list[LoyaltyExpiration],
+    campaigns: dict[int, str],
+) -> list[HistoryEntry]:
+    """Issues, redemptions and expiries as one history, newest first."""
+    history = [
+        HistoryEntry(
+            type="issue",
+            points=lot.points,
+            status=lot.status,
+            at=format_timestamp(lot.issued_at or lot.earned_at),
+            tx_hash=_hex(lot.tx_hash),
+            block_number=lot.block_number,
+            campaign_id=campaigns.get(lot.campaign_pk),
+        )
+        for lot in lots
+    ]
+    history += [
+        HistoryEntry(
+            type="redeem",
+            points=redemption.points,
+            status=redemption.status,
+            at=format_timestamp(redemption.redeemed_at or redemption.created_at),
+            tx_hash=_hex(redemption.tx_hash),
+            block_number=redemption.block_number,
+            redemption_id=redemption.id,
+            reward_ref=redemption.reward_ref,
+        )
+        for redemption in redemptions
+    ]
+    history += [
+        HistoryEntry(
+            type="expire",
+            points=expiration.points,
+            status=expiration.status,
+            at=format_timestamp(expiration.expired_at or expiration.created_at),
+            tx_hash=_hex(expiration.tx_hash),
+            block_number=expiration.block_number,
+            reason=expiration.reason,
+        )
+        for expiration in expirations
+    ]
+    history.sort(key=lambda entry: entry.at, reverse=True)
+    return history

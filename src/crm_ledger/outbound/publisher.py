@@ -24,10 +24,10 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from crm_ledger.crm import feed
-from crm_ledger.crm.feed import FeedItem
+from crm_ledger import feed
 from crm_ledger.crm.schemas import FeedEventPublic
 from crm_ledger.db.models import FeedEvent, FeedMark
+from crm_ledger.feed import FeedItem
 from crm_ledger.journal.schemas import format_timestamp
 
 __all__ = ["OutboundMessage", "PublishOutcome", "Publisher", "message_for", "messages_after"]

@@ -27,8 +27,8 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger import feed
 from crm_ledger.config import Settings
-from crm_ledger.crm import feed
 from crm_ledger.db.models import OutboundCursor, utcnow
 from crm_ledger.db.session import reading
 from crm_ledger.errors import BrokerUnavailable, WorkerHalted

@@ -146,11 +146,20 @@ async def verify_since(chain: AuditChain, digest: Digest, *, address: str) -> Si
             "recovery, with the same head"
         )
 
+    await _check_later_batches(chain, check, batch, since_block=event.block_number)
+    return check
+
+
+async def _check_later_batches(
+    chain: AuditChain, check: SinceCheck, batch: BatchRef, *, since_block: int
+) -> None:
+    """Every batch anchored after the digest's continues its head chain, up to the contract's
+    head; fills what the ledger added since."""
     head = batch.head
     end = batch.first_seq + batch.count
     last_id = batch.id
     later = sorted(
-        (e for e in await chain.batch_events(event.block_number) if e.batch_id > batch.id),
+        (e for e in await chain.batch_events(since_block) if e.batch_id > batch.id),
         key=lambda e: e.batch_id,
     )
     for later_event in later:
@@ -185,4 +194,3 @@ async def verify_since(chain: AuditChain, digest: Digest, *, address: str) -> Si
     check.records_added = end - (batch.first_seq + batch.count)
     check.head = head
     check.last_batch_id = last_id
-    return check

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.crm import feed
+from crm_ledger import feed
 from crm_ledger.db.models import (
     AuditReport,
     Customer,

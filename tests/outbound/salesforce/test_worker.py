@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.config import Settings
 from crm_ledger.outbound.salesforce.standin import SalesforceStandIn
 from crm_ledger.outbound.salesforce.worker import SalesforceSyncWorker
-from crm_ledger.workers import Supervisor, WorkerState, background_workers
+from crm_ledger.roles import background_workers
+from crm_ledger.workers import Supervisor, WorkerState
 from tests.outbound.salesforce.conftest import CLIENT_ID, USERNAME, KeyPair, add_customers
 
 

@@ -34,9 +34,10 @@ from crm_ledger.api.privacy import (
     sees_personal_data,
 )
 from crm_ledger.api.transaction import read_only
-from crm_ledger.crm import reconcile, view
+from crm_ledger.crm import view
 from crm_ledger.crm.schemas import CustomerSummaries, CustomerView, ReconciliationPublic
 from crm_ledger.errors import NotFound
+from crm_ledger.indexer import reconcile
 from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 
 router = APIRouter(prefix="/v1/crm", tags=["crm"])

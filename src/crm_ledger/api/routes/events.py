@@ -1,7 +1,7 @@
 """/v1/events: the change feed, for downstream CRMs (any role).
 
 Consumers page forward with `after=<cursor>` and save the cursor of the last event they
-processed; see `crm_ledger.crm.feed` for the ordering and retention guarantees.
+processed; see `crm_ledger.feed` for the ordering and retention guarantees.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
+from crm_ledger import feed
 from crm_ledger.api.deps import AnyKey, SessionDep, problem_responses
 from crm_ledger.api.transaction import read_only
-from crm_ledger.crm import feed
 from crm_ledger.crm.schemas import FeedEventPublic, FeedPagePublic
 from crm_ledger.journal.schemas import format_timestamp
 

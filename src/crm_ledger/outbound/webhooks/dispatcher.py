@@ -47,11 +47,11 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 
+from crm_ledger import feed
 from crm_ledger.config import Settings
-from crm_ledger.crm import feed
-from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import FeedEvent, WebhookDelivery, WebhookSubscription, new_id, utcnow
 from crm_ledger.db.session import reading
+from crm_ledger.feed import EventType, NewFeedEvent
 from crm_ledger.journal.privacy import KeyRing, keyring_of
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.publisher import message_for

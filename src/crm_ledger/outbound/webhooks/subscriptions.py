@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from crm_ledger.crm import feed
+from crm_ledger import feed
 from crm_ledger.db.models import (
     FeedEvent,
     FeedMark,

@@ -24,31 +24,27 @@ What is compared, and what is done about each kind of drift:
 logged as errors, counted in `crm_ledger_drift_items`, and a `drift.detected` feed event is
 appended the first time each appears (every kind gets one, once per appearance).
 
-Runs are stored in `reconciliation_reports`. The indexer runs one every
-`reconcile_interval_seconds` once it has caught up; `POST /v1/crm/reconciliation` runs one at
-once in the process that runs the indexer, or leaves a `requested` row that the indexer picks up.
+Runs are stored in `reconciliation_reports` (`indexer.drift` holds the items, results and
+reports). The indexer runs one every `reconcile_interval_seconds` once it has caught up;
+`POST /v1/crm/reconciliation` runs one at once in the process that runs the indexer, or leaves
+a `requested` row that the indexer picks up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-from eth_utils.crypto import keccak
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger import metrics
+from crm_ledger import feed, metrics
 from crm_ledger.anchoring import batches as anchoring_batches
-from crm_ledger.crm import feed
-from crm_ledger.crm.feed import EventType, NewFeedEvent
 from crm_ledger.db.models import (
     Batch,
     BatchStatus,
@@ -65,8 +61,21 @@ from crm_ledger.db.models import (
     new_id,
     utcnow,
 )
-from crm_ledger.errors import ChainError
-from crm_ledger.indexer.source import ChainSource
+from crm_ledger.feed import EventType, NewFeedEvent
+from crm_ledger.indexer.drift import (
+    DONE,
+    FAILED,
+    REQUESTED,
+    RUNNING,
+    TRIGGER_API,
+    TRIGGER_SCHEDULE,
+    DriftItem,
+    DriftKind,
+    ReconciliationResult,
+    latest_report,
+    request_run,
+)
+from crm_ledger.indexer.source import ChainReader, SourceReader
 
 __all__ = [
     "TRIGGER_API",
@@ -83,139 +92,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRIGGER_API = "api"
-TRIGGER_SCHEDULE = "schedule"
-REQUESTED, RUNNING, DONE, FAILED = "requested", "running", "done", "failed"
 LEDGER = "AuditLedger"
 TOKEN = "LoyaltyToken"
-#: A run still `running` after this long died with its process and no longer blocks new ones.
-STALE_AFTER = timedelta(hours=1)
-#: Items listed in a stored report (all are counted).
-MAX_LISTED_ITEMS = 1000
 _ISSUED_EVENT = "issued"
 _TRANSFER_EVENT = "transfer"
-
-
-class DriftKind(enum.StrEnum):
-    """Each way the database and the chain can disagree; see the module docstring."""
-
-    BATCH_ROOT_DIFFERS = "batch_root_differs"
-    BATCH_UNKNOWN_TO_DATABASE = "batch_unknown_to_database"
-    BATCH_MISSING_ON_CHAIN = "batch_missing_on_chain"
-    ISSUANCE_MISSING_ON_CHAIN = "issuance_missing_on_chain"
-    BALANCE_DIFFERS = "balance_differs"
-
-
-#: Kinds that are evidence and are never repaired.
-EVIDENCE = frozenset({DriftKind.BATCH_ROOT_DIFFERS, DriftKind.BATCH_UNKNOWN_TO_DATABASE})
-
-
-@dataclass
-class DriftItem:
-    """One disagreement: its kind, what it is about, and what was done."""
-
-    kind: DriftKind
-    subject: dict[str, Any]
-    detail: str
-    repaired: bool = False
-    repair: str | None = None
-
-    @property
-    def key(self) -> str:
-        """Identity across runs: kind and subject."""
-        return f"{self.kind.value}:{json.dumps(self.subject, sort_keys=True)}"
-
-    @property
-    def evidence(self) -> bool:
-        """True for kinds that are never repaired (possible tampering)."""
-        return self.kind in EVIDENCE
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form, as reports store and the API shows it."""
-        return {
-            "kind": self.kind.value,
-            "subject": self.subject,
-            "detail": self.detail,
-            "evidence_of_tampering": self.evidence,
-            "repaired": self.repaired,
-            "repair": self.repair,
-        }
-
-
-@dataclass
-class ReconciliationResult:
-    """The outcome of one run."""
-
-    items: list[DriftItem] = field(default_factory=list)
-    checked: dict[str, int] = field(default_factory=dict)
-    chain: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def drift_count(self) -> int:
-        """Items found."""
-        return len(self.items)
-
-    @property
-    def repaired_count(self) -> int:
-        """Items repaired."""
-        return sum(1 for item in self.items if item.repaired)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form, stored in `reconciliation_reports.report`."""
-        counts: dict[str, int] = defaultdict(int)
-        for item in self.items:
-            counts[item.kind.value] += 1
-        return {
-            "clean": not self.items,
-            "drift_count": self.drift_count,
-            "repaired_count": self.repaired_count,
-            "by_kind": dict(sorted(counts.items())),
-            "checked": self.checked,
-            "chain": self.chain,
-            "items_listed": min(len(self.items), MAX_LISTED_ITEMS),
-            "items": [item.to_json() for item in self.items[:MAX_LISTED_ITEMS]],
-        }
-
-
-class ChainReader(Protocol):
-    """The chain reads reconciliation needs beyond the index."""
-
-    async def ledger_next_seq(self, ledger: str) -> int: ...
-    async def token_issued(self, token: str, issuance_id: bytes) -> bool: ...
-    async def token_balance(self, token: str, holder: str) -> int: ...
-
-
-_NEXT_SEQ = keccak(text="nextSeq()")[:4]
-_ISSUED = keccak(text="issued(bytes32)")[:4]
-_BALANCE_OF = keccak(text="balanceOf(address)")[:4]
-
-
-class SourceReader:
-    """`ChainReader` over the indexer's `ChainSource` (eth_call with hand-made calldata)."""
-
-    def __init__(self, source: ChainSource) -> None:
-        self._source = source
-
-    async def ledger_next_seq(self, ledger: str) -> int:
-        """AuditLedger.nextSeq()."""
-        return self._uint(await self._source.call(ledger, _NEXT_SEQ), "nextSeq()")
-
-    async def token_issued(self, token: str, issuance_id: bytes) -> bool:
-        """LoyaltyToken.issued(id)."""
-        return self._uint(await self._source.call(token, _ISSUED + issuance_id), "issued") != 0
-
-    async def token_balance(self, token: str, holder: str) -> int:
-        """LoyaltyToken.balanceOf(holder)."""
-        word = bytes(12) + bytes.fromhex(holder.removeprefix("0x"))
-        return self._uint(await self._source.call(token, _BALANCE_OF + word), "balanceOf")
-
-    def _uint(self, raw: bytes, what: str) -> int:
-        if len(raw) != 32:
-            raise ChainError(
-                f"{what} at {self._source.rpc_url} returned {len(raw)} bytes instead of 32: "
-                "the contract is not the one deployed"
-            )
-        return int.from_bytes(raw, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -688,72 +568,3 @@ class Reconciler:
                     .order_by(ReconciliationReport.pk)
                 )
             )
-
-
-def request_run(session_factory: sessionmaker[Session]) -> tuple[dict[str, Any], bool]:
-    """A `requested` run for the indexer's process, or the run already requested or running.
-
-    True when this call made the request.
-    """
-    with session_factory.begin() as session:
-        pending = session.scalar(
-            select(ReconciliationReport.id)
-            .where(
-                or_(
-                    ReconciliationReport.status == REQUESTED,
-                    and_(
-                        ReconciliationReport.status == RUNNING,
-                        ReconciliationReport.started_at > utcnow() - STALE_AFTER,
-                    ),
-                )
-            )
-            .order_by(ReconciliationReport.pk.desc())
-            .limit(1)
-        )
-        made = pending is None
-        if pending is None:
-            pending = new_id()
-            session.execute(
-                insert(ReconciliationReport).values(
-                    id=pending,
-                    status=REQUESTED,
-                    trigger=TRIGGER_API,
-                    requested_at=utcnow(),
-                    drift_count=0,
-                    repaired_count=0,
-                )
-            )
-    requested = latest_report(session_factory, report_id=pending)
-    assert requested is not None
-    return requested, made
-
-
-def latest_report(
-    session_factory: sessionmaker[Session], *, report_id: str | None = None
-) -> dict[str, Any] | None:
-    """A stored run as JSON: `report_id`, or the latest run; None when there is none."""
-    with session_factory() as session:
-        query = select(ReconciliationReport)
-        if report_id is not None:
-            query = query.where(ReconciliationReport.id == report_id)
-        row = session.scalars(query.order_by(ReconciliationReport.pk.desc()).limit(1)).first()
-        if row is None:
-            return None
-        return {
-            "id": row.id,
-            "status": row.status,
-            "trigger": row.trigger,
-            "requested_at": _iso(row.requested_at),
-            "started_at": _iso(row.started_at),
-            "finished_at": _iso(row.finished_at),
-            "drift_count": row.drift_count,
-            "repaired_count": row.repaired_count,
-            "error": row.error,
-            "report": json.loads(row.report) if row.report else None,
-        }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -5,8 +5,9 @@ Exports: `ROLES`, `WorkerFactory`, `background_workers`.
 Each integration adds one factory to `ROLES` under its worker's name: it returns the worker,
 or None when the settings do not enable it. `crm-ledger serve` runs every enabled worker under
 its supervisor; `crm-ledger worker NAME` runs one alone. Every worker is a singleton per
-journal (see `workers.supervisor`). A factory imports its worker's module inside its body, so
-the workers' own modules may import `crm_ledger.workers`.
+journal (see `workers.supervisor`). This module sits above the packages whose workers it
+names (it is part of how a process is put together, with `runtime`), so `workers` imports none
+of them and they may import `crm_ledger.workers`.
 
 Adding one::
 

@@ -4,6 +4,10 @@ Exports: `EventType`, `NewFeedEvent`, `FeedItem`, `FeedPage`, `CursorExpired`, `
 `lock_feed`, `read_page`, `encode_cursor`, `decode_cursor`, `prune`, `MAX_PAGE_SIZE`,
 `DEFAULT_PAGE_SIZE`.
 
+The feed is the outbox between its writers (the indexer and its reconciler, the webhook
+dispatcher) and its readers (`GET /v1/events`, the outbound relays); it imports only `db`, so
+every one of them can use it without a package cycle.
+
 Each event has a position (`feed_events.pk`) and an id. Consumers page with
 `GET /v1/events?after=<cursor>`, where the cursor is an opaque encoding of the last position
 they processed; delivery is at least once (a consumer that crashes before saving its cursor sees
@@ -38,7 +42,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.crm import bulk
+from crm_ledger.db import bulk
 from crm_ledger.db.models import FeedEvent, FeedMark, utcnow
 from crm_ledger.errors import Gone, Unprocessable
 from crm_ledger.schemas import EventType

@@ -1,4 +1,4 @@
-"""Bulk inserts for the indexer's hot path: rows straight to the driver's `executemany`.
+"""Bulk inserts for hot paths (the indexer, the change feed): rows straight to the driver.
 
 Exports: `insert_rows`, `processed_now`.
 
