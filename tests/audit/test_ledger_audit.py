@@ -3,6 +3,7 @@ with the database behind the service's back, exactly the affected seqs and nothi
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import secrets
@@ -19,7 +20,7 @@ from crm_ledger.audit.report import LedgerReport
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
 from crm_ledger.verifier.chain import EMPTY_CODE_HASH
-from tests.anchoring.fakes import FakeChain
+from tests.anchoring.fakes import FakeChain, FakeEvent
 from tests.audit.fakes import FakeAuditChain, build_ledger, row, seqs_of, tamper
 
 pytestmark = pytest.mark.asyncio
@@ -276,3 +277,60 @@ async def test_an_altered_leaf_hash_names_its_seq(
     # Record 7's row is inconsistent, and c1's next record (10) still links to the true leaf:
     # only 7 is accused.
     assert report.affected_seqs() == {7}, report.to_json()
+
+
+class _LandsAfterTheRead(FakeAuditChain):
+    """The chain as the audit read it (without the last batch), while `batch(id)` answers from
+    the chain as it is by the time the audit reaches the journal's rows: the anchorer sent the
+    last batch in between."""
+
+    def __init__(self, read: FakeChain, now: FakeChain) -> None:
+        super().__init__(read)
+        self.now = FakeAuditChain(now)
+
+    async def batch(self, batch_id: int) -> FakeEvent | None:
+        return await self.now.batch(batch_id)
+
+
+class _LandsDuringTheRead(FakeAuditChain):
+    """The last batch reaches the chain while the audit is reading it (after its events)."""
+
+    def __init__(self, fake: FakeChain, landing: FakeEvent) -> None:
+        super().__init__(fake)
+        self.landing: FakeEvent | None = landing
+
+    async def head(self) -> bytes:
+        if self.landing is not None:
+            self.fake.events.append(self.landing)
+            self.landing = None
+        return await super().head()
+
+
+async def test_a_batch_anchored_after_the_chain_was_read_is_no_finding(
+    engine: Engine, chain: FakeChain
+) -> None:
+    as_read = copy.deepcopy(chain)
+    as_read.roll_back_to(2)
+    report = await run_ledger_audit(engine=engine, chain=_LandsAfterTheRead(as_read, chain))
+    assert report.clean, report.to_json()
+    assert report.records_checked == 12 and report.batches_checked == 3
+
+
+async def test_a_batch_anchored_while_the_chain_is_read_is_read_again(
+    engine: Engine, chain: FakeChain
+) -> None:
+    landing = chain.events.pop()
+    report = await run_ledger_audit(engine=engine, chain=_LandsDuringTheRead(chain, landing))
+    assert report.clean, report.to_json()
+    assert report.chain["batch_count"] == 3
+
+
+async def test_a_batch_the_chain_holds_otherwise_after_the_read_is_still_named(
+    engine: Engine, chain: FakeChain
+) -> None:
+    as_read = copy.deepcopy(chain)
+    as_read.roll_back_to(2)
+    now = copy.deepcopy(as_read)
+    await now.send_anchor(8, 4, hashlib.sha256(b"another root").digest())
+    report = await run_ledger_audit(engine=engine, chain=_LandsAfterTheRead(as_read, now))
+    assert {d.batch_id for d in report.discrepancies if d.kind is Kind.BATCH_NOT_ON_CHAIN} == {2}

@@ -69,7 +69,7 @@ from crm_ledger.audit.snapshot import DeploymentRecord, latest_deployment, read_
 from crm_ledger.db.models import Customer, Record
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import FORMAT_VERSION, RecordKind
-from crm_ledger.verifier.chain import AuditChain
+from crm_ledger.verifier.chain import AuditChain, BatchOnChain
 
 __all__ = [
     "ChainBatch",
@@ -106,6 +106,13 @@ async def run_ledger_audit(
     """Read the chain, then audit the journal in a thread; raises `ChainUnavailable`."""
     deployment = await asyncio.to_thread(read_deployment, engine)
     view = await read_chain(chain, deployment)
+    if chain is not None:
+        loop = asyncio.get_running_loop()
+
+        def late_batch(batch_id: int) -> BatchOnChain | None:
+            return asyncio.run_coroutine_threadsafe(chain.batch(batch_id), loop).result(60)
+
+        view.late_batch = late_batch
     return await asyncio.to_thread(audit_journal, engine, view, progress=progress)
 
 

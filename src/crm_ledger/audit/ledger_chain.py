@@ -9,11 +9,12 @@ and checks that the events chain into the head the contract reports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from crm_ledger.audit.snapshot import DeploymentRecord
 from crm_ledger.ledger import merkle
-from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain
+from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain, BatchOnChain
 
 __all__ = ["ChainBatch", "ChainView", "read_chain", "reset_reason"]
 
@@ -45,6 +46,9 @@ class ChainView:
     next_seq: int = 0
     #: Ways the chain's own data does not add up.
     problems: list[str] = field(default_factory=list)
+    #: Asks the chain, from the audit's thread, for a batch anchored after this view was read
+    #: (the service keeps anchoring while an audit runs); None: no chain to ask.
+    late_batch: Callable[[int], BatchOnChain | None] | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, object]:
         """The chain part of a report."""
@@ -60,6 +64,10 @@ class ChainView:
         }
 
 
+#: How often `read_chain` reads again when a batch was anchored while it read.
+_STABLE_READ_TRIES = 5
+
+
 async def read_chain(chain: AuditChain | None, deployment: DeploymentRecord | None) -> ChainView:
     """Everything the audit compares the journal with, read from the chain.
 
@@ -72,10 +80,16 @@ async def read_chain(chain: AuditChain | None, deployment: DeploymentRecord | No
     view.reset = await reset_reason(chain, deployment)
     if view.reset is not None:
         return view
-    events = await chain.batch_events(deployment.block_number)
-    view.batch_count = await chain.batch_count()
-    view.head = await chain.head()
-    view.next_seq = await chain.next_seq()
+    # The service anchors while we read: a batch landing between the reads below would make
+    # the chain look inconsistent with itself. Read until no batch landed meanwhile.
+    for _ in range(_STABLE_READ_TRIES):
+        before = await chain.batch_count()
+        events = await chain.batch_events(deployment.block_number)
+        view.head = await chain.head()
+        view.next_seq = await chain.next_seq()
+        view.batch_count = await chain.batch_count()
+        if view.batch_count == before:
+            break
     view.batches = [
         ChainBatch(
             batch_id=e.batch_id,
