@@ -137,7 +137,6 @@ def test_rotation_rewraps_every_data_key_and_leaves_records_alone(
         )
         shop = create_source(
             session=session,
-            settings=settings,
             payload=SourceCreate(platform="shopify", name="Tea shop", secret="shop-secret"),
         ).id
         hook = create_subscription(

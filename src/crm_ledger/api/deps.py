@@ -226,6 +226,12 @@ def require_roles(
 
 
 RecorderKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.RECORDER, Role.ADMIN))]
+AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
+MarketingKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.MARKETING, Role.ADMIN))]
+RedeemerKey = Annotated[
+    ApiKeyPrincipal, Depends(require_roles(Role.RECORDER, Role.MARKETING, Role.ADMIN))
+]
+AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
 AnyKey = CurrentKey
 
 

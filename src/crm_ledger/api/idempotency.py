@@ -1,7 +1,8 @@
 """Idempotent writes: the `Idempotency-Key` header, accepted on every POST.
 
 Exports: `Idempotency`, `IdempotencyDep`, `Written`, `run_write`, `run_write_async`,
-`request_hash`, `prune_expired`, `configure_retention`, `REPLAY_HEADER`.
+`request_hash`, `prune_expired`, `configure_retention`, `NoBody`, `json_response`,
+`REPLAY_HEADER`, `JSON_MEDIA_TYPE`.
 
 Keys are scoped to the API key that sent them. The first request with a key stores its status
 and exact response bytes in the same transaction as the records it wrote, so a crash leaves
@@ -34,7 +35,7 @@ from datetime import timedelta
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Header, Request
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Row, Table, bindparam, delete, insert, literal, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -54,6 +55,22 @@ log = logging.getLogger(__name__)
 
 REPLAY_HEADER = "Idempotent-Replayed"
 JSON_MEDIA_TYPE = "application/json"
+
+
+class NoBody(BaseModel):
+    """The empty body of a POST that changes a state (pause, retry, rotate): what its
+    Idempotency-Key fingerprints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """`model` as the JSON answer of a handler."""
+    return Response(
+        content=model.model_dump_json(), status_code=status_code, media_type=JSON_MEDIA_TYPE
+    )
+
+
 # PostgreSQL deadlock and serialization failure: the transaction may simply run again.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 _ATTEMPTS = 3

@@ -31,7 +31,6 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestDelivery, new_id, utcnow
 from crm_ledger.errors import BadRequest, Conflict, NotFound, Unauthorized
 from crm_ledger.ingest.schemas import DeliveryPublic
@@ -85,7 +84,6 @@ def is_woocommerce_ping(platform: Platform, headers: Mapping[str, str], body: by
 def check_delivery(
     *,
     session: Session,
-    settings: Settings,
     platform: str,
     source_id: str,
     headers: Mapping[str, str],
@@ -96,9 +94,7 @@ def check_delivery(
     `headers` has lower-case names. Raises `NotFound` (unknown or deleted source, wrong
     platform), `Unauthorized` (missing or bad signature), `MalformedDelivery` (not a JSON object).
     """
-    keys = verifying_keys(
-        session=session, settings=settings, platform=platform, source_id=source_id, now=utcnow()
-    )
+    keys = verifying_keys(session=session, platform=platform, source_id=source_id, now=utcnow())
     if is_woocommerce_ping(keys.platform, headers, body):
         return None
     names = HEADERS[keys.platform]

@@ -43,7 +43,7 @@ def webhook_path(platform: str, source_id: str) -> str:
     return f"/v1/webhooks/{platform}/{source_id}"
 
 
-def create_source(*, session: Session, settings: Settings, payload: SourceCreate) -> IngestSource:
+def create_source(*, session: Session, payload: SourceCreate) -> IngestSource:
     """Add a source.
 
     Raises `Unprocessable` when the source has nothing to verify signatures with (Shopify and
@@ -135,7 +135,7 @@ def rotate_source(
 
 
 def verifying_keys(
-    *, session: Session, settings: Settings, platform: str, source_id: str, now: datetime
+    *, session: Session, platform: str, source_id: str, now: datetime
 ) -> VerifyingKeys:
     """The secrets and key a delivery to `platform`/`source_id` may be signed with.
 

@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from crm_ledger.api.deps import RuntimeDep, SessionDep, problem_responses, require_roles
+from crm_ledger.api.deps import (
+    AdminKey,
+    AuditorKey,
+    RuntimeDep,
+    SessionDep,
+    problem_responses,
+)
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
 from crm_ledger.api.problems import ChainUnreachable
 from crm_ledger.api.transaction import transaction
@@ -41,7 +47,7 @@ from crm_ledger.errors import (
 )
 from crm_ledger.journal import receipts, records
 from crm_ledger.journal.erasure import erase_customer
-from crm_ledger.journal.keys import ApiKeyPrincipal, Role
+from crm_ledger.journal.keys import Role
 from crm_ledger.journal.receipts import AUDIT_LEDGER
 from crm_ledger.journal.schemas import format_timestamp, is_public_id
 from crm_ledger.ledger.receipts import Receipt
@@ -79,8 +85,6 @@ DIGEST_EXAMPLE = {
     },
 }
 
-AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
-AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
 
 _ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429, 503)
 

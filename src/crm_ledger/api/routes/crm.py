@@ -15,17 +15,17 @@ import logging
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from crm_ledger.api.deps import (
     AnyKey,
+    AuditorKey,
     RuntimeDep,
     SessionDep,
     SettingsDep,
     problem_responses,
-    require_roles,
 )
 from crm_ledger.api.privacy import (
     PERSONAL_READ_ERRORS,
@@ -38,13 +38,11 @@ from crm_ledger.crm import view
 from crm_ledger.crm.schemas import CustomerSummaries, CustomerView, ReconciliationPublic
 from crm_ledger.errors import NotFound
 from crm_ledger.indexer import reconcile
-from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 
 router = APIRouter(prefix="/v1/crm", tags=["crm"])
 log = logging.getLogger(__name__)
 
 JSON_MEDIA_TYPE = "application/json"
-AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 
 _ERRORS = problem_responses(401, 403, 404, 422, 429)
 

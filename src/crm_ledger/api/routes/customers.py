@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from crm_ledger.api.deps import (
     AnyKey,
+    AuditorKey,
     RecorderKey,
     SessionDep,
     SettingsDep,
     problem_responses,
-    require_roles,
 )
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
 from crm_ledger.api.privacy import (
@@ -32,12 +32,9 @@ from crm_ledger.api.schemas import AccessLogPublic, access_log_public, customer_
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import access, customers
 from crm_ledger.journal.customers import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 from crm_ledger.journal.privacy import keyring_of
 from crm_ledger.journal.schemas import CustomerCreate
 from crm_ledger.schemas import CustomerPublic, CustomersPublic
-
-AuditorKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 

@@ -13,26 +13,31 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from crm_ledger.api.deps import (
     AnyKey,
+    MarketingKey,
+    RedeemerKey,
     RuntimeDep,
     SessionDep,
     SettingsDep,
     problem_responses,
-    require_roles,
 )
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
+from crm_ledger.api.idempotency import (
+    IdempotencyDep,
+    NoBody,
+    Written,
+    json_response,
+    run_write,
+)
 from crm_ledger.api.privacy import ERASED_REPLAY
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
 from crm_ledger.errors import ChainError
 from crm_ledger.journal.customers import get_customer
-from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 from crm_ledger.loyalty import awards, campaigns, redemptions
 from crm_ledger.loyalty.balances import live_points, loyalty_account
 from crm_ledger.loyalty.campaigns import CampaignStatus
@@ -52,10 +57,6 @@ from crm_ledger.loyalty.wallets import link_wallet
 
 router = APIRouter(tags=["loyalty"])
 
-MarketingKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.MARKETING, Role.ADMIN))]
-RedeemerKey = Annotated[
-    ApiKeyPrincipal, Depends(require_roles(Role.RECORDER, Role.MARKETING, Role.ADMIN))
-]
 
 _ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
 
@@ -66,18 +67,6 @@ def get_token_reader(runtime: RuntimeDep) -> TokenReader | None:
 
 
 TokenReaderDep = Annotated[TokenReader | None, Depends(get_token_reader)]
-
-
-class _NoBody(BaseModel):
-    """The empty body of a state change (what its Idempotency-Key fingerprints)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _json(model: BaseModel, status_code: int = 200) -> Response:
-    return Response(
-        content=model.model_dump_json(), status_code=status_code, media_type=JSON_MEDIA_TYPE
-    )
 
 
 # Campaigns -------------------------------------------------------------------------------
@@ -125,7 +114,9 @@ def list_campaigns(session: SessionDep, key: MarketingKey) -> Response:
     with read_only(session):
         found = campaigns.list_campaigns(session=session)
         now = utcnow()
-        return _json(CampaignsPublic(items=[campaigns.campaign_public(c, now) for c in found]))
+        return json_response(
+            CampaignsPublic(items=[campaigns.campaign_public(c, now) for c in found])
+        )
 
 
 @router.get(
@@ -138,7 +129,7 @@ def get_campaign(campaign_id: str, session: SessionDep, key: MarketingKey) -> Re
     """One campaign and where its budget stands."""
     with read_only(session):
         campaign = campaigns.get_campaign(session=session, campaign_id=campaign_id)
-        return _json(campaigns.campaign_public(campaign))
+        return json_response(campaigns.campaign_public(campaign))
 
 
 def _status_change(status: CampaignStatus, summary: str) -> Any:
@@ -157,7 +148,7 @@ def _status_change(status: CampaignStatus, summary: str) -> Any:
             session=session,
             principal=key,
             idempotency=idempotency,
-            payload=_NoBody(),
+            payload=NoBody(),
             status_code=200,
             write=write,
             on_commit=runtime.loyalty.nudge,
@@ -271,7 +262,7 @@ def get_award(campaign_id: str, job_id: str, session: SessionDep, key: Marketing
     with read_only(session):
         campaign = campaigns.get_campaign(session=session, campaign_id=campaign_id)
         job = awards.get_job(session=session, campaign=campaign, job_id=job_id)
-        return _json(awards.job_progress(session, campaign, job))
+        return json_response(awards.job_progress(session, campaign, job))
 
 
 # Redemptions -----------------------------------------------------------------------------
@@ -322,7 +313,7 @@ def get_redemption(redemption_id: str, session: SessionDep, key: AnyKey) -> Resp
     """A redemption and whether its burn is on chain."""
     with read_only(session):
         found = redemptions.get_redemption(session=session, redemption_id=redemption_id)
-        return _json(redemptions.redemption_public(session, found))
+        return json_response(redemptions.redemption_public(session, found))
 
 
 # Accounts --------------------------------------------------------------------------------
@@ -362,7 +353,7 @@ async def get_loyalty_account(
                 account.chain_error = str(exc)
     else:
         account.chain_error = "the loyalty worker is not connected to the chain"
-    return _json(account)
+    return json_response(account)
 
 
 @router.post(

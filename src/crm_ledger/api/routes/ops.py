@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from crm_ledger.api.deps import AnyKey, RuntimeDep, SessionDep, problem_responses, require_roles
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
+from crm_ledger.api.deps import (
+    AnyKey,
+    MarketingKey,
+    RuntimeDep,
+    SessionDep,
+    problem_responses,
+)
+from crm_ledger.api.idempotency import json_response
 from crm_ledger.api.transaction import read_only
 from crm_ledger.audit.ledger import read_deployment
 from crm_ledger.console.operations import (
@@ -30,13 +36,11 @@ from crm_ledger.console.operations import (
     expiring_points,
     operations_overview,
 )
-from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 
 router = APIRouter(tags=["operations"])
 
 _ERRORS = problem_responses(401, 422, 429)
 _MARKETING_ERRORS = problem_responses(401, 403, 404, 422, 429)
-MarketingKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.MARKETING, Role.ADMIN))]
 
 
 class Me(BaseModel):
@@ -44,10 +48,6 @@ class Me(BaseModel):
 
     key_id: str
     role: str
-
-
-def _json(model: BaseModel) -> Response:
-    return Response(content=model.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
 @router.get(
@@ -58,7 +58,7 @@ def _json(model: BaseModel) -> Response:
 )
 def me(key: AnyKey) -> Response:
     """What the console asks after sign-in, to show only what the role may do."""
-    return _json(Me(key_id=key.id, role=key.role.value))
+    return json_response(Me(key_id=key.id, role=key.role.value))
 
 
 @router.get(
@@ -84,7 +84,7 @@ def overview(
             batch_limit=batches,
             chain_status=runtime.chain_status,
         )
-    return _json(found)
+    return json_response(found)
 
 
 @router.get(
@@ -98,7 +98,7 @@ def chain_endpoint(runtime: RuntimeDep, key: AnyKey) -> Response:
     settings = runtime.settings
     service_url = runtime.connection.rpc_url
     deployment = read_deployment(runtime.engine)
-    return _json(
+    return json_response(
         ChainEndpoint(
             chain_id=deployment.chain_id if deployment is not None else None,
             contract=deployment.address if deployment is not None else None,
@@ -126,7 +126,7 @@ def spend(
         found = campaign_spend(
             session=session, campaign_id=campaign_id, bucket=bucket, buckets=buckets
         )
-    return _json(found)
+    return json_response(found)
 
 
 @router.get(
@@ -143,4 +143,4 @@ def expiring(
     """Unspent points of lots on chain whose expiry falls in the next `days` days."""
     with read_only(session):
         found = expiring_points(session=session, days=days)
-    return _json(found)
+    return json_response(found)

@@ -7,19 +7,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from crm_ledger.api.deps import (
+    AdminKey,
     RuntimeDep,
     SessionDep,
     SettingsDep,
     problem_responses,
-    require_roles,
 )
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, run_write
+from crm_ledger.api.idempotency import (
+    IdempotencyDep,
+    NoBody,
+    json_response,
+    run_write,
+)
 from crm_ledger.api.routes.webhooks import INGEST_WORKER
 from crm_ledger.api.transaction import read_only, transaction
 from crm_ledger.ingest import clawback, inbox, sources
@@ -33,25 +37,11 @@ from crm_ledger.ingest.schemas import (
     SourceRotate,
     SourcesPublic,
 )
-from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 
 router = APIRouter(tags=["sources"])
 
-AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
 
 _ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
-
-
-class _NoBody(BaseModel):
-    """The empty body of a retry (what its Idempotency-Key fingerprints)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _json(model: BaseModel, status_code: int = 200) -> Response:
-    return Response(
-        content=model.model_dump_json(), status_code=status_code, media_type=JSON_MEDIA_TYPE
-    )
 
 
 def _base_url(request: Request) -> str:
@@ -77,7 +67,7 @@ def create_source(
     base_url = _base_url(request)
 
     def write(tx: Session) -> str:
-        source = sources.create_source(session=tx, settings=settings, payload=payload)
+        source = sources.create_source(session=tx, payload=payload)
         return sources.source_public(source, base_url=base_url).model_dump_json()
 
     return run_write(
@@ -104,7 +94,7 @@ def list_sources(request: Request, session: SessionDep, key: AdminKey) -> Respon
             sources.source_public(s, base_url=base_url)
             for s in sources.list_sources(session=session)
         ]
-    return _json(SourcesPublic(items=items))
+    return json_response(SourcesPublic(items=items))
 
 
 @router.get(
@@ -117,7 +107,7 @@ def get_source(source_id: str, request: Request, session: SessionDep, key: Admin
     """One source (never its secret)."""
     with read_only(session):
         source = sources.get_source(session=session, source_id=source_id)
-        return _json(sources.source_public(source, base_url=_base_url(request)))
+        return json_response(sources.source_public(source, base_url=_base_url(request)))
 
 
 @router.delete(
@@ -130,7 +120,7 @@ def delete_source(source_id: str, request: Request, session: SessionDep, key: Ad
     """Its webhooks are refused (404) from now on; what it delivered stays."""
     with transaction(session):
         source = sources.delete_source(session=session, source_id=source_id)
-        return _json(sources.source_public(source, base_url=_base_url(request)))
+        return json_response(sources.source_public(source, base_url=_base_url(request)))
 
 
 @router.post(
@@ -190,7 +180,7 @@ def list_deliveries(
         page = DeliveriesPublic(
             items=[inbox.delivery_public(d) for d in items], next_cursor=next_cursor
         )
-    return _json(page)
+    return json_response(page)
 
 
 @router.post(
@@ -217,7 +207,7 @@ def retry_delivery(
         session=session,
         principal=key,
         idempotency=idempotency,
-        payload=_NoBody(),
+        payload=NoBody(),
         status_code=200,
         write=write,
         on_commit=lambda: runtime.supervisor.wake(INGEST_WORKER),
@@ -235,4 +225,4 @@ def list_clawbacks(source_id: str, session: SessionDep, key: AdminKey) -> Respon
     with read_only(session):
         source = sources.get_source(session=session, source_id=source_id)
         items = clawback.list_clawbacks(session, source_pk=source.pk)
-    return _json(ClawbacksPublic(items=items))
+    return json_response(ClawbacksPublic(items=items))

@@ -11,20 +11,20 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from crm_ledger.api.deps import SessionDep, SettingsDep, problem_responses, require_roles
+from crm_ledger.api.deps import AdminKey, SessionDep, SettingsDep, problem_responses
 from crm_ledger.api.idempotency import (
     JSON_MEDIA_TYPE,
     REPLAY_HEADER,
     IdempotencyDep,
+    NoBody,
+    json_response,
     run_write,
 )
 from crm_ledger.api.transaction import read_only, transaction
-from crm_ledger.journal.keys import ApiKeyPrincipal, Role
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.webhooks import subscriptions as service
 from crm_ledger.outbound.webhooks.schemas import (
@@ -44,21 +44,8 @@ from crm_ledger.outbound.webhooks.urls import check_public
 
 router = APIRouter(tags=["webhooks"])
 
-AdminKey = Annotated[ApiKeyPrincipal, Depends(require_roles(Role.ADMIN))]
 _PREFIX = "/v1/webhook-subscriptions"
 _ERRORS = problem_responses(401, 403, 404, 409, 410, 413, 422, 429)
-
-
-class _NoBody(BaseModel):
-    """The empty body of a state change (what its Idempotency-Key fingerprints)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _json(model: BaseModel, status_code: int = 200) -> Response:
-    return Response(
-        content=model.model_dump_json(), status_code=status_code, media_type=JSON_MEDIA_TYPE
-    )
 
 
 def _with_secret(response: Response, secret: str) -> Response:
@@ -119,7 +106,7 @@ def list_subscriptions(session: SessionDep, key: AdminKey) -> Response:
     """Every subscription, oldest first (secrets are never shown)."""
     with read_only(session):
         found = service.list_subscriptions(session=session)
-        return _json(
+        return json_response(
             WebhookSubscriptionsPublic(items=[service.subscription_public(s) for s in found])
         )
 
@@ -134,7 +121,7 @@ def get_subscription(subscription_id: str, session: SessionDep, key: AdminKey) -
     """One subscription."""
     with read_only(session):
         found = service.get_subscription(session=session, subscription_id=subscription_id)
-        return _json(service.subscription_public(found))
+        return json_response(service.subscription_public(found))
 
 
 @router.patch(
@@ -157,7 +144,7 @@ def update_subscription(
         updated = service.update_subscription(
             session=session, subscription_id=subscription_id, payload=payload
         )
-        return _json(service.subscription_public(updated))
+        return json_response(service.subscription_public(updated))
 
 
 @router.delete(
@@ -191,7 +178,7 @@ def _status_change(status: SubscriptionStatus, doc: str) -> Any:
             session=session,
             principal=key,
             idempotency=idempotency,
-            payload=_NoBody(),
+            payload=NoBody(),
             status_code=200,
             write=write,
         )
@@ -247,7 +234,7 @@ def rotate_secret(
         session=session,
         principal=key,
         idempotency=idempotency,
-        payload=_NoBody(),
+        payload=NoBody(),
         status_code=200,
         write=write,
     )
@@ -279,7 +266,7 @@ def list_deliveries(
             status=status,
             limit=limit,
         )
-        return _json(
+        return json_response(
             WebhookDeliveriesPublic(
                 items=[service.delivery_public(row) for row in rows], next_before=next_before
             )
@@ -312,7 +299,7 @@ def redeliver(
         session=session,
         principal=key,
         idempotency=idempotency,
-        payload=_NoBody(),
+        payload=NoBody(),
         status_code=202,
         write=write,
     )

@@ -16,12 +16,11 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from crm_ledger.api.deps import RuntimeDep, SessionDep, SettingsDep
+from crm_ledger.api.deps import RuntimeDep, SessionDep
 from crm_ledger.api.group_commit import committer_for
 from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
 from crm_ledger.api.problems import Problem
 from crm_ledger.api.transaction import read_only
-from crm_ledger.config import Settings
 from crm_ledger.errors import NotFound
 from crm_ledger.ingest import inbox
 from crm_ledger.ingest.schemas import WebhookAccepted
@@ -53,7 +52,6 @@ async def receive_webhook(
     source_id: str,
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
     runtime: RuntimeDep,
 ) -> Response:
     """Verify the platform's signature over the raw body, store it, answer 200."""
@@ -62,7 +60,7 @@ async def receive_webhook(
         raise NotFound(f"no platform {platform[:32]!r}: webhook URLs name one of {names}")
     body = await request.body()
     headers = {name.lower(): value for name, value in request.headers.items()}
-    answer = await run_in_threadpool(_accept, session, settings, platform, source_id, headers, body)
+    answer = await run_in_threadpool(_accept, session, platform, source_id, headers, body)
     if answer.delivery_id is not None and not answer.duplicate:
         runtime.supervisor.wake(INGEST_WORKER)
     return Response(content=answer.model_dump_json(), media_type=JSON_MEDIA_TYPE)
@@ -70,7 +68,6 @@ async def receive_webhook(
 
 def _accept(
     session: Session,
-    settings: Settings,
     platform: str,
     source_id: str,
     headers: dict[str, str],
@@ -80,7 +77,6 @@ def _accept(
     with read_only(session):
         checked = inbox.check_delivery(
             session=session,
-            settings=settings,
             platform=platform,
             source_id=source_id,
             headers=headers,

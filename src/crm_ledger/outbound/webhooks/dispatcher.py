@@ -183,14 +183,12 @@ class WebhookDispatcher:
         self,
         *,
         session_factory: sessionmaker[Session],
-        keyring: Callable[[], KeyRing] | None = None,
         policy: WebhookPolicy,
         resolver: Resolver = urls.resolve,
         rng: random.Random | None = None,
     ) -> None:
         self.session_factory = session_factory
-        # The master key ring attached to the journal's engine, unless a test gives another.
-        self._keyring_source = keyring or self._engine_keyring
+        # The master key ring attached to the journal's engine, read when first needed.
         self._keyring: KeyRing | None = None
         self.policy = policy
         self.resolver = resolver
@@ -228,7 +226,7 @@ class WebhookDispatcher:
     async def prepare(self) -> None:
         """Load the master key ring (the supervisor halts the worker if it is bad)."""
         if self._keyring is None:
-            self._keyring = await asyncio.to_thread(self._keyring_source)
+            self._keyring = await asyncio.to_thread(self._engine_keyring)
 
     def _engine_keyring(self) -> KeyRing:
         with self.session_factory() as session:
@@ -405,7 +403,7 @@ class WebhookDispatcher:
     def _secrets(self, subscription: WebhookSubscription, now: datetime) -> tuple[str, ...]:
         if self._keyring is None:
             # Read when first needed: a process that never delivers never touches the key.
-            self._keyring = self._keyring_source()
+            self._keyring = self._engine_keyring()
         keyring = self._keyring
         current = unseal(subscription.secret, keyring=keyring, subscription_id=subscription.id)
         if (
