@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.models import Batch, BatchStatus, Customer, Deployment, Record, utcnow
 from crm_ledger.ledger import merkle
+from crm_ledger.ledger.hexcodec import unhex
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
-from crm_ledger.ledger.receipts import Receipt, check_receipt, unhex
+from crm_ledger.ledger.receipts import Receipt, check_receipt
 from tests.api.helpers import interaction, problem
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from web3 import Web3
 from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.chain.node import LocalNode
 from crm_ledger.ledger import merkle
-from crm_ledger.ledger.receipts import Receipt, check_receipt, unhex
+from crm_ledger.ledger.hexcodec import unhex
+from crm_ledger.ledger.receipts import Receipt, check_receipt
 from tests.api.helpers import interaction, order
 from tests.e2e.conftest import wait_for
 

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from crm_ledger.audit.ledger import read_deployment, reset_reason
+from crm_ledger.audit.ledger_findings import to_hex
 from crm_ledger.audit.snapshot import latest_deployment, read_snapshot
 from crm_ledger.db.models import Batch, BatchStatus, Customer, Record
 from crm_ledger.errors import NotFound
@@ -310,7 +311,7 @@ def _check(
                         RecordFinding(
                             status=RecordStatus.MISSING,
                             detail=(
-                                f"record seq {row.seq} links to leaf {_hex(row.previous)}, "
+                                f"record seq {row.seq} links to leaf {to_hex(row.previous)}, "
                                 "which is no longer in the journal: a record of this customer "
                                 + (
                                     f"between seq {previous_seq} and seq {row.seq}"
@@ -328,7 +329,7 @@ def _check(
                         else f"the leaf of the customer's previous record, seq {previous_seq}"
                     )
                     finding.problems.append(
-                        f"link: its previous leaf hash {_hex(row.previous)} is not {before}"
+                        f"link: its previous leaf hash {to_hex(row.previous)} is not {before}"
                     )
             previous_seq = row.seq
             previous_leaves = tuple(leaf for leaf in (row.leaf, computed) if leaf is not None)
@@ -358,7 +359,7 @@ def _check_tail(
         return
     if not gaps.after(last_seq):
         report.problems.append(
-            f"the customer's last leaf hash {_hex(tail)} is not the leaf of their last record"
+            f"the customer's last leaf hash {to_hex(tail)} is not the leaf of their last record"
             + (f" (seq {last_seq})" if last is not None else " (they have none)")
             + ": it was altered"
         )
@@ -367,7 +368,7 @@ def _check_tail(
         RecordFinding(
             status=RecordStatus.MISSING,
             detail=(
-                f"the customer's chain ends at leaf {_hex(tail)}, but their last record in the "
+                f"the customer's chain ends at leaf {to_hex(tail)}, but their last record in the "
                 + (f"journal is seq {last_seq}" if last is not None else "journal is none")
                 + ": a later record of theirs is gone"
             ),
@@ -391,7 +392,7 @@ def _check_content(journal: _Journal, row: _Row, finding: RecordFinding) -> bool
     if len(key) != 32 or hmac.digest(key, row.content, "sha256") != row.commitment:
         finding.problems.append(
             f"commitment: HMAC-SHA256(key, content) is not the stored commitment "
-            f"{_hex(row.commitment)}: the content or the customer's key was altered"
+            f"{to_hex(row.commitment)}: the content or the customer's key was altered"
         )
     try:
         document = json.loads(row.content)
@@ -425,8 +426,8 @@ def _check_leaf(row: _Row, finding: RecordFinding) -> bytes | None:
     ).digest()
     if computed != row.leaf:
         finding.problems.append(
-            f"leaf: the leaf input hashes to {_hex(computed)}, the stored leaf hash is "
-            f"{_hex(row.leaf)}"
+            f"leaf: the leaf input hashes to {to_hex(computed)}, the stored leaf hash is "
+            f"{to_hex(row.leaf)}"
         )
     return computed
 
@@ -487,7 +488,7 @@ def _check_inclusion(
     if rebuilt != anchored_root:
         finding.problems.append(
             f"inclusion: with this record's leaf, batch {row.batch_id} hashes to "
-            f"{_hex(rebuilt)}, but its root {where} is {_hex(anchored_root)}: this record or "
+            f"{to_hex(rebuilt)}, but its root {where} is {to_hex(anchored_root)}: this record or "
             "another of the batch was altered (the ledger audit names which)"
         )
     return False
@@ -502,7 +503,3 @@ def _kind_name(kind: int) -> str:
 
 def _b(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
-
-
-def _hex(value: bytes | None) -> str:
-    return "null" if value is None else "0x" + value.hex()

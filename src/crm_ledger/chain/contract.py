@@ -22,7 +22,12 @@ from typing import Any, ClassVar, TypeVar, cast
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress, Hash32, HexStr
+from eth_typing import ABIError, ABIEvent, ChecksumAddress, Hash32, HexStr
+from eth_utils.abi import (
+    abi_to_signature,
+    event_signature_to_log_topic,
+    function_signature_to_4byte_selector,
+)
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
@@ -179,8 +184,7 @@ class ContractClient:
         entry = next(
             item for item in self._abi if item["type"] == "event" and item["name"] == event
         )
-        types = ",".join(argument["type"] for argument in entry["inputs"])
-        return keccak(text=f"{event}({types})")
+        return event_signature_to_log_topic(abi_to_signature(cast(ABIEvent, entry)))
 
     async def _view(self, name: str, *args: Any) -> Any:
         """The view function `name(*args)`; a revert raises web3's `ContractLogicError`."""
@@ -306,6 +310,6 @@ def _error_decoders(abi: Sequence[dict[str, Any]]) -> dict[bytes, tuple[str, lis
     for entry in abi:
         if entry["type"] == "error":
             types = [argument["type"] for argument in entry["inputs"]]
-            selector = keccak(text=f"{entry['name']}({','.join(types)})")[:4]
+            selector = function_signature_to_4byte_selector(abi_to_signature(cast(ABIError, entry)))
             decoders[selector] = (entry["name"], types)
     return decoders

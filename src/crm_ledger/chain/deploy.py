@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.chain.client import EMPTY_CODE_HASH, LedgerChain, LedgerDeployment
 from crm_ledger.db.models import Batch, BatchStatus, Deployment
 from crm_ledger.errors import ChainError, ChainReset
+from crm_ledger.ledger.hexcodec import hex0x
 
 __all__ = ["LEDGER_CONTRACT", "ensure_ledger_deployment", "recover_new_epoch", "verify_deployment"]
 
@@ -118,14 +119,14 @@ async def verify_deployment(chain: LedgerChain, deployment: Deployment) -> None:
     code_hash = await chain.code_hash(deployment.address)
     if code_hash == EMPTY_CODE_HASH:
         problem = f"has no AuditLedger code at {deployment.address}"
-        expected, found = f"code {_hex(deployment.code_hash)}", "no code"
+        expected, found = f"code {hex0x(deployment.code_hash)}", "no code"
     elif code_hash != deployment.code_hash:
         problem = (
             f"has other code at {deployment.address} than the AuditLedger epoch "
             f"{deployment.epoch} deployed there (code hash {_short(deployment.code_hash)} "
             f"then, {_short(code_hash)} now)"
         )
-        expected, found = f"code {_hex(deployment.code_hash)}", f"code {_hex(code_hash)}"
+        expected, found = f"code {hex0x(deployment.code_hash)}", f"code {hex0x(code_hash)}"
     elif genesis != deployment.genesis_hash:
         # Same deployer, same nonce, same code: a fresh dev chain rebuilds the address, but
         # not the ledger's history.
@@ -133,7 +134,7 @@ async def verify_deployment(chain: LedgerChain, deployment: Deployment) -> None:
             f"is not the chain AuditLedger epoch {deployment.epoch} at {deployment.address} "
             "was deployed on"
         )
-        expected, found = f"genesis {_hex(deployment.genesis_hash)}", f"genesis {_hex(genesis)}"
+        expected, found = f"genesis {hex0x(deployment.genesis_hash)}", f"genesis {hex0x(genesis)}"
     else:
         return
     if genesis != deployment.genesis_hash:
@@ -264,7 +265,3 @@ def _requeue_all_batches(session: Session) -> int:
 
 def _short(value: bytes) -> str:
     return f"0x{value[:4].hex()}…"
-
-
-def _hex(value: bytes) -> str:
-    return "0x" + value.hex()

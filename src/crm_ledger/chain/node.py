@@ -20,8 +20,6 @@ port; on Linux it also dies with the process that started it (`chain.ownership`)
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import logging
 import os
 import platform
@@ -32,13 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+import httpx
 
 from crm_ledger.chain import ownership
 from crm_ledger.chain.anvil_state import keep_last_good, prepare_state_file
@@ -416,15 +414,11 @@ def _wait_until_ready(node: LocalNode, timeout: float) -> None:
 
 def _chain_id(rpc_url: str) -> int | None:
     """The node's chain id, or None while it does not answer yet."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
-    request = urllib.request.Request(
-        rpc_url, data=body.encode(), headers={"Content-Type": "application/json"}
-    )
+    request = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
     try:
-        with urllib.request.urlopen(request, timeout=1.0) as response:
-            answer = json.loads(response.read())
+        answer = httpx.post(rpc_url, json=request, timeout=1.0).json()
         return int(answer["result"], 16)
-    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
 
 

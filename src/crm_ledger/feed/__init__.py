@@ -29,8 +29,6 @@ refused with 410, so a consumer knows it missed events.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import uuid
@@ -42,6 +40,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger import cursors
 from crm_ledger.db import bulk
 from crm_ledger.db.models import FeedEvent, FeedMark, utcnow
 from crm_ledger.errors import Gone, Unprocessable
@@ -228,28 +227,14 @@ def read_page(
 
 def encode_cursor(position: int) -> str:
     """Opaque cursor that resumes just after feed position `position`."""
-    raw = (_CURSOR_PREFIX + str(position)).encode("ascii")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return cursors.pack_position(position, _CURSOR_PREFIX)
 
 
 def decode_cursor(cursor: str) -> int:
     """The position inside a cursor from `encode_cursor`; raises `Unprocessable` otherwise."""
-    position: int | None = None
-    if 0 < len(cursor) <= _MAX_CURSOR_LENGTH and cursor.isascii():
-        padded = cursor + "=" * (-len(cursor) % 4)
-        try:
-            raw = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
-        except (binascii.Error, UnicodeDecodeError):
-            raw = ""
-        digits = raw.removeprefix(_CURSOR_PREFIX)
-        if (
-            raw.startswith(_CURSOR_PREFIX)
-            and digits.isdecimal()
-            and digits.isascii()
-            and int(digits) <= _MAX_POSITION
-            and encode_cursor(int(digits)) == cursor
-        ):
-            position = int(digits)
+    position = cursors.unpack_position(
+        cursor, prefix=_CURSOR_PREFIX, maximum=_MAX_POSITION, max_length=_MAX_CURSOR_LENGTH
+    )
     if position is None:
         raise Unprocessable(
             "`after` is not a cursor this feed issued: pass the `next_cursor` (or an event's "

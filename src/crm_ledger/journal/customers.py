@@ -13,14 +13,13 @@ and its idempotency entry together).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from crm_ledger import cursors
 from crm_ledger.db.models import Customer, new_id, utcnow
 from crm_ledger.errors import Conflict, NotFound, Unprocessable
 from crm_ledger.journal.privacy import (
@@ -191,25 +190,12 @@ def list_customers(
 
 def encode_cursor(pk: int) -> str:
     """Opaque cursor pointing just after the row with this `pk`."""
-    return base64.urlsafe_b64encode(str(pk).encode("ascii")).rstrip(b"=").decode("ascii")
+    return cursors.pack_position(pk)
 
 
 def decode_cursor(cursor: str) -> int:
     """The `pk` inside a cursor from `encode_cursor`; raises `Unprocessable` for anything else."""
-    pk: int | None = None
-    if 0 < len(cursor) <= _MAX_CURSOR_LENGTH and cursor.isascii():
-        padded = cursor + "=" * (-len(cursor) % 4)
-        try:
-            digits = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
-        except (binascii.Error, UnicodeDecodeError):
-            digits = ""
-        if (
-            digits.isdecimal()
-            and digits.isascii()
-            and int(digits) <= _MAX_PK
-            and encode_cursor(int(digits)) == cursor
-        ):
-            pk = int(digits)
+    pk = cursors.unpack_position(cursor, maximum=_MAX_PK, max_length=_MAX_CURSOR_LENGTH)
     if pk is None:
         raise Unprocessable(
             "cursor is not one this API issued: pass the next_cursor of the previous page "

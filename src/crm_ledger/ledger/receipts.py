@@ -1,7 +1,7 @@
 """Receipts, format "crm-ledger/receipt/v1": self-contained proof that a record is in the ledger.
 
-Exports: `RECEIPT_FORMAT`, `Receipt`, `BatchRef`, `ChainRef`, `Step`, `check_receipt`, `hex0x`,
-`unhex`.
+Exports: `RECEIPT_FORMAT`, `Receipt`, `BatchRef`, `ChainRef`, `Step`, `check_receipt`, and
+`hex0x` / `unhex` (from `ledger.hexcodec`, where they live).
 
 A receipt carries the record's leaf input, its RFC 9162 audit path inside its batch's tree, the
 batch (first seq, count, root, previous and new running head) and where the batch was anchored.
@@ -12,7 +12,6 @@ docs/ledger-format.md describes every field.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,8 @@ from eth_utils.address import to_checksum_address
 
 from crm_ledger.errors import FormatError, InvalidProof
 from crm_ledger.ledger.canonical import commitment
+from crm_ledger.ledger.hexcodec import describe_json as _describe
+from crm_ledger.ledger.hexcodec import hex0x, unhex
 from crm_ledger.ledger.leaf import LEAF_INPUT_SIZE, MAX_SEQ, LeafInput
 from crm_ledger.ledger.merkle import HASH_SIZE, leaf_hash, next_head, root_from_inclusion_proof
 
@@ -31,8 +32,6 @@ MAX_UINT32 = 2**32 - 1
 MAX_UINT256 = 2**256 - 1
 # A batch holds at most 2**32 - 1 leaves (count is a uint32 on chain), so no path is longer.
 MAX_AUDIT_PATH = 32
-
-_HEX = re.compile(r"0x[0-9a-fA-F]*")
 
 _RECEIPT_FIELDS = (
     "format",
@@ -48,31 +47,6 @@ _RECEIPT_FIELDS = (
 )
 _BATCH_FIELDS = ("id", "first_seq", "count", "root", "previous_head", "head")
 _CHAIN_FIELDS = ("chain_id", "contract", "epoch", "tx_hash", "block_number", "block_hash")
-
-
-def hex0x(b: bytes) -> str:
-    """Lower-case 0x-prefixed hex of `b` (the receipt's spelling of bytes)."""
-    return "0x" + b.hex()
-
-
-def unhex(field: str, value: object, size: int | None) -> bytes:
-    """Decode 0x-hex `value`, exactly `size` bytes unless size is None; `field` names it in errors.
-
-    For example `unhex("receipt.batch.root", "0x" + "ab" * 31, 32)` raises `FormatError`
-    "receipt.batch.root must be 32 bytes of 0x-hex, got 31".
-    """
-    expected = f"{size} bytes of 0x-hex" if size is not None else "0x-hex bytes"
-    if not isinstance(value, str):
-        raise FormatError(f"{field} must be {expected}, got {_describe(value)}")
-    if not _HEX.fullmatch(value):
-        raise FormatError(f"{field} must be {expected}, got {_shorten(value)!r}")
-    digits = len(value) - 2
-    if digits % 2:
-        raise FormatError(f"{field} must be {expected}, got an odd number of hex digits ({digits})")
-    data = bytes.fromhex(value[2:])
-    if size is not None and len(data) != size:
-        raise FormatError(f"{field} must be {expected}, got {len(data)}")
-    return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,24 +357,3 @@ def _checksummed_address(field: str, value: object) -> str:
             f"{checksummed!r}"
         )
     return checksummed
-
-
-def _describe(value: object) -> str:
-    """How a JSON value of the wrong type is named in an error."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return f"a string ({_shorten(value)!r})"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"

@@ -23,6 +23,7 @@ from crm_ledger.db.models import (
 )
 from crm_ledger.journal.customers import get_customer
 from crm_ledger.journal.schemas import format_timestamp
+from crm_ledger.ledger.hexcodec import hex0x_or_none
 from crm_ledger.loyalty.lots import LotStatus
 from crm_ledger.loyalty.redemptions import RedemptionStatus, available_lots
 from crm_ledger.loyalty.schemas import HistoryEntry, LotPublic, LoyaltyAccountPublic
@@ -30,10 +31,6 @@ from crm_ledger.loyalty.wallets import WalletKeyring, customer_address
 
 #: The most lots and history entries one answer lists (newest first).
 HISTORY_LIMIT = 200
-
-
-def _hex(value: bytes | None) -> str | None:
-    return "0x" + value.hex() if value is not None else None
 
 
 def live_points(session: Session, customer_pk: int) -> int:
@@ -104,7 +101,7 @@ def loyalty_account(
                 status=lot.status,
                 earned_at=format_timestamp(lot.earned_at),
                 expires_at=format_timestamp(lot.expires_at) if lot.expires_at else None,
-                tx_hash=_hex(lot.tx_hash),
+                tx_hash=hex0x_or_none(lot.tx_hash),
             )
             for lot in lots
         ],
@@ -152,7 +149,7 @@ def _history(
             points=lot.points,
             status=lot.status,
             at=format_timestamp(lot.issued_at or lot.earned_at),
-            tx_hash=_hex(lot.tx_hash),
+            tx_hash=hex0x_or_none(lot.tx_hash),
             block_number=lot.block_number,
             campaign_id=campaigns.get(lot.campaign_pk),
         )
@@ -164,7 +161,7 @@ def _history(
             points=redemption.points,
             status=redemption.status,
             at=format_timestamp(redemption.redeemed_at or redemption.created_at),
-            tx_hash=_hex(redemption.tx_hash),
+            tx_hash=hex0x_or_none(redemption.tx_hash),
             block_number=redemption.block_number,
             redemption_id=redemption.id,
             reward_ref=redemption.reward_ref,
@@ -177,7 +174,7 @@ def _history(
             points=expiration.points,
             status=expiration.status,
             at=format_timestamp(expiration.expired_at or expiration.created_at),
-            tx_hash=_hex(expiration.tx_hash),
+            tx_hash=hex0x_or_none(expiration.tx_hash),
             block_number=expiration.block_number,
             reason=expiration.reason,
         )

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
-from eth_typing import ChecksumAddress, Hash32, HexStr
+from eth_typing import ABIFunction, ChecksumAddress, Hash32, HexStr
+from eth_utils.abi import function_abi_to_4byte_selector
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3
@@ -387,7 +388,7 @@ def _function_encoders(abi: Sequence[dict[str, Any]]) -> dict[str, tuple[bytes, 
         if entry["type"] == "function":
             types = [argument["type"] for argument in entry["inputs"]]
             encoders[entry["name"]] = (
-                keccak(text=f"{entry['name']}({','.join(types)})")[:4],
+                function_abi_to_4byte_selector(cast(ABIFunction, entry)),
                 types,
             )
     return encoders

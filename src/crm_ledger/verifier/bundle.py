@@ -33,14 +33,9 @@ from typing import Any
 
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger.canonical import CUSTOMER_KEY_SIZE
+from crm_ledger.ledger.hexcodec import hex0x, unhex
 from crm_ledger.ledger.leaf import LEAF_INPUT_SIZE, MAX_SEQ
-from crm_ledger.ledger.receipts import (
-    MAX_AUDIT_PATH,
-    BatchRef,
-    ChainRef,
-    hex0x,
-    unhex,
-)
+from crm_ledger.ledger.receipts import MAX_AUDIT_PATH, BatchRef, ChainRef
 
 BUNDLE_FORMAT = "crm-ledger/bundle/v1"
 #: No line of a valid bundle comes near this (a record's content is at most 64 KiB of JSON).
@@ -273,29 +268,15 @@ def parse_record(obj: dict[str, Any], where: str) -> BundleRecord:
                 f"{where}.audit_path must be null or an array of at most {MAX_AUDIT_PATH} "
                 f"hashes, got {_describe(path)}"
             )
-        audit_path = tuple(_hex(f"{where}.audit_path[{i}]", h, 32) for i, h in enumerate(path))
+        audit_path = tuple(unhex(f"{where}.audit_path[{i}]", h, 32) for i, h in enumerate(path))
     return BundleRecord(
         seq=seq,
         record_id=record_id,
         customer_id=customer_id,
         content=content,
-        leaf_input=_hex(f"{where}.leaf_input", obj["leaf_input"], LEAF_INPUT_SIZE),
+        leaf_input=unhex(f"{where}.leaf_input", obj["leaf_input"], LEAF_INPUT_SIZE),
         audit_path=audit_path,
     )
-
-
-def _hex(where: str, value: object, size: int) -> bytes:
-    """`unhex` with a fast path for the well-formed case (it is on every record line)."""
-    if type(value) is str and len(value) == 2 + 2 * size and value.startswith("0x"):
-        try:
-            data = bytes.fromhex(value[2:])
-        except ValueError:
-            pass
-        else:
-            # fromhex skips spaces, so a length check keeps "0x0a 0b..." out.
-            if len(data) == size:
-                return data
-    return unhex(where, value, size)
 
 
 def _fields(where: str, obj: Mapping[str, Any], allowed: frozenset[str]) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger import merkle
-from crm_ledger.ledger.receipts import BatchRef, ChainRef, hex0x
+from crm_ledger.ledger.hexcodec import hex0x
+from crm_ledger.ledger.receipts import BatchRef, ChainRef
 from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain
 
 DIGEST_FORMAT = "crm-ledger/digest/v1"

@@ -26,8 +26,9 @@ from typing import Any
 
 from crm_ledger.errors import FormatError, InvalidProof
 from crm_ledger.ledger import merkle
+from crm_ledger.ledger.hexcodec import hex0x
 from crm_ledger.ledger.leaf import FORMAT_VERSION, LEAF_INPUT_SIZE, MAX_SEQ, RecordKind
-from crm_ledger.ledger.receipts import BatchRef, hex0x
+from crm_ledger.ledger.receipts import BatchRef
 from crm_ledger.verifier.bundle import (
     MAX_LINE_BYTES,
     RECORD_FIELDS,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from crm_ledger.errors import AnchorRejected, ChainError, ChainUnavailable
-from crm_ledger.ledger.receipts import BatchRef, ChainRef, Step, hex0x
+from crm_ledger.ledger.hexcodec import hex0x
+from crm_ledger.ledger.receipts import BatchRef, ChainRef, Step
 from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 from crm_ledger.errors import ChainUnavailable, FormatError
 from crm_ledger.ledger.canonical import CUSTOMER_KEY_SIZE, canonical_json
+from crm_ledger.ledger.hexcodec import unhex
 from crm_ledger.ledger.leaf import LeafInput
-from crm_ledger.ledger.receipts import Receipt, check_receipt, unhex
+from crm_ledger.ledger.receipts import Receipt, check_receipt
 from crm_ledger.verifier.chain import AuditChain
 from crm_ledger.verifier.onchain import CheckStep, StepStatus, check_anchoring, check_network
 

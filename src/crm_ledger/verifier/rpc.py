@@ -28,6 +28,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
 from crm_ledger.errors import ChainError, ChainUnavailable
+from crm_ledger.ledger.hexcodec import hex0x
 
 #: Block range per eth_getLogs request; public providers cap ranges at a few thousand blocks.
 LOG_CHUNK_BLOCKS = 2_000
@@ -38,10 +39,6 @@ _UNKNOWN_BATCH = keccak(b"AuditLedgerUnknownBatch(uint256)")[:4]
 
 def _selector(signature: str) -> bytes:
     return keccak(signature.encode("ascii"))[:4]
-
-
-def _hex(data: bytes) -> str:
-    return "0x" + data.hex()
 
 
 def _bytes(value: object) -> bytes:
@@ -122,7 +119,7 @@ class JsonRpcChain:
             abi_encode(arg_types.split(","), list(args)) if arg_types else b""
         )
         result = _bytes(
-            await self._call("eth_call", {"to": self._address, "data": _hex(data)}, "latest")
+            await self._call("eth_call", {"to": self._address, "data": hex0x(data)}, "latest")
         )
         if not result:
             raise ChainError(
@@ -188,16 +185,16 @@ class JsonRpcChain:
 
     async def receipt(self, tx_hash: bytes) -> _BatchEvent | None:
         """The mined anchor transaction `tx_hash` and its batch, or None while unknown."""
-        raw = await self._call("eth_getTransactionReceipt", _hex(tx_hash))
+        raw = await self._call("eth_getTransactionReceipt", hex0x(tx_hash))
         if raw is None:
             return None
         if _int(raw["status"]) != 1:
-            raise ChainError(f"transaction {_hex(tx_hash)} reverted: it anchored nothing")
+            raise ChainError(f"transaction {hex0x(tx_hash)} reverted: it anchored nothing")
         for log in raw.get("logs", []):
             if self._is_batch_anchored(log):
                 return self._decode(log)
         raise ChainError(
-            f"transaction {_hex(tx_hash)} holds no BatchAnchored event of the AuditLedger at "
+            f"transaction {hex0x(tx_hash)} holds no BatchAnchored event of the AuditLedger at "
             f"{self._address}: it is not one of this ledger's anchors"
         )
 
@@ -209,9 +206,9 @@ class JsonRpcChain:
     async def _logs(
         self, from_block: int, to_block: int, *, batch_id: int | None = None
     ) -> list[_BatchEvent]:
-        topics: list[Any] = [_hex(_BATCH_ANCHORED)]
+        topics: list[Any] = [hex0x(_BATCH_ANCHORED)]
         if batch_id is not None:
-            topics.append(_hex(batch_id.to_bytes(32, "big")))
+            topics.append(hex0x(batch_id.to_bytes(32, "big")))
         query = {
             "address": self._address,
             "fromBlock": hex(from_block),

@@ -2,7 +2,7 @@
 422 for bad query parameters.
 
 Exports: `Epochs`, `current_epochs`, `encode_cursor`, `decode_cursor`, `bad_parameter`,
-`hex_or_none`, `aware`, `timestamp_or_none`, `LEDGER`, `TOKEN`.
+`aware`, `timestamp_or_none`, `LEDGER`, `TOKEN`.
 
 Cursors are opaque (URL-safe base64 of a small JSON document) and tied to what they page: the
 decoder refuses anything that does not re-encode to the very same text.
@@ -10,9 +10,6 @@ decoder refuses anything that does not re-encode to the very same text.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from crm_ledger import cursors
 from crm_ledger.db.models import Deployment, IndexerStream
 from crm_ledger.errors import Unprocessable
 from crm_ledger.journal.schemas import format_timestamp
@@ -33,7 +31,6 @@ __all__ = [
     "current_epochs",
     "decode_cursor",
     "encode_cursor",
-    "hex_or_none",
     "timestamp_or_none",
 ]
 
@@ -76,20 +73,13 @@ def current_epochs(session: Session) -> Epochs:
 
 def encode_cursor(document: dict[str, Any]) -> str:
     """The opaque cursor for `document` (canonical JSON, URL-safe base64 without padding)."""
-    raw = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return cursors.pack_document(document)
 
 
 def decode_cursor(cursor: str, field: str) -> dict[str, Any]:
     """The document of a cursor `encode_cursor` made; raises `Unprocessable` naming `field`."""
-    document: Any = None
-    if 0 < len(cursor) <= _MAX_CURSOR_LENGTH and cursor.isascii():
-        padded = cursor + "=" * (-len(cursor) % 4)
-        try:
-            document = json.loads(base64.b64decode(padded, altchars=b"-_", validate=True))
-        except (binascii.Error, ValueError):
-            document = None
-    if not isinstance(document, dict) or encode_cursor(document) != cursor:
+    document = cursors.unpack_document(cursor, max_length=_MAX_CURSOR_LENGTH)
+    if document is None:
         raise bad_parameter(
             field,
             "is not a cursor this API issued: pass the next_cursor of the previous page "
@@ -104,11 +94,6 @@ def bad_parameter(field: str, message: str) -> Unprocessable:
         f"{field} {message}",
         errors=[{"location": "query", "field": field, "message": message}],
     )
-
-
-def hex_or_none(value: bytes | None) -> str | None:
-    """`0x`-prefixed hex of `value`, or None."""
-    return "0x" + bytes(value).hex() if value is not None else None
 
 
 def aware(value: Any) -> datetime | None:

@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Row, and_, or_, select
 from sqlalchemy.orm import Session
 
 from crm_ledger.crm.schemas import LedgerState, TimelineItem
-from crm_ledger.crm.view.common import Epochs, bad_parameter, decode_cursor, hex_or_none
+from crm_ledger.crm.view.common import Epochs, bad_parameter, decode_cursor
 from crm_ledger.db.models import (
     Batch,
     BatchStatus,
@@ -38,6 +38,7 @@ from crm_ledger.db.models import (
     Record,
 )
 from crm_ledger.journal.schemas import format_timestamp
+from crm_ledger.ledger.hexcodec import hex0x_or_none
 from crm_ledger.ledger.leaf import RecordKind
 
 __all__ = [
@@ -226,9 +227,9 @@ def _record_state(row: Any, epochs: Epochs) -> LedgerState:
             return LedgerState(
                 state="confirmed",
                 epoch=epochs.ledger,
-                tx_hash=hex_or_none(row.indexed_tx_hash),
+                tx_hash=hex0x_or_none(row.indexed_tx_hash),
                 block_number=row.indexed_block_number,
-                block_hash=hex_or_none(row.indexed_block_hash),
+                block_hash=hex0x_or_none(row.indexed_block_hash),
                 **base,
             )
         drift = (
@@ -239,13 +240,13 @@ def _record_state(row: Any, epochs: Epochs) -> LedgerState:
         return LedgerState(
             state="anchored",
             epoch=row.epoch,
-            tx_hash=hex_or_none(row.tx_hash),
+            tx_hash=hex0x_or_none(row.tx_hash),
             block_number=row.block_number,
-            block_hash=hex_or_none(row.block_hash),
+            block_hash=hex0x_or_none(row.block_hash),
             drift=drift,
             **base,
         )
-    return LedgerState(state="pending", tx_hash=hex_or_none(row.tx_hash), drift=drift, **base)
+    return LedgerState(state="pending", tx_hash=hex0x_or_none(row.tx_hash), drift=drift, **base)
 
 
 # Loyalty: rewards, redemptions, expiries ----------------------------------------------------
@@ -264,13 +265,13 @@ def _token_state(
         return LedgerState(
             state="confirmed",
             epoch=epoch,
-            tx_hash=hex_or_none(indexed.indexed_tx_hash),
+            tx_hash=hex0x_or_none(indexed.indexed_tx_hash),
             block_number=indexed.indexed_block_number,
-            block_hash=hex_or_none(indexed.indexed_block_hash),
+            block_hash=hex0x_or_none(indexed.indexed_block_hash),
         )
     if status == final:
         return LedgerState(
-            state="anchored", tx_hash=hex_or_none(tx_hash), block_number=block_number
+            state="anchored", tx_hash=hex0x_or_none(tx_hash), block_number=block_number
         )
     if status == "failed":
         return LedgerState(state="failed")
@@ -325,7 +326,7 @@ def _reward_items(
             "campaign_id": row.campaign_id,
             "campaign_name": row.campaign_name,
             "source": lot.source,
-            "issuance_id": hex_or_none(lot.issuance_id),
+            "issuance_id": hex0x_or_none(lot.issuance_id),
             "expires_at": format_timestamp(lot.expires_at) if lot.expires_at else None,
         }
         ledger = _token_state(
@@ -393,7 +394,7 @@ def _burn_items(
                 "points": burn.points,
                 own_detail: getattr(burn, own_detail),
                 "status": burn.status,
-                "burn_id": hex_or_none(burn.burn_id),
+                "burn_id": hex0x_or_none(burn.burn_id),
             },
             ledger=_token_state(
                 burn.status,
