@@ -6,12 +6,18 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import metrics
-from crm_ledger.api.group_commit import GroupCommitter, close_committers, committer_for
+from crm_ledger.api.group_commit import (
+    POSTGRESQL_WRITERS,
+    GroupCommitter,
+    close_committers,
+    committer_for,
+)
 from crm_ledger.db.models import Customer
 from crm_ledger.db.session import make_session_factory
 from crm_ledger.ledger.canonical import new_customer_key
@@ -105,16 +111,54 @@ def test_a_failed_shared_commit_runs_each_write_alone(
         assert sorted(session.scalars(select(Customer.external_ref))) == ["a", "b", "c"]
 
 
+def test_with_two_writers_a_group_commits_while_another_is_still_running(
+    session_factory: sessionmaker[Session], database_url: str
+) -> None:
+    """The second writer takes what is queued while the first is busy: here the first group
+    cannot finish until the second one has committed (one writer would wait forever)."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has one write lock: its committer has one writer")
+    committer = GroupCommitter(session_factory, writers=2)
+    first_running, second_committed = threading.Event(), threading.Event()
+
+    def first(session: Session) -> str:
+        session.add(Customer(external_ref="first", key=new_customer_key()))
+        session.flush()
+        first_running.set()
+        assert second_committed.wait(30), "the second group never committed beside this one"
+        return "first"
+
+    def second(session: Session) -> str:
+        session.add(Customer(external_ref="second", key=new_customer_key()))
+        return "second"
+
+    try:
+        pending = committer.submit(first)
+        assert first_running.wait(30)  # its group is formed: what comes next is another group
+        assert committer.submit(second).result(timeout=30) == "second"
+        with session_factory() as session:  # committed, and visible, before the first group
+            assert list(session.scalars(select(Customer.external_ref))) == ["second"]
+        second_committed.set()
+        assert pending.result(timeout=30) == "first"
+    finally:
+        second_committed.set()
+        committer.close()
+    with session_factory() as session:
+        assert sorted(session.scalars(select(Customer.external_ref))) == ["first", "second"]
+
+
 def test_disposing_the_engine_stops_its_committer(engine: Engine) -> None:
     with make_session_factory(engine)() as session:
         committer = committer_for(session)
         assert committer_for(session) is committer
     assert committer.run(lambda s: s.scalar(select(func.count()).select_from(Customer))) == 0
-    thread = committer._thread
-    assert thread.is_alive()
+    threads = committer._threads
+    assert len(threads) == (1 if engine.dialect.name == "sqlite" else POSTGRESQL_WRITERS)
+    assert all(thread.is_alive() for thread in threads)
     engine.dispose()
-    thread.join(10)
-    assert not thread.is_alive()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
     with make_session_factory(engine)() as session:
         assert committer_for(session) is not committer  # a new one, should it be used again
         close_committers(engine)

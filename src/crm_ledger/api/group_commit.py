@@ -3,8 +3,9 @@
 Exports: `GroupCommitter`, `committer_for`, `close_committers`.
 
 A 2xx on a write means the record is committed, so every write waits for a commit, and with
-SQLite at `synchronous=FULL` a commit is an fsync. One writer thread per database takes every
-write queued while the previous commit was in progress, runs each in a SAVEPOINT of its own
+SQLite at `synchronous=FULL` a commit is an fsync. One writer thread per database (on
+PostgreSQL `POSTGRESQL_WRITERS`, whose groups run side by side) takes every write queued while
+its previous commit was in progress, runs each in a SAVEPOINT of its own
 (one failing write rolls back only itself), commits once, and only then answers each caller.
 The savepoints are only taken when needed: a group is first run without them, and only if one of
 its writes fails is it run again with them.
@@ -37,18 +38,26 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Upper bound on writes sharing one commit (keeps one transaction's lock hold short).
 MAX_GROUP = 256
+#: Writer threads per PostgreSQL database: while one group waits for its commit (a WAL flush),
+#: the next runs its statements on another connection, and PostgreSQL flushes concurrent
+#: commits together. SQLite has one write lock, so one thread (a second would only queue).
+POSTGRESQL_WRITERS = 4
 
 _Job = tuple[Callable[[Session], Any], "Future[Any]"]
 
 
 class GroupCommitter:
-    """One writer thread for one database; `run(job)` blocks until `job` is committed,
-    `submit(job)` returns a future of it."""
+    """Writer threads for one database (`writers`, one by default); `run(job)` blocks until
+    `job` is committed, `submit(job)` returns a future of it. Each thread takes whatever is
+    queued when it is free, so with several, groups are run and committed side by side."""
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], *, writers: int = 1) -> None:
         self._session_factory = session_factory
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="group-commit", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"group-commit-{n}", daemon=True)
+            for n in range(writers)
+        ]
         self._started = False
         self._start_lock = threading.Lock()
 
@@ -67,16 +76,20 @@ class GroupCommitter:
         return future
 
     def close(self) -> None:
-        """Finish queued writes, then stop the thread."""
+        """Finish queued writes, then stop the threads (each stops at the first None it takes,
+        after everything queued before it)."""
         if self._started:
-            self._queue.put(None)
-            self._thread.join(timeout=30)
+            for _ in self._threads:
+                self._queue.put(None)
+            for thread in self._threads:
+                thread.join(timeout=30)
 
     def _ensure_started(self) -> None:
         if not self._started:
             with self._start_lock:
                 if not self._started:
-                    self._thread.start()
+                    for thread in self._threads:
+                        thread.start()
                     self._started = True
 
     def _loop(self) -> None:
@@ -178,8 +191,9 @@ def committer_for(session: Session) -> GroupCommitter:
     with _guard:
         committer = _committers.get(engine)
         if committer is None:
+            writers = 1 if engine.dialect.name == "sqlite" else POSTGRESQL_WRITERS
             committer = _committers[engine] = GroupCommitter(
-                sessionmaker(engine, expire_on_commit=False)
+                sessionmaker(engine, expire_on_commit=False), writers=writers
             )
             event.listen(engine, "engine_disposed", close_committers)
         return committer
