@@ -58,6 +58,7 @@ from crm_ledger.indexer.indexer import Indexer
 from crm_ledger.indexer.source import JsonRpcSource
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
+from crm_ledger.serving import tune_garbage_collector
 
 _ANCHOR = keccak(text="anchor(uint64,uint32,bytes32)")[:4]
 _RPC_BATCH = 1000
@@ -237,7 +238,9 @@ async def bare_fetch(url: str, ledger: str, first: int, last: int) -> tuple[floa
     return time.perf_counter() - started, count
 
 
-async def bench_index(events: int, engine: Engine, work: Path) -> IndexFigures:
+async def bench_index(
+    events: int, engine: Engine, work: Path, *, tune_gc: bool = True
+) -> IndexFigures:
     session_factory = make_session_factory(engine)
     node = start_anvil(port=free_port(), state_path=None)
     w3 = make_async_web3(node.rpc_url, 120.0)
@@ -266,6 +269,8 @@ async def bench_index(events: int, engine: Engine, work: Path) -> IndexFigures:
         indexer = Indexer(
             session_factory=session_factory, source=JsonRpcSource(w3), settings=settings
         )
+        if tune_gc:  # as `serve` and `crm-ledger worker` run the indexer
+            tune_garbage_collector()
         started = time.perf_counter()
         while await indexer.step():
             pass
@@ -465,12 +470,17 @@ def main() -> None:
         help="index into this PostgreSQL database (a fresh schema) instead of SQLite",
     )
     parser.add_argument("--skip-view", action="store_true", help="run the index phase only")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's default collector thresholds (serve and the workers tune them)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="crm-ledger-bench-indexer-"))
     engine, backend, cleanup = bench_engine(args.database_url, work)
     try:
-        index = asyncio.run(bench_index(args.events, engine, work))
+        index = asyncio.run(bench_index(args.events, engine, work, tune_gc=not args.default_gc))
         view = None if args.skip_view else asyncio.run(bench_view(args.rate, args.seconds, work))
     finally:
         cleanup()

@@ -422,6 +422,7 @@ def _run_worker_alone(
     signal.
     """
     from crm_ledger.runtime import Runtime
+    from crm_ledger.serving import tune_garbage_collector
     from crm_ledger.workers import WorkerState
 
     settings = _settings(data_dir)
@@ -452,6 +453,7 @@ def _run_worker_alone(
             return 1
         return 0
 
+    tune_garbage_collector()
     try:
         code = asyncio.run(run())
     finally:
