@@ -1,10 +1,14 @@
 """Benchmark: signed shop webhooks accepted and mapped to anchored records, against the plain
 single-record POST /v1/orders, in the same run.
 
-Run with `make bench-ingest` or `.venv/bin/python scripts/bench_ingest.py [--records N]`.
-Everything runs on 127.0.0.1 and stops by itself: a fresh in-memory Anvil, the service as a
-subprocess on a fresh SQLite journal (its ingest worker inside), and an HTTP load generator in
-this process. Prints one table; docs/benchmarks.md records what it printed.
+Run with `make bench-ingest` or `.venv/bin/python scripts/bench_ingest.py [--records N]
+[--layout in-process|worker|both]`. Everything runs on 127.0.0.1 and stops by itself: a fresh
+in-memory Anvil, the service as a subprocess on a fresh SQLite journal, and an HTTP load
+generator in this process. Layouts: `in-process` (the default service: the ingest mapper runs
+inside `serve`), `worker` (`CRM_LEDGER_RUN_INGEST=false` and `crm-ledger worker ingest` as a
+second process on the same journal), `both` (one after the other, each with its own plain POST
+baseline, each on a fresh node and journal). Prints one table per layout; docs/benchmarks.md
+records what it printed.
 
 Phases:
   plain     N `POST /v1/orders` (one record each) from C concurrent clients: POST/s, and
@@ -27,6 +31,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
 import tempfile
 import time
 import uuid
@@ -139,14 +145,26 @@ async def burst(send: Any, records: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, float]:
+def start_worker(service: benchlib.Service) -> subprocess.Popen[bytes]:
+    """`crm-ledger worker ingest` on the service's journal."""
+    return subprocess.Popen(
+        [str(benchlib.BIN / "crm-ledger"), "worker", "ingest", "--log-level", "warning"],
+        env=service.env,
+    )
+
+
+async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -> dict[str, float]:
+    env = {"CRM_LEDGER_MASTER_KEY": SECRET_KEY}
+    if layout == "worker":
+        env["CRM_LEDGER_RUN_INGEST"] = "false"
     service = benchlib.Service(
-        work / "service",
+        work / f"service-{layout}",
         rpc_url,
         role="admin",
-        env={"CRM_LEDGER_MASTER_KEY": SECRET_KEY},
+        env=env,
         ready=lambda readyz: readyz.get("chain", {}).get("state") == "running",
     )
+    worker = start_worker(service) if layout == "worker" else None
     limits = httpx.Limits(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
@@ -225,6 +243,9 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, f
             "paced_failures": failures,
         }
     finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
         service.stop()
 
 
@@ -236,15 +257,33 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=float, default=200.0, help="paced deliveries/s offered")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced phase length")
+    parser.add_argument(
+        "--layout",
+        choices=("in-process", "worker", "both"),
+        default="both",
+        help="where the ingest mapper runs (see above)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="crm-ledger-bench-ingest-"))
-    node = start_anvil(port=free_port(), state_path=None)
-    try:
-        figures = asyncio.run(run(args, node.rpc_url, work))
-    finally:
-        node.stop()
+    layouts = ("in-process", "worker") if args.layout == "both" else (args.layout,)
+    for layout in layouts:
+        load = os.getloadavg()
+        node = start_anvil(port=free_port(), state_path=None)
+        try:
+            figures = asyncio.run(run(args, node.rpc_url, work, layout))
+        finally:
+            node.stop()
+        report(layout, figures, (load, os.getloadavg()))
+
+
+def report(
+    layout: str, figures: dict[str, float], loads: tuple[tuple[float, ...], tuple[float, ...]]
+) -> None:
+    """Print one layout's table."""
     ratio = figures["webhook_records_per_second"] / figures["plain_records_per_second"]
     accept_ratio = figures["webhook_accepted_per_second"] / figures["plain_post_per_second"]
+    before, after = (f"{load[0]:.1f}" for load in loads)
+    print(f"\nlayout: {layout} (load average {before} before, {after} after)")
     print(f"{'':34}{'plain POST':>14}{'webhook':>14}{'webhook/plain':>16}")
     print(
         f"{'requests answered per second':34}{figures['plain_post_per_second']:14.0f}"
@@ -257,7 +296,8 @@ def main() -> None:
     print(
         f"webhook accept latency at {figures['paced_offered']:.0f}/s: "
         f"p50 {figures['accept_p50_ms']:.1f} ms, p99 {figures['accept_p99_ms']:.1f} ms, "
-        f"{figures['paced_failures']:.0f} not answered 200 within 10 s"
+        f"{figures['paced_failures']:.0f} not answered 200 within 10 s",
+        flush=True,
     )
 
 
