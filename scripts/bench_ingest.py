@@ -19,6 +19,9 @@ Phases:
             the worker, then anchoring).
   paced     R deliveries/s offered for S seconds (open loop): accept latency p50/p99 as the
             client measures it (send → 200).
+Also printed: the CPU time the service's processes (serve, and the ingest worker) spent per
+record in each burst phase, from its first request to its last record anchored (Anvil and the
+load generator not included): what the machine's load does not change much.
 Target (issue 11): the webhook rate within 20 % of the plain POST rate; p99 accept < 50 ms at
 200/s.
 """
@@ -145,6 +148,15 @@ async def burst(send: Any, records: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes `pids` have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def start_worker(service: benchlib.Service) -> subprocess.Popen[bytes]:
     """`crm-ledger worker ingest` on the service's journal."""
     return subprocess.Popen(
@@ -192,9 +204,12 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -
                 answer = await client.post("/v1/orders", json=plain_order(customer, n))
                 assert answer.status_code == 201, answer.text
 
+            pids = [service.process.pid] + ([worker.pid] if worker is not None else [])
+            cpu_start = cpu_seconds(pids)
             first = time.time()
             plain_elapsed = await burst(post_plain, args.records, args.concurrency)
             plain_last = await asyncio.to_thread(wait_anchored, service.data_dir, args.records, 300)
+            cpu_plain = cpu_seconds(pids)
 
             deliveries = [signed(n) for n in range(args.records + int(args.rate * args.seconds))]
 
@@ -208,6 +223,7 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -
             hook_last = await asyncio.to_thread(
                 wait_anchored, service.data_dir, 2 * args.records, 300
             )
+            cpu_hook = cpu_seconds(pids)
 
         latencies: list[float] = []
         failures = 0
@@ -237,6 +253,8 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -
             "plain_records_per_second": args.records / (plain_last - first),
             "webhook_accepted_per_second": args.records / hook_elapsed,
             "webhook_records_per_second": args.records / (hook_last - hook_first),
+            "plain_cpu_ms": (cpu_plain - cpu_start) * 1000 / args.records,
+            "webhook_cpu_ms": (cpu_hook - cpu_plain) * 1000 / args.records,
             "paced_offered": args.rate,
             "accept_p50_ms": percentile(latencies, 50) * 1000,
             "accept_p99_ms": percentile(latencies, 99) * 1000,
@@ -292,6 +310,11 @@ def report(
     print(
         f"{'records anchored per second':34}{figures['plain_records_per_second']:14.0f}"
         f"{figures['webhook_records_per_second']:14.0f}{ratio:16.2f}"
+    )
+    print(
+        f"{'server CPU ms per record':34}{figures['plain_cpu_ms']:14.2f}"
+        f"{figures['webhook_cpu_ms']:14.2f}"
+        f"{figures['webhook_cpu_ms'] / figures['plain_cpu_ms']:16.2f}"
     )
     print(
         f"webhook accept latency at {figures['paced_offered']:.0f}/s: "
