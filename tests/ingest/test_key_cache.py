@@ -19,7 +19,13 @@ from crm_ledger.db.models import IngestDelivery
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.helpers import problem
 from tests.ingest.conftest import TestClient, ingest_settings, make_source, webhook_path
-from tests.ingest.shops import SHOPIFY_SECRET, body_of, shopify_headers, shopify_order
+from tests.ingest.shops import (
+    SHOPIFY_SECRET,
+    WOO_SECRET,
+    body_of,
+    shopify_headers,
+    shopify_order,
+)
 
 NEW_SECRET = "shpss_rotated_ffffffffffffffffffffffff"
 
@@ -128,3 +134,17 @@ def test_a_source_deleted_elsewhere_stops_accepting_at_once(
     assert deleted.status_code in (200, 204), deleted.text
     problem(_send(webhook_app, source, SHOPIFY_SECRET, 2), 404)
     assert _stored(admin_app) == 1
+
+
+def test_a_woocommerce_ping_to_a_source_deleted_elsewhere_is_404(
+    two_apps: tuple[TestClient, TestClient],
+) -> None:
+    admin_app, webhook_app = two_apps
+    admin = _admin(admin_app)
+    source = make_source(admin_app, admin, platform="woocommerce", name="Tea", secret=WOO_SECRET)
+    ping = {"Content-Type": "application/x-www-form-urlencoded"}
+    path = webhook_path(source)
+    assert webhook_app.post(path, content=b"webhook_id=17", headers=ping).status_code == 200
+    assert source_key_cache(webhook_app.app).get("woocommerce", source["id"]) is not None  # type: ignore[arg-type]
+    assert admin_app.delete(f"/v1/sources/{source['id']}", headers=admin).status_code in (200, 204)
+    problem(webhook_app.post(path, content=b"webhook_id=17", headers=ping), 404)
