@@ -1,10 +1,14 @@
 """Benchmark: signed shop webhooks accepted and mapped to anchored records, against the plain
 single-record POST /v1/orders, in the same run.
 
-Run with `make bench-ingest` or `.venv/bin/python scripts/bench_ingest.py [--records N]`.
-Everything runs on 127.0.0.1 and stops by itself: a fresh in-memory Anvil, the service as a
-subprocess on a fresh SQLite journal (its ingest worker inside), and an HTTP load generator in
-this process. Prints one table; docs/benchmarks.md records what it printed.
+Run with `make bench-ingest` or `.venv/bin/python scripts/bench_ingest.py [--records N]
+[--layout in-process|worker|both]`. Everything runs on 127.0.0.1 and stops by itself: a fresh
+in-memory Anvil, the service as a subprocess on a fresh SQLite journal, and an HTTP load
+generator in this process. Layouts: `in-process` (the default service: the ingest mapper runs
+inside `serve`), `worker` (`CRM_LEDGER_RUN_INGEST=false` and `crm-ledger worker ingest` as a
+second process on the same journal), `both` (one after the other, each with its own plain POST
+baseline, each on a fresh node and journal). Prints one table per layout; docs/benchmarks.md
+records what it printed.
 
 Phases:
   plain     N `POST /v1/orders` (one record each) from C concurrent clients: POST/s, and
@@ -15,6 +19,9 @@ Phases:
             the worker, then anchoring).
   paced     R deliveries/s offered for S seconds (open loop): accept latency p50/p99 as the
             client measures it (send → 200).
+Also printed: the CPU time the service's processes (serve, and the ingest worker) spent per
+record in each burst phase, from its first request to its last record anchored (Anvil and the
+load generator not included): what the machine's load does not change much.
 Target (issue 11): the webhook rate within 20 % of the plain POST rate; p99 accept < 50 ms at
 200/s.
 """
@@ -27,6 +34,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
 import tempfile
 import time
 import uuid
@@ -139,14 +148,35 @@ async def burst(send: Any, records: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, float]:
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes `pids` have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def start_worker(service: benchlib.Service) -> subprocess.Popen[bytes]:
+    """`crm-ledger worker ingest` on the service's journal."""
+    return subprocess.Popen(
+        [str(benchlib.BIN / "crm-ledger"), "worker", "ingest", "--log-level", "warning"],
+        env=service.env,
+    )
+
+
+async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -> dict[str, float]:
+    env = {"CRM_LEDGER_MASTER_KEY": SECRET_KEY}
+    if layout == "worker":
+        env["CRM_LEDGER_RUN_INGEST"] = "false"
     service = benchlib.Service(
-        work / "service",
+        work / f"service-{layout}",
         rpc_url,
         role="admin",
-        env={"CRM_LEDGER_MASTER_KEY": SECRET_KEY},
+        env=env,
         ready=lambda readyz: readyz.get("chain", {}).get("state") == "running",
     )
+    worker = start_worker(service) if layout == "worker" else None
     limits = httpx.Limits(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
@@ -174,9 +204,12 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, f
                 answer = await client.post("/v1/orders", json=plain_order(customer, n))
                 assert answer.status_code == 201, answer.text
 
+            pids = [service.process.pid] + ([worker.pid] if worker is not None else [])
+            cpu_start = cpu_seconds(pids)
             first = time.time()
             plain_elapsed = await burst(post_plain, args.records, args.concurrency)
             plain_last = await asyncio.to_thread(wait_anchored, service.data_dir, args.records, 300)
+            cpu_plain = cpu_seconds(pids)
 
             deliveries = [signed(n) for n in range(args.records + int(args.rate * args.seconds))]
 
@@ -190,6 +223,7 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, f
             hook_last = await asyncio.to_thread(
                 wait_anchored, service.data_dir, 2 * args.records, 300
             )
+            cpu_hook = cpu_seconds(pids)
 
         latencies: list[float] = []
         failures = 0
@@ -219,12 +253,17 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, f
             "plain_records_per_second": args.records / (plain_last - first),
             "webhook_accepted_per_second": args.records / hook_elapsed,
             "webhook_records_per_second": args.records / (hook_last - hook_first),
+            "plain_cpu_ms": (cpu_plain - cpu_start) * 1000 / args.records,
+            "webhook_cpu_ms": (cpu_hook - cpu_plain) * 1000 / args.records,
             "paced_offered": args.rate,
             "accept_p50_ms": percentile(latencies, 50) * 1000,
             "accept_p99_ms": percentile(latencies, 99) * 1000,
             "paced_failures": failures,
         }
     finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
         service.stop()
 
 
@@ -236,15 +275,33 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=float, default=200.0, help="paced deliveries/s offered")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced phase length")
+    parser.add_argument(
+        "--layout",
+        choices=("in-process", "worker", "both"),
+        default="both",
+        help="where the ingest mapper runs (see above)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="crm-ledger-bench-ingest-"))
-    node = start_anvil(port=free_port(), state_path=None)
-    try:
-        figures = asyncio.run(run(args, node.rpc_url, work))
-    finally:
-        node.stop()
+    layouts = ("in-process", "worker") if args.layout == "both" else (args.layout,)
+    for layout in layouts:
+        load = os.getloadavg()
+        node = start_anvil(port=free_port(), state_path=None)
+        try:
+            figures = asyncio.run(run(args, node.rpc_url, work, layout))
+        finally:
+            node.stop()
+        report(layout, figures, (load, os.getloadavg()))
+
+
+def report(
+    layout: str, figures: dict[str, float], loads: tuple[tuple[float, ...], tuple[float, ...]]
+) -> None:
+    """Print one layout's table."""
     ratio = figures["webhook_records_per_second"] / figures["plain_records_per_second"]
     accept_ratio = figures["webhook_accepted_per_second"] / figures["plain_post_per_second"]
+    before, after = (f"{load[0]:.1f}" for load in loads)
+    print(f"\nlayout: {layout} (load average {before} before, {after} after)")
     print(f"{'':34}{'plain POST':>14}{'webhook':>14}{'webhook/plain':>16}")
     print(
         f"{'requests answered per second':34}{figures['plain_post_per_second']:14.0f}"
@@ -255,9 +312,15 @@ def main() -> None:
         f"{figures['webhook_records_per_second']:14.0f}{ratio:16.2f}"
     )
     print(
+        f"{'server CPU ms per record':34}{figures['plain_cpu_ms']:14.2f}"
+        f"{figures['webhook_cpu_ms']:14.2f}"
+        f"{figures['webhook_cpu_ms'] / figures['plain_cpu_ms']:16.2f}"
+    )
+    print(
         f"webhook accept latency at {figures['paced_offered']:.0f}/s: "
         f"p50 {figures['accept_p50_ms']:.1f} ms, p99 {figures['accept_p99_ms']:.1f} ms, "
-        f"{figures['paced_failures']:.0f} not answered 200 within 10 s"
+        f"{figures['paced_failures']:.0f} not answered 200 within 10 s",
+        flush=True,
     )
 
 

@@ -11,7 +11,7 @@ of them and they may import `crm_ledger.workers`.
 
 Adding one::
 
-    def _relay(*, settings, session_factory):
+    def _relay(*, settings, session_factory, alone):
         if settings.nats_url is None:
             return None
         from crm_ledger.outbound.relay import NatsRelay
@@ -31,10 +31,12 @@ from crm_ledger.workers.base import Worker
 
 
 class WorkerFactory(Protocol):
-    """Makes a worker from the settings, or None when they do not enable it."""
+    """Makes a worker from the settings, or None when they do not enable it. `alone` is True
+    for `crm-ledger worker NAME`: a worker that runs inside `serve` by default, with a setting
+    to switch it off there (`CRM_LEDGER_RUN_INGEST`), runs alone whatever that setting says."""
 
     def __call__(
-        self, *, settings: Settings, session_factory: sessionmaker[Session]
+        self, *, settings: Settings, session_factory: sessionmaker[Session], alone: bool
     ) -> Worker | None: ...
 
 
@@ -50,7 +52,7 @@ def background_workers(
     for name, factory in ROLES.items():
         if only is not None and name != only:
             continue
-        worker = factory(settings=settings, session_factory=session_factory)
+        worker = factory(settings=settings, session_factory=session_factory, alone=only == name)
         if worker is not None:
             workers.append(worker)
     return workers
@@ -59,8 +61,12 @@ def background_workers(
 # Commerce ingest (issue 11): maps stored shop webhooks to records. ---------------------------
 
 
-def _ingest(*, settings: Settings, session_factory: sessionmaker[Session]) -> Worker | None:
-    if not settings.run_ingest:
+def _ingest(
+    *, settings: Settings, session_factory: sessionmaker[Session], alone: bool
+) -> Worker | None:
+    # CRM_LEDGER_RUN_INGEST=false takes the mapper out of `serve`, for `crm-ledger worker
+    # ingest` to run it as a process of its own (docs/deployment.md).
+    if not (settings.run_ingest or alone):
         return None
     from crm_ledger.ingest.worker import IngestWorker
 
@@ -71,7 +77,9 @@ ROLES["ingest"] = _ingest
 # Salesforce sync (issue 12) -------------------------------------------------------------------
 
 
-def _salesforce(*, settings: Settings, session_factory: sessionmaker[Session]) -> Worker | None:
+def _salesforce(
+    *, settings: Settings, session_factory: sessionmaker[Session], alone: bool
+) -> Worker | None:
     if not settings.run_salesforce_sync:
         return None
     from crm_ledger.outbound.salesforce.worker import SalesforceSyncWorker
@@ -83,7 +91,9 @@ ROLES["salesforce"] = _salesforce
 # Outbound relays (issue 12) -------------------------------------------------------------------
 
 
-def _nats_relay(*, settings: Settings, session_factory: sessionmaker[Session]) -> Worker | None:
+def _nats_relay(
+    *, settings: Settings, session_factory: sessionmaker[Session], alone: bool
+) -> Worker | None:
     if settings.nats_url is None:
         return None
     from crm_ledger.outbound.relay import nats_relay
@@ -94,7 +104,9 @@ def _nats_relay(*, settings: Settings, session_factory: sessionmaker[Session]) -
 ROLES["nats-relay"] = _nats_relay
 
 
-def _webhooks(*, settings: Settings, session_factory: sessionmaker[Session]) -> Worker | None:
+def _webhooks(
+    *, settings: Settings, session_factory: sessionmaker[Session], alone: bool
+) -> Worker | None:
     if not settings.run_webhooks:
         return None
     from crm_ledger.outbound.webhooks.dispatcher import WebhookDispatcher

@@ -171,10 +171,19 @@ class OrderBatch:
                 stored=order,
             )
 
-    def add(self, source: IngestSource, topic: str, event: OrderState) -> None:
-        """Apply one order state in memory, as `ingest.apply` would after the ones before."""
+    def add(
+        self,
+        source: IngestSource,
+        topic: str,
+        event: OrderState,
+        *,
+        state_hash: bytes | None = None,
+    ) -> None:
+        """Apply one order state in memory, as `ingest.apply` would after the ones before
+        (`state_hash`: its `order_state_hash`, when the caller has it already)."""
         draft = self._orders.get((source.pk, event.order_id))
-        state_hash = order_state_hash(event)
+        if state_hash is None:
+            state_hash = order_state_hash(event)
         if draft is not None and draft.state_sha256 == state_hash:
             self._outcomes.append(_Outcome(draft.buyer, note=_SAME_STATE))
             return

@@ -5,12 +5,12 @@ Exports: `Checked`, `DeliveryStatus`, `MalformedDelivery`, `check_delivery`, `pe
 `retry_delivery`, `delivery_public`, `purge_failed_bodies`,
 `is_woocommerce_ping`.
 
-A delivery is verified (`signatures`), checked to be a JSON object, and inserted with its raw
-body; a unique (source, delivery id) constraint stores a delivery id once, even when two
-identical deliveries race. The delivery id is the platform's (`X-Shopify-Webhook-Id`,
-`X-WC-Webhook-Delivery-ID`); for Shopify, when `X-Shopify-Event-Id` is present, it is
-`event:<event id>:<topic>`, so the same event reaching two subscriptions is stored once too.
-Without one (Magento), the SHA-256 of the body stands in.
+A delivery is verified (`signatures`, with its source's `VerifyingKeys`), checked to be a JSON
+object, and inserted with its raw body; a unique (source, delivery id) constraint stores a
+delivery id once, even when two identical deliveries race. The delivery id is the platform's
+(`X-Shopify-Webhook-Id`, `X-WC-Webhook-Delivery-ID`); for Shopify, when `X-Shopify-Event-Id` is
+present, it is `event:<event id>:<topic>`, so the same event reaching two subscriptions is
+stored once too. Without one (Magento), the SHA-256 of the body stands in.
 
 The body is personal data: it is deleted in the transaction that maps it, when its customer is
 erased, and (for deliveries that failed) after `ingest_failed_retention_days`. What stays is a
@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -42,7 +42,7 @@ from crm_ledger.ingest.signatures import (
     hmac_matches,
     rsa_matches,
 )
-from crm_ledger.ingest.sources import get_source, verifying_keys
+from crm_ledger.ingest.sources import VerifyingKeys, get_source
 from crm_ledger.journal.customers import decode_cursor, encode_cursor
 from crm_ledger.journal.schemas import format_timestamp, is_public_id, shorten
 
@@ -83,22 +83,21 @@ def is_woocommerce_ping(platform: Platform, headers: Mapping[str, str], body: by
 
 def check_delivery(
     *,
-    session: Session,
-    platform: str,
-    source_id: str,
+    keys: VerifyingKeys,
     headers: Mapping[str, str],
     body: bytes,
+    now: datetime,
 ) -> Checked | None:
-    """Verify a webhook (in the caller's read transaction); None for a WooCommerce ping.
+    """Verify a webhook with the source's `keys` at `now`; None for a WooCommerce ping.
 
-    `headers` has lower-case names. Raises `NotFound` (unknown or deleted source, wrong
-    platform), `Unauthorized` (missing or bad signature), `MalformedDelivery` (not a JSON object).
+    `headers` has lower-case names. Raises `Unauthorized` (missing or bad signature) and
+    `MalformedDelivery` (not a JSON object).
     """
-    keys = verifying_keys(session=session, platform=platform, source_id=source_id, now=utcnow())
     if is_woocommerce_ping(keys.platform, headers, body):
         return None
     names = HEADERS[keys.platform]
-    if not _signed(keys.platform, keys.secrets, keys.public_key, headers, body, names.signature):
+    secrets = keys.secrets(now)
+    if not _signed(keys.platform, secrets, keys.public_key, headers, body, names.signature):
         raise Unauthorized(
             f"the webhook signature ({names.signature}) does not match the body under this "
             "source's secret: check that the secret pasted in the shop is the one this source "

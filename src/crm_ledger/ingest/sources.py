@@ -1,7 +1,8 @@
 """Sources: the shops that send webhooks, and their secrets.
 
 Exports: `create_source`, `get_source`, `list_sources`, `delete_source`, `rotate_source`,
-`source_public`, `webhook_path`, `verifying_keys`, `VerifyingKeys`.
+`source_public`, `webhook_path`, `verifying_keys`, `VerifyingKeys`, `SourceKeyCache`,
+`still_current`.
 
 Secrets come from the shop (Shopify shows its signing secret, WooCommerce and Magento take the
 one you type), are sealed under the master key ring (`journal.privacy.seal_secret`, rotated with
@@ -13,6 +14,8 @@ commits.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,12 +33,80 @@ from crm_ledger.journal.schemas import format_timestamp, is_public_id, shorten
 
 @dataclass(frozen=True, slots=True)
 class VerifyingKeys:
-    """What a delivery to a source may be signed with right now."""
+    """What a delivery to a source may be signed with: its secret, the previous one until its
+    grace ends, its public key; `stored` is the source's row they were read from."""
 
     source_pk: int
+    source_id: str
     platform: Platform
-    secrets: list[str]
+    secret: str | None
+    previous_secret: str | None
+    previous_expires_at: datetime | None
     public_key: str | None
+    stored: tuple[object, ...]
+
+    def secrets(self, now: datetime) -> list[str]:
+        """The secrets a signature made at `now` may use (the previous one only in its grace)."""
+        secrets = [self.secret] if self.secret is not None else []
+        if (
+            self.previous_secret is not None
+            and self.previous_expires_at is not None
+            and now < self.previous_expires_at
+        ):
+            secrets.append(self.previous_secret)
+        return secrets
+
+
+#: How long the webhook endpoint keeps a source's keys without reading them again. Not needed
+#: for correctness (see the module docstring); it bounds how long unsealed secrets of a source
+#: nobody posts to stay in memory.
+KEY_CACHE_SECONDS = 60.0
+_KEY_CACHE_ENTRIES = 10_000
+
+
+class SourceKeyCache:
+    """`VerifyingKeys` by (platform, source id), each kept `ttl` seconds (thread-safe)."""
+
+    def __init__(self, ttl: float = KEY_CACHE_SECONDS, max_entries: int = _KEY_CACHE_ENTRIES):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[float, VerifyingKeys]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, platform: str, source_id: str) -> VerifyingKeys | None:
+        """The cached keys, or None when absent or older than `ttl`."""
+        entry = self._entries.get((platform, source_id))
+        if entry is None or time.monotonic() >= entry[0]:
+            return None
+        return entry[1]
+
+    def put(self, platform: str, source_id: str, keys: VerifyingKeys) -> None:
+        """Remember `keys` for `ttl` seconds."""
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[(platform, source_id)] = (time.monotonic() + self.ttl, keys)
+
+    def forget(self, platform: str, source_id: str) -> None:
+        """Drop the source's keys (the next delivery reads them again)."""
+        with self._lock:
+            self._entries.pop((platform, source_id), None)
+
+
+_KEY_COLUMNS = (
+    IngestSource.deleted_at,
+    IngestSource.secret_ciphertext,
+    IngestSource.previous_secret_ciphertext,
+    IngestSource.previous_secret_expires_at,
+    IngestSource.public_key,
+)
+
+
+def still_current(session: Session, keys: VerifyingKeys) -> bool:
+    """Whether the source `keys` were read from is still active and holds the same keys (in
+    the caller's write transaction, before it stores a delivery verified with them)."""
+    row = session.execute(select(*_KEY_COLUMNS).where(IngestSource.pk == keys.source_pk)).first()
+    return row is not None and tuple(row) == keys.stored
 
 
 def webhook_path(platform: str, source_id: str) -> str:
@@ -134,9 +205,7 @@ def rotate_source(
     return source
 
 
-def verifying_keys(
-    *, session: Session, platform: str, source_id: str, now: datetime
-) -> VerifyingKeys:
+def verifying_keys(*, session: Session, platform: str, source_id: str) -> VerifyingKeys:
     """The secrets and key a delivery to `platform`/`source_id` may be signed with.
 
     Raises `NotFound` for an unknown or deleted source, or one of another platform.
@@ -149,20 +218,20 @@ def verifying_keys(
             source_id=source.id,
         )
     keyring = keyring_of(session)
-    secrets = []
-    if source.secret_ciphertext is not None:
-        secrets.append(_open(keyring, source.secret_ciphertext, source.id))
-    if (
-        source.previous_secret_ciphertext is not None
-        and source.previous_secret_expires_at is not None
-        and now < source.previous_secret_expires_at
-    ):
-        secrets.append(_open(keyring, source.previous_secret_ciphertext, source.id))
+    previous = source.previous_secret_ciphertext
     return VerifyingKeys(
         source_pk=source.pk,
+        source_id=source.id,
         platform=Platform(source.platform),
-        secrets=secrets,
+        secret=(
+            _open(keyring, source.secret_ciphertext, source.id)
+            if source.secret_ciphertext is not None
+            else None
+        ),
+        previous_secret=_open(keyring, previous, source.id) if previous is not None else None,
+        previous_expires_at=source.previous_secret_expires_at,
         public_key=source.public_key,
+        stored=tuple(getattr(source, column.key) for column in _KEY_COLUMNS),
     )
 
 

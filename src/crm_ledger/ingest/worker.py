@@ -2,15 +2,16 @@
 
 Exports: `IngestWorker`, `map_pending`.
 
-Each step maps up to `ingest_batch_size` pending deliveries in delivery order, in one
-transaction: the records a delivery writes and its status (`mapped`, body deleted) commit
-together, so a process killed mid-step maps the delivery again after restart, and only once.
-Consecutive order deliveries are mapped together by `ingest.batch` (a few statements for the
-whole run, in a savepoint); any other delivery, and every delivery of a run that could not be
-written together, is mapped alone in a savepoint of its own. A delivery that cannot be mapped
-is `failed` with its error; the others go on. The database being down is `Unavailable`: the
-supervisor backs off and the deliveries stay pending. The webhook endpoint wakes the worker
-after each delivery it stores.
+Each step reads and parses up to `ingest_batch_size` pending deliveries (hashing the order
+states) in a read-only transaction, then maps them in delivery order in one write transaction:
+the records a delivery writes and its status (`mapped`, body deleted) commit together, so a
+process killed mid-step maps the delivery again after restart, and only once. Consecutive order
+deliveries are mapped together by `ingest.batch` (a few statements for the whole run, in a
+savepoint); any other delivery, and every delivery of a run that could not be written together,
+is mapped alone in a savepoint of its own. A delivery that cannot be mapped is `failed` with
+its error; the others go on. The database being down is `Unavailable`: the supervisor backs off
+and the deliveries stay pending. The webhook endpoint wakes the worker after each delivery it
+stores.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from sqlalchemy import exists, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from crm_ledger.config import Settings
 from crm_ledger.db.models import IngestDelivery, IngestOrder, IngestSource, utcnow
 from crm_ledger.db.session import reading
 from crm_ledger.errors import LedgerError, Unavailable
-from crm_ledger.ingest.apply import Applied, apply_event
+from crm_ledger.ingest.apply import Applied, apply_event, order_state_hash
 from crm_ledger.ingest.batch import OrderBatch
 from crm_ledger.ingest.clawback import run_clawbacks
 from crm_ledger.ingest.inbox import DeliveryStatus, purge_failed_bodies
@@ -44,26 +46,32 @@ LINGER_SECONDS = 0.05
 
 def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
     """Map up to `limit` pending deliveries; returns how many were handled (mapped or failed)."""
+    parsed = _parse_pending(session_factory, limit=limit)
+    if not parsed:
+        return 0
     # No autoflush: changes are flushed once per run of orders or per delivery, not before
     # every query the mapping makes.
     with session_factory(autoflush=False) as session, session.begin():
+        # Only those still pending: one erased meanwhile is failed, its body gone.
         rows = session.execute(
             select(IngestDelivery, IngestSource)
             .join(IngestSource, IngestSource.pk == IngestDelivery.source_pk)
-            .where(IngestDelivery.status == DeliveryStatus.PENDING.value)
+            .where(
+                IngestDelivery.pk.in_(list(parsed)),
+                IngestDelivery.status == DeliveryStatus.PENDING.value,
+            )
             .order_by(IngestDelivery.pk)
-            .limit(limit)
+            .options(defer(IngestDelivery.body))
             .with_for_update(of=IngestDelivery)
         ).all()
         run: list[_OrderDelivery] = []
         for delivery, source in rows:
             delivery.attempts += 1
-            try:
-                event = _parse(delivery, source)
-            except LedgerError as exc:
-                _failed(delivery, str(exc))
+            event = parsed[delivery.pk]
+            if isinstance(event, LedgerError):
+                _failed(delivery, str(event))
                 continue
-            if isinstance(event, OrderState):
+            if isinstance(event, _ParsedOrder):
                 run.append((delivery, source, event))
                 continue
             # Anything else may change what the run's orders and customers look like: the run
@@ -75,13 +83,47 @@ def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
         return len(rows)
 
 
-_OrderDelivery = tuple[IngestDelivery, IngestSource, OrderState]
+@dataclass(frozen=True, slots=True)
+class _ParsedOrder:
+    state: OrderState
+    state_hash: bytes
 
 
-def _parse(delivery: IngestDelivery, source: IngestSource) -> Event:
-    if delivery.body is None:
-        raise LedgerError("the delivery's body was erased before it was mapped")
-    return parse_delivery(Platform(source.platform), delivery.topic, delivery.body)
+def _parse_pending(
+    session_factory: sessionmaker[Session], *, limit: int
+) -> dict[int, Event | _ParsedOrder | LedgerError]:
+    """The next pending deliveries, parsed (orders with their state hash), by pk.
+
+    Read and parsed before the write transaction, so the write lock is held for the writes
+    only. A body never changes once stored, it is only deleted (mapped, erased, past
+    retention), and the write transaction maps only deliveries still pending.
+    """
+    with reading(session_factory) as session:
+        rows = session.execute(
+            select(
+                IngestDelivery.pk, IngestDelivery.topic, IngestDelivery.body, IngestSource.platform
+            )
+            .join(IngestSource, IngestSource.pk == IngestDelivery.source_pk)
+            .where(IngestDelivery.status == DeliveryStatus.PENDING.value)
+            .order_by(IngestDelivery.pk)
+            .limit(limit)
+        ).all()
+    parsed: dict[int, Event | _ParsedOrder | LedgerError] = {}
+    for pk, topic, body, platform in rows:
+        try:
+            if body is None:
+                raise LedgerError("the delivery's body was erased before it was mapped")
+            event = parse_delivery(Platform(platform), topic, body)
+        except LedgerError as exc:
+            parsed[pk] = exc
+            continue
+        parsed[pk] = (
+            _ParsedOrder(event, order_state_hash(event)) if isinstance(event, OrderState) else event
+        )
+    return parsed
+
+
+_OrderDelivery = tuple[IngestDelivery, IngestSource, _ParsedOrder]
 
 
 def _map_run(session: Session, run: list[_OrderDelivery]) -> None:
@@ -91,9 +133,9 @@ def _map_run(session: Session, run: list[_OrderDelivery]) -> None:
     try:
         with session.begin_nested():
             batch = OrderBatch(session)
-            batch.load([(source, event) for _, source, event in run])
-            for delivery, source, event in run:
-                batch.add(source, delivery.topic, event)
+            batch.load([(source, order.state) for _, source, order in run])
+            for delivery, source, order in run:
+                batch.add(source, delivery.topic, order.state, state_hash=order.state_hash)
             outcomes = batch.write()
     except OperationalError:
         raise
@@ -101,8 +143,8 @@ def _map_run(session: Session, run: list[_OrderDelivery]) -> None:
         log.warning(
             "%d order deliveries could not be mapped together; mapping each alone", len(run)
         )
-        for delivery, source, event in run:
-            _map_one(session, delivery, source, event)
+        for delivery, source, order in run:
+            _map_one(session, delivery, source, order.state)
         return
     for (delivery, _, _), applied in zip(run, outcomes, strict=True):
         _mapped(delivery, applied)
