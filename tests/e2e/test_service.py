@@ -16,7 +16,7 @@ from crm_ledger.chain.node import LocalNode
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.receipts import Receipt, check_receipt, unhex
 from tests.api.helpers import interaction, order
-from tests.e2e.conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.chain
 
