@@ -17,7 +17,7 @@ only, where that function's role guard is not.
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends
 from pydantic import BaseModel
@@ -54,15 +54,7 @@ class Writes:
         on_commit: Callable[[], None] | None = None,
     ) -> Response:
         """`run_write_async` of `write` (its JSON body) for `payload`, from an `async def`."""
-        return await run_write_async(
-            session=self.session,
-            principal=self.principal,
-            idempotency=self.idempotency,
-            payload=payload,
-            status_code=status_code,
-            write=write,
-            on_commit=on_commit,
-        )
+        return await run_write_async(**self._arguments(payload, write, status_code, on_commit))
 
     def run_sync(
         self,
@@ -73,15 +65,24 @@ class Writes:
         on_commit: Callable[[], None] | None = None,
     ) -> Response:
         """`run_write` of `write` for `payload`: blocks, so from a plain `def` handler."""
-        return run_write(
-            session=self.session,
-            principal=self.principal,
-            idempotency=self.idempotency,
-            payload=payload,
-            status_code=status_code,
-            write=write,
-            on_commit=on_commit,
-        )
+        return run_write(**self._arguments(payload, write, status_code, on_commit))
+
+    def _arguments(
+        self,
+        payload: BaseModel,
+        write: Write,
+        status_code: int,
+        on_commit: Callable[[], None] | None,
+    ) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "principal": self.principal,
+            "idempotency": self.idempotency,
+            "payload": payload,
+            "status_code": status_code,
+            "write": write,
+            "on_commit": on_commit,
+        }
 
 
 @functools.cache

@@ -421,7 +421,7 @@ def export(
     "/v1/customers/{customer_id}/personal-data",
     tags=["customers"],
     response_model=ErasurePublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Erase a customer's personal data, keeping every proof valid (admin)",
 )
 def erase_personal_data(customer_id: str, session: SessionDep, key: AdminKey) -> Response:

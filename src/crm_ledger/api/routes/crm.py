@@ -168,7 +168,7 @@ def crm_customers(
 @router.get(
     "/reconciliation",
     response_model=ReconciliationPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="The latest reconciliation (any role)",
 )
 def latest_reconciliation(runtime: RuntimeDep, key: AnyKey) -> Response:
@@ -186,7 +186,7 @@ def latest_reconciliation(runtime: RuntimeDep, key: AnyKey) -> Response:
 @router.get(
     "/reconciliation/{report_id}",
     response_model=ReconciliationPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="One reconciliation run (any role)",
 )
 def reconciliation_run(report_id: str, runtime: RuntimeDep, key: AnyKey) -> Response:
@@ -201,7 +201,7 @@ def reconciliation_run(report_id: str, runtime: RuntimeDep, key: AnyKey) -> Resp
     "/reconciliation",
     status_code=202,
     response_model=ReconciliationPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Reconcile the database with the chain now (auditor, admin)",
 )
 async def start_reconciliation(request: Request, runtime: RuntimeDep, key: AuditorKey) -> Response:

@@ -124,7 +124,7 @@ def list_customers(
 @router.get(
     "/{customer_id}/access-log",
     response_model=AccessLogPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Who read the customer's personal data (auditor, admin)",
 )
 def get_access_log(

@@ -26,7 +26,7 @@ _ERRORS = problem_responses(401, 410, 422, 429)
 @router.get(
     "/v1/events",
     response_model=FeedPagePublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="The change feed: ledger events after a cursor (any role)",
 )
 def events(

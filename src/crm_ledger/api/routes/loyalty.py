@@ -70,7 +70,7 @@ TokenReaderDep = Annotated[TokenReader | None, Depends(get_token_reader)]
     "/v1/campaigns",
     status_code=201,
     response_model=CampaignPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Create a campaign (marketing, admin)",
 )
 def create_campaign(
@@ -88,7 +88,7 @@ def create_campaign(
 @router.get(
     "/v1/campaigns",
     response_model=CampaignsPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="List campaigns, newest first (marketing, admin)",
 )
 def list_campaigns(session: SessionDep, key: MarketingKey) -> Response:
@@ -104,7 +104,7 @@ def list_campaigns(session: SessionDep, key: MarketingKey) -> Response:
 @router.get(
     "/v1/campaigns/{campaign_id}",
     response_model=CampaignPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Fetch a campaign (marketing, admin)",
 )
 def get_campaign(campaign_id: str, session: SessionDep, key: MarketingKey) -> Response:
@@ -140,7 +140,7 @@ for _action, _status, _doc in (
         _status_change(_status, _doc),
         methods=["POST"],
         response_model=CampaignPublic,
-        responses={**_ERRORS},
+        responses=_ERRORS,
         summary=f"{_action.capitalize()} a campaign (marketing, admin)",
         name=f"{_action}_campaign",
     )
@@ -153,7 +153,7 @@ for _action, _status, _doc in (
     "/v1/campaigns/{campaign_id}/awards",
     status_code=202,
     response_model=AwardJobPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Award points to many customers (marketing, admin)",
 )
 async def create_award(
@@ -210,7 +210,7 @@ async def _chain_remaining(
 @router.get(
     "/v1/campaigns/{campaign_id}/awards/{job_id}",
     response_model=AwardJobPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Follow an award job (marketing, admin)",
 )
 def get_award(campaign_id: str, job_id: str, session: SessionDep, key: MarketingKey) -> Response:
@@ -250,7 +250,7 @@ def create_redemption(
 @router.get(
     "/v1/redemptions/{redemption_id}",
     response_model=RedemptionPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Fetch a redemption (any role)",
 )
 def get_redemption(redemption_id: str, session: SessionDep, key: AnyKey) -> Response:
@@ -266,7 +266,7 @@ def get_redemption(redemption_id: str, session: SessionDep, key: AnyKey) -> Resp
 @router.get(
     "/v1/customers/{customer_id}/loyalty",
     response_model=LoyaltyAccountPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="A customer's loyalty account (any role)",
 )
 async def get_loyalty_account(

@@ -64,7 +64,7 @@ def me(key: AnyKey) -> Response:
 @router.get(
     "/v1/ops/overview",
     response_model=OperationsOverview,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Anchoring lag, records per minute, gas per record, batch sizes, indexer lag",
 )
 def overview(
@@ -111,7 +111,7 @@ def chain_endpoint(runtime: RuntimeDep, key: AnyKey) -> Response:
 @router.get(
     "/v1/ops/campaigns/{campaign_id}/spend",
     response_model=CampaignSpend,
-    responses={**_MARKETING_ERRORS},
+    responses=_MARKETING_ERRORS,
     summary="A campaign's issued points over time (marketing, admin)",
 )
 def spend(
@@ -132,7 +132,7 @@ def spend(
 @router.get(
     "/v1/ops/loyalty/expiring",
     response_model=ExpiringPoints,
-    responses={**_MARKETING_ERRORS},
+    responses=_MARKETING_ERRORS,
     summary="Points expiring in the next days, by day (marketing, admin)",
 )
 def expiring(

@@ -97,7 +97,7 @@ async def create_order(payload: OrderCreate, writes: RecorderWrites) -> Response
 @router.get(
     "/v1/records/{record_id}",
     response_model=RecordPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Fetch a record (any role)",
 )
 def get_record(record_id: str, session: SessionDep, key: AnyKey) -> Response:

@@ -48,7 +48,7 @@ def _base_url(request: Request) -> str:
     "/v1/sources",
     status_code=201,
     response_model=SourcePublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Add a shop that sends webhooks (admin)",
 )
 def create_source(payload: SourceCreate, request: Request, writes: AdminWrites) -> Response:
@@ -65,7 +65,7 @@ def create_source(payload: SourceCreate, request: Request, writes: AdminWrites) 
 @router.get(
     "/v1/sources",
     response_model=SourcesPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="List the shops (admin)",
 )
 def list_sources(request: Request, session: SessionDep, key: AdminKey) -> Response:
@@ -82,7 +82,7 @@ def list_sources(request: Request, session: SessionDep, key: AdminKey) -> Respon
 @router.get(
     "/v1/sources/{source_id}",
     response_model=SourcePublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Fetch a shop (admin)",
 )
 def get_source(source_id: str, request: Request, session: SessionDep, key: AdminKey) -> Response:
@@ -95,7 +95,7 @@ def get_source(source_id: str, request: Request, session: SessionDep, key: Admin
 @router.delete(
     "/v1/sources/{source_id}",
     response_model=SourcePublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Stop accepting a shop's webhooks (admin)",
 )
 def delete_source(source_id: str, request: Request, session: SessionDep, key: AdminKey) -> Response:
@@ -108,7 +108,7 @@ def delete_source(source_id: str, request: Request, session: SessionDep, key: Ad
 @router.post(
     "/v1/sources/{source_id}/rotate",
     response_model=SourcePublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Replace a shop's secret; the old one is accepted for a grace period (admin)",
 )
 def rotate_source(
@@ -134,7 +134,7 @@ def rotate_source(
 @router.get(
     "/v1/sources/{source_id}/deliveries",
     response_model=DeliveriesPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="List a shop's webhook deliveries, e.g. the failed ones (admin)",
 )
 def list_deliveries(
@@ -159,7 +159,7 @@ def list_deliveries(
 @router.post(
     "/v1/sources/{source_id}/deliveries/{delivery_id}/retry",
     response_model=DeliveryPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Map a failed delivery again (admin)",
 )
 def retry_delivery(
@@ -182,7 +182,7 @@ def retry_delivery(
 @router.get(
     "/v1/sources/{source_id}/clawbacks",
     response_model=ClawbacksPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Loyalty points taken back for a shop's refunded or cancelled orders (admin)",
 )
 def list_clawbacks(source_id: str, session: SessionDep, key: AdminKey) -> Response:

@@ -55,7 +55,7 @@ def _with_secret(response: Response, secret: str) -> Response:
     _PREFIX,
     status_code=201,
     response_model=WebhookSubscriptionCreated,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Subscribe a URL to events (admin); the signing secret is shown once",
 )
 def create_subscription(
@@ -77,7 +77,7 @@ def create_subscription(
 @router.get(
     _PREFIX,
     response_model=WebhookSubscriptionsPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="List webhook subscriptions (admin)",
 )
 def list_subscriptions(session: SessionDep, key: AdminKey) -> Response:
@@ -92,7 +92,7 @@ def list_subscriptions(session: SessionDep, key: AdminKey) -> Response:
 @router.get(
     _PREFIX + "/{subscription_id}",
     response_model=WebhookSubscriptionPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Fetch a webhook subscription (admin)",
 )
 def get_subscription(subscription_id: str, session: SessionDep, key: AdminKey) -> Response:
@@ -105,7 +105,7 @@ def get_subscription(subscription_id: str, session: SessionDep, key: AdminKey) -
 @router.patch(
     _PREFIX + "/{subscription_id}",
     response_model=WebhookSubscriptionPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Change a webhook subscription's URL, event types or description (admin)",
 )
 def update_subscription(
@@ -169,7 +169,7 @@ for _action, _status, _doc in (
         _status_change(_status, _doc),
         methods=["POST"],
         response_model=WebhookSubscriptionPublic,
-        responses={**_ERRORS},
+        responses=_ERRORS,
         summary=f"{_action.capitalize()} a webhook subscription (admin)",
         name=f"{_action}_webhook_subscription",
     )
@@ -178,7 +178,7 @@ for _action, _status, _doc in (
 @router.post(
     _PREFIX + "/{subscription_id}/rotate-secret",
     response_model=WebhookSecretPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Replace the signing secret (admin); the new one is shown once",
 )
 def rotate_secret(subscription_id: str, writes: AdminWrites) -> Response:
@@ -199,7 +199,7 @@ def rotate_secret(subscription_id: str, writes: AdminWrites) -> Response:
 @router.get(
     _PREFIX + "/{subscription_id}/deliveries",
     response_model=WebhookDeliveriesPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="A subscription's delivery log, newest first (admin)",
 )
 def list_deliveries(
@@ -232,7 +232,7 @@ def list_deliveries(
     _PREFIX + "/{subscription_id}/deliveries/{delivery_id}/redeliver",
     status_code=202,
     response_model=WebhookDeliveryPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Deliver one delivery's event again, now (admin)",
 )
 def redeliver(
@@ -255,7 +255,7 @@ def redeliver(
     _PREFIX + "/{subscription_id}/replay",
     status_code=202,
     response_model=WebhookSubscriptionPublic,
-    responses={**_ERRORS},
+    responses=_ERRORS,
     summary="Deliver again every event after a change-feed cursor (admin)",
 )
 def replay(
