@@ -27,6 +27,7 @@ from crm_ledger.api.deps import (
 )
 from crm_ledger.api.idempotency import NoBody, Written, json_response
 from crm_ledger.api.privacy import ERASED_REPLAY
+from crm_ledger.api.routes import add_actions
 from crm_ledger.api.transaction import read_only
 from crm_ledger.api.writes import MarketingWrites, RedeemerWrites
 from crm_ledger.db.models import utcnow
@@ -126,24 +127,22 @@ def _status_change(status: CampaignStatus, summary: str) -> Any:
     return change
 
 
-for _action, _status, _doc in (
-    ("pause", CampaignStatus.PAUSED, "Stop earning and awards until resumed."),
-    ("resume", CampaignStatus.ACTIVE, "Earn and award again."),
-    (
-        "close",
-        CampaignStatus.CLOSED,
-        "Close for good; the budget on chain drops to what the campaign planned.",
-    ),
-):
-    router.add_api_route(
-        f"/v1/campaigns/{{campaign_id}}/{_action}",
-        _status_change(_status, _doc),
-        methods=["POST"],
-        response_model=CampaignPublic,
-        responses=_ERRORS,
-        summary=f"{_action.capitalize()} a campaign (marketing, admin)",
-        name=f"{_action}_campaign",
-    )
+add_actions(
+    router,
+    "/v1/campaigns/{campaign_id}",
+    {
+        "pause": _status_change(CampaignStatus.PAUSED, "Stop earning and awards until resumed."),
+        "resume": _status_change(CampaignStatus.ACTIVE, "Earn and award again."),
+        "close": _status_change(
+            CampaignStatus.CLOSED,
+            "Close for good; the budget on chain drops to what the campaign planned.",
+        ),
+    },
+    noun="campaign",
+    roles="marketing, admin",
+    response_model=CampaignPublic,
+    responses=_ERRORS,
+)
 
 
 # Awards ----------------------------------------------------------------------------------

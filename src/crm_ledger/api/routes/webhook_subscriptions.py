@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from crm_ledger.api.deps import AdminKey, SessionDep, SettingsDep, problem_responses
 from crm_ledger.api.idempotency import REPLAY_HEADER, NoBody, json_response
+from crm_ledger.api.routes import add_actions
 from crm_ledger.api.transaction import read_only, transaction
 from crm_ledger.api.writes import AdminWrites
 from crm_ledger.journal.schemas import format_timestamp
@@ -156,23 +157,23 @@ def _status_change(status: SubscriptionStatus, doc: str) -> Any:
     return change
 
 
-for _action, _status, _doc in (
-    ("pause", SubscriptionStatus.PAUSED, "Stop deliveries; events keep waiting in the feed."),
-    (
-        "resume",
-        SubscriptionStatus.ACTIVE,
-        "Deliver again: what waited is delivered, the failure count starts from zero.",
-    ),
-):
-    router.add_api_route(
-        f"{_PREFIX}/{{subscription_id}}/{_action}",
-        _status_change(_status, _doc),
-        methods=["POST"],
-        response_model=WebhookSubscriptionPublic,
-        responses=_ERRORS,
-        summary=f"{_action.capitalize()} a webhook subscription (admin)",
-        name=f"{_action}_webhook_subscription",
-    )
+add_actions(
+    router,
+    _PREFIX + "/{subscription_id}",
+    {
+        "pause": _status_change(
+            SubscriptionStatus.PAUSED, "Stop deliveries; events keep waiting in the feed."
+        ),
+        "resume": _status_change(
+            SubscriptionStatus.ACTIVE,
+            "Deliver again: what waited is delivered, the failure count starts from zero.",
+        ),
+    },
+    noun="webhook subscription",
+    roles="admin",
+    response_model=WebhookSubscriptionPublic,
+    responses=_ERRORS,
+)
 
 
 @router.post(
