@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder: a migrated database on SQLite and on PostgreSQL."""
+"""Fixtures shared by every test folder: a migrated database on SQLite and on PostgreSQL; and,
+from tests/apps.py, the service under test for the folders that drive its API."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from crm_ledger.db.session import make_engine, make_session_factory, upgrade_dat
 from crm_ledger.journal.erasure import attach_copy_erasers
 from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.runtime import PERSONAL_DATA_COPIES
+
+pytest_plugins = ["tests.apps"]
 
 POSTGRES_URL = os.environ.get(
     "CRM_LEDGER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

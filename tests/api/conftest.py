@@ -1,70 +1,31 @@
-"""Fixtures for API tests: an app on the parametrised database, a client, one key per role."""
+"""Fixtures for API tests (the app, its client and a key per role come from tests/apps.py):
+the app's sessions as `session_factory`, a recorder's and an auditor's headers, a customer."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.app import create_app
-from crm_ledger.config import Settings
-from crm_ledger.journal.keys import Role, create_api_key
-
-with warnings.catch_warnings():
-    # Starlette asks for the `httpx2` package, which is not installed; httpx works the same.
-    warnings.simplefilter("ignore", UserWarning)
-    from fastapi.testclient import TestClient
+from crm_ledger.journal.keys import Role
+from tests.apps import TestClient
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    """Settings for an app on the parametrised database, no chain."""
-    return Settings(data_dir=tmp_path, database_url=database_url, run_anchorer=False)
-
-
-@pytest.fixture
-def app(settings: Settings) -> Iterator[FastAPI]:
-    """The service without its background tasks (its engine disposed even without a client)."""
-    app = create_app(settings, background=False)
-    yield app
-    app.state.runtime.engine.dispose()
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    """A client that runs the app's lifespan."""
-    with TestClient(app) as client:
-        yield client
-
-
-@pytest.fixture
-def session_factory(app: FastAPI) -> sessionmaker[Session]:
+def session_factory(app_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
     """The app's own session factory (the same database the API writes to)."""
-    factory: sessionmaker[Session] = app.state.runtime.session_factory
-    return factory
+    return app_sessions
 
 
 @pytest.fixture
-def keys(session_factory: sessionmaker[Session]) -> dict[Role, str]:
-    """One API key per role."""
-    with session_factory.begin() as session:
-        return {role: create_api_key(session, role=role, label=f"test {role}") for role in Role}
-
-
-@pytest.fixture
-def recorder(keys: dict[Role, str]) -> dict[str, str]:
+def recorder(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
     """Headers of a recorder."""
-    return {"Authorization": f"Bearer {keys[Role.RECORDER]}"}
+    return headers[Role.RECORDER]
 
 
 @pytest.fixture
-def auditor(keys: dict[Role, str]) -> dict[str, str]:
+def auditor(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
     """Headers of an auditor."""
-    return {"Authorization": f"Bearer {keys[Role.AUDITOR]}"}
+    return headers[Role.AUDITOR]
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.models import Record
-from tests.api.conftest import TestClient
 from tests.api.helpers import interaction
+from tests.apps import TestClient
 
 
 def record_count(session_factory: sessionmaker[Session]) -> int:

@@ -27,8 +27,8 @@ from crm_ledger.journal.keys import (
     revoke_api_key,
     rotate_api_key,
 )
-from tests.api.conftest import TestClient
 from tests.api.helpers import problem
+from tests.apps import TestClient
 
 
 def bearer(key: str) -> dict[str, str]:

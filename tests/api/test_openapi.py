@@ -1,9 +1,11 @@
-"""Every status an operation can answer is in the OpenAPI document (issue 10, finding 6).
+"""Every status an operation can answer is in the OpenAPI document (issue 10, finding 6), and
+every success response says what its body is (issue 9).
 
 The statuses an operation must document are derived from its dependencies, independently of
 the `responses=` tables: an API key brings 401 and 429, a role guard 403, a request body 413
 and 422, any parameter 422, an `Idempotency-Key` header 409. Each documented problem status
-names the problem media type.
+names the problem media type. Each 2xx names its content type and, for JSON, a schema (a
+model's, or an object with a description saying which document it is); a 204 has no body.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
+from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security.base import SecurityBase
+from starlette.responses import Response
 
+from crm_ledger.api.deps import json_document
 from crm_ledger.api.problems import PROBLEM_MEDIA_TYPE
+from crm_ledger.schemas import RecordPublic
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -95,3 +101,107 @@ def test_problem_statuses_name_the_problem_media_type(client: TestClient) -> Non
     ]
 
     assert wrong == []
+
+
+#: FastAPI's description of a success response the route did not describe.
+GENERIC_DESCRIPTION = "Successful Response"
+
+
+def undescribed_success(status: str, response: dict[str, Any]) -> str | None:
+    """What a 2xx response of the document fails to say about its body, or None."""
+    content: dict[str, Any] = response.get("content", {})
+    described = response.get("description", GENERIC_DESCRIPTION) != GENERIC_DESCRIPTION
+    if status == "204":
+        return "a 204 with a body" if content else None
+    if not content:
+        return "no content type"
+    for media_type, body in content.items():
+        schema = body.get("schema") or {}
+        if media_type == "application/json":
+            if schema in ({}, {"type": "string"}):
+                return "JSON without a schema"
+            if "$ref" not in schema and not described:
+                return "JSON of no model, and no description of what it is"
+        elif not described:
+            return f"{media_type} without a description"
+    return None
+
+
+def undescribed_successes(document: dict[str, Any]) -> tuple[dict[str, str], int]:
+    """Each operation's success response that does not describe its body, and how many 2xx
+    responses were looked at."""
+    undescribed: dict[str, str] = {}
+    checked = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if status.startswith("2"):
+                    checked += 1
+                    why = undescribed_success(status, response)
+                    if why is not None:
+                        undescribed[f"{method.upper()} {path} {status}"] = why
+    return undescribed, checked
+
+
+def test_every_success_response_describes_its_body(client: TestClient) -> None:
+    document: dict[str, Any] = client.get("/openapi.json").json()
+
+    undescribed, checked = undescribed_successes(document)
+
+    assert checked > 60
+    assert undescribed == {}
+
+
+def test_success_bodies_are_the_models_the_routes_answer_with(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    created = paths["/v1/interactions"]["post"]["responses"]["201"]["content"]
+    assert created["application/json"]["schema"] == {"$ref": "#/components/schemas/RecordPublic"}
+    receipt = paths["/v1/records/{record_id}/receipt"]["get"]["responses"]
+    assert "crm-ledger/receipt/v1" in receipt["200"]["description"]
+    assert receipt["202"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ReceiptPending"
+    )
+    bundle = paths["/v1/audit/export"]["get"]["responses"]["200"]
+    assert list(bundle["content"]) == ["application/jsonl"]
+    deleted = paths["/v1/webhook-subscriptions/{subscription_id}"]["delete"]["responses"]["204"]
+    assert "content" not in deleted
+
+
+def test_the_success_check_finds_undescribed_bodies() -> None:
+    """The check above fails for bodies nobody described (so its passing means something)."""
+    app = FastAPI()
+
+    @app.get("/raw", response_class=Response)
+    def raw() -> Response:
+        return Response(b"{}")
+
+    @app.get("/text", response_class=PlainTextResponse)
+    def text() -> str:
+        return "hello"
+
+    @app.get("/dict")
+    def untyped() -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    @app.get("/model", response_model=RecordPublic, response_class=Response)
+    def model_without_media_type() -> Response:
+        return Response(b"{}")
+
+    @app.get("/described", responses={200: json_document("The receipt")})
+    def described() -> Response:
+        return Response(b"{}")
+
+    @app.get("/typed", response_model=RecordPublic)
+    def typed() -> Response:
+        return Response(b"{}")
+
+    undescribed, checked = undescribed_successes(app.openapi())
+
+    assert checked == 6
+    assert undescribed == {
+        "GET /raw 200": "no content type",
+        "GET /text 200": "text/plain without a description",
+        "GET /dict 200": "JSON without a schema",
+        "GET /model 200": "no content type",
+    }

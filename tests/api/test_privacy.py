@@ -18,8 +18,8 @@ from crm_ledger.journal.erasure import erase_customer
 from crm_ledger.journal.keys import Role
 from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.ledger.leaf import RecordKind
-from tests.api.conftest import TestClient
 from tests.api.helpers import interaction, problem
+from tests.apps import TestClient
 
 ADA = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 20 7946 0958"}
 GRACE = {"name": "Grace Hopper", "email": "grace@example.com"}

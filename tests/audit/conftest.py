@@ -1,10 +1,9 @@
-"""Fixtures for the audit API tests: the service on the parametrised database, no background
-tasks, its chain replaced by a fake one, a key per role, and a small anchored ledger."""
+"""Fixtures for the audit API tests: the service of tests/apps.py with its chain replaced by a
+fake one, and a small anchored ledger."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,21 +11,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.api.routes.audit import get_chain_provider
-from crm_ledger.app import create_app
-from crm_ledger.config import Settings
-from crm_ledger.journal.keys import Role, create_api_key
+from crm_ledger.journal.keys import Role
 from crm_ledger.verifier.chain import AuditChain
 from tests.anchoring.fakes import FakeChain
+from tests.apps import TestClient
 from tests.audit.fakes import FakeAuditChain, anchor_all, record_deployment
-
-with warnings.catch_warnings():
-    # Starlette asks for the `httpx2` package, which is not installed; httpx works the same.
-    warnings.simplefilter("ignore", UserWarning)
-    from fastapi.testclient import TestClient
 
 
 @dataclass
@@ -47,39 +39,9 @@ def fake_chain() -> FakeChain:
 
 
 @pytest.fixture
-def app(tmp_path: Path, database_url: str, fake_chain: FakeChain) -> Iterator[FastAPI]:
-    """The service without background tasks, reading the fake chain."""
-    app = create_app(
-        Settings(data_dir=tmp_path, database_url=database_url, run_anchorer=False),
-        background=False,
-    )
-    app.dependency_overrides[get_chain_provider] = lambda: FakeChainProvider(fake_chain)
-    yield app
-    # The lifespan disposed of it; this closes what a test read after it.
-    app.state.runtime.engine.dispose()
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    """A client that runs the app's lifespan."""
-    with TestClient(app) as client:
-        yield client
-
-
-@pytest.fixture
-def app_sessions(app: FastAPI) -> sessionmaker[Session]:
-    """The app's own session factory."""
-    factory: sessionmaker[Session] = app.state.runtime.session_factory
-    return factory
-
-
-@pytest.fixture
-def as_role(app_sessions: sessionmaker[Session]) -> dict[Role, dict[str, str]]:
-    """Authorization headers of one key per role."""
-    with app_sessions.begin() as session:
-        return {
-            role: {"Authorization": f"Bearer {create_api_key(session, role=role)}"} for role in Role
-        }
+def dependency_overrides(fake_chain: FakeChain) -> dict[Callable[..., Any], Callable[..., Any]]:
+    """The app (tests/apps.py) reads the fake chain."""
+    return {get_chain_provider: lambda: FakeChainProvider(fake_chain)}
 
 
 @dataclass
@@ -105,12 +67,12 @@ def interaction(customer_id: str, note: str) -> dict[str, Any]:
 async def ledger(
     client: TestClient,
     app_sessions: sessionmaker[Session],
-    as_role: dict[Role, dict[str, str]],
+    headers: dict[Role, dict[str, str]],
     fake_chain: FakeChain,
     tmp_path: Path,
 ) -> Ledger:
     """Ada, Brian and Chloe, 3 interactions each, written through the API and anchored."""
-    recorder = as_role[Role.RECORDER]
+    recorder = headers[Role.RECORDER]
     out = Ledger(customers={}, records={})
     for name in ("Ada", "Brian", "Chloe"):
         response = client.post(

@@ -22,7 +22,8 @@ from crm_ledger.verifier.chain import AuditChain
 from crm_ledger.verifier.check import verify_bundle
 from tests.anchoring.fakes import FakeChain, add_records
 from tests.api.helpers import checked_out_at_dispose
-from tests.audit.conftest import FakeChainProvider, Ledger, TestClient
+from tests.apps import TestClient
+from tests.audit.conftest import FakeChainProvider, Ledger
 from tests.audit.fakes import FakeAuditChain, anchor_all, tamper
 
 pytestmark = pytest.mark.asyncio
@@ -61,13 +62,13 @@ def problem(response: Any, status: int) -> dict[str, Any]:
 
 
 async def test_a_receipt_with_its_content_verifies_at_every_step(
-    client: Any, as_role: Headers, ledger: Ledger
+    client: Any, headers: Headers, ledger: Ledger
 ) -> None:
-    receipt, document = receipt_and_content(client, as_role, ledger.records["Brian"][1])
+    receipt, document = receipt_and_content(client, headers, ledger.records["Brian"][1])
     response = client.post(
         "/v1/audit/verify",
         json={"receipt": receipt, "content": json.loads(document)},
-        headers=as_role[Role.AUDITOR],
+        headers=headers[Role.AUDITOR],
     )
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -90,11 +91,11 @@ async def test_a_receipt_with_its_content_verifies_at_every_step(
 
 
 async def test_a_record_verifies_by_id_and_its_document_is_the_committed_text(
-    client: Any, as_role: Headers, ledger: Ledger
+    client: Any, headers: Headers, ledger: Ledger
 ) -> None:
     record_id = ledger.records["Chloe"][0]
-    auditor = as_role[Role.AUDITOR]
-    receipt, document = receipt_and_content(client, as_role, record_id)
+    auditor = headers[Role.AUDITOR]
+    receipt, document = receipt_and_content(client, headers, record_id)
     record = client.get(f"/v1/records/{record_id}", headers=auditor).json()
     assert record["document"] == document
 
@@ -120,7 +121,7 @@ async def test_a_record_verifies_by_id_and_its_document_is_the_committed_text(
             "channel": "c",
             "occurred_at": "2026-11-25T10:00:00Z",
         },
-        headers=as_role[Role.RECORDER],
+        headers=headers[Role.RECORDER],
     ).json()["id"]
     found = problem(
         client.post("/v1/audit/verify", json={"record_id": pending}, headers=auditor), 409
@@ -129,10 +130,10 @@ async def test_a_record_verifies_by_id_and_its_document_is_the_committed_text(
 
 
 async def test_altered_content_a_wrong_key_or_a_forged_root_fail_their_step(
-    client: Any, as_role: Headers, ledger: Ledger
+    client: Any, headers: Headers, ledger: Ledger
 ) -> None:
-    receipt, document = receipt_and_content(client, as_role, ledger.records["Ada"][2])
-    auditor = as_role[Role.AUDITOR]
+    receipt, document = receipt_and_content(client, headers, ledger.records["Ada"][2])
+    auditor = headers[Role.AUDITOR]
 
     altered = json.loads(document)
     altered["body"]["details"]["note"] = "something else"
@@ -171,9 +172,9 @@ async def test_altered_content_a_wrong_key_or_a_forged_root_fail_their_step(
     ],
 )
 async def test_malformed_requests_are_422_naming_the_field(
-    client: Any, as_role: Headers, ledger: Ledger, body: Any, names: str
+    client: Any, headers: Headers, ledger: Ledger, body: Any, names: str
 ) -> None:
-    found = problem(client.post("/v1/audit/verify", json=body, headers=as_role[Role.AUDITOR]), 422)
+    found = problem(client.post("/v1/audit/verify", json=body, headers=headers[Role.AUDITOR]), 422)
     assert names in json.dumps(found)
 
 
@@ -194,19 +195,19 @@ async def test_malformed_requests_are_422_naming_the_field(
 )
 async def test_malformed_receipts_are_422_naming_the_field(
     client: Any,
-    as_role: Headers,
+    headers: Headers,
     ledger: Ledger,
     path: tuple[str, ...],
     value: object,
     names: str,
 ) -> None:
-    receipt, _ = receipt_and_content(client, as_role, ledger.records["Ada"][0])
+    receipt, _ = receipt_and_content(client, headers, ledger.records["Ada"][0])
     target = receipt
     for part in path[:-1]:
         target = target[part]
     target[path[-1]] = value
     found = problem(
-        client.post("/v1/audit/verify", json={"receipt": receipt}, headers=as_role[Role.AUDITOR]),
+        client.post("/v1/audit/verify", json={"receipt": receipt}, headers=headers[Role.AUDITOR]),
         422,
     )
     assert names in found["detail"]
@@ -214,10 +215,10 @@ async def test_malformed_receipts_are_422_naming_the_field(
 
 
 async def test_malformed_content_and_keys_are_422(
-    client: Any, as_role: Headers, ledger: Ledger
+    client: Any, headers: Headers, ledger: Ledger
 ) -> None:
-    receipt, _ = receipt_and_content(client, as_role, ledger.records["Ada"][0])
-    auditor = as_role[Role.AUDITOR]
+    receipt, _ = receipt_and_content(client, headers, ledger.records["Ada"][0])
+    auditor = headers[Role.AUDITOR]
     found = problem(
         client.post("/v1/audit/verify", json={"receipt": receipt, "content": 12}, headers=auditor),
         422,
@@ -263,9 +264,9 @@ async def test_malformed_content_and_keys_are_422(
 )
 @pytest.mark.parametrize("role", [Role.RECORDER, Role.MARKETING, None])
 async def test_audit_endpoints_need_an_auditor_or_admin_key(
-    client: Any, as_role: Headers, method: str, path: str, role: Role | None
+    client: Any, headers: Headers, method: str, path: str, role: Role | None
 ) -> None:
-    headers = as_role[role] if role is not None else {}
+    headers = headers[role] if role is not None else {}
     response = getattr(client, method)(path, headers=headers)
     assert response.status_code == (403 if role is not None else 401), response.text
 
@@ -274,10 +275,10 @@ async def test_audit_endpoints_need_an_auditor_or_admin_key(
 
 
 async def test_a_customer_audit_reports_each_record(
-    client: Any, as_role: Headers, ledger: Ledger, database_url: str
+    client: Any, headers: Headers, ledger: Ledger, database_url: str
 ) -> None:
     path = f"/v1/audit/customers/{ledger.customers['Chloe']}"
-    answer = client.get(path, headers=as_role[Role.ADMIN]).json()
+    answer = client.get(path, headers=headers[Role.ADMIN]).json()
     assert answer["verdict"] == "ok", answer
     assert [r["status"] for r in answer["records"]] == ["ok", "ok", "ok"]
     assert [r["record_id"] for r in answer["records"]] == ledger.records["Chloe"]
@@ -293,7 +294,7 @@ async def test_a_customer_audit_reports_each_record(
             ),
         ],
     )
-    answer = client.get(path, headers=as_role[Role.AUDITOR]).json()
+    answer = client.get(path, headers=headers[Role.AUDITOR]).json()
     assert answer["verdict"] == "tampered"
     statuses = [(r["status"], r["record_id"]) for r in answer["records"]]
     assert statuses == [
@@ -305,7 +306,7 @@ async def test_a_customer_audit_reports_each_record(
 
 
 async def test_a_customer_audit_of_pending_records_and_unknown_customers(
-    client: Any, as_role: Headers, ledger: Ledger
+    client: Any, headers: Headers, ledger: Ledger
 ) -> None:
     client.post(
         "/v1/interactions",
@@ -316,21 +317,21 @@ async def test_a_customer_audit_of_pending_records_and_unknown_customers(
             "occurred_at": "2026-11-25T11:00:00Z",
             "details": {},
         },
-        headers=as_role[Role.RECORDER],
+        headers=headers[Role.RECORDER],
     )
     answer = client.get(
-        f"/v1/audit/customers/{ledger.customers['Ada']}", headers=as_role[Role.AUDITOR]
+        f"/v1/audit/customers/{ledger.customers['Ada']}", headers=headers[Role.AUDITOR]
     ).json()
     assert [r["status"] for r in answer["records"]] == ["ok", "ok", "ok", "pending"]
     assert answer["verdict"] == "ok"
     problem(
         client.get(
             "/v1/audit/customers/00000000-0000-4000-8000-000000000000",
-            headers=as_role[Role.AUDITOR],
+            headers=headers[Role.AUDITOR],
         ),
         404,
     )
-    problem(client.get("/v1/audit/customers/not-an-id", headers=as_role[Role.AUDITOR]), 422)
+    problem(client.get("/v1/audit/customers/not-an-id", headers=headers[Role.AUDITOR]), 422)
 
 
 # Ledger audit --------------------------------------------------------------------------------
@@ -346,9 +347,9 @@ def wait_for_report(client: Any, headers: dict[str, str]) -> dict[str, Any]:
 
 
 async def test_a_ledger_audit_runs_in_the_background_and_reports(
-    client: Any, as_role: Headers, ledger: Ledger, database_url: str
+    client: Any, headers: Headers, ledger: Ledger, database_url: str
 ) -> None:
-    auditor = as_role[Role.AUDITOR]
+    auditor = headers[Role.AUDITOR]
     problem(client.get("/v1/audit/ledger", headers=auditor), 404)
     started = client.post("/v1/audit/ledger", headers=auditor)
     assert started.status_code == 202, started.text
@@ -368,11 +369,11 @@ async def test_a_ledger_audit_runs_in_the_background_and_reports(
 
 
 async def test_a_ledger_audit_that_cannot_reach_the_chain_is_reported_failed(
-    client: Any, as_role: Headers, ledger: Ledger, fake_chain: FakeChain
+    client: Any, headers: Headers, ledger: Ledger, fake_chain: FakeChain
 ) -> None:
     fake_chain.down = True
-    client.post("/v1/audit/ledger", headers=as_role[Role.ADMIN])
-    found = wait_for_report(client, as_role[Role.ADMIN])
+    client.post("/v1/audit/ledger", headers=headers[Role.ADMIN])
+    found = wait_for_report(client, headers[Role.ADMIN])
     assert found["status"] == "failed"
     assert "down" in found["error"]
 
@@ -388,13 +389,13 @@ class SlowChainProvider(FakeChainProvider):
 
 
 async def test_shutdown_waits_for_a_ledger_audit_in_progress(
-    app: FastAPI, as_role: Headers, fake_chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI, headers: Headers, fake_chain: FakeChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app.dependency_overrides[get_chain_provider] = lambda: SlowChainProvider(fake_chain)
     engine = app.state.runtime.engine
     at_dispose = checked_out_at_dispose(engine, monkeypatch)
     with TestClient(app) as client:
-        started = client.post("/v1/audit/ledger", headers=as_role[Role.AUDITOR])
+        started = client.post("/v1/audit/ledger", headers=headers[Role.AUDITOR])
         assert started.status_code == 202, started.text
     assert at_dispose == [0]
     stored = latest_report(engine)
@@ -402,19 +403,19 @@ async def test_shutdown_waits_for_a_ledger_audit_in_progress(
 
 
 async def test_customer_audit_and_record_check_when_the_chain_is_down(
-    client: Any, as_role: Headers, ledger: Ledger, fake_chain: FakeChain
+    client: Any, headers: Headers, ledger: Ledger, fake_chain: FakeChain
 ) -> None:
-    receipt, document = receipt_and_content(client, as_role, ledger.records["Ada"][0])
+    receipt, document = receipt_and_content(client, headers, ledger.records["Ada"][0])
     fake_chain.down = True
     found = problem(
-        client.get(f"/v1/audit/customers/{ledger.customers['Ada']}", headers=as_role[Role.AUDITOR]),
+        client.get(f"/v1/audit/customers/{ledger.customers['Ada']}", headers=headers[Role.AUDITOR]),
         503,
     )
     assert "cannot be reached" in found["detail"]
     answer = client.post(
         "/v1/audit/verify",
         json={"receipt": receipt, "content": document},
-        headers=as_role[Role.AUDITOR],
+        headers=headers[Role.AUDITOR],
     ).json()
     assert answer["verdict"] == "incomplete"
     assert steps(answer)["commitment"] == "ok"
@@ -426,13 +427,13 @@ async def test_customer_audit_and_record_check_when_the_chain_is_down(
 
 async def test_a_saved_digest_is_extended_and_a_forged_one_is_not(
     client: Any,
-    as_role: Headers,
+    headers: Headers,
     ledger: Ledger,
     app_sessions: sessionmaker[Session],
     fake_chain: FakeChain,
     tmp_path: Path,
 ) -> None:
-    auditor = as_role[Role.AUDITOR]
+    auditor = headers[Role.AUDITOR]
     saved = client.get("/v1/audit/digest", headers=auditor).json()
     assert saved["format"] == "crm-ledger/digest/v1"
     assert saved["batch"]["head"] == "0x" + fake_chain.head.hex()
@@ -462,18 +463,18 @@ async def test_a_saved_digest_is_extended_and_a_forged_one_is_not(
     ],
 )
 async def test_malformed_digests_are_422(
-    client: Any, as_role: Headers, ledger: Ledger, change: Any, names: str
+    client: Any, headers: Headers, ledger: Ledger, change: Any, names: str
 ) -> None:
-    digest = client.get("/v1/audit/digest", headers=as_role[Role.AUDITOR]).json()
+    digest = client.get("/v1/audit/digest", headers=headers[Role.AUDITOR]).json()
     change(digest)
     found = problem(
-        client.post("/v1/audit/digest/verify", json=digest, headers=as_role[Role.AUDITOR]), 422
+        client.post("/v1/audit/digest/verify", json=digest, headers=headers[Role.AUDITOR]), 422
     )
     assert names in found["detail"]
 
 
-async def test_no_digest_before_anything_is_anchored(client: Any, as_role: Headers) -> None:
-    problem(client.get("/v1/audit/digest", headers=as_role[Role.AUDITOR]), 409)
+async def test_no_digest_before_anything_is_anchored(client: Any, headers: Headers) -> None:
+    problem(client.get("/v1/audit/digest", headers=headers[Role.AUDITOR]), 409)
 
 
 # Bundles -------------------------------------------------------------------------------------
@@ -486,7 +487,7 @@ async def test_no_digest_before_anything_is_anchored(client: Any, as_role: Heade
 )
 async def test_exported_bundles_verify_offline(
     client: Any,
-    as_role: Headers,
+    headers: Headers,
     ledger: Ledger,
     fake_chain: FakeChain,
     tmp_path: Path,
@@ -494,7 +495,7 @@ async def test_exported_bundles_verify_offline(
 ) -> None:
     if "customer_id" in query:
         query = {"customer_id": ledger.customers[query["customer_id"]]}
-    response = client.get("/v1/audit/export", params=query, headers=as_role[Role.AUDITOR])
+    response = client.get("/v1/audit/export", params=query, headers=headers[Role.AUDITOR])
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/jsonl")
     bundle = tmp_path / "bundle.jsonl"
@@ -507,9 +508,9 @@ async def test_exported_bundles_verify_offline(
     assert check.batches_on_chain == check.batches
 
 
-async def test_keys_are_left_out_on_request(client: Any, as_role: Headers, ledger: Ledger) -> None:
+async def test_keys_are_left_out_on_request(client: Any, headers: Headers, ledger: Ledger) -> None:
     response = client.get(
-        "/v1/audit/export", params={"include_keys": "false"}, headers=as_role[Role.ADMIN]
+        "/v1/audit/export", params={"include_keys": "false"}, headers=headers[Role.ADMIN]
     )
     lines = [json.loads(line) for line in response.text.splitlines()]
     assert lines[0]["includes_keys"] is False
@@ -528,6 +529,6 @@ async def test_keys_are_left_out_on_request(client: Any, as_role: Headers, ledge
     ],
 )
 async def test_bad_export_queries_are_4xx(
-    client: Any, as_role: Headers, ledger: Ledger, query: dict[str, Any], status: int
+    client: Any, headers: Headers, ledger: Ledger, query: dict[str, Any], status: int
 ) -> None:
-    problem(client.get("/v1/audit/export", params=query, headers=as_role[Role.AUDITOR]), status)
+    problem(client.get("/v1/audit/export", params=query, headers=headers[Role.AUDITOR]), status)

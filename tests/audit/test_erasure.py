@@ -34,37 +34,37 @@ def erase(client: Any, headers: Headers, customer_id: str) -> Any:
 
 
 async def test_only_admins_erase_and_erasing_twice_changes_nothing(
-    client: Any, as_role: Headers, ledger: Ledger
+    client: Any, headers: Headers, ledger: Ledger
 ) -> None:
     ada = ledger.customers["Ada"]
     for role in (Role.AUDITOR, Role.RECORDER, Role.MARKETING):
-        response = client.delete(f"/v1/customers/{ada}/personal-data", headers=as_role[role])
+        response = client.delete(f"/v1/customers/{ada}/personal-data", headers=headers[role])
         assert response.status_code == 403, response.text
-    first = erase(client, as_role, ada)
+    first = erase(client, headers, ada)
     assert first.status_code == 200, first.text
     body = first.json()
     assert body["customer_id"] == ada
     assert body["erased_records"] == 3
     assert body["already_erased"] is False
-    again = erase(client, as_role, ada).json()
+    again = erase(client, headers, ada).json()
     assert again["already_erased"] is True
     assert again["erasure_record_id"] == body["erasure_record_id"]
     assert again["erased_at"] == body["erased_at"]
-    missing = erase(client, as_role, "00000000-0000-4000-8000-000000000000")
+    missing = erase(client, headers, "00000000-0000-4000-8000-000000000000")
     assert missing.status_code == 404
 
 
 async def test_erasure_removes_personal_data_and_keeps_every_leaf(
-    client: Any, as_role: Headers, ledger: Ledger, database_url: str
+    client: Any, headers: Headers, ledger: Ledger, database_url: str
 ) -> None:
     ada = ledger.customers["Ada"]
     before = [
         row(database_url, "SELECT seq, leaf_hash, commitment FROM records WHERE id = :id", id=rid)
         for rid in ledger.records["Ada"]
     ]
-    erasure_id = erase(client, as_role, ada).json()["erasure_record_id"]
+    erasure_id = erase(client, headers, ada).json()["erasure_record_id"]
 
-    customer = client.get(f"/v1/customers/{ada}", headers=as_role[Role.AUDITOR]).json()
+    customer = client.get(f"/v1/customers/{ada}", headers=headers[Role.AUDITOR]).json()
     assert (customer["name"], customer["email"], customer["phone"]) == (None, None, None)
     assert customer["erased_at"] is not None
     assert row(database_url, "SELECT key FROM customers WHERE id = :id", id=ada).key is None
@@ -77,7 +77,7 @@ async def test_erasure_removes_personal_data_and_keeps_every_leaf(
         assert now.content is None
         assert (now.seq, now.leaf_hash, now.commitment) == tuple(kept)
         assert (
-            client.get(f"/v1/records/{rid}", headers=as_role[Role.AUDITOR]).json()["content"]
+            client.get(f"/v1/records/{rid}", headers=headers[Role.AUDITOR]).json()["content"]
             is None
         )
 
@@ -96,14 +96,14 @@ async def test_erasure_removes_personal_data_and_keeps_every_leaf(
     )
 
     refused = client.post(
-        "/v1/interactions", json=interaction(ada, "after"), headers=as_role[Role.RECORDER]
+        "/v1/interactions", json=interaction(ada, "after"), headers=headers[Role.RECORDER]
     )
     assert refused.status_code == 409
 
 
 async def test_after_erasure_audits_stay_clean_and_receipts_still_verify(
     client: Any,
-    as_role: Headers,
+    headers: Headers,
     ledger: Ledger,
     engine: Engine,
     app_sessions: sessionmaker[Session],
@@ -112,21 +112,21 @@ async def test_after_erasure_audits_stay_clean_and_receipts_still_verify(
 ) -> None:
     ada = ledger.customers["Ada"]
     receipts = [
-        client.get(f"/v1/records/{rid}/receipt", headers=as_role[Role.AUDITOR]).json()
+        client.get(f"/v1/records/{rid}/receipt", headers=headers[Role.AUDITOR]).json()
         for rid in ledger.records["Ada"]
     ]
     # One more record, still pending when the customer is erased.
     pending = client.post(
-        "/v1/interactions", json=interaction(ada, "late"), headers=as_role[Role.RECORDER]
+        "/v1/interactions", json=interaction(ada, "late"), headers=headers[Role.RECORDER]
     ).json()["id"]
-    erasure_id = erase(client, as_role, ada).json()["erasure_record_id"]
+    erasure_id = erase(client, headers, ada).json()["erasure_record_id"]
     await anchor_all(app_sessions, fake_chain, tmp_path)
 
     report = await run_ledger_audit(engine=engine, chain=FakeAuditChain(fake_chain))
     assert report.clean, report.to_json()
     assert report.erased_records == 4
 
-    answer = client.get(f"/v1/audit/customers/{ada}", headers=as_role[Role.AUDITOR]).json()
+    answer = client.get(f"/v1/audit/customers/{ada}", headers=headers[Role.AUDITOR]).json()
     assert answer["erased"] is True
     assert answer["verdict"] == "ok", answer
     assert [(r["record_id"], r["status"]) for r in answer["records"]] == [
@@ -139,7 +139,7 @@ async def test_after_erasure_audits_stay_clean_and_receipts_still_verify(
         checked = client.post(
             "/v1/audit/verify",
             json={"receipt": receipt, "content": '{"kept":"by the auditor"}'},
-            headers=as_role[Role.AUDITOR],
+            headers=headers[Role.AUDITOR],
         ).json()
         assert checked["verdict"] == "valid", checked
         assert checked["content_checked"] is False
@@ -147,29 +147,29 @@ async def test_after_erasure_audits_stay_clean_and_receipts_still_verify(
         assert commitment["status"] == "skipped"
         assert "erased" in commitment["detail"]
     refreshed = client.get(
-        f"/v1/records/{ledger.records['Ada'][0]}/receipt", headers=as_role[Role.AUDITOR]
+        f"/v1/records/{ledger.records['Ada'][0]}/receipt", headers=headers[Role.AUDITOR]
     ).json()
     assert refreshed == receipts[0]
 
 
 async def test_nothing_exported_ties_the_erased_customer_to_their_records(
     client: Any,
-    as_role: Headers,
+    headers: Headers,
     ledger: Ledger,
     app_sessions: sessionmaker[Session],
     fake_chain: FakeChain,
     tmp_path: Path,
 ) -> None:
     ada = ledger.customers["Ada"]
-    erasure_id = erase(client, as_role, ada).json()["erasure_record_id"]
+    erasure_id = erase(client, headers, ada).json()["erasure_record_id"]
     await anchor_all(app_sessions, fake_chain, tmp_path)
 
     refused = client.get(
-        "/v1/audit/export", params={"customer_id": ada}, headers=as_role[Role.AUDITOR]
+        "/v1/audit/export", params={"customer_id": ada}, headers=headers[Role.AUDITOR]
     )
     assert refused.status_code == 409
     for query in ({}, {"from_seq": 0, "to_seq": 9}):
-        bundle = client.get("/v1/audit/export", params=query, headers=as_role[Role.AUDITOR])
+        bundle = client.get("/v1/audit/export", params=query, headers=headers[Role.AUDITOR])
         assert bundle.status_code == 200
         text = bundle.text
         for secret in (ada, erasure_id, *ledger.records["Ada"], "Ada", "ada@example.com"):
@@ -192,7 +192,7 @@ async def test_nothing_exported_ties_the_erased_customer_to_their_records(
 
 async def test_an_erasure_that_waits_on_a_lock_gives_up_and_retries(
     client: Any,
-    as_role: Headers,
+    headers: Headers,
     ledger: Ledger,
     database_url: str,
     app_sessions: sessionmaker[Session],
@@ -224,7 +224,7 @@ async def test_an_erasure_that_waits_on_a_lock_gives_up_and_retries(
         assert time.monotonic() - started < 0.9
         # ...and the endpoint retries until the row is free.
         threading.Timer(0.8, release.set).start()
-        response = erase(client, as_role, ada)
+        response = erase(client, headers, ada)
     finally:
         release.set()
         holder.join()

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -18,23 +17,12 @@ from standardwebhooks.webhooks import Webhook
 from crm_ledger.client import AsyncClient, Client, DeliveryPublic, NotFound
 from tests.client.conftest import Delivered, LiveService, WebhookReceiver
 from tests.ingest.shops import body_of, shopify_headers, shopify_order
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.chain
 
-T = TypeVar("T")
 SHOP_SECRET = "shop-secret-" + "a" * 16
 NEW_SHOP_SECRET = "shop-secret-" + "b" * 16
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """`probe()` once it answers something other than None (or [] / False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
 def send_to_shop_url(url: str, topic: str, document: dict[str, Any], secret: str) -> int:
@@ -78,7 +66,7 @@ def test_a_shop_is_connected_rotated_retried_and_deleted(live: LiveService) -> N
             found = list(admin.sources.deliveries(shop.id, status="failed", page_size=1))
             return found if len(found) == 2 else []
 
-        first, second = eventually(failed, "two failed deliveries")
+        first, second = wait_for(failed, what="two failed deliveries")
         assert first.topic == "products/create" and first.error
         assert first.delivery_id != second.delivery_id  # newest first, one page each
         again = admin.sources.retry_delivery(shop.id, first.id)
@@ -117,23 +105,25 @@ def test_a_webhook_subscription_delivers_signed_events_and_is_managed(
         record = admin.interactions.create(
             customer_id=who.id, type="call", channel="phone", occurred_at="2026-11-25T10:00:00Z"
         )
-        [first] = eventually(lambda: record_anchored_for(webhook_receiver, path, record.id), "hook")
+        [first] = wait_for(
+            lambda: record_anchored_for(webhook_receiver, path, record.id), what="hook"
+        )
         payload = verified(first, created.secret)
         assert payload["type"] == "record.anchored"
 
         # Other records anchored meanwhile have deliveries too: this record's is found by id.
-        [delivery] = eventually(
+        [delivery] = wait_for(
             lambda: [
                 item
                 for item in admin.webhook_subscriptions.deliveries(created.id, status="succeeded")
                 if item.event_id == first.headers["webhook-id"]
             ],
-            "a succeeded delivery",
+            what="a succeeded delivery",
         )
         again = admin.webhook_subscriptions.redeliver(created.id, delivery.id)
         assert again.event_id == delivery.event_id and again.status == "pending"
-        eventually(
-            lambda: len(record_anchored_for(webhook_receiver, path, record.id)) == 2, "again"
+        wait_for(
+            lambda: len(record_anchored_for(webhook_receiver, path, record.id)) == 2, what="again"
         )
 
         changed = admin.webhook_subscriptions.update(
@@ -150,8 +140,8 @@ def test_a_webhook_subscription_delivers_signed_events_and_is_managed(
         assert rotated.secret is not None and rotated.secret != created.secret
         replayed = admin.webhook_subscriptions.replay(created.id)
         assert replayed.id == created.id
-        resent = eventually(
-            lambda: record_anchored_for(webhook_receiver, path, record.id)[2:], "the replay"
+        resent = wait_for(
+            lambda: record_anchored_for(webhook_receiver, path, record.id)[2:], what="the replay"
         )
         assert verified(resent[0], rotated.secret)["data"]["data"]["record_id"] == record.id
 
@@ -178,7 +168,7 @@ def test_a_lost_create_answer_still_hands_the_caller_a_working_secret(
         assert second.id == first.id and second.secret not in (None, first.secret)
         assert second.secret is not None
         admin.webhook_subscriptions.replay(first.id)
-        delivered = eventually(lambda: webhook_receiver.on(path), "a replayed delivery")
+        delivered = wait_for(lambda: webhook_receiver.on(path), what="a replayed delivery")
         assert verified(delivered[0], second.secret)["type"] == "record.anchored"
         admin.webhook_subscriptions.delete(first.id)
 

@@ -24,10 +24,11 @@ import crm_ledger.console
 from crm_ledger.app import create_app
 from crm_ledger.chain.node import LocalNode
 from crm_ledger.journal.keys import Role, create_api_key
-from tests.api.conftest import app, client, keys, session_factory, settings  # noqa: F401
+from tests.api.conftest import session_factory  # noqa: F401  (the app's; app, client, keys: tests/apps.py)
 from tests.chain.conftest import anvil, free_port  # noqa: F401
 from tests.conftest import POSTGRES_URL
-from tests.e2e.conftest import service_settings, wait_for
+from tests.e2e.conftest import service_settings
+from tests.waiting import wait_for
 
 STATIC = Path(crm_ledger.console.__file__).parent / "static"
 HARNESS = Path(__file__).parent / "verifier_harness.mjs"

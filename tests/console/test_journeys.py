@@ -24,7 +24,7 @@ from crm_ledger.journal.keys import Role
 from crm_ledger.verifier.check import check_bundle_offline
 from tests.api.helpers import interaction, order
 from tests.console.conftest import SCREENSHOTS, LiveService, axe_violations
-from tests.e2e.conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.chain
 

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.journal.keys import Role
 from tests.api.helpers import problem
+from tests.apps import TestClient
 from tests.crm import factories as f
-from tests.crm.conftest import TestClient
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -18,7 +18,7 @@ from crm_ledger.db.models import FeedEvent, utcnow
 from crm_ledger.feed import EventType, NewFeedEvent
 from crm_ledger.journal.keys import Role
 from tests.api.helpers import problem
-from tests.crm.conftest import TestClient
+from tests.apps import TestClient
 
 TYPES = [EventType.RECORD_ANCHORED, EventType.REWARD_ISSUED, EventType.DRIFT_DETECTED]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.journal.keys import Role
+from tests.apps import TestClient
 from tests.crm import factories as f
-from tests.crm.conftest import TestClient
 
 
 def test_the_reward_ref_leaves_the_360_view_with_the_erasure(

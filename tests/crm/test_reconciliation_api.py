@@ -17,8 +17,8 @@ from crm_ledger.indexer.indexer import Indexer
 from crm_ledger.indexer.reconcile import ChainReader, Reconciler, latest_report
 from crm_ledger.journal.keys import Role
 from tests.api.helpers import checked_out_at_dispose, problem
+from tests.apps import TestClient
 from tests.crm import factories as f
-from tests.crm.conftest import TestClient
 
 
 class QuietChain:

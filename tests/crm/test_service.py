@@ -3,10 +3,8 @@ record written through the API shows up confirmed in the 360 view and in the cha
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -16,8 +14,9 @@ from crm_ledger.chain.node import LocalNode
 from crm_ledger.config import Settings
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.helpers import interaction
+from tests.apps import TestClient
 from tests.chain.conftest import anvil, hardhat  # noqa: F401  (session node fixtures)
-from tests.crm.conftest import TestClient
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.chain
 
@@ -27,14 +26,6 @@ def node(request: pytest.FixtureRequest) -> LocalNode:
     """A real EVM node: the session's Anvil, then the session's Hardhat node."""
     found: LocalNode = request.getfixturevalue(request.param)
     return found
-
-
-def wait_for(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +15,13 @@ from crm_ledger.chain.node import LocalNode
 from crm_ledger.config import Settings
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.chain.conftest import anvil, free_port, hardhat  # noqa: F401  (session node fixtures)
+from tests.waiting import wait_for
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from fastapi.testclient import TestClient
 
-__all__ = ["free_port", "wait_for"]
+__all__ = ["free_port"]
 
 
 @pytest.fixture(params=["anvil", "hardhat"])
@@ -59,12 +59,3 @@ def service(tmp_path: Path, database_url: str, node: LocalNode) -> Iterator[Test
                 session, role=Role.ADMIN, label="e2e"
             )
         yield client
-
-
-def wait_for(condition: Any, timeout: float) -> None:
-    """Poll `condition()` until true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.05)

@@ -1,7 +1,7 @@
-"""The chaos suite (scripts/chaos.py), reduced: a few kills, short outages, a small
-schemathesis budget. Each scenario must lose nothing acknowledged, anchor nothing twice, leave no
-seq gap and answer no 5xx but 503 problem documents. The full run's figures are in
-docs/reliability.md."""
+"""The chaos suite (scripts/chaos.py and scripts/chaoslib/), reduced: a few kills, short
+outages, a small schemathesis budget. Each scenario must lose nothing acknowledged, anchor
+nothing twice, leave no seq gap and answer no 5xx but 503 problem documents. The full run's
+figures are in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 from typing import Any
 
 import pytest
-from scripts import chaos
+from scripts import chaoslib
 
 pytestmark = pytest.mark.chain
 
@@ -31,8 +31,8 @@ def test_reduced_chaos_run_loses_duplicates_and_skips_nothing(
         pytest.skip("initdb/pg_ctl are not installed: no throwaway PostgreSQL cluster")
     if scenario == "disk" and os.geteuid() != 0:
         pytest.skip("mounting the small tmpfs the journal fills needs root")
-    [outcome] = chaos.run_scenarios([scenario], **sizes)
-    table = chaos.format_table([outcome])
+    [outcome] = chaoslib.run_scenarios([scenario], **sizes)
+    table = chaoslib.format_table([outcome])
     assert not any(note.startswith("skipped") for note in outcome.notes), table
     assert outcome.ok, table
     if scenario == "fuzz":

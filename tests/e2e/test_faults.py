@@ -31,7 +31,8 @@ from crm_ledger.db.session import make_engine, make_session_factory, upgrade_dat
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.helpers import interaction
 from tests.chain.conftest import anvil_factory  # noqa: F401  (fixture)
-from tests.e2e.conftest import TestClient, free_port, service_settings, wait_for
+from tests.e2e.conftest import TestClient, free_port, service_settings
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.chain
 

@@ -24,7 +24,6 @@ from crm_ledger.chain.node import LocalNode
 from crm_ledger.config import DEV_MNEMONIC
 from crm_ledger.outbound.salesforce.standin import SalesforceStandIn
 from tests.chain.conftest import free_port
-from tests.e2e.conftest import wait_for
 from tests.outbound.salesforce.conftest import (  # noqa: F401  (fixtures)
     CLIENT_ID,
     USERNAME,
@@ -32,6 +31,7 @@ from tests.outbound.salesforce.conftest import (  # noqa: F401  (fixtures)
     key_pair,
     standin,
 )
+from tests.waiting import wait_for
 
 CLI = Path(sys.executable).parent / "crm-ledger"
 #: Anvil's dev account 0 key (public knowledge, chain 31337 only): never logged all the same.

@@ -23,8 +23,9 @@ from crm_ledger.db.session import make_engine, make_session_factory, upgrade_dat
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.helpers import interaction
 from tests.chain.test_anvil_ownership import alive, gone_within
-from tests.e2e.conftest import free_port, wait_for
+from tests.e2e.conftest import free_port
 from tests.e2e.test_faults import assert_journal_matches_chain
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.chain,

@@ -18,7 +18,8 @@ import pytest
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.helpers import interaction
-from tests.e2e.conftest import free_port, wait_for
+from tests.e2e.conftest import free_port
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.chain,

@@ -17,7 +17,7 @@ from crm_ledger.ledger import merkle
 from crm_ledger.ledger.hexcodec import unhex
 from crm_ledger.ledger.receipts import Receipt, check_receipt
 from tests.api.helpers import interaction, order
-from tests.e2e.conftest import wait_for
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.chain
 

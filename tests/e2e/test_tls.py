@@ -22,7 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.journal.keys import Role, create_api_key
-from tests.e2e.conftest import free_port, wait_for
+from tests.e2e.conftest import free_port
+from tests.waiting import wait_for
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -19,7 +19,8 @@ from crm_ledger.db.session import make_engine, make_session_factory
 from crm_ledger.journal.keys import Role, create_api_key
 from crm_ledger.runtime import Runtime
 from crm_ledger.workers.lock import INDEXER
-from tests.e2e.conftest import TestClient, service_settings, wait_for
+from tests.e2e.conftest import TestClient, service_settings
+from tests.waiting import wait_for
 from tests.workers.helpers import until
 
 CLI = Path(sys.executable).parent / "crm-ledger"

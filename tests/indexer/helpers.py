@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -22,21 +19,6 @@ from crm_ledger.db.models import (
     Record,
 )
 from tests.anchoring.fakes import make_record
-
-
-async def wait_until(
-    predicate: Callable[[], Awaitable[bool]],
-    *,
-    timeout: float = 60.0,
-    what: str | Callable[[], str] = "condition",
-) -> None:
-    """Poll `predicate` every 20 ms until it holds; fail after `timeout` seconds, saying `what`
-    (called then, if it is a function, to describe the state)."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
-        await asyncio.sleep(0.02)
 
 
 def add_more_records(

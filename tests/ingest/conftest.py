@@ -1,76 +1,45 @@
-"""Fixtures for ingest tests: an app with no chain, an admin, sources of each platform."""
+"""Fixtures for ingest tests: the app of tests/apps.py with a master key, an admin, sources of
+each platform."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.app import create_app
 from crm_ledger.config import Settings
 from crm_ledger.ingest.worker import IngestWorker
-from crm_ledger.journal.keys import Role, create_api_key
+from crm_ledger.journal.keys import Role
+from tests.apps import TestClient, api_settings
 from tests.ingest.shops import MAGENTO_SECRET, SHOPIFY_SECRET, WOO_SECRET, MagentoKeys
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
-    from fastapi.testclient import TestClient
 
 # base64 of 32 bytes: the master key (personal data, source secrets) of the ingest tests.
 TEST_MASTER_KEY = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMi1ieXQ="
 
 
 def ingest_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
-    """Settings for an app on `database_url`, no chain."""
-    values: dict[str, Any] = {
-        "data_dir": tmp_path,
-        "database_url": database_url,
-        "run_anchorer": False,
-        "master_key": TEST_MASTER_KEY,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    """Settings for an app on `database_url`, no chain, the ingest tests' master key."""
+    return api_settings(tmp_path, database_url, master_key=TEST_MASTER_KEY, **overrides)
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    """Settings of the app under test."""
-    return ingest_settings(tmp_path, database_url)
+def settings_overrides() -> dict[str, Any]:
+    """The app's master key (tests/apps.py makes the app)."""
+    return {"master_key": TEST_MASTER_KEY}
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[FastAPI]:
-    """The service without background tasks."""
-    app = create_app(settings, background=False)
-    yield app
-    app.state.runtime.engine.dispose()
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    """A client running the app's lifespan."""
-    with TestClient(app) as client:
-        yield client
-
-
-@pytest.fixture
-def session_factory(app: FastAPI) -> sessionmaker[Session]:
+def session_factory(app_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
     """The app's session factory."""
-    factory: sessionmaker[Session] = app.state.runtime.session_factory
-    return factory
+    return app_sessions
 
 
 @pytest.fixture
-def admin(session_factory: sessionmaker[Session]) -> dict[str, str]:
+def admin(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
     """Headers of an admin."""
-    with session_factory.begin() as session:
-        key = create_api_key(session, role=Role.ADMIN, label="test admin")
-    return {"Authorization": f"Bearer {key}"}
+    return headers[Role.ADMIN]
 
 
 @pytest.fixture

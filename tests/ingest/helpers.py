@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.db.models import Customer, IngestDelivery, IngestOrder, Record
 from crm_ledger.journal.customers import personal_fields
 from crm_ledger.journal.privacy import PersonalFields
-from tests.ingest.conftest import TestClient, webhook_path
+from tests.apps import TestClient
+from tests.ingest.conftest import webhook_path
 from tests.ingest.shops import body_of, shopify_headers, woo_headers
 
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from crm_ledger.cli import app as cli
 from crm_ledger.ingest.worker import IngestWorker
-from tests.ingest.conftest import TEST_MASTER_KEY, TestClient
+from tests.apps import TestClient
+from tests.ingest.conftest import TEST_MASTER_KEY
 from tests.ingest.helpers import order_bodies, orders, send_shopify, send_woo
 from tests.ingest.shops import SHOPIFY_ORDER_ID, shopify_order, woo_order
 

@@ -15,7 +15,7 @@ from crm_ledger.db.models import IngestCustomerLink, IngestDelivery, Record
 from crm_ledger.ingest import apply as apply_module
 from crm_ledger.ingest import batch as batch_module
 from crm_ledger.ingest.worker import IngestWorker
-from tests.ingest.conftest import TestClient
+from tests.apps import TestClient
 from tests.ingest.helpers import customers, deliveries, order_bodies, orders, send_shopify
 from tests.ingest.shops import SHOPIFY_ORDER_ID, shopify_customer, shopify_order
 

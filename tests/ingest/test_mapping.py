@@ -16,7 +16,8 @@ from crm_ledger.ingest.worker import IngestWorker
 from crm_ledger.journal.customers import create_customer
 from crm_ledger.journal.schemas import CustomerCreate
 from tests.api.helpers import problem
-from tests.ingest.conftest import TestClient, webhook_path
+from tests.apps import TestClient
+from tests.ingest.conftest import webhook_path
 from tests.ingest.helpers import (
     customers,
     deliveries,

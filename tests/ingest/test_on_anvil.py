@@ -3,7 +3,6 @@ chain; a refund and a cancellation burn them back, capped at what the customer s
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,12 @@ from crm_ledger.app import create_app
 from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.config import Settings
 from crm_ledger.journal.keys import Role, create_api_key
+from tests.apps import TestClient
 from tests.chain.conftest import free_port
-from tests.ingest.conftest import TEST_MASTER_KEY, TestClient
+from tests.ingest.conftest import TEST_MASTER_KEY
 from tests.ingest.helpers import send_shopify
 from tests.ingest.shops import SHOPIFY_SECRET, shopify_order, shopify_refund
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.chain
 
@@ -28,24 +29,6 @@ def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNode]:
         port=free_port(), state_path=tmp_path_factory.mktemp("anvil") / "s.json"
     ) as node:
         yield node
-
-
-def eventually(
-    read: Callable[[], Any],
-    done: Callable[[Any], bool],
-    timeout: float = 120,
-    state: Callable[[], Any] = lambda: None,
-) -> Any:
-    """Poll `read()` until `done(value)`; returns the value (fails with the last one and
-    `state()`)."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not done(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout} s; last: {value}, {state()}")
-        time.sleep(0.2)
-        value = read()
-    return value
 
 
 def test_order_webhook_earns_on_chain_and_refund_and_cancellation_burn_it_back(
@@ -90,11 +73,12 @@ def test_order_webhook_earns_on_chain_and_refund_and_cancellation_burn_it_back(
             listed = client.get(f"/v1/sources/{source['id']}/deliveries").json()["items"]
             return [rid for item in reversed(listed) for rid in item["record_ids"]]
 
-        record_ids = eventually(delivery_records, lambda ids: len(ids) == 2)
-        receipt = eventually(
+        record_ids = wait_for(delivery_records, 120, until=lambda ids: len(ids) == 2)
+        receipt = wait_for(
             lambda: client.get(f"/v1/records/{record_ids[0]}/receipt"),
-            lambda r: r.status_code == 200,
-            state=lambda: app.state.runtime.chain_status,
+            120,
+            until=lambda r: r.status_code == 200,
+            what=lambda: f"the receipt; chain: {app.state.runtime.chain_status}",
         )
         assert receipt.json()["chain"]["tx_hash"]
         customer = client.get(f"/v1/records/{record_ids[0]}").json()["customer_id"]
@@ -107,11 +91,11 @@ def test_order_webhook_earns_on_chain_and_refund_and_cancellation_burn_it_back(
             return lambda a: a.get("chain_balance") == a.get("available") == points
 
         # 199.00 EUR x 2 points.
-        eventually(account, settled(398))
+        wait_for(account, 120, until=settled(398))
 
         # Half the order refunded: half the points burnt.
         send_shopify(client, source, "refunds/create", shopify_refund("99.50"))
-        eventually(account, settled(199))
+        wait_for(account, 120, until=settled(199))
 
         # The customer spends 150 of the 199, then the order is cancelled: 199 more are owed,
         # 49 are left to burn, 150 are the shortfall.
@@ -120,14 +104,14 @@ def test_order_webhook_earns_on_chain_and_refund_and_cancellation_burn_it_back(
             json={"customer_id": customer, "points": 150, "reward_ref": "mug"},
         )
         assert redeemed.status_code == 201, redeemed.text
-        eventually(account, settled(49))
+        wait_for(account, 120, until=settled(49))
         cancelled = shopify_order(
             cancelled_at="2026-11-27T09:00:00-05:00",
             financial_status="partially_refunded",
             updated_at="2026-11-27T09:00:00-05:00",
         )
         send_shopify(client, source, "orders/cancelled", cancelled)
-        eventually(account, settled(0))
+        wait_for(account, 120, until=settled(0))
         clawbacks = client.get(f"/v1/sources/{source['id']}/clawbacks").json()["items"]
         assert [
             (c["requested_points"], c["burned_points"], c["shortfall_points"]) for c in clawbacks

@@ -15,7 +15,8 @@ from crm_ledger.db.models import IngestSource, utcnow
 from crm_ledger.errors import KeyUnavailable
 from crm_ledger.journal.privacy import KeyRing, MasterKey, SecretPurpose, open_secret
 from tests.api.helpers import problem
-from tests.ingest.conftest import TEST_MASTER_KEY, TestClient, make_source, webhook_path
+from tests.apps import TestClient
+from tests.ingest.conftest import TEST_MASTER_KEY, make_source, webhook_path
 from tests.ingest.shops import SHOPIFY_SECRET, body_of, shopify_headers, shopify_order
 
 NEW_SECRET = "shpss_rotated_ffffffffffffffffffffffff"

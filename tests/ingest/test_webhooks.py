@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.db.models import IngestDelivery
 from crm_ledger.ingest.signatures import hmac_sha256_base64
 from tests.api.helpers import problem
-from tests.ingest.conftest import TestClient, webhook_path
+from tests.apps import TestClient
+from tests.ingest.conftest import webhook_path
 from tests.ingest.shops import (
     MAGENTO_SECRET,
     MagentoKeys,

@@ -16,7 +16,8 @@ from crm_ledger.errors import Unavailable
 from crm_ledger.ingest.worker import IngestWorker
 from crm_ledger.journal.keys import Role, create_api_key
 from crm_ledger.roles import background_workers
-from tests.ingest.conftest import TestClient, ingest_settings, make_source
+from tests.apps import TestClient
+from tests.ingest.conftest import ingest_settings, make_source
 from tests.ingest.helpers import deliveries, send_shopify
 from tests.ingest.shops import SHOPIFY_SECRET, shopify_order
 

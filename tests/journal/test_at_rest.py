@@ -8,14 +8,12 @@ import shutil
 import subprocess
 import urllib.parse
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
-from crm_ledger.app import create_app
-from crm_ledger.config import Settings
 from crm_ledger.journal.keys import Role, create_api_key
 
 with warnings.catch_warnings():
@@ -33,16 +31,9 @@ EXTERNAL_REF = "shop-customer-90210"
 
 
 @pytest.fixture
-def app(tmp_path: Path, database_url: str) -> Iterator[FastAPI]:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        run_anchorer=False,
-    )
-    app = create_app(settings, background=False)
-    yield app
-    app.state.runtime.engine.dispose()
+def settings_overrides(tmp_path: Path) -> dict[str, Any]:
+    """The app (tests/apps.py) keeps its data directory in a folder of its own."""
+    return {"data_dir": tmp_path / "data"}
 
 
 def exercise(app: FastAPI) -> str:

@@ -32,8 +32,9 @@ from crm_ledger.loyalty.deploy import ensure_token_deployment
 from crm_ledger.loyalty.schemas import RedemptionCreate
 from crm_ledger.loyalty.wallets import WalletKeyring
 from crm_ledger.loyalty.worker import IssuanceWorker, TokenDeploymentRef
+from tests.apps import TestClient
 from tests.chain.conftest import free_port
-from tests.loyalty.conftest import TestClient, loyalty_settings
+from tests.loyalty.conftest import loyalty_settings
 from tests.loyalty.fakes import Crash, backdate, make_customers
 from tests.loyalty.test_worker import award, run_until_idle
 

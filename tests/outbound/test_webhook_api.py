@@ -5,9 +5,6 @@ roles; and bad input answered with problem documents that write nothing."""
 from __future__ import annotations
 
 import base64
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,60 +13,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import feed
-from crm_ledger.app import create_app
-from crm_ledger.config import Settings
 from crm_ledger.db.models import WebhookDelivery, WebhookSubscription, utcnow
-from crm_ledger.journal.keys import Role, create_api_key
+from crm_ledger.journal.keys import Role
 from crm_ledger.journal.privacy import keyring_for_engine
 from crm_ledger.outbound.webhooks.secrets import unseal
 from tests.api.helpers import count, problem
+from tests.apps import TestClient
 from tests.outbound.conftest import write_events
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
-    from fastapi.testclient import TestClient
 
 BASE = "/v1/webhook-subscriptions"
 PUBLIC_URL = "https://93.184.215.14/hooks"  # a literal public address: no DNS needed
-
-
-def make_app(tmp_path: Path, database_url: str, *, allow_private: bool) -> FastAPI:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path,
-        database_url=database_url,
-        run_anchorer=False,
-        webhook_allow_private_urls=allow_private,
-    )
-    return create_app(settings, background=False)
-
-
-@pytest.fixture
-def app(tmp_path: Path, database_url: str) -> Iterator[FastAPI]:
-    """The service (private URLs refused), without background workers."""
-    app = make_app(tmp_path, database_url, allow_private=False)
-    yield app
-    app.state.runtime.engine.dispose()
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as client:
-        yield client
-
-
-@pytest.fixture
-def sessions(app: FastAPI) -> sessionmaker[Session]:
-    factory: sessionmaker[Session] = app.state.runtime.session_factory
-    return factory
-
-
-@pytest.fixture
-def headers(sessions: sessionmaker[Session]) -> dict[Role, dict[str, str]]:
-    with sessions.begin() as session:
-        return {
-            role: {"Authorization": f"Bearer {create_api_key(session, role=role)}"} for role in Role
-        }
 
 
 @pytest.fixture
@@ -87,7 +40,7 @@ def create(client: TestClient, admin: dict[str, str], **overrides: Any) -> dict[
 
 
 def test_create_shows_the_secret_once_and_stores_it_encrypted(
-    client: TestClient, admin: dict[str, str], sessions: sessionmaker[Session], app: FastAPI
+    client: TestClient, admin: dict[str, str], app_sessions: sessionmaker[Session], app: FastAPI
 ) -> None:
     headers = {**admin, "Idempotency-Key": "sub-1"}
     body = {"url": PUBLIC_URL, "event_types": ["record.anchored", "reward.issued"]}
@@ -101,13 +54,13 @@ def test_create_shows_the_secret_once_and_stores_it_encrypted(
     replay = client.post(BASE, json=body, headers=headers)
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
     assert replay.json()["id"] == created["id"] and replay.json()["secret"] is None
-    assert count(sessions, WebhookSubscription) == 1
+    assert count(app_sessions, WebhookSubscription) == 1
 
     listed = client.get(BASE, headers=admin).json()["items"]
     fetched = client.get(f"{BASE}/{created['id']}", headers=admin).json()
     assert [item["id"] for item in listed] == [created["id"]]
     assert "secret" not in listed[0] and "secret" not in fetched
-    with sessions() as session:
+    with app_sessions() as session:
         row = session.scalars(select(WebhookSubscription)).one()
     assert secret.encode() not in row.secret and secret[6:].encode() not in row.secret
     keyring = keyring_for_engine(app.state.runtime.engine)
@@ -132,7 +85,7 @@ def test_create_shows_the_secret_once_and_stores_it_encrypted(
     ],
 )
 def test_urls_that_lead_inside_the_network_are_refused(
-    client: TestClient, admin: dict[str, str], sessions: sessionmaker[Session], url: str
+    client: TestClient, admin: dict[str, str], app_sessions: sessionmaker[Session], url: str
 ) -> None:
     body = problem(
         client.post(BASE, json={"url": url, "event_types": ["record.anchored"]}, headers=admin),
@@ -140,7 +93,7 @@ def test_urls_that_lead_inside_the_network_are_refused(
     )
     assert body["type"] == "urn:crm-ledger:problem:unsafe-webhook-url"
     assert "public addresses only" in body["detail"]
-    assert count(sessions, WebhookSubscription) == 0
+    assert count(app_sessions, WebhookSubscription) == 0
 
 
 @pytest.mark.parametrize(
@@ -152,32 +105,30 @@ def test_urls_that_lead_inside_the_network_are_refused(
     ],
 )
 def test_malformed_or_unresolvable_urls_are_refused(
-    client: TestClient, admin: dict[str, str], sessions: sessionmaker[Session], url: str, says: str
+    client: TestClient,
+    admin: dict[str, str],
+    app_sessions: sessionmaker[Session],
+    url: str,
+    says: str,
 ) -> None:
     body = problem(
         client.post(BASE, json={"url": url, "event_types": ["record.anchored"]}, headers=admin),
         422,
     )
     assert says in body["detail"]
-    assert count(sessions, WebhookSubscription) == 0
+    assert count(app_sessions, WebhookSubscription) == 0
 
 
+@pytest.mark.parametrize("settings_overrides", [{"webhook_allow_private_urls": True}])
 def test_private_urls_are_accepted_when_the_setting_allows_them(
-    tmp_path: Path, database_url: str
+    client: TestClient, admin: dict[str, str]
 ) -> None:
-    app = make_app(tmp_path, database_url, allow_private=True)
-    try:
-        with app.state.runtime.session_factory.begin() as session:
-            admin = {"Authorization": f"Bearer {create_api_key(session, role=Role.ADMIN)}"}
-        with TestClient(app) as client:
-            created = create(client, admin, url="http://127.0.0.1:9/hook")
-            assert created["url"] == "http://127.0.0.1:9/hook"
-    finally:
-        app.state.runtime.engine.dispose()
+    created = create(client, admin, url="http://127.0.0.1:9/hook")
+    assert created["url"] == "http://127.0.0.1:9/hook"
 
 
 def test_update_pause_resume_rotate_and_delete(
-    client: TestClient, admin: dict[str, str], sessions: sessionmaker[Session]
+    client: TestClient, admin: dict[str, str], app_sessions: sessionmaker[Session]
 ) -> None:
     created = create(client, admin)
     path = f"{BASE}/{created['id']}"
@@ -200,7 +151,7 @@ def test_update_pause_resume_rotate_and_delete(
     assert rotated.status_code == 200, rotated.text
     assert rotated.json()["secret"].startswith("whsec_")
     assert rotated.json()["secret"] != created["secret"]
-    with sessions() as session:
+    with app_sessions() as session:
         row = session.scalars(select(WebhookSubscription)).one()
         assert row.previous_secret is not None
         assert row.previous_secret_expires_at is not None
@@ -209,11 +160,11 @@ def test_update_pause_resume_rotate_and_delete(
     assert client.delete(path, headers=admin).status_code == 204
     problem(client.get(path, headers=admin), 404)
     problem(client.delete(path, headers=admin), 404)
-    assert count(sessions, WebhookSubscription) == 0
+    assert count(app_sessions, WebhookSubscription) == 0
 
 
 def test_delivery_log_redelivery_and_replay(
-    client: TestClient, admin: dict[str, str], sessions: sessionmaker[Session]
+    client: TestClient, admin: dict[str, str], app_sessions: sessionmaker[Session]
 ) -> None:
     created = create(client, admin, event_types=["record.anchored", "reward.issued"])
     path = f"{BASE}/{created['id']}"
@@ -221,8 +172,8 @@ def test_delivery_log_redelivery_and_replay(
         "items": [],
         "next_before": None,
     }
-    write_events(sessions, 3)
-    with sessions.begin() as session:
+    write_events(app_sessions, 3)
+    with app_sessions.begin() as session:
         sub = session.scalars(select(WebhookSubscription)).one()
         items = feed.read_page(session, after=None, limit=10).items
         for n, item in enumerate(items[:2]):
@@ -291,13 +242,13 @@ def test_only_admin_keys_manage_subscriptions(
 def test_bad_bodies_are_422_and_write_nothing(
     client: TestClient,
     admin: dict[str, str],
-    sessions: sessionmaker[Session],
+    app_sessions: sessionmaker[Session],
     body: dict[str, Any],
     field: str,
 ) -> None:
     answer = problem(client.post(BASE, json=body, headers=admin), 422)
     assert field in {error["field"].split("[")[0] for error in answer["errors"]}
-    assert count(sessions, WebhookSubscription) == 0
+    assert count(app_sessions, WebhookSubscription) == 0
 
 
 def test_every_status_the_routes_answer_is_in_the_openapi_document(client: TestClient) -> None:

@@ -1,7 +1,8 @@
 """What handlers receive through `Depends`: settings, a session, the calling key, its role.
 
 Exports: `RuntimeDep`, `SettingsDep`, `SessionDep`, `CurrentKey`, `RecorderKey`, `AnyKey`,
-`require_roles`, `ApiKeyCache`, `key_cache`, `PROBLEM_RESPONSES`, `problem_responses`.
+`require_roles`, `ApiKeyCache`, `key_cache`, `PROBLEM_RESPONSES`, `problem_responses`,
+`json_document`.
 
 Handlers that touch the database are plain `def`, so FastAPI runs them in its threadpool; the
 dependencies here are `async` and never block on a cache hit, so a request crosses into a
@@ -12,6 +13,7 @@ cross into no worker thread at all.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -201,13 +203,15 @@ async def get_current_key(request: Request, credentials: _Credentials) -> ApiKey
 CurrentKey = Annotated[ApiKeyPrincipal, Depends(get_current_key)]
 
 
+@functools.cache
 def require_roles(
     *roles: Role | str,
 ) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[ApiKeyPrincipal]]:
     """A dependency that lets through keys with one of `roles` and answers 403 to the rest.
 
     It authenticates by itself rather than depending on `CurrentKey`: one dependency less to
-    solve on every write.
+    solve on every write. Cached, so the same roles give the same guard and FastAPI runs it
+    once per request however many dependencies ask for it (`api.writes`).
     """
     allowed = tuple(Role(role) for role in roles)
     names = ", ".join(role.value for role in allowed)
@@ -262,3 +266,13 @@ PROBLEM_RESPONSES: dict[int, dict[str, Any]] = {
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `PROBLEM_RESPONSES` entries of `statuses`, for a route's `responses=`."""
     return {status: PROBLEM_RESPONSES[status] for status in statuses}
+
+
+def json_document(description: str) -> dict[str, Any]:
+    """The `responses=` entry of a JSON answer that no pydantic model describes (a receipt, an
+    audit report, a digest): a JSON object, and `description` saying which and where its
+    format is written down."""
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }

@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, cast
@@ -64,10 +64,15 @@ class NoBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def json_response(model: BaseModel, status_code: int = 200) -> Response:
-    """`model` as the JSON answer of a handler."""
+def json_response(
+    body: BaseModel | str | bytes,
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """The JSON answer of a handler: a model, or a body already serialised (sent as it is)."""
+    content = body.model_dump_json() if isinstance(body, BaseModel) else body
     return Response(
-        content=model.model_dump_json(), status_code=status_code, media_type=JSON_MEDIA_TYPE
+        content=content, status_code=status_code, media_type=JSON_MEDIA_TYPE, headers=headers
     )
 
 

@@ -26,9 +26,10 @@ from crm_ledger.api.deps import (
     AuditorKey,
     RuntimeDep,
     SessionDep,
+    json_document,
     problem_responses,
 )
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE
+from crm_ledger.api.idempotency import json_response
 from crm_ledger.api.problems import ChainUnreachable
 from crm_ledger.api.transaction import transaction
 from crm_ledger.audit.chain import ChainProvider, RpcChainProvider
@@ -113,22 +114,13 @@ def _unprocessable(exc: FormatError, field: str) -> Unprocessable:
     )
 
 
-def _json(body: object, status_code: int = 200) -> Response:
-    return Response(
-        content=json.dumps(body, ensure_ascii=False).encode(),
-        status_code=status_code,
-        media_type=JSON_MEDIA_TYPE,
-    )
-
-
 # Record check ----------------------------------------------------------------------------
 
 
 @router.post(
     "/v1/audit/verify",
     tags=["audit"],
-    response_class=Response,
-    responses={200: {"description": "The verdict and each step"}, **_ERRORS},
+    responses={200: json_document("The verdict and each step"), **_ERRORS},
     summary="Check a record's receipt, content and key against the chain (auditor, admin)",
 )
 async def verify(
@@ -174,7 +166,7 @@ async def verify(
             )
     except ChainError as exc:
         raise _unreachable(exc) from None
-    return _json({"record_id": receipt.record_id, **check.to_json()})
+    return json_response(json.dumps({"record_id": receipt.record_id, **check.to_json()}))
 
 
 def _receipt_and_content(engine: Engine, payload: RecordVerifyRequest) -> tuple[object, object]:
@@ -237,8 +229,7 @@ def _stored_key_and_contract(
 @router.get(
     "/v1/audit/customers/{customer_id}",
     tags=["audit"],
-    response_class=Response,
-    responses={200: {"description": "Each record's status and what differs"}, **_ERRORS},
+    responses={200: json_document("Each record's status and what differs"), **_ERRORS},
     summary="Audit every record of one customer (auditor, admin)",
 )
 async def audit_one_customer(
@@ -256,7 +247,7 @@ async def audit_one_customer(
             )
     except ChainError as exc:
         raise _unreachable(exc) from None
-    return _json(report.to_json())
+    return json_response(json.dumps(report.to_json()))
 
 
 # Ledger audit ----------------------------------------------------------------------------
@@ -265,8 +256,7 @@ async def audit_one_customer(
 @router.get(
     "/v1/audit/ledger",
     tags=["audit"],
-    response_class=Response,
-    responses={200: {"description": "The latest ledger audit"}, **_ERRORS},
+    responses={200: json_document("The latest ledger audit"), **_ERRORS},
     summary="The latest ledger audit report (auditor, admin)",
 )
 def latest_ledger_audit(runtime: RuntimeDep, key: AuditorKey) -> Response:
@@ -277,15 +267,14 @@ def latest_ledger_audit(runtime: RuntimeDep, key: AuditorKey) -> Response:
             "no ledger audit has run yet: start one with POST /v1/audit/ledger or "
             "`crm-ledger audit`"
         )
-    return _json(stored.to_json())
+    return json_response(json.dumps(stored.to_json()))
 
 
 @router.post(
     "/v1/audit/ledger",
     status_code=202,
     tags=["audit"],
-    response_class=Response,
-    responses={202: {"description": "The run, started or already running"}, **_ERRORS},
+    responses={202: json_document("The run, started or already running"), **_ERRORS},
     summary="Start a ledger audit (auditor, admin)",
 )
 async def start_ledger_audit(
@@ -301,12 +290,7 @@ async def start_ledger_audit(
         tasks: set[asyncio.Task[None]] = request.app.state.__dict__.setdefault("audit_tasks", set())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-    return Response(
-        content=json.dumps(stored.to_json()).encode(),
-        status_code=202,
-        media_type=JSON_MEDIA_TYPE,
-        headers={"Location": "/v1/audit/ledger"},
-    )
+    return json_response(json.dumps(stored.to_json()), 202, {"Location": "/v1/audit/ledger"})
 
 
 async def _run_in_background(engine: Engine, provider: ChainProvider, report_id: str) -> None:
@@ -323,8 +307,7 @@ async def _run_in_background(engine: Engine, provider: ChainProvider, report_id:
 @router.get(
     "/v1/audit/digest",
     tags=["audit"],
-    response_class=Response,
-    responses={200: {"description": 'A "crm-ledger/digest/v1" digest'}, **_ERRORS},
+    responses={200: json_document('A "crm-ledger/digest/v1" digest'), **_ERRORS},
     summary="The ledger's current digest, to save and check later (auditor, admin)",
 )
 def digest(runtime: RuntimeDep, key: AuditorKey) -> Response:
@@ -335,14 +318,13 @@ def digest(runtime: RuntimeDep, key: AuditorKey) -> Response:
     found = ledger_digest(runtime.engine)
     if found is None:
         raise Conflict("nothing is anchored yet, so the ledger has no digest; try again later")
-    return _json(found.to_json())
+    return json_response(json.dumps(found.to_json()))
 
 
 @router.post(
     "/v1/audit/digest/verify",
     tags=["audit"],
-    response_class=Response,
-    responses={200: {"description": "Whether the ledger extends the digest"}, **_ERRORS},
+    responses={200: json_document("Whether the ledger extends the digest"), **_ERRORS},
     summary="Check that the ledger extends a saved digest (auditor, admin)",
 )
 async def verify_digest(
@@ -363,16 +345,15 @@ async def verify_digest(
             check = await verify_since(chain_for(address), saved, address=address)
     except ChainError as exc:
         raise _unreachable(exc) from None
-    return _json(
-        {
-            "extends": check.ok,
-            "failures": check.failures,
-            "notes": check.notes,
-            "batches_added": check.batches_added,
-            "records_added": check.records_added,
-            "head": "0x" + check.head.hex() if check.head is not None else None,
-        }
-    )
+    extends = {
+        "extends": check.ok,
+        "failures": check.failures,
+        "notes": check.notes,
+        "batches_added": check.batches_added,
+        "records_added": check.records_added,
+        "head": "0x" + check.head.hex() if check.head is not None else None,
+    }
+    return json_response(json.dumps(extends))
 
 
 # Bundles -----------------------------------------------------------------------------------
@@ -439,8 +420,8 @@ def export(
 @router.delete(
     "/v1/customers/{customer_id}/personal-data",
     tags=["customers"],
-    response_class=Response,
-    responses={200: {"model": ErasurePublic}, **_ERRORS},
+    response_model=ErasurePublic,
+    responses=_ERRORS,
     summary="Erase a customer's personal data, keeping every proof valid (admin)",
 )
 def erase_personal_data(customer_id: str, session: SessionDep, key: AdminKey) -> Response:
@@ -465,4 +446,4 @@ def erase_personal_data(customer_id: str, session: SessionDep, key: AdminKey) ->
         erasure_record_id=result.erasure_record_id,
         already_erased=result.already_erased,
     )
-    return Response(content=body.model_dump_json(), media_type=JSON_MEDIA_TYPE)
+    return json_response(body)

@@ -27,6 +27,7 @@ from crm_ledger.api.deps import (
     SettingsDep,
     problem_responses,
 )
+from crm_ledger.api.idempotency import json_response
 from crm_ledger.api.privacy import (
     PERSONAL_READ_ERRORS,
     PurposeDep,
@@ -42,15 +43,7 @@ from crm_ledger.indexer import reconcile
 router = APIRouter(prefix="/v1/crm", tags=["crm"])
 log = logging.getLogger(__name__)
 
-JSON_MEDIA_TYPE = "application/json"
-
 _ERRORS = problem_responses(401, 403, 404, 422, 429)
-
-
-def _json(body: str, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        content=body, status_code=status_code, media_type=JSON_MEDIA_TYPE, headers=headers
-    )
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -59,8 +52,8 @@ def _split(value: str | None) -> list[str] | None:
 
 @router.get(
     "/customers/{customer_id}",
-    response_class=Response,
-    responses={200: {"model": CustomerView}, **_ERRORS, **PERSONAL_READ_ERRORS},
+    response_model=CustomerView,
+    responses={**_ERRORS, **PERSONAL_READ_ERRORS},
     summary="A customer's 360 view (any role)",
 )
 def customer_360(
@@ -102,13 +95,13 @@ def customer_360(
             purpose=purpose,
             operation="crm.customer_view",
         )
-    return _json(found.model_dump_json())
+    return json_response(found)
 
 
 @router.get(
     "/customers",
-    response_class=Response,
-    responses={200: {"model": CustomerSummaries}, **_ERRORS, **PERSONAL_READ_ERRORS},
+    response_model=CustomerSummaries,
+    responses={**_ERRORS, **PERSONAL_READ_ERRORS},
     summary="Search, filter and sort customers (any role)",
 )
 def crm_customers(
@@ -169,13 +162,13 @@ def crm_customers(
             purpose=purpose,
             operation="crm.customers",
         )
-    return _json(page.model_dump_json())
+    return json_response(page)
 
 
 @router.get(
     "/reconciliation",
-    response_class=Response,
-    responses={200: {"model": ReconciliationPublic}, **_ERRORS},
+    response_model=ReconciliationPublic,
+    responses=_ERRORS,
     summary="The latest reconciliation (any role)",
 )
 def latest_reconciliation(runtime: RuntimeDep, key: AnyKey) -> Response:
@@ -187,13 +180,13 @@ def latest_reconciliation(runtime: RuntimeDep, key: AnyKey) -> Response:
             "no reconciliation has run yet: the indexer runs one once it has caught up, or "
             "start one with POST /v1/crm/reconciliation"
         )
-    return _json(json.dumps(found))
+    return json_response(json.dumps(found))
 
 
 @router.get(
     "/reconciliation/{report_id}",
-    response_class=Response,
-    responses={200: {"model": ReconciliationPublic}, **_ERRORS},
+    response_model=ReconciliationPublic,
+    responses=_ERRORS,
     summary="One reconciliation run (any role)",
 )
 def reconciliation_run(report_id: str, runtime: RuntimeDep, key: AnyKey) -> Response:
@@ -201,14 +194,14 @@ def reconciliation_run(report_id: str, runtime: RuntimeDep, key: AnyKey) -> Resp
     found = reconcile.latest_report(runtime.session_factory, report_id=report_id[:64])
     if found is None:
         raise NotFound(f"no reconciliation run with id {report_id[:64]!r}")
-    return _json(json.dumps(found))
+    return json_response(json.dumps(found))
 
 
 @router.post(
     "/reconciliation",
     status_code=202,
-    response_class=Response,
-    responses={202: {"model": ReconciliationPublic}, **_ERRORS},
+    response_model=ReconciliationPublic,
+    responses=_ERRORS,
     summary="Reconcile the database with the chain now (auditor, admin)",
 )
 async def start_reconciliation(request: Request, runtime: RuntimeDep, key: AuditorKey) -> Response:
@@ -224,7 +217,7 @@ async def start_reconciliation(request: Request, runtime: RuntimeDep, key: Audit
         )
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-    return _json(
+    return json_response(
         json.dumps(found),
         status_code=202,
         headers={"Location": f"/v1/crm/reconciliation/{found['id']}"},

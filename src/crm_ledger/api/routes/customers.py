@@ -12,15 +12,8 @@ from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
-from crm_ledger.api.deps import (
-    AnyKey,
-    AuditorKey,
-    RecorderKey,
-    SessionDep,
-    SettingsDep,
-    problem_responses,
-)
-from crm_ledger.api.idempotency import JSON_MEDIA_TYPE, IdempotencyDep, Written, run_write
+from crm_ledger.api.deps import AnyKey, AuditorKey, SessionDep, SettingsDep, problem_responses
+from crm_ledger.api.idempotency import Written, json_response
 from crm_ledger.api.privacy import (
     ERASED_REPLAY,
     PERSONAL_READ_ERRORS,
@@ -30,6 +23,7 @@ from crm_ledger.api.privacy import (
 )
 from crm_ledger.api.schemas import AccessLogPublic, access_log_public, customer_public
 from crm_ledger.api.transaction import read_only
+from crm_ledger.api.writes import RecorderWrites
 from crm_ledger.journal import access, customers
 from crm_ledger.journal.customers import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from crm_ledger.journal.privacy import keyring_of
@@ -44,13 +38,11 @@ _ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
 @router.post(
     "",
     status_code=201,
-    response_class=Response,
-    responses={201: {"model": CustomerPublic}, **_ERRORS, **ERASED_REPLAY},
+    response_model=CustomerPublic,
+    responses={**_ERRORS, **ERASED_REPLAY},
     summary="Create a customer (recorder, admin)",
 )
-def create_customer(
-    payload: CustomerCreate, session: SessionDep, key: RecorderKey, idempotency: IdempotencyDep
-) -> Response:
+def create_customer(payload: CustomerCreate, writes: RecorderWrites) -> Response:
     """Create a customer with a fresh commitment key; `external_ref` must be unique."""
 
     def write(session: Session) -> Written:
@@ -58,20 +50,13 @@ def create_customer(
         personal = customers.personal_fields(session, customer)
         return Written(customer_public(customer, personal).model_dump_json(), [customer.id])
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=201,
-        write=write,
-    )
+    return writes.run_sync(payload, write, status_code=201)
 
 
 @router.get(
     "/{customer_id}",
-    response_class=Response,
-    responses={200: {"model": CustomerPublic}, **_ERRORS, **PERSONAL_READ_ERRORS},
+    response_model=CustomerPublic,
+    responses={**_ERRORS, **PERSONAL_READ_ERRORS},
     summary="Fetch a customer (any role; personal fields for the roles allowed them)",
 )
 def get_customer(
@@ -95,13 +80,13 @@ def get_customer(
             purpose=purpose,
             operation="customers.get",
         )
-    return Response(content=body, media_type=JSON_MEDIA_TYPE)
+    return json_response(body)
 
 
 @router.get(
     "",
-    response_class=Response,
-    responses={200: {"model": CustomersPublic}, **_ERRORS, **PERSONAL_READ_ERRORS},
+    response_model=CustomersPublic,
+    responses={**_ERRORS, **PERSONAL_READ_ERRORS},
     summary="List customers (any role; personal fields for the roles allowed them)",
 )
 def list_customers(
@@ -133,13 +118,13 @@ def list_customers(
             purpose=purpose,
             operation="customers.list",
         )
-    return Response(content=body, media_type=JSON_MEDIA_TYPE)
+    return json_response(body)
 
 
 @router.get(
     "/{customer_id}/access-log",
-    response_class=Response,
-    responses={200: {"model": AccessLogPublic}, **_ERRORS},
+    response_model=AccessLogPublic,
+    responses=_ERRORS,
     summary="Who read the customer's personal data (auditor, admin)",
 )
 def get_access_log(
@@ -156,4 +141,4 @@ def get_access_log(
         page = access.access_log(
             session=session, customer_id=customer_id, limit=limit, cursor=cursor
         )
-    return Response(content=access_log_public(page).model_dump_json(), media_type=JSON_MEDIA_TYPE)
+    return json_response(access_log_public(page))

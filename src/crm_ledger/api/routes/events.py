@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from crm_ledger import feed
 from crm_ledger.api.deps import AnyKey, SessionDep, problem_responses
+from crm_ledger.api.idempotency import json_response
 from crm_ledger.api.transaction import read_only
 from crm_ledger.crm.schemas import FeedEventPublic, FeedPagePublic
 from crm_ledger.journal.schemas import format_timestamp
@@ -24,8 +25,8 @@ _ERRORS = problem_responses(401, 410, 422, 429)
 
 @router.get(
     "/v1/events",
-    response_class=Response,
-    responses={200: {"model": FeedPagePublic}, **_ERRORS},
+    response_model=FeedPagePublic,
+    responses=_ERRORS,
     summary="The change feed: ledger events after a cursor (any role)",
 )
 def events(
@@ -76,4 +77,4 @@ def events(
         next_cursor=page.next_cursor,
         has_more=page.has_more,
     )
-    return Response(content=body.model_dump_json(), media_type="application/json")
+    return json_response(body)

@@ -12,7 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
-from crm_ledger.api.deps import RuntimeDep
+from crm_ledger.api.deps import RuntimeDep, json_document
+from crm_ledger.api.idempotency import json_response
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
 from crm_ledger.journal.records import anchoring_backlog
@@ -21,7 +22,11 @@ router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
 
 
-@router.get("/healthz", summary="Is the process up")
+@router.get(
+    "/healthz",
+    responses={200: {"description": 'The process is up: always `{"status": "ok"}`'}},
+    summary="Is the process up",
+)
 async def healthz() -> dict[str, str]:
     """200 whenever the process can answer at all."""
     return {"status": "ok"}
@@ -29,8 +34,10 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    response_class=Response,
-    responses={200: {"description": "ready"}, 503: {"description": "not ready, and why"}},
+    responses={
+        200: json_document("Ready: the database, the chain and each worker's state"),
+        503: json_document("Not ready, and why (the same fields)"),
+    },
     summary="Can the service do its job",
 )
 def readyz(runtime: RuntimeDep) -> Response:
@@ -66,14 +73,20 @@ def readyz(runtime: RuntimeDep) -> Response:
         ready = False
     if not ready:
         body["status"] = "unavailable"
-    return Response(
-        content=json.dumps(body, default=str).encode(),
-        status_code=200 if ready else 503,
-        media_type="application/json",
-    )
+    return json_response(json.dumps(body, default=str), 200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format",
+            "content": {CONTENT_TYPE_LATEST: {}},
+        }
+    },
+    summary="Prometheus metrics",
+)
 def prometheus_metrics() -> Response:
     """Every metric in the process registry, in the Prometheus text format."""
     return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -20,21 +20,16 @@ from starlette.responses import Response
 from crm_ledger.api.deps import (
     AnyKey,
     MarketingKey,
-    RedeemerKey,
     RuntimeDep,
     SessionDep,
     SettingsDep,
     problem_responses,
 )
-from crm_ledger.api.idempotency import (
-    IdempotencyDep,
-    NoBody,
-    Written,
-    json_response,
-    run_write,
-)
+from crm_ledger.api.idempotency import NoBody, Written, json_response
 from crm_ledger.api.privacy import ERASED_REPLAY
+from crm_ledger.api.routes import add_actions
 from crm_ledger.api.transaction import read_only
+from crm_ledger.api.writes import MarketingWrites, RedeemerWrites
 from crm_ledger.db.models import utcnow
 from crm_ledger.errors import ChainError
 from crm_ledger.journal.customers import get_customer
@@ -75,16 +70,12 @@ TokenReaderDep = Annotated[TokenReader | None, Depends(get_token_reader)]
 @router.post(
     "/v1/campaigns",
     status_code=201,
-    response_class=Response,
-    responses={201: {"model": CampaignPublic}, **_ERRORS},
+    response_model=CampaignPublic,
+    responses=_ERRORS,
     summary="Create a campaign (marketing, admin)",
 )
 def create_campaign(
-    payload: CampaignCreate,
-    session: SessionDep,
-    runtime: RuntimeDep,
-    key: MarketingKey,
-    idempotency: IdempotencyDep,
+    payload: CampaignCreate, runtime: RuntimeDep, writes: MarketingWrites
 ) -> Response:
     """An active campaign; its budget is set on chain before it issues anything."""
 
@@ -92,21 +83,13 @@ def create_campaign(
         campaign = campaigns.create_campaign(session=session, payload=payload)
         return campaigns.campaign_public(campaign).model_dump_json()
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=201,
-        write=write,
-        on_commit=runtime.loyalty.nudge,
-    )
+    return writes.run_sync(payload, write, status_code=201, on_commit=runtime.loyalty.nudge)
 
 
 @router.get(
     "/v1/campaigns",
-    response_class=Response,
-    responses={200: {"model": CampaignsPublic}, **_ERRORS},
+    response_model=CampaignsPublic,
+    responses=_ERRORS,
     summary="List campaigns, newest first (marketing, admin)",
 )
 def list_campaigns(session: SessionDep, key: MarketingKey) -> Response:
@@ -121,8 +104,8 @@ def list_campaigns(session: SessionDep, key: MarketingKey) -> Response:
 
 @router.get(
     "/v1/campaigns/{campaign_id}",
-    response_class=Response,
-    responses={200: {"model": CampaignPublic}, **_ERRORS},
+    response_model=CampaignPublic,
+    responses=_ERRORS,
     summary="Fetch a campaign (marketing, admin)",
 )
 def get_campaign(campaign_id: str, session: SessionDep, key: MarketingKey) -> Response:
@@ -133,49 +116,33 @@ def get_campaign(campaign_id: str, session: SessionDep, key: MarketingKey) -> Re
 
 
 def _status_change(status: CampaignStatus, summary: str) -> Any:
-    def change(
-        campaign_id: str,
-        session: SessionDep,
-        runtime: RuntimeDep,
-        key: MarketingKey,
-        idempotency: IdempotencyDep,
-    ) -> Response:
+    def change(campaign_id: str, runtime: RuntimeDep, writes: MarketingWrites) -> Response:
         def write(session: Session) -> str:
             campaign = campaigns.set_status(session=session, campaign_id=campaign_id, status=status)
             return campaigns.campaign_public(campaign).model_dump_json()
 
-        return run_write(
-            session=session,
-            principal=key,
-            idempotency=idempotency,
-            payload=NoBody(),
-            status_code=200,
-            write=write,
-            on_commit=runtime.loyalty.nudge,
-        )
+        return writes.run_sync(NoBody(), write, on_commit=runtime.loyalty.nudge)
 
     change.__doc__ = summary
     return change
 
 
-for _action, _status, _doc in (
-    ("pause", CampaignStatus.PAUSED, "Stop earning and awards until resumed."),
-    ("resume", CampaignStatus.ACTIVE, "Earn and award again."),
-    (
-        "close",
-        CampaignStatus.CLOSED,
-        "Close for good; the budget on chain drops to what the campaign planned.",
-    ),
-):
-    router.add_api_route(
-        f"/v1/campaigns/{{campaign_id}}/{_action}",
-        _status_change(_status, _doc),
-        methods=["POST"],
-        response_class=Response,
-        responses={200: {"model": CampaignPublic}, **_ERRORS},
-        summary=f"{_action.capitalize()} a campaign (marketing, admin)",
-        name=f"{_action}_campaign",
-    )
+add_actions(
+    router,
+    "/v1/campaigns/{campaign_id}",
+    {
+        "pause": _status_change(CampaignStatus.PAUSED, "Stop earning and awards until resumed."),
+        "resume": _status_change(CampaignStatus.ACTIVE, "Earn and award again."),
+        "close": _status_change(
+            CampaignStatus.CLOSED,
+            "Close for good; the budget on chain drops to what the campaign planned.",
+        ),
+    },
+    noun="campaign",
+    roles="marketing, admin",
+    response_model=CampaignPublic,
+    responses=_ERRORS,
+)
 
 
 # Awards ----------------------------------------------------------------------------------
@@ -184,19 +151,17 @@ for _action, _status, _doc in (
 @router.post(
     "/v1/campaigns/{campaign_id}/awards",
     status_code=202,
-    response_class=Response,
-    responses={202: {"model": AwardJobPublic}, **_ERRORS},
+    response_model=AwardJobPublic,
+    responses=_ERRORS,
     summary="Award points to many customers (marketing, admin)",
 )
 async def create_award(
     campaign_id: str,
     payload: AwardCreate,
-    session: SessionDep,
     settings: SettingsDep,
     runtime: RuntimeDep,
     reader: TokenReaderDep,
-    key: MarketingKey,
-    idempotency: IdempotencyDep,
+    writes: MarketingWrites,
 ) -> Response:
     """Validate the whole award, plan one lot per recipient, answer 202 with the job.
 
@@ -217,17 +182,7 @@ async def create_award(
         campaign = campaigns.get_campaign(session=session, campaign_id=campaign_id)
         return awards.job_progress(session, campaign, job).model_dump_json()
 
-    return await run_in_threadpool(
-        lambda: run_write(
-            session=session,
-            principal=key,
-            idempotency=idempotency,
-            payload=payload,
-            status_code=202,
-            write=write,
-            on_commit=runtime.loyalty.nudge,
-        )
-    )
+    return await writes.run(payload, write, status_code=202, on_commit=runtime.loyalty.nudge)
 
 
 async def _chain_remaining(
@@ -253,8 +208,8 @@ async def _chain_remaining(
 
 @router.get(
     "/v1/campaigns/{campaign_id}/awards/{job_id}",
-    response_class=Response,
-    responses={200: {"model": AwardJobPublic}, **_ERRORS},
+    response_model=AwardJobPublic,
+    responses=_ERRORS,
     summary="Follow an award job (marketing, admin)",
 )
 def get_award(campaign_id: str, job_id: str, session: SessionDep, key: MarketingKey) -> Response:
@@ -271,16 +226,12 @@ def get_award(campaign_id: str, job_id: str, session: SessionDep, key: Marketing
 @router.post(
     "/v1/redemptions",
     status_code=201,
-    response_class=Response,
-    responses={201: {"model": RedemptionPublic}, **_ERRORS, **ERASED_REPLAY},
+    response_model=RedemptionPublic,
+    responses={**_ERRORS, **ERASED_REPLAY},
     summary="Redeem points (recorder, marketing, admin)",
 )
 def create_redemption(
-    payload: RedemptionCreate,
-    session: SessionDep,
-    runtime: RuntimeDep,
-    key: RedeemerKey,
-    idempotency: IdempotencyDep,
+    payload: RedemptionCreate, runtime: RuntimeDep, writes: RedeemerWrites
 ) -> Response:
     """Take the points from the customer's oldest lots now; the burn follows on chain.
 
@@ -292,21 +243,13 @@ def create_redemption(
         body = redemptions.redemption_public(session, redemption).model_dump_json()
         return Written(body, [payload.customer_id])
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=201,
-        write=write,
-        on_commit=runtime.loyalty.nudge,
-    )
+    return writes.run_sync(payload, write, status_code=201, on_commit=runtime.loyalty.nudge)
 
 
 @router.get(
     "/v1/redemptions/{redemption_id}",
-    response_class=Response,
-    responses={200: {"model": RedemptionPublic}, **_ERRORS},
+    response_model=RedemptionPublic,
+    responses=_ERRORS,
     summary="Fetch a redemption (any role)",
 )
 def get_redemption(redemption_id: str, session: SessionDep, key: AnyKey) -> Response:
@@ -321,8 +264,8 @@ def get_redemption(redemption_id: str, session: SessionDep, key: AnyKey) -> Resp
 
 @router.get(
     "/v1/customers/{customer_id}/loyalty",
-    response_class=Response,
-    responses={200: {"model": LoyaltyAccountPublic}, **_ERRORS},
+    response_model=LoyaltyAccountPublic,
+    responses=_ERRORS,
     summary="A customer's loyalty account (any role)",
 )
 async def get_loyalty_account(
@@ -358,17 +301,15 @@ async def get_loyalty_account(
 
 @router.post(
     "/v1/customers/{customer_id}/loyalty/wallet",
-    response_class=Response,
-    responses={200: {"model": LoyaltyAccountPublic}, **_ERRORS, **ERASED_REPLAY},
+    response_model=LoyaltyAccountPublic,
+    responses={**_ERRORS, **ERASED_REPLAY},
     summary="Link an address the customer owns (recorder, marketing, admin)",
 )
 def link_customer_wallet(
     customer_id: str,
     payload: WalletLink,
-    session: SessionDep,
     runtime: RuntimeDep,
-    key: RedeemerKey,
-    idempotency: IdempotencyDep,
+    writes: RedeemerWrites,
 ) -> Response:
     """Points issued from now on go to `address`; needs its owner's EIP-191 signature.
 
@@ -391,11 +332,4 @@ def link_customer_wallet(
         )
         return Written(account.model_dump_json(), [customer.id])
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=200,
-        write=write,
-    )
+    return writes.run_sync(payload, write)

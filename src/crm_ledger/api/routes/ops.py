@@ -52,8 +52,8 @@ class Me(BaseModel):
 
 @router.get(
     "/v1/me",
-    response_class=Response,
-    responses={200: {"model": Me}, **problem_responses(401, 429)},
+    response_model=Me,
+    responses={**problem_responses(401, 429)},
     summary="The calling key's id and role (any role)",
 )
 def me(key: AnyKey) -> Response:
@@ -63,8 +63,8 @@ def me(key: AnyKey) -> Response:
 
 @router.get(
     "/v1/ops/overview",
-    response_class=Response,
-    responses={200: {"model": OperationsOverview}, **_ERRORS},
+    response_model=OperationsOverview,
+    responses=_ERRORS,
     summary="Anchoring lag, records per minute, gas per record, batch sizes, indexer lag",
 )
 def overview(
@@ -89,8 +89,8 @@ def overview(
 
 @router.get(
     "/v1/ops/chain",
-    response_class=Response,
-    responses={200: {"model": ChainEndpoint}, **problem_responses(401, 429)},
+    response_model=ChainEndpoint,
+    responses={**problem_responses(401, 429)},
     summary="The chain a browser verifies receipts against (any role)",
 )
 def chain_endpoint(runtime: RuntimeDep, key: AnyKey) -> Response:
@@ -110,8 +110,8 @@ def chain_endpoint(runtime: RuntimeDep, key: AnyKey) -> Response:
 
 @router.get(
     "/v1/ops/campaigns/{campaign_id}/spend",
-    response_class=Response,
-    responses={200: {"model": CampaignSpend}, **_MARKETING_ERRORS},
+    response_model=CampaignSpend,
+    responses=_MARKETING_ERRORS,
     summary="A campaign's issued points over time (marketing, admin)",
 )
 def spend(
@@ -131,8 +131,8 @@ def spend(
 
 @router.get(
     "/v1/ops/loyalty/expiring",
-    response_class=Response,
-    responses={200: {"model": ExpiringPoints}, **_MARKETING_ERRORS},
+    response_model=ExpiringPoints,
+    responses=_MARKETING_ERRORS,
     summary="Points expiring in the next days, by day (marketing, admin)",
 )
 def expiring(

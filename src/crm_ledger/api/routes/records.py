@@ -10,16 +10,12 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from crm_ledger import metrics
-from crm_ledger.api.deps import AnyKey, RecorderKey, SessionDep, SettingsDep, problem_responses
-from crm_ledger.api.idempotency import (
-    JSON_MEDIA_TYPE,
-    IdempotencyDep,
-    Written,
-    run_write_async,
-)
+from crm_ledger.api.deps import AnyKey, SessionDep, SettingsDep, json_document, problem_responses
+from crm_ledger.api.idempotency import Written, json_response
 from crm_ledger.api.privacy import ERASED_REPLAY
 from crm_ledger.api.schemas import record_public
 from crm_ledger.api.transaction import read_only
+from crm_ledger.api.writes import RecorderWrites
 from crm_ledger.journal import receipts, records
 from crm_ledger.journal.schemas import InteractionBatchCreate, InteractionCreate, OrderCreate
 from crm_ledger.schemas import ReceiptPending, RecordPublic, RecordsPublic
@@ -42,43 +38,29 @@ def _count(kind: str, n: int = 1) -> Callable[[], None]:
 @router.post(
     "/v1/interactions",
     status_code=201,
-    response_class=Response,
-    responses={201: {"model": RecordPublic}, **_ERRORS, **ERASED_REPLAY},
+    response_model=RecordPublic,
+    responses={**_ERRORS, **ERASED_REPLAY},
     summary="Record an interaction (recorder, admin)",
 )
-async def create_interaction(
-    payload: InteractionCreate, session: SessionDep, key: RecorderKey, idempotency: IdempotencyDep
-) -> Response:
+async def create_interaction(payload: InteractionCreate, writes: RecorderWrites) -> Response:
     """Commit one interaction to the journal; it is anchored on chain asynchronously."""
 
     def write(session: Session) -> Written:
         record = records.record_interaction(session=session, payload=payload)
         return Written(record_public(record).model_dump_json(), [record.customer_id])
 
-    return await run_write_async(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=201,
-        write=write,
-        on_commit=_count("interaction"),
-    )
+    return await writes.run(payload, write, status_code=201, on_commit=_count("interaction"))
 
 
 @router.post(
     "/v1/interactions/batch",
     status_code=201,
-    response_class=Response,
-    responses={201: {"model": RecordsPublic}, **_ERRORS, **ERASED_REPLAY},
+    response_model=RecordsPublic,
+    responses={**_ERRORS, **ERASED_REPLAY},
     summary="Record several interactions at once, all or none (recorder, admin)",
 )
 async def create_interactions(
-    payload: InteractionBatchCreate,
-    session: SessionDep,
-    settings: SettingsDep,
-    key: RecorderKey,
-    idempotency: IdempotencyDep,
+    payload: InteractionBatchCreate, settings: SettingsDep, writes: RecorderWrites
 ) -> Response:
     """Commit up to `max_batch_items` interactions in one transaction; answers in request order."""
 
@@ -91,62 +73,44 @@ async def create_interactions(
         ).model_dump_json()
         return Written(body, [r.customer_id for r in written])
 
-    return await run_write_async(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=201,
-        write=write,
-        on_commit=_count("interaction", len(payload.items)),
-    )
+    on_commit = _count("interaction", len(payload.items))
+    return await writes.run(payload, write, status_code=201, on_commit=on_commit)
 
 
 @router.post(
     "/v1/orders",
     status_code=201,
-    response_class=Response,
-    responses={201: {"model": RecordPublic}, **_ERRORS, **ERASED_REPLAY},
+    response_model=RecordPublic,
+    responses={**_ERRORS, **ERASED_REPLAY},
     summary="Record an order (recorder, admin)",
 )
-async def create_order(
-    payload: OrderCreate, session: SessionDep, key: RecorderKey, idempotency: IdempotencyDep
-) -> Response:
+async def create_order(payload: OrderCreate, writes: RecorderWrites) -> Response:
     """Commit one order; `total` must equal the sum of quantity * unit_price over its lines."""
 
     def write(session: Session) -> Written:
         record = records.record_order(session=session, payload=payload)
         return Written(record_public(record).model_dump_json(), [record.customer_id])
 
-    return await run_write_async(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=201,
-        write=write,
-        on_commit=_count("order"),
-    )
+    return await writes.run(payload, write, status_code=201, on_commit=_count("order"))
 
 
 @router.get(
     "/v1/records/{record_id}",
-    response_class=Response,
-    responses={200: {"model": RecordPublic}, **_ERRORS},
+    response_model=RecordPublic,
+    responses=_ERRORS,
     summary="Fetch a record (any role)",
 )
 def get_record(record_id: str, session: SessionDep, key: AnyKey) -> Response:
     """One record: its committed body, commitment and anchoring status."""
     with read_only(session):
         record = records.get_record(session=session, record_id=record_id)
-    return Response(content=record_public(record).model_dump_json(), media_type=JSON_MEDIA_TYPE)
+    return json_response(record_public(record))
 
 
 @router.get(
     "/v1/records/{record_id}/receipt",
-    response_class=Response,
     responses={
-        200: {"description": 'The receipt, format "crm-ledger/receipt/v1"'},
+        200: json_document('The receipt, format "crm-ledger/receipt/v1" (docs/ledger-format.md)'),
         202: {"model": ReceiptPending, "description": "Not anchored yet; see Retry-After"},
         **_ERRORS,
     },
@@ -163,13 +127,8 @@ def get_receipt(record_id: str, session: SessionDep, key: AnyKey) -> Response:
                 retry_after=RECEIPT_RETRY_SECONDS,
                 detail="the record is in the journal; its batch is not anchored on chain yet",
             )
-            return Response(
-                content=pending.model_dump_json(),
-                status_code=202,
-                media_type=JSON_MEDIA_TYPE,
-                headers={"Retry-After": str(RECEIPT_RETRY_SECONDS)},
+            return json_response(
+                pending, status_code=202, headers={"Retry-After": str(RECEIPT_RETRY_SECONDS)}
             )
         receipt = receipts.build_receipt(session, record)
-    return Response(
-        content=json.dumps(receipt, separators=(",", ":")).encode(), media_type=JSON_MEDIA_TYPE
-    )
+    return json_response(json.dumps(receipt, separators=(",", ":")))

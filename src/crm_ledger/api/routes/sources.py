@@ -18,14 +18,10 @@ from crm_ledger.api.deps import (
     SettingsDep,
     problem_responses,
 )
-from crm_ledger.api.idempotency import (
-    IdempotencyDep,
-    NoBody,
-    json_response,
-    run_write,
-)
+from crm_ledger.api.idempotency import NoBody, json_response
 from crm_ledger.api.routes.webhooks import INGEST_WORKER
 from crm_ledger.api.transaction import read_only, transaction
+from crm_ledger.api.writes import AdminWrites
 from crm_ledger.ingest import clawback, inbox, sources
 from crm_ledger.ingest.inbox import DeliveryStatus
 from crm_ledger.ingest.schemas import (
@@ -51,18 +47,11 @@ def _base_url(request: Request) -> str:
 @router.post(
     "/v1/sources",
     status_code=201,
-    response_class=Response,
-    responses={201: {"model": SourcePublic}, **_ERRORS},
+    response_model=SourcePublic,
+    responses=_ERRORS,
     summary="Add a shop that sends webhooks (admin)",
 )
-def create_source(
-    payload: SourceCreate,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    key: AdminKey,
-    idempotency: IdempotencyDep,
-) -> Response:
+def create_source(payload: SourceCreate, request: Request, writes: AdminWrites) -> Response:
     """A source with its `webhook_url`: paste that URL and the secret in the shop's admin."""
     base_url = _base_url(request)
 
@@ -70,20 +59,13 @@ def create_source(
         source = sources.create_source(session=tx, payload=payload)
         return sources.source_public(source, base_url=base_url).model_dump_json()
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=201,
-        write=write,
-    )
+    return writes.run_sync(payload, write, status_code=201)
 
 
 @router.get(
     "/v1/sources",
-    response_class=Response,
-    responses={200: {"model": SourcesPublic}, **_ERRORS},
+    response_model=SourcesPublic,
+    responses=_ERRORS,
     summary="List the shops (admin)",
 )
 def list_sources(request: Request, session: SessionDep, key: AdminKey) -> Response:
@@ -99,8 +81,8 @@ def list_sources(request: Request, session: SessionDep, key: AdminKey) -> Respon
 
 @router.get(
     "/v1/sources/{source_id}",
-    response_class=Response,
-    responses={200: {"model": SourcePublic}, **_ERRORS},
+    response_model=SourcePublic,
+    responses=_ERRORS,
     summary="Fetch a shop (admin)",
 )
 def get_source(source_id: str, request: Request, session: SessionDep, key: AdminKey) -> Response:
@@ -112,8 +94,8 @@ def get_source(source_id: str, request: Request, session: SessionDep, key: Admin
 
 @router.delete(
     "/v1/sources/{source_id}",
-    response_class=Response,
-    responses={200: {"model": SourcePublic}, **_ERRORS},
+    response_model=SourcePublic,
+    responses=_ERRORS,
     summary="Stop accepting a shop's webhooks (admin)",
 )
 def delete_source(source_id: str, request: Request, session: SessionDep, key: AdminKey) -> Response:
@@ -125,18 +107,16 @@ def delete_source(source_id: str, request: Request, session: SessionDep, key: Ad
 
 @router.post(
     "/v1/sources/{source_id}/rotate",
-    response_class=Response,
-    responses={200: {"model": SourcePublic}, **_ERRORS},
+    response_model=SourcePublic,
+    responses=_ERRORS,
     summary="Replace a shop's secret; the old one is accepted for a grace period (admin)",
 )
 def rotate_source(
     source_id: str,
     payload: SourceRotate,
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
-    key: AdminKey,
-    idempotency: IdempotencyDep,
+    writes: AdminWrites,
 ) -> Response:
     """The old secret keeps verifying until `previous_secret_valid_until`
     (`CRM_LEDGER_INGEST_ROTATION_GRACE_SECONDS`, 24 hours by default)."""
@@ -148,20 +128,13 @@ def rotate_source(
         )
         return sources.source_public(source, base_url=base_url).model_dump_json()
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=200,
-        write=write,
-    )
+    return writes.run_sync(payload, write)
 
 
 @router.get(
     "/v1/sources/{source_id}/deliveries",
-    response_class=Response,
-    responses={200: {"model": DeliveriesPublic}, **_ERRORS},
+    response_model=DeliveriesPublic,
+    responses=_ERRORS,
     summary="List a shop's webhook deliveries, e.g. the failed ones (admin)",
 )
 def list_deliveries(
@@ -185,17 +158,15 @@ def list_deliveries(
 
 @router.post(
     "/v1/sources/{source_id}/deliveries/{delivery_id}/retry",
-    response_class=Response,
-    responses={200: {"model": DeliveryPublic}, **_ERRORS},
+    response_model=DeliveryPublic,
+    responses=_ERRORS,
     summary="Map a failed delivery again (admin)",
 )
 def retry_delivery(
     source_id: str,
     delivery_id: str,
-    session: SessionDep,
     runtime: RuntimeDep,
-    key: AdminKey,
-    idempotency: IdempotencyDep,
+    writes: AdminWrites,
 ) -> Response:
     """The delivery goes back to `pending`; the ingest worker maps it on its next step."""
 
@@ -203,21 +174,15 @@ def retry_delivery(
         delivery = inbox.retry_delivery(session=tx, source_id=source_id, delivery_id=delivery_id)
         return inbox.delivery_public(delivery).model_dump_json()
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=NoBody(),
-        status_code=200,
-        write=write,
-        on_commit=lambda: runtime.supervisor.wake(INGEST_WORKER),
+    return writes.run_sync(
+        NoBody(), write, on_commit=lambda: runtime.supervisor.wake(INGEST_WORKER)
     )
 
 
 @router.get(
     "/v1/sources/{source_id}/clawbacks",
-    response_class=Response,
-    responses={200: {"model": ClawbacksPublic}, **_ERRORS},
+    response_model=ClawbacksPublic,
+    responses=_ERRORS,
     summary="Loyalty points taken back for a shop's refunded or cancelled orders (admin)",
 )
 def list_clawbacks(source_id: str, session: SessionDep, key: AdminKey) -> Response:

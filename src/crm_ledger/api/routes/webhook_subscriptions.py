@@ -16,15 +16,10 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from crm_ledger.api.deps import AdminKey, SessionDep, SettingsDep, problem_responses
-from crm_ledger.api.idempotency import (
-    JSON_MEDIA_TYPE,
-    REPLAY_HEADER,
-    IdempotencyDep,
-    NoBody,
-    json_response,
-    run_write,
-)
+from crm_ledger.api.idempotency import REPLAY_HEADER, NoBody, json_response
+from crm_ledger.api.routes import add_actions
 from crm_ledger.api.transaction import read_only, transaction
+from crm_ledger.api.writes import AdminWrites
 from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.outbound.webhooks import subscriptions as service
 from crm_ledger.outbound.webhooks.schemas import (
@@ -54,26 +49,18 @@ def _with_secret(response: Response, secret: str) -> Response:
         return response
     body = json.loads(bytes(response.body))
     body["secret"] = secret
-    return Response(
-        content=json.dumps(body, separators=(",", ":")),
-        status_code=response.status_code,
-        media_type=JSON_MEDIA_TYPE,
-    )
+    return json_response(json.dumps(body, separators=(",", ":")), response.status_code)
 
 
 @router.post(
     _PREFIX,
     status_code=201,
-    response_class=Response,
-    responses={201: {"model": WebhookSubscriptionCreated}, **_ERRORS},
+    response_model=WebhookSubscriptionCreated,
+    responses=_ERRORS,
     summary="Subscribe a URL to events (admin); the signing secret is shown once",
 )
 def create_subscription(
-    payload: WebhookSubscriptionCreate,
-    session: SessionDep,
-    settings: SettingsDep,
-    key: AdminKey,
-    idempotency: IdempotencyDep,
+    payload: WebhookSubscriptionCreate, settings: SettingsDep, writes: AdminWrites
 ) -> Response:
     """Events of `event_types` appended from now on are delivered to `url` (replay for older
     ones). The URL must resolve to public addresses only."""
@@ -85,21 +72,13 @@ def create_subscription(
         public = service.subscription_public(created)
         return WebhookSubscriptionCreated(**public.model_dump(), secret=None).model_dump_json()
 
-    response = run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=201,
-        write=write,
-    )
-    return _with_secret(response, secret)
+    return _with_secret(writes.run_sync(payload, write, status_code=201), secret)
 
 
 @router.get(
     _PREFIX,
-    response_class=Response,
-    responses={200: {"model": WebhookSubscriptionsPublic}, **_ERRORS},
+    response_model=WebhookSubscriptionsPublic,
+    responses=_ERRORS,
     summary="List webhook subscriptions (admin)",
 )
 def list_subscriptions(session: SessionDep, key: AdminKey) -> Response:
@@ -113,8 +92,8 @@ def list_subscriptions(session: SessionDep, key: AdminKey) -> Response:
 
 @router.get(
     _PREFIX + "/{subscription_id}",
-    response_class=Response,
-    responses={200: {"model": WebhookSubscriptionPublic}, **_ERRORS},
+    response_model=WebhookSubscriptionPublic,
+    responses=_ERRORS,
     summary="Fetch a webhook subscription (admin)",
 )
 def get_subscription(subscription_id: str, session: SessionDep, key: AdminKey) -> Response:
@@ -126,8 +105,8 @@ def get_subscription(subscription_id: str, session: SessionDep, key: AdminKey) -
 
 @router.patch(
     _PREFIX + "/{subscription_id}",
-    response_class=Response,
-    responses={200: {"model": WebhookSubscriptionPublic}, **_ERRORS},
+    response_model=WebhookSubscriptionPublic,
+    responses=_ERRORS,
     summary="Change a webhook subscription's URL, event types or description (admin)",
 )
 def update_subscription(
@@ -162,9 +141,7 @@ def delete_subscription(subscription_id: str, session: SessionDep, key: AdminKey
 
 
 def _status_change(status: SubscriptionStatus, doc: str) -> Any:
-    def change(
-        subscription_id: str, session: SessionDep, key: AdminKey, idempotency: IdempotencyDep
-    ) -> Response:
+    def change(subscription_id: str, writes: AdminWrites) -> Response:
         def write(tx: Session) -> str:
             changed = service.set_status(
                 session=tx,
@@ -174,51 +151,38 @@ def _status_change(status: SubscriptionStatus, doc: str) -> Any:
             )
             return service.subscription_public(changed).model_dump_json()
 
-        return run_write(
-            session=session,
-            principal=key,
-            idempotency=idempotency,
-            payload=NoBody(),
-            status_code=200,
-            write=write,
-        )
+        return writes.run_sync(NoBody(), write)
 
     change.__doc__ = doc
     return change
 
 
-for _action, _status, _doc in (
-    ("pause", SubscriptionStatus.PAUSED, "Stop deliveries; events keep waiting in the feed."),
-    (
-        "resume",
-        SubscriptionStatus.ACTIVE,
-        "Deliver again: what waited is delivered, the failure count starts from zero.",
-    ),
-):
-    router.add_api_route(
-        f"{_PREFIX}/{{subscription_id}}/{_action}",
-        _status_change(_status, _doc),
-        methods=["POST"],
-        response_class=Response,
-        responses={200: {"model": WebhookSubscriptionPublic}, **_ERRORS},
-        summary=f"{_action.capitalize()} a webhook subscription (admin)",
-        name=f"{_action}_webhook_subscription",
-    )
+add_actions(
+    router,
+    _PREFIX + "/{subscription_id}",
+    {
+        "pause": _status_change(
+            SubscriptionStatus.PAUSED, "Stop deliveries; events keep waiting in the feed."
+        ),
+        "resume": _status_change(
+            SubscriptionStatus.ACTIVE,
+            "Deliver again: what waited is delivered, the failure count starts from zero.",
+        ),
+    },
+    noun="webhook subscription",
+    roles="admin",
+    response_model=WebhookSubscriptionPublic,
+    responses=_ERRORS,
+)
 
 
 @router.post(
     _PREFIX + "/{subscription_id}/rotate-secret",
-    response_class=Response,
-    responses={200: {"model": WebhookSecretPublic}, **_ERRORS},
+    response_model=WebhookSecretPublic,
+    responses=_ERRORS,
     summary="Replace the signing secret (admin); the new one is shown once",
 )
-def rotate_secret(
-    subscription_id: str,
-    session: SessionDep,
-    settings: SettingsDep,
-    key: AdminKey,
-    idempotency: IdempotencyDep,
-) -> Response:
+def rotate_secret(subscription_id: str, writes: AdminWrites) -> Response:
     """Deliveries are signed with both secrets for 24 hours, then with the new one only."""
     secret = new_signing_secret()
 
@@ -230,21 +194,13 @@ def rotate_secret(
             previous_secret_expires_at=format_timestamp(rotated.previous_secret_expires_at),
         ).model_dump_json()
 
-    response = run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=NoBody(),
-        status_code=200,
-        write=write,
-    )
-    return _with_secret(response, secret)
+    return _with_secret(writes.run_sync(NoBody(), write), secret)
 
 
 @router.get(
     _PREFIX + "/{subscription_id}/deliveries",
-    response_class=Response,
-    responses={200: {"model": WebhookDeliveriesPublic}, **_ERRORS},
+    response_model=WebhookDeliveriesPublic,
+    responses=_ERRORS,
     summary="A subscription's delivery log, newest first (admin)",
 )
 def list_deliveries(
@@ -276,16 +232,14 @@ def list_deliveries(
 @router.post(
     _PREFIX + "/{subscription_id}/deliveries/{delivery_id}/redeliver",
     status_code=202,
-    response_class=Response,
-    responses={202: {"model": WebhookDeliveryPublic}, **_ERRORS},
+    response_model=WebhookDeliveryPublic,
+    responses=_ERRORS,
     summary="Deliver one delivery's event again, now (admin)",
 )
 def redeliver(
     subscription_id: str,
     delivery_id: str,
-    session: SessionDep,
-    key: AdminKey,
-    idempotency: IdempotencyDep,
+    writes: AdminWrites,
 ) -> Response:
     """A new delivery of the same message (same `webhook-id`), due at once."""
 
@@ -295,29 +249,20 @@ def redeliver(
         )
         return service.delivery_public(again).model_dump_json()
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=NoBody(),
-        status_code=202,
-        write=write,
-    )
+    return writes.run_sync(NoBody(), write, status_code=202)
 
 
 @router.post(
     _PREFIX + "/{subscription_id}/replay",
     status_code=202,
-    response_class=Response,
-    responses={202: {"model": WebhookSubscriptionPublic}, **_ERRORS},
+    response_model=WebhookSubscriptionPublic,
+    responses=_ERRORS,
     summary="Deliver again every event after a change-feed cursor (admin)",
 )
 def replay(
     subscription_id: str,
     payload: WebhookReplay,
-    session: SessionDep,
-    key: AdminKey,
-    idempotency: IdempotencyDep,
+    writes: AdminWrites,
 ) -> Response:
     """The subscription's cursor goes back to `after`; events of its types after it are
     delivered again (each with its own `webhook-id`, as the first time)."""
@@ -326,11 +271,4 @@ def replay(
         moved = service.replay(session=tx, subscription_id=subscription_id, after=payload.after)
         return service.subscription_public(moved).model_dump_json()
 
-    return run_write(
-        session=session,
-        principal=key,
-        idempotency=idempotency,
-        payload=payload,
-        status_code=202,
-        write=write,
-    )
+    return writes.run_sync(payload, write, status_code=202)
