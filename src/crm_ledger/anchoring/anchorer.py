@@ -54,6 +54,7 @@ from crm_ledger.chain.contract import Fees, SentTransaction
 from crm_ledger.config import Settings
 from crm_ledger.db.models import BatchStatus, utcnow
 from crm_ledger.errors import AnchorRejected, ChainReset
+from crm_ledger.verifier.chain import BatchAnchoredEvent
 from crm_ledger.workers.lock import ANCHORER
 
 log = logging.getLogger(__name__)
@@ -66,30 +67,6 @@ class _Wait(enum.Enum):
     """What a wait for an anchor transaction ends with when it is not a receipt."""
 
     FORGOTTEN = "the node no longer knows the transaction"
-
-
-class AnchorReceiptLike(Protocol):
-    """Where a mined anchor transaction landed."""
-
-    @property
-    def tx_hash(self) -> bytes: ...
-    @property
-    def block_number(self) -> int: ...
-    @property
-    def block_hash(self) -> bytes: ...
-    @property
-    def gas_used(self) -> int: ...
-
-
-class BatchEventLike(AnchorReceiptLike, Protocol):
-    """A `BatchAnchored` event with its location."""
-
-    @property
-    def first_seq(self) -> int: ...
-    @property
-    def count(self) -> int: ...
-    @property
-    def root(self) -> bytes: ...
 
 
 class AnchorChain(Protocol):
@@ -110,10 +87,10 @@ class AnchorChain(Protocol):
         nonce: int | None = None,
         fees: Fees | None = None,
     ) -> SentTransaction: ...
-    async def receipt(self, tx_hash: bytes) -> AnchorReceiptLike | None: ...
+    async def receipt(self, tx_hash: bytes) -> BatchAnchoredEvent | None: ...
     async def find_batch_event(
         self, batch_id: int, from_block: int = 0
-    ) -> BatchEventLike | None: ...
+    ) -> BatchAnchoredEvent | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +254,7 @@ class Anchorer:
 
     async def _until_mined(
         self, plan: BatchPlan, sent: SentTransaction
-    ) -> AnchorReceiptLike | None:
+    ) -> BatchAnchoredEvent | None:
         """Wait for any of the batch's transactions; replace the latest each time one is not
         mined within `anchor_replace_after_seconds`, until one is (its receipt), or the chain
         holds the batch some other way or the nonce went elsewhere (None). The supervisor
@@ -351,7 +328,7 @@ class Anchorer:
 
     async def _await_any_receipt(
         self, tx_hashes: list[bytes], *, timeout: float
-    ) -> AnchorReceiptLike | _Wait | None:
+    ) -> BatchAnchoredEvent | _Wait | None:
         """The receipt of whichever of `tx_hashes` is mined, polling for up to `timeout` s.
 
         Every `FORGOTTEN_CHECK_SECONDS` it also asks the node whether it still knows the latest
@@ -392,7 +369,7 @@ class Anchorer:
         )
         return True
 
-    def _record_location(self, batch_id: int, where: AnchorReceiptLike) -> None:
+    def _record_location(self, batch_id: int, where: BatchAnchoredEvent) -> None:
         batches.mark_anchored(
             self.session_factory,
             batch_id=batch_id,
@@ -403,7 +380,8 @@ class Anchorer:
             gas_used=where.gas_used,
         )
         metrics.batches_anchored_total.inc()
-        metrics.anchor_gas_used_total.inc(where.gas_used)
+        if where.gas_used is not None:  # the service's chain client always reads it
+            metrics.anchor_gas_used_total.inc(where.gas_used)
         self.stats.last_batch_id = batch_id
         self.stats.last_anchored_at = utcnow()
 

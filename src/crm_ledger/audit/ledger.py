@@ -1,6 +1,6 @@
 """The ledger audit: recompute every leaf, batch root and head from the journal, compare with chain.
 
-Exports: `ChainBatch`, `ChainView`, `read_chain`, `audit_journal`, `run_ledger_audit`,
+Exports: `ChainView`, `read_chain`, `audit_journal`, `run_ledger_audit`,
 `reset_reason`, `read_deployment`, `count_sequenced`.
 
 Two halves. `read_chain` (async, `audit.ledger_chain`) takes what the chain says about the
@@ -55,7 +55,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 
 from crm_ledger.audit.ledger_batches import BatchChecks
-from crm_ledger.audit.ledger_chain import ChainBatch, ChainView, read_chain, reset_reason
+from crm_ledger.audit.ledger_chain import ChainView, read_chain, reset_reason
 from crm_ledger.audit.ledger_findings import (
     BatchRange,
     CustomerState,
@@ -72,7 +72,6 @@ from crm_ledger.ledger.leaf import FORMAT_VERSION, RecordKind
 from crm_ledger.verifier.chain import AuditChain, BatchOnChain
 
 __all__ = [
-    "ChainBatch",
     "ChainView",
     "Progress",
     "audit_journal",

@@ -10,11 +10,12 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from crm_ledger.audit.ledger_chain import ChainBatch, ChainView
+from crm_ledger.audit.ledger_chain import ChainView
 from crm_ledger.audit.ledger_findings import BatchRange, Findings, as_bytes, show, to_hex
 from crm_ledger.audit.report import DiscrepancyKind, LedgerReport
 from crm_ledger.db.models import Batch, BatchStatus
 from crm_ledger.ledger import merkle
+from crm_ledger.verifier.chain import BatchAnchoredEvent
 
 __all__ = ["BatchChecks"]
 
@@ -159,7 +160,7 @@ class BatchChecks(Findings):
             as_bytes(row.root),
         )
 
-    def _compare_row(self, row: Any, batch: ChainBatch, previous_head: bytes) -> None:
+    def _compare_row(self, row: Any, batch: BatchAnchoredEvent, previous_head: bytes) -> None:
         fields = {
             "first_seq": (row.first_seq, batch.first_seq),
             "count": (row.size, batch.count),

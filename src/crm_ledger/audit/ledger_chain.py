@@ -1,6 +1,6 @@
 """What the chain says about the journal's AuditLedger, for the ledger audit (`audit.ledger`).
 
-Exports: `ChainBatch`, `ChainView`, `read_chain`, `reset_reason`.
+Exports: `ChainView`, `read_chain`, `reset_reason`.
 
 `read_chain` (async) takes whether the deployment is still there, every `BatchAnchored` event
 (first seq, count, root, head, transaction, block), `batchCount()`, `head()` and `nextSeq()`,
@@ -14,23 +14,9 @@ from dataclasses import dataclass, field
 
 from crm_ledger.audit.snapshot import DeploymentRecord
 from crm_ledger.ledger import merkle
-from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain, BatchOnChain
+from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain, BatchAnchoredEvent, BatchOnChain
 
-__all__ = ["ChainBatch", "ChainView", "read_chain", "reset_reason"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChainBatch:
-    """One batch as the chain has it (from its `BatchAnchored` event)."""
-
-    batch_id: int
-    first_seq: int
-    count: int
-    root: bytes
-    head: bytes
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
+__all__ = ["ChainView", "read_chain", "reset_reason"]
 
 
 @dataclass
@@ -40,7 +26,7 @@ class ChainView:
     deployment: DeploymentRecord | None
     #: Why the deployment is gone from the chain, or None while it is there.
     reset: str | None = None
-    batches: list[ChainBatch] = field(default_factory=list)
+    batches: list[BatchAnchoredEvent] = field(default_factory=list)
     batch_count: int = 0
     head: bytes = merkle.ZERO_HASH
     next_seq: int = 0
@@ -90,19 +76,7 @@ async def read_chain(chain: AuditChain | None, deployment: DeploymentRecord | No
         view.batch_count = await chain.batch_count()
         if view.batch_count == before:
             break
-    view.batches = [
-        ChainBatch(
-            batch_id=e.batch_id,
-            first_seq=e.first_seq,
-            count=e.count,
-            root=e.root,
-            head=e.head,
-            tx_hash=e.tx_hash,
-            block_number=e.block_number,
-            block_hash=e.block_hash,
-        )
-        for e in sorted(events, key=lambda e: e.batch_id)
-    ]
+    view.batches = sorted(events, key=lambda e: e.batch_id)
     view.problems = _chain_problems(view)
     return view
 

@@ -1,8 +1,9 @@
 """The async AuditLedger client: anchors, receipts, batch events and deployment over JSON-RPC.
 
-Exports: `LedgerChain`, `AnchorReceipt`, `BatchEvent`, `LedgerBatch`, `LedgerDeployment`,
-`make_async_web3`, and from `chain.contract` and `chain.rpc`: `EMPTY_CODE_HASH`, `Fees`,
-`SentTransaction`, `redact_url`.
+Exports: `LedgerChain`, `LedgerDeployment`, `make_async_web3`; the values its reads answer,
+`BatchOnChain` and `BatchAnchoredEvent` (from `verifier.chain`, the one home of those shapes);
+and from `chain.contract` and `chain.rpc`: `EMPTY_CODE_HASH`, `Fees`, `SentTransaction`,
+`redact_url`.
 
 Errors (see `crm_ledger.errors`): transport failures and node errors become `ChainUnavailable`
 as `chain.contract.ContractClient` raises them; a revert of `anchor` becomes `AnchorRejected`.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -35,13 +36,13 @@ from crm_ledger.chain.contract import (
 from crm_ledger.chain.provider import KeepAliveHTTPProvider
 from crm_ledger.chain.rpc import redact_url
 from crm_ledger.errors import AnchorRejected, ChainError, ChainUnavailable
+from crm_ledger.verifier.chain import BatchAnchoredEvent, BatchOnChain
 
 __all__ = [
     "EMPTY_CODE_HASH",
-    "AnchorReceipt",
-    "BatchEvent",
+    "BatchAnchoredEvent",
+    "BatchOnChain",
     "Fees",
-    "LedgerBatch",
     "LedgerChain",
     "LedgerDeployment",
     "SentTransaction",
@@ -52,48 +53,6 @@ __all__ = [
 ZERO_ADDRESS = ChecksumAddress(HexAddress(HexStr("0x" + "00" * 20)))
 #: Block range per eth_getLogs request; public providers cap ranges at a few thousand blocks.
 LOG_CHUNK_BLOCKS = 2_000
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerBatch:
-    """A batch as the contract's `batch(id)` view returns it."""
-
-    batch_id: int
-    first_seq: int
-    count: int
-    root: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class BatchEvent:
-    """One `BatchAnchored` event, where it was logged, and the gas its transaction used."""
-
-    batch_id: int
-    first_seq: int
-    count: int
-    root: bytes
-    head: bytes
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-    log_index: int
-    gas_used: int
-
-
-@dataclass(frozen=True, slots=True)
-class AnchorReceipt:
-    """A mined, successful anchor transaction and the batch it created."""
-
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-    gas_used: int
-    effective_gas_price: int
-    batch_id: int
-    first_seq: int
-    count: int
-    root: bytes
-    head: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,13 +123,13 @@ class LedgerChain(ContractClient):
         """How many batches the contract holds."""
         return int(await self._view("batchCount"))
 
-    async def batch(self, batch_id: int) -> LedgerBatch | None:
+    async def batch(self, batch_id: int) -> BatchOnChain | None:
         """Batch `batch_id` as the contract stores it, or None if there is no such batch."""
         found = await self._view_or_unknown_batch("batch", batch_id)
         if found is None:
             return None
         first_seq, count, root = found
-        return LedgerBatch(batch_id=batch_id, first_seq=first_seq, count=count, root=bytes(root))
+        return BatchOnChain(batch_id=batch_id, first_seq=first_seq, count=count, root=bytes(root))
 
     # Anchoring ---------------------------------------------------------------------------
 
@@ -211,7 +170,7 @@ class LedgerChain(ContractClient):
             {"to": contract.address, "data": data, "gas": gas}, nonce=nonce, fees=fees
         )
 
-    async def receipt(self, tx_hash: bytes) -> AnchorReceipt | None:
+    async def receipt(self, tx_hash: bytes) -> BatchAnchoredEvent | None:
         """The mined anchor transaction `tx_hash`, or None while the node does not know it.
 
         None covers both "still pending" and "gone" (dropped, or rolled back with its block).
@@ -223,28 +182,19 @@ class LedgerChain(ContractClient):
         if raw["status"] != 1:
             raise await self._reverted_on_chain(raw)
         event = self._batch_event_from(raw)
-        return AnchorReceipt(
-            tx_hash=bytes(raw["transactionHash"]),
-            block_number=int(raw["blockNumber"]),
-            block_hash=bytes(raw["blockHash"]),
-            gas_used=int(raw["gasUsed"]),
-            effective_gas_price=int(raw.get("effectiveGasPrice", 0)),
-            batch_id=event.batch_id,
-            first_seq=event.first_seq,
-            count=event.count,
-            root=event.root,
-            head=event.head,
-        )
+        return replace(event, effective_gas_price=int(raw.get("effectiveGasPrice", 0)))
 
     async def wait_for_receipt(
         self, tx_hash: bytes, timeout: float, *, poll_seconds: float = 0.05
-    ) -> AnchorReceipt | None:
+    ) -> BatchAnchoredEvent | None:
         """`receipt(tx_hash)` once it exists, or None if it does not within `timeout` seconds."""
         return await poll_until_found(lambda: self.receipt(tx_hash), timeout, poll_seconds)
 
     # Events ------------------------------------------------------------------------------
 
-    async def find_batch_event(self, batch_id: int, from_block: int = 0) -> BatchEvent | None:
+    async def find_batch_event(
+        self, batch_id: int, from_block: int = 0
+    ) -> BatchAnchoredEvent | None:
         """The `BatchAnchored` event of batch `batch_id` at or after `from_block`, or None.
 
         The contract records each batch's block, so this is one view call and one
@@ -258,13 +208,13 @@ class LedgerChain(ContractClient):
 
     async def batch_events(
         self, from_block: int, to_block: int | None = None, *, chunk_blocks: int = LOG_CHUNK_BLOCKS
-    ) -> list[BatchEvent]:
+    ) -> list[BatchAnchoredEvent]:
         """Every `BatchAnchored` event in blocks `from_block`..`to_block` (default: latest).
 
         Queried `chunk_blocks` blocks at a time, in chain order.
         """
         last = to_block if to_block is not None else await self.block_number()
-        events: list[BatchEvent] = []
+        events: list[BatchAnchoredEvent] = []
         start = from_block
         while start <= last:
             end = min(start + chunk_blocks - 1, last)
@@ -370,7 +320,7 @@ class LedgerChain(ContractClient):
             chain_next_seq=chain_next_seq,
         )
 
-    def _batch_event_from(self, raw: TxReceipt) -> BatchEvent:
+    def _batch_event_from(self, raw: TxReceipt) -> BatchAnchoredEvent:
         for log in raw["logs"]:
             if self._is_batch_anchored(log):
                 return self._decode_event(log, gas_used=int(raw["gasUsed"]))
@@ -381,7 +331,7 @@ class LedgerChain(ContractClient):
 
     async def _batch_events_between(
         self, from_block: int, to_block: int, *, batch_ids: Sequence[int] | None
-    ) -> list[BatchEvent]:
+    ) -> list[BatchAnchoredEvent]:
         topics: list[Any] = [self._event_topic]
         if batch_ids is not None:
             topics.append(
@@ -416,11 +366,11 @@ class LedgerChain(ContractClient):
             and bytes(log["topics"][0]) == self._event_topic
         )
 
-    def _decode_event(self, log: LogReceipt, *, gas_used: int) -> BatchEvent:
+    def _decode_event(self, log: LogReceipt, *, gas_used: int) -> BatchAnchoredEvent:
         first_seq, count, root, head = abi_decode(
             ["uint64", "uint32", "bytes32", "bytes32"], bytes(log["data"])
         )
-        return BatchEvent(
+        return BatchAnchoredEvent(
             batch_id=int.from_bytes(bytes(log["topics"][1]), "big"),
             first_seq=int(first_seq),
             count=int(count),

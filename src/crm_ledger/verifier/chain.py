@@ -1,6 +1,7 @@
-"""What the verifier reads from the chain: the AuditLedger reads as a protocol.
+"""What the verifier reads from the chain: the AuditLedger reads as a protocol, and the values
+they answer.
 
-Exports: `AuditChain`, `BatchOnChain`, `BatchEventOnChain`, `AnchorOnChain`, `ChainFor`,
+Exports: `AuditChain`, `BatchOnChain`, `BatchAnchoredEvent`, `ChainFor`,
 `EMPTY_CODE_HASH`.
 
 `chain.client.LedgerChain` (web3) and `verifier.rpc.JsonRpcChain` (httpx + eth_abi, for the
@@ -10,6 +11,7 @@ client library) implement `AuditChain`; tests pass a fake with the contract's ru
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from eth_utils.crypto import keccak
@@ -18,40 +20,37 @@ from eth_utils.crypto import keccak
 EMPTY_CODE_HASH = keccak(b"")
 
 
-class BatchOnChain(Protocol):
-    """A batch as the contract's `batch(id)` view returns it."""
+@dataclass(frozen=True, slots=True)
+class BatchOnChain:
+    """A batch as the AuditLedger contract's `batch(id)` view returns it."""
 
-    @property
-    def first_seq(self) -> int: ...
-    @property
-    def count(self) -> int: ...
-    @property
-    def root(self) -> bytes: ...
-
-
-class BatchEventOnChain(Protocol):
-    """A `BatchAnchored` event and where it was logged."""
-
-    @property
-    def batch_id(self) -> int: ...
-    @property
-    def first_seq(self) -> int: ...
-    @property
-    def count(self) -> int: ...
-    @property
-    def root(self) -> bytes: ...
-    @property
-    def head(self) -> bytes: ...
-    @property
-    def tx_hash(self) -> bytes: ...
-    @property
-    def block_number(self) -> int: ...
-    @property
-    def block_hash(self) -> bytes: ...
+    batch_id: int
+    first_seq: int
+    count: int
+    root: bytes
 
 
-class AnchorOnChain(BatchEventOnChain, Protocol):
-    """A mined anchor transaction (`LedgerChain.receipt`): its block and the batch it created."""
+@dataclass(frozen=True, slots=True)
+class BatchAnchoredEvent:
+    """One `BatchAnchored(batchId, firstSeq, count, root, head)` event and where it was logged:
+    the one shape of an anchored batch that every chain reader returns (the service's web3
+    client, this package's JSON-RPC reader, the test fakes).
+
+    `gas_used` and `effective_gas_price` are its transaction's, when the reader had its receipt
+    (the service's client always does; reading logs alone does not give them).
+    """
+
+    batch_id: int
+    first_seq: int
+    count: int
+    root: bytes
+    head: bytes
+    tx_hash: bytes
+    block_number: int
+    block_hash: bytes
+    log_index: int
+    gas_used: int | None = None
+    effective_gas_price: int | None = None
 
 
 class AuditChain(Protocol):
@@ -66,11 +65,11 @@ class AuditChain(Protocol):
     async def batch(self, batch_id: int) -> BatchOnChain | None: ...
     async def batch_events(
         self, from_block: int, to_block: int | None = None
-    ) -> Sequence[BatchEventOnChain]: ...
+    ) -> Sequence[BatchAnchoredEvent]: ...
     async def find_batch_event(
         self, batch_id: int, from_block: int = 0
-    ) -> BatchEventOnChain | None: ...
-    async def receipt(self, tx_hash: bytes) -> AnchorOnChain | None: ...
+    ) -> BatchAnchoredEvent | None: ...
+    async def receipt(self, tx_hash: bytes) -> BatchAnchoredEvent | None: ...
     async def block_hash(self, number: int) -> bytes | None: ...
 
 

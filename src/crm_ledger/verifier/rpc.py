@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -29,6 +28,7 @@ from eth_utils.crypto import keccak
 
 from crm_ledger.errors import ChainError, ChainUnavailable
 from crm_ledger.ledger.hexcodec import hex0x
+from crm_ledger.verifier.chain import BatchAnchoredEvent, BatchOnChain
 
 #: Block range per eth_getLogs request; public providers cap ranges at a few thousand blocks.
 LOG_CHUNK_BLOCKS = 2_000
@@ -51,26 +51,6 @@ def _int(value: object) -> int:
     if not isinstance(value, str) or not value.startswith("0x"):
         raise ChainUnavailable(f"the node answered {value!r} where a hex quantity was expected")
     return int(value, 16)
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    first_seq: int
-    count: int
-    root: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _BatchEvent:
-    batch_id: int
-    first_seq: int
-    count: int
-    root: bytes
-    head: bytes
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-    log_index: int
 
 
 class JsonRpcChain:
@@ -154,7 +134,7 @@ class JsonRpcChain:
         """How many batches the contract holds."""
         return int((await self._view("batchCount()", ["uint256"]))[0])
 
-    async def batch(self, batch_id: int) -> _Batch | None:
+    async def batch(self, batch_id: int) -> BatchOnChain | None:
         """Batch `batch_id` as the contract stores it, or None if there is none."""
         try:
             first_seq, count, root = await self._view(
@@ -162,9 +142,13 @@ class JsonRpcChain:
             )
         except _UnknownBatch:
             return None
-        return _Batch(first_seq=int(first_seq), count=int(count), root=bytes(root))
+        return BatchOnChain(
+            batch_id=batch_id, first_seq=int(first_seq), count=int(count), root=bytes(root)
+        )
 
-    async def find_batch_event(self, batch_id: int, from_block: int = 0) -> _BatchEvent | None:
+    async def find_batch_event(
+        self, batch_id: int, from_block: int = 0
+    ) -> BatchAnchoredEvent | None:
         """The `BatchAnchored` event of `batch_id` at or after `from_block`, or None."""
         try:
             (block,) = await self._view("batchBlockNumber(uint256)", ["uint64"], batch_id)
@@ -175,15 +159,17 @@ class JsonRpcChain:
         found = await self._logs(int(block), int(block), batch_id=batch_id)
         return found[-1] if found else None
 
-    async def batch_events(self, from_block: int, to_block: int | None = None) -> list[_BatchEvent]:
+    async def batch_events(
+        self, from_block: int, to_block: int | None = None
+    ) -> list[BatchAnchoredEvent]:
         """Every `BatchAnchored` event in blocks `from_block`..`to_block` (default: latest)."""
         last = to_block if to_block is not None else _int(await self._call("eth_blockNumber"))
-        events: list[_BatchEvent] = []
+        events: list[BatchAnchoredEvent] = []
         for start in range(from_block, last + 1, LOG_CHUNK_BLOCKS):
             events += await self._logs(start, min(start + LOG_CHUNK_BLOCKS - 1, last))
         return events
 
-    async def receipt(self, tx_hash: bytes) -> _BatchEvent | None:
+    async def receipt(self, tx_hash: bytes) -> BatchAnchoredEvent | None:
         """The mined anchor transaction `tx_hash` and its batch, or None while unknown."""
         raw = await self._call("eth_getTransactionReceipt", hex0x(tx_hash))
         if raw is None:
@@ -205,7 +191,7 @@ class JsonRpcChain:
 
     async def _logs(
         self, from_block: int, to_block: int, *, batch_id: int | None = None
-    ) -> list[_BatchEvent]:
+    ) -> list[BatchAnchoredEvent]:
         topics: list[Any] = [hex0x(_BATCH_ANCHORED)]
         if batch_id is not None:
             topics.append(hex0x(batch_id.to_bytes(32, "big")))
@@ -227,11 +213,11 @@ class JsonRpcChain:
             and _bytes(topics[0]) == _BATCH_ANCHORED
         )
 
-    def _decode(self, log: dict[str, Any]) -> _BatchEvent:
+    def _decode(self, log: dict[str, Any]) -> BatchAnchoredEvent:
         first_seq, count, root, head = abi_decode(
             ["uint64", "uint32", "bytes32", "bytes32"], _bytes(log["data"])
         )
-        return _BatchEvent(
+        return BatchAnchoredEvent(
             batch_id=int.from_bytes(_bytes(log["topics"][1]), "big"),
             first_seq=int(first_seq),
             count=int(count),
