@@ -27,12 +27,13 @@ Readers refuse anything else, naming the line and the field. Imports no database
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger.canonical import CUSTOMER_KEY_SIZE
+from crm_ledger.ledger.hexcodec import describe_json as _describe
 from crm_ledger.ledger.hexcodec import hex0x, unhex
 from crm_ledger.ledger.leaf import LEAF_INPUT_SIZE, MAX_SEQ
 from crm_ledger.ledger.receipts import MAX_AUDIT_PATH, BatchRef, ChainRef
@@ -301,19 +302,3 @@ def _text(where: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise FormatError(f"{where} must be a non-empty string, got {_describe(value)}")
     return value
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return f"a string ({value[:40]!r})"
-    if isinstance(value, Sequence):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
