@@ -84,7 +84,8 @@ def _client(service: benchlib.Service, concurrency: int) -> httpx.AsyncClient:
         base_url=service.url,
         headers={"Authorization": f"Bearer {service.key}", "Content-Type": "application/json"},
         timeout=120,
-        limits=httpx.Limits(max_connections=concurrency),
+        # Idle connections are closed before uvicorn's 5 s keep-alive ends them under a request.
+        limits=httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0),
     )
 
 
@@ -136,11 +137,15 @@ async def paced(
         batch_body(customers, n * batch, batch) for n in range(int(rate * seconds / batch) + 1)
     ]
 
-    async with _client(service, 64) as client:
+    async with _client(service, 16) as client:
 
         async def send(n: int) -> None:
             nonlocal failures
-            answer = await client.post("/v1/interactions/batch", content=bodies[n])
+            try:
+                answer = await client.post("/v1/interactions/batch", content=bodies[n])
+            except httpx.TransportError:
+                failures += 1
+                return
             if answer.status_code != 201:
                 failures += 1
                 return

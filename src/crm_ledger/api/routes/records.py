@@ -18,7 +18,7 @@ from crm_ledger.api.idempotency import (
     run_write_async,
 )
 from crm_ledger.api.privacy import ERASED_REPLAY
-from crm_ledger.api.schemas import record_public
+from crm_ledger.api.schemas import record_public, records_public_json
 from crm_ledger.api.transaction import read_only
 from crm_ledger.journal import receipts, records
 from crm_ledger.journal.schemas import InteractionBatchCreate, InteractionCreate, OrderCreate
@@ -86,10 +86,7 @@ async def create_interactions(
         written = records.record_interactions(
             session=session, payloads=payload.items, max_items=settings.max_batch_items
         )
-        body = RecordsPublic.model_construct(
-            items=[record_public(r) for r in written]
-        ).model_dump_json()
-        return Written(body, [r.customer_id for r in written])
+        return Written(records_public_json(written), [r.customer_id for r in written])
 
     return await run_write_async(
         session=session,
