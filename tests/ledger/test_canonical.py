@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger.canonical import (
@@ -158,3 +161,57 @@ def test_new_customer_keys_are_fresh_32_byte_keys() -> None:
     keys = {new_customer_key() for _ in range(16)}
     assert len(keys) == 16
     assert all(len(key) == CUSTOMER_KEY_SIZE == 32 for key in keys)
+
+
+# Every JSON value the ledger allows (no floats), with the strings RFC 8785 treats specially:
+# control characters, quotes and backslashes, characters beyond the BMP (their UTF-16 surrogates
+# sort object keys differently from their code points) and lone surrogates (refused).
+_KEY_TEXT = st.text(
+    alphabet=st.one_of(
+        st.characters(codec="utf-8"),
+        st.sampled_from(["\x00", "\x1f", '"', "\\", "\ue000", "\uffff", "\U0001f600", "\ud800"]),
+    ),
+    max_size=6,
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**60), max_value=2**60) | _KEY_TEXT,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(_KEY_TEXT, children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_JSON)
+def test_canonical_json_is_the_rfc8785_package_byte_for_byte(value: Any) -> None:
+    """The fast path (the json module's C encoder) never differs from the rfc8785 package:
+    the same bytes, or the same refusal."""
+    try:
+        expected: bytes | None = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError, ValueError):
+        expected = None
+    if expected is None:
+        with pytest.raises(FormatError):
+            canonical_json(value)
+    else:
+        assert canonical_json(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"\U0001f600": 1, "\ue000": 2, "a": 3},  # UTF-16 order puts the emoji first
+        {"k": [1, {"z": "\x07", "y": "\u2028"}]},
+        {"n": 2**53 - 1, "m": -(2**53) + 1},
+        [True, False, None, ""],
+    ],
+)
+def test_canonical_json_edge_cases_match_rfc8785(value: Any) -> None:
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize("value", [{"n": 2**53}, {"s": "\ud800"}, {1: "x"}, {"f": [1, 0.5]}])
+def test_canonical_json_refuses_what_rfc8785_refuses(value: Any) -> None:
+    with pytest.raises(FormatError):
+        canonical_json(value)
