@@ -240,7 +240,7 @@ def report(figures: dict[str, float], args: argparse.Namespace, load: str) -> No
     print(
         f"first POST -> last receipt   {f['e2e_rate']:9.0f} records/s  "
         f"({f['e2e_seconds']:.2f} s; its POSTs alone {f['e2e_ingest_rate']:.0f} records/s; "
-        f"{f['e2e_failures']:.0f} failed)   target >= 20,000"
+        f"{f['e2e_failures']:.0f} failed, {f['e2e_unanchored']:.0f} not anchored)  target >= 20,000"
     )
     print(f"  ratio to ingest alone      {f['e2e_rate'] / f['ingest_rate']:9.1%}")
     print(
