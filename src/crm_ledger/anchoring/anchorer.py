@@ -14,6 +14,12 @@ same nonce with both EIP-1559 fee caps raised (`anchoring.fees`), up to a cap; w
 transactions sent for the batch is mined is the one recorded. The batch row holds the latest
 hash; after a restart the node tells its nonce and fees, so replacing goes on where it stopped.
 
+Batches form a pipeline: while batch n is sent and mined, batch n + 1 is cut (seqs, leaves,
+root and head written to the journal), so under load the journal work never waits on the
+chain; one step anchors every due batch, in order, up to `MAX_BATCHES_PER_STEP`. One anchor
+transaction is in flight at a time: batch n + 1 goes out once batch n is mined (its gas is
+estimated on a chain that already holds batch n).
+
 Before sending, the anchorer asks the contract for `nextSeq()`. If the chain is already past the
 batch, the batch got there before a crash and only its location is missing: it is looked up in
 the `BatchAnchored` events instead of being sent again. The contract itself rejects any batch
