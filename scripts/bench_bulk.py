@@ -168,15 +168,15 @@ def wait_anchored(service: benchlib.Service, ids: set[str], timeout: float) -> d
         time.sleep(0.2)
 
 
-def gas_per_record(service: benchlib.Service) -> tuple[float, int]:
-    """Gas per record over every anchored batch, and the number of batches."""
+def gas_totals(service: benchlib.Service) -> tuple[int, int, int]:
+    """Gas used, records and batches over every anchored batch."""
     engine = create_engine(f"sqlite:///{service.data_dir / 'ledger.sqlite'}")
     with engine.connect() as conn:
         gas, count, batches = conn.execute(
             text("SELECT sum(gas_used), sum(count), count(*) FROM batches WHERE status='anchored'")
         ).one()
     engine.dispose()
-    return (gas or 0) / max(count or 0, 1), int(batches)
+    return int(gas or 0), int(count or 0), int(batches)
 
 
 async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, float]:
@@ -208,12 +208,18 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path) -> dict[str, f
         figures["e2e_unanchored"] = args.records - len(service.anchored_at())
         figures["e2e_ingest_rate"] = args.records / ingested.seconds
         figures["e2e_failures"] = ingested.failures
-        figures["gas_per_record"], figures["batches"] = gas_per_record(service)
+        gas, count, batches = gas_totals(service)
+        figures["gas_per_record"], figures["batches"] = gas / max(count, 1), batches
 
         committed, failures = await paced(
             service, customers, args.rate, args.seconds, args.paced_batch
         )
         anchored = await asyncio.to_thread(wait_anchored, service, set(committed), 60)
+        paced_gas, paced_count, paced_batches = (
+            a - b for a, b in zip(gas_totals(service), (gas, count, batches), strict=True)
+        )
+        figures["paced_gas_per_record"] = paced_gas / max(paced_count, 1)
+        figures["paced_records_per_batch"] = paced_count / max(paced_batches, 1)
     finally:
         service.stop()
     latencies = [anchored[i] - t for i, t in committed.items() if i in anchored]
@@ -251,6 +257,10 @@ def report(figures: dict[str, float], args: argparse.Namespace, load: str) -> No
         f"paced {args.rate:.0f} records/s offered ({args.paced_batch} per POST, "
         f"{args.seconds:.0f} s): accepted {f['paced_accepted']:.0f}/s, "
         f"{f['paced_failures']:.0f} failed, {f['paced_unanchored']:.0f} not anchored in 60 s"
+    )
+    print(
+        f"  gas per record             {f['paced_gas_per_record']:9.1f}  "
+        f"({f['paced_records_per_batch']:.0f} records per batch)"
     )
     print(
         f"  commit -> anchored         p50 {f['paced_p50']:.3f} s, p99 {f['paced_p99']:.3f} s"
