@@ -6,7 +6,7 @@ NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint services system-packages clean chaos
-.PHONY: bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound bench-api
+.PHONY: bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound bench-api bench-bulk
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -42,7 +42,7 @@ lint: install
 
 # Benchmarks print their figures and ratios against a baseline measured in the same run;
 # docs/benchmarks.md records them. Each runs on 127.0.0.1 and stops by itself.
-bench: bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound bench-api
+bench: bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound bench-api bench-bulk
 
 bench-anchor: install
 	$(BIN)/python scripts/bench_anchor.py
@@ -62,6 +62,9 @@ bench-outbound: install services
 bench-api: install system-packages
 	$(BIN)/python scripts/bench_api.py
 	$(BIN)/python scripts/bench_api.py --workers 2 --no-batch
+
+bench-bulk: install
+	$(BIN)/python scripts/bench_bulk.py
 
 # The chaos suite (docs/reliability.md): loopback only, bounded, ~20 minutes.
 chaos: install services

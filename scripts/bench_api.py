@@ -10,11 +10,13 @@ other in the same run, so the ratio holds on a loaded machine:
             bare endpoint that validates the batch and writes nothing. Records/s and ratio.
 
 `--workers N` runs both sides with N processes (`serve --workers N`, `uvicorn --workers N`).
-`--profile FILE` records the service with py-spy during its single phase (raw collapsed
-stacks in FILE) and prints the frames where the samples fall, by own and by total time.
+`--profile FILE` records the service with py-spy during its first phase (raw collapsed
+stacks in FILE; `--no-single` makes that the batch phase) and prints the frames where the
+samples fall, by own and by total time.
 
 Usage:
-    python scripts/bench_api.py [--seconds 10] [--workers 1] [--no-batch] [--profile FILE]
+    python scripts/bench_api.py [--seconds 10] [--workers 1] [--no-batch | --no-single]
+                                [--profile FILE] [--gil]
                                 [--database-url postgresql+psycopg://postgres@127.0.0.1/test]
 
 With `--database-url` the service writes to a fresh database made next to the one named (and
@@ -250,13 +252,13 @@ def _short(frame: str) -> str:
 def measure(
     url: str, key: str, bodies: tuple[Path, Path], args: argparse.Namespace
 ) -> dict[str, WrkResult]:
-    """The single phase, then the batch phase unless `--no-batch`."""
+    """The single phase unless `--no-single`, then the batch phase unless `--no-batch`."""
     single, batch = bodies
-    results = {
-        "single": run_wrk(
+    results: dict[str, WrkResult] = {}
+    if args.single:
+        results["single"] = run_wrk(
             f"{url}/v1/interactions", single, key, connections=16, seconds=args.seconds
         )
-    }
     if args.batch:
         results["batch"] = run_wrk(
             f"{url}/v1/interactions/batch", batch, key, connections=4, seconds=args.seconds
@@ -297,6 +299,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per phase")
     parser.add_argument("--workers", type=int, default=1, help="API processes on each side")
     parser.add_argument("--no-batch", dest="batch", action="store_false", help="single only")
+    parser.add_argument("--no-single", dest="single", action="store_false", help="batch only")
     parser.add_argument("--database-url", help="PostgreSQL server to make a fresh database on")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the service")
     parser.add_argument("--gil", action="store_true", help="profile only the GIL holder")

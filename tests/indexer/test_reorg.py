@@ -254,7 +254,10 @@ async def test_reorg_under_load_leaves_the_view_equal_to_a_fresh_reindex(
 async def test_revert_to_a_snapshot_then_other_blocks_under_load(anvil_chain: AnvilChain) -> None:
     async def revert() -> None:
         snapshot = await anvil_chain.rpc("evm_snapshot")
-        await asyncio.sleep(0.4)  # the load builds blocks on top of the snapshot
+        # Blocks on top of the snapshot for the indexer to read before they are orphaned: the
+        # load is held, and the pipelined anchorer has no backlog left by now, so give it one.
+        await asyncio.to_thread(add_records, anvil_chain.session_factory, customers=1, each=3)
+        await asyncio.sleep(0.4)
         assert await anvil_chain.rpc("evm_revert", snapshot) is True
         # Other blocks at the same heights: the ones built since the snapshot are orphaned.
         await anvil_chain.mine(2)

@@ -14,6 +14,12 @@ same nonce with both EIP-1559 fee caps raised (`anchoring.fees`), up to a cap; w
 transactions sent for the batch is mined is the one recorded. The batch row holds the latest
 hash; after a restart the node tells its nonce and fees, so replacing goes on where it stopped.
 
+Batches form a pipeline: while batch n is sent and mined, batch n + 1 is cut (seqs, leaves,
+root and head written to the journal), so under load the journal work never waits on the
+chain; one step anchors every due batch, in order, up to `MAX_BATCHES_PER_STEP`. One anchor
+transaction is in flight at a time: batch n + 1 goes out once batch n is mined (its gas is
+estimated on a chain that already holds batch n).
+
 Before sending, the anchorer asks the contract for `nextSeq()`. If the chain is already past the
 batch, the batch got there before a crash and only its location is missing: it is looked up in
 the `BatchAnchored` events instead of being sent again. The contract itself rejects any batch
@@ -36,9 +42,11 @@ calls `step()` over and over, backing off on `ChainUnavailable` and halting on `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +69,8 @@ log = logging.getLogger(__name__)
 
 #: How often a wait for an anchor transaction asks the node whether it still knows it.
 FORGOTTEN_CHECK_SECONDS = 1.0
+#: Batches one step anchors at most before it reconciles with the chain again.
+MAX_BATCHES_PER_STEP = 16
 
 
 class _Wait(enum.Enum):
@@ -129,29 +139,61 @@ class Anchorer:
     _last_batch_looked_up: bool = field(default=False, init=False, repr=False)
 
     async def step(self) -> int:
-        """One round: check the chain, finish unfinished batches, cut one if due; returns how
-        many batches it anchored.
+        """One round: check the chain, finish unfinished batches, cut and anchor while batches
+        are due (up to `MAX_BATCHES_PER_STEP`); returns how many batches it anchored.
 
         Raises `ChainUnavailable` (retry later) and `ChainReset` (stop: an operator must act).
         """
         try:
             await self.reconcile()
-            anchored = 0
-            for plan in await asyncio.to_thread(batches.unfinished_batches, self.session_factory):
-                await self._complete(plan)
-                anchored += 1
-            if await asyncio.to_thread(self._batch_due):
-                cut = await asyncio.to_thread(self._cut)
+            plans = await asyncio.to_thread(batches.unfinished_batches, self.session_factory)
+            if not plans:
+                cut = await asyncio.to_thread(self._cut_if_due)
                 if cut is not None:
                     self.checkpoint("cut")
-                    await self._complete(cut)
-                    anchored += 1
+                    plans = [cut]
+            anchored = await self._anchor_in_order(plans)
         except AnchorRejected as exc:
             # Our view of the chain was stale (e.g. a rollback landed mid-send); the next
             # step reconciles with nextSeq() before sending anything.
             log.warning("anchor rejected, reconciling: %s", exc)
             anchored = 0
         await asyncio.to_thread(self._update_lag)
+        return anchored
+
+    async def _anchor_in_order(self, plans: list[BatchPlan]) -> int:
+        """Anchor `plans` one after the other, oldest first; while the last of them is sent and
+        mined, cut the next batch if one is due, and go on with it (a pipeline: the journal
+        work of batch n + 1 overlaps the chain round trips of batch n). Stops at the first
+        batch that is not anchored (the next step picks it up) and after
+        `MAX_BATCHES_PER_STEP`, so that `reconcile()` runs between rounds.
+
+        Only one anchor transaction is in flight at a time: batch n + 1 is sent once batch n is
+        mined, so the contract's next-seq check never sees them out of order.
+        """
+        queue = deque(plans)
+        anchored = 0
+        while queue and anchored < MAX_BATCHES_PER_STEP:
+            plan = queue.popleft()
+            ahead = None
+            if not queue and anchored + 1 < MAX_BATCHES_PER_STEP:
+                ahead = asyncio.ensure_future(asyncio.to_thread(self._cut_if_due))
+            try:
+                done = await self._complete(plan)
+            except BaseException:
+                if ahead is not None:
+                    # The cut is one transaction in a thread: let it end (committed, the next
+                    # step anchors it; or rolled back) before the error goes up.
+                    with contextlib.suppress(Exception):
+                        await ahead
+                raise
+            following = await ahead if ahead is not None else None
+            if following is not None:
+                self.checkpoint("cut")
+                queue.append(following)
+            if not done:
+                break
+            anchored += 1
         return anchored
 
     async def reconcile(self) -> None:
@@ -197,12 +239,13 @@ class Anchorer:
                 continue
             await asyncio.to_thread(self._record_location, batch_id, event)
 
-    async def _complete(self, plan: BatchPlan) -> None:
-        """Bring one cut or sent batch to anchored, sending it only if the chain lacks it."""
+    async def _complete(self, plan: BatchPlan) -> bool:
+        """Bring one cut or sent batch to anchored, sending it only if the chain lacks it;
+        False when it is not anchored yet (the next step goes on with it)."""
         chain_next = await self.chain.next_seq()
         if chain_next > plan.first_seq:
             await self._adopt_from_chain(plan)
-            return
+            return True
         if chain_next < plan.first_seq:
             raise AnchorRejected(
                 f"batch {plan.id} starts at seq {plan.first_seq} but the chain expects "
@@ -214,7 +257,7 @@ class Anchorer:
             receipt = await self.chain.receipt(plan.tx_hash)
             if receipt is not None:
                 await asyncio.to_thread(self._record_location, plan.id, receipt)
-                return
+                return True
             # Still pending: go on replacing it under its nonce. Forgotten by the node (or its
             # nonce went to another transaction): send it again under the account's next nonce
             # to be mined, never a later one, so that a replacement sent just before a crash and
@@ -230,10 +273,11 @@ class Anchorer:
         if receipt is None:
             # Stopping; or none of its transactions was mined but the chain moved past it (or
             # its nonce went to another transaction): the next step adopts it or sends it anew.
-            return
+            return False
         self.checkpoint("mined")
         await asyncio.to_thread(self._record_location, plan.id, receipt)
         self.checkpoint("anchored")
+        return True
 
     async def _send(
         self, plan: BatchPlan, *, nonce: int | None, fees: Fees | None
@@ -385,7 +429,9 @@ class Anchorer:
         self.stats.last_batch_id = batch_id
         self.stats.last_anchored_at = utcnow()
 
-    def _cut(self) -> BatchPlan | None:
+    def _cut_if_due(self) -> BatchPlan | None:
+        if not self._batch_due():
+            return None
         return batches.cut_batch(self.session_factory, max_records=self.settings.batch_max_records)
 
     def _batch_due(self) -> bool:

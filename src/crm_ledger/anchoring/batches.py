@@ -16,10 +16,14 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.db import bulk
 from crm_ledger.db.models import Batch, BatchStatus, Customer, Record, utcnow
 from crm_ledger.db.session import reading
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
+
+# What cutting sets on each record, in `bulk.update_rows` order (then the record's pk).
+_CUT_COLUMNS = ("seq", "previous_leaf_hash", "leaf_hash", "batch_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +116,7 @@ def cut_batch(session_factory: sessionmaker[Session], *, max_records: int) -> Ba
             ).leaf_hash()
             tips[row.customer_pk] = leaf_hash
             leaf_hashes.append(leaf_hash)
-            record_updates.append(
-                {
-                    "pk": row.pk,
-                    "seq": first_seq + offset,
-                    "previous_leaf_hash": previous,
-                    "leaf_hash": leaf_hash,
-                    "batch_id": batch_id,
-                }
-            )
+            record_updates.append((first_seq + offset, previous, leaf_hash, batch_id, row.pk))
 
         root = merkle.root(leaf_hashes)
         batch = Batch(
@@ -134,11 +130,16 @@ def cut_batch(session_factory: sessionmaker[Session], *, max_records: int) -> Ba
         )
         session.add(batch)
         session.flush()
-        session.execute(update(Record), record_updates)
-        session.execute(
-            update(Customer),
+        # Straight to the driver (`db.bulk`): the ORM's bulk update compiled every row's
+        # parameters one by one, half the cut's time for 2,000 records.
+        bulk.update_rows(session, Record.__tablename__, _CUT_COLUMNS, record_updates, key="pk")
+        bulk.update_rows(
+            session,
+            Customer.__tablename__,
+            ("last_leaf_hash",),
             # pk order, the order API writers lock customers in (no deadlock on PostgreSQL).
-            [{"pk": pk, "last_leaf_hash": tip} for pk, tip in sorted(tips.items())],
+            [(tip, pk) for pk, tip in sorted(tips.items())],
+            key="pk",
         )
         return BatchPlan.of(batch)
 

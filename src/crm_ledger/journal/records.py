@@ -29,10 +29,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select
+from pydantic import TypeAdapter
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.orm import Session, raiseload
 
-from crm_ledger.db.models import Batch, BatchStatus, Customer, Record, new_id, utcnow
+from crm_ledger.db import bulk
+from crm_ledger.db.models import Batch, BatchStatus, Customer, Record, new_ids, utcnow
 from crm_ledger.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from crm_ledger.journal.schemas import (
     InteractionCreate,
@@ -50,7 +52,8 @@ DOCUMENT_VERSION = 1
 # no identity map, statements built once.
 _RECORDS = cast(Table, Record.__table__)
 _CUSTOMERS = cast(Table, Customer.__table__)
-_INSERT_RECORD = insert(_RECORDS)
+_INSERT_COLUMNS = ("id", "customer_pk", "kind", "content", "commitment", "created_at")
+_INTERACTIONS = TypeAdapter(list[InteractionCreate])
 _SELECT_CUSTOMERS = select(_CUSTOMERS.c.id, _CUSTOMERS.c.pk, _CUSTOMERS.c.key)
 # pk order, FOR SHARE (ignored by SQLite): every writer takes these row locks in the same order.
 _LOCK_CUSTOMER = _SELECT_CUSTOMERS.where(_CUSTOMERS.c.id == bindparam("id")).with_for_update(
@@ -123,9 +126,16 @@ def record_interactions(
             max_items=max_items,
             items=len(payloads),
         )
+    # One dump of the whole list: a model_dump per item cost twice as much.
+    bodies = _INTERACTIONS.dump_python(
+        list(payloads), mode="json", exclude={"__all__": {"customer_id"}}
+    )
     return _write(
         session,
-        [_interaction_item(p, f"items[{i}].customer_id") for i, p in enumerate(payloads)],
+        [
+            _Item(p.customer_id, RecordKind.INTERACTION, body, f"items[{i}].customer_id")
+            for i, (p, body) in enumerate(zip(payloads, bodies, strict=True))
+        ],
     )
 
 
@@ -258,32 +268,20 @@ def _check_total(payload: OrderCreate) -> None:
 
 
 def _write(session: Session, items: list[_Item]) -> list[RecordView]:
+    """Insert one record per item, all with one timestamp, in one executemany (COPY on
+    PostgreSQL): a batch of 1,000 costs one statement, not 1,000 parameter conversions."""
     customers = _recordable_customers(session, items)
     now = utcnow()
     recorded_at = format_timestamp(now)
-    rows: list[dict[str, Any]] = []
+    record_ids = new_ids(len(items))
+    contents = _documents(items, record_ids, recorded_at)
+    stored_at = bulk.processed_time(session, now)
+    rows: list[tuple[Any, ...]] = []
     views: list[RecordView] = []
-    for item in items:
+    for item, record_id, content in zip(items, record_ids, contents, strict=True):
         customer_pk, key = customers[item.customer_id]
-        record_id = new_id()
-        content = document_content(
-            record_id=record_id,
-            customer_id=item.customer_id,
-            kind=item.kind,
-            recorded_at=recorded_at,
-            body=item.body,
-        )
         record_commitment = commitment(key, content)
-        rows.append(
-            {
-                "id": record_id,
-                "customer_pk": customer_pk,
-                "kind": int(item.kind),
-                "content": content,
-                "commitment": record_commitment,
-                "created_at": now,
-            }
-        )
+        rows.append((record_id, customer_pk, int(item.kind), content, record_commitment, stored_at))
         views.append(
             RecordView(
                 id=record_id,
@@ -298,8 +296,46 @@ def _write(session: Session, items: list[_Item]) -> list[RecordView]:
                 batch_id=None,
             )
         )
-    session.connection().execute(_INSERT_RECORD, rows)
+    bulk.insert_rows(session, _RECORDS.name, _INSERT_COLUMNS, rows)
     return views
+
+
+def _documents(items: list[_Item], record_ids: list[str], recorded_at: str) -> list[bytes]:
+    """`document_content` of each item, byte for byte, canonicalising only what varies.
+
+    RFC 8785 orders the document's keys as body, customer_id, id, kind, recorded_at, v, so each
+    document is its canonical body between fixed parts: the customer's and the kind's parts
+    are made once per batch (by `canonical_json`), and a record id from `new_ids` (hex digits
+    and dashes) needs no escaping.
+    """
+    customer_parts: dict[str, bytes] = {}
+    tails: dict[RecordKind, bytes] = {}
+    documents = []
+    for item, record_id in zip(items, record_ids, strict=True):
+        customer_part = customer_parts.get(item.customer_id)
+        if customer_part is None:
+            customer_part = b',"customer_id":' + canonical_json(item.customer_id) + b',"id":"'
+            customer_parts[item.customer_id] = customer_part
+        tail = tails.get(item.kind)
+        if tail is None:
+            tail = (
+                b'","kind":'
+                + canonical_json(kind_name(item.kind))
+                + b',"recorded_at":'
+                + canonical_json(recorded_at)
+                + b',"v":'
+                + canonical_json(DOCUMENT_VERSION)
+                + b"}"
+            )
+            tails[item.kind] = tail
+        documents.append(
+            b'{"body":'
+            + canonical_json(item.body)
+            + customer_part
+            + record_id.encode("ascii")
+            + tail
+        )
+    return documents
 
 
 def _recordable_customers(session: Session, items: list[_Item]) -> dict[str, tuple[int, bytes]]:

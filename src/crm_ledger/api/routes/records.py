@@ -13,7 +13,7 @@ from crm_ledger import metrics
 from crm_ledger.api.deps import AnyKey, SessionDep, SettingsDep, json_document, problem_responses
 from crm_ledger.api.idempotency import Written, json_response
 from crm_ledger.api.privacy import ERASED_REPLAY
-from crm_ledger.api.schemas import record_public
+from crm_ledger.api.schemas import record_public, records_public_json
 from crm_ledger.api.transaction import read_only
 from crm_ledger.api.writes import RecorderWrites
 from crm_ledger.journal import receipts, records
@@ -68,10 +68,7 @@ async def create_interactions(
         written = records.record_interactions(
             session=session, payloads=payload.items, max_items=settings.max_batch_items
         )
-        body = RecordsPublic.model_construct(
-            items=[record_public(r) for r in written]
-        ).model_dump_json()
-        return Written(body, [r.customer_id for r in written])
+        return Written(records_public_json(written), [r.customer_id for r in written])
 
     on_commit = _count("interaction", len(payload.items))
     return await writes.run(payload, write, status_code=201, on_commit=on_commit)

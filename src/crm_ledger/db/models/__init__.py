@@ -10,7 +10,7 @@ Exports: `Base`, `Customer`, `Record`, `Batch`, `BatchStatus`, `Deployment`, `Ap
 `IngestDelivery`, `IngestCustomerLink`, `IngestOrder`, `IngestClawback`; the Salesforce sync's
 `SalesforceContact`, `SalesforceJob`, `SalesforceCursor`; the relays' `OutboundCursor`,
 `WebhookSubscription`, `WebhookDelivery`; the column helpers `PK`, `UTCDateTime`, `utcnow`,
-`new_id`.
+`new_id`, `new_ids`.
 
 Public ids are UUID strings; an integer `pk` gives a stable insertion order for cursors and for
 the anchorer, which cuts pending records (seq IS NULL) in `pk` order.
@@ -18,7 +18,7 @@ the anchorer, which cuts pending records (seq IS NULL) in `pk` order.
 
 from __future__ import annotations
 
-from crm_ledger.db.models.base import PK, Base, UTCDateTime, new_id, utcnow
+from crm_ledger.db.models.base import PK, Base, UTCDateTime, new_id, new_ids, utcnow
 from crm_ledger.db.models.indexer import (
     FeedEvent,
     FeedMark,
@@ -109,5 +109,6 @@ __all__ = [
     "WebhookDelivery",
     "WebhookSubscription",
     "new_id",
+    "new_ids",
     "utcnow",
 ]

@@ -5,6 +5,7 @@ Exports: `Base`, `PK`, `UTCDateTime`, `utcnow`, `new_id`.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 
@@ -48,6 +49,21 @@ def utcnow() -> datetime:
 def new_id() -> str:
     """Fresh public id."""
     return str(uuid.uuid4())
+
+
+def new_ids(count: int) -> list[str]:
+    """`count` fresh public ids, as `new_id` makes them (random UUIDs, version 4), from one
+    read of the OS's random source instead of one per id: a batch write of 1,000 records
+    spent more on `uuid.uuid4()` than on inserting them."""
+    raw = os.urandom(16 * count)
+    ids = []
+    for start in range(0, 16 * count, 16):
+        octets = bytearray(raw[start : start + 16])
+        octets[6] = (octets[6] & 0x0F) | 0x40  # version 4
+        octets[8] = (octets[8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = octets.hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
 
 
 class Base(DeclarativeBase):

@@ -1,0 +1,161 @@
+"""The anchorer's pipeline: the next batch is cut while the previous one is sent and mined, one
+step anchors every due batch in order, and a failure mid-pipeline loses or repeats nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from crm_ledger.anchoring.anchorer import Anchorer
+from crm_ledger.chain.contract import Fees, SentTransaction
+from crm_ledger.db.models import Batch, Record
+from crm_ledger.errors import ChainUnavailable
+from tests.anchoring.fakes import FakeChain, FakeReceipt, add_records
+from tests.anchoring.test_anchorer import (
+    SimulatedCrash,
+    assert_ledger_consistent,
+    drain,
+    make_anchorer,
+)
+
+
+@dataclass
+class MinesOnceTheNextIsCut(FakeChain):
+    """A node whose block for batch n comes only once the journal holds batch n + 1 (or no
+    more records are pending): a stop-and-wait anchorer would wait on it forever."""
+
+    session_factory: sessionmaker[Session] | None = None
+
+    async def receipt(self, tx_hash: bytes) -> FakeReceipt | None:
+        assert self.session_factory is not None
+        if any(tx.sent.tx_hash == tx_hash for tx in self.mempool.values()):
+            with self.session_factory() as session:
+                cut = session.scalar(select(func.count()).select_from(Batch)) or 0
+                pending = session.scalar(
+                    select(func.count()).select_from(Record).where(Record.seq.is_(None))
+                )
+            if cut > len(self.events) + 1 or not pending:
+                self.mine()
+        return await super().receipt(tx_hash)
+
+
+@dataclass
+class FailsOnSend(FakeChain):
+    """A node that goes down when asked to take the `fail_at`-th anchor transaction."""
+
+    fail_at: int = 2
+    attempts: int = 0
+
+    async def send_anchor_transaction(
+        self,
+        first_seq: int,
+        count: int,
+        root: bytes,
+        *,
+        nonce: int | None = None,
+        fees: Fees | None = None,
+    ) -> SentTransaction:
+        self.attempts += 1
+        if self.attempts == self.fail_at:
+            self.down = True
+        return await super().send_anchor_transaction(first_seq, count, root, nonce=nonce, fees=fees)
+
+
+def batch_ids(session_factory: sessionmaker[Session]) -> list[tuple[int, str]]:
+    with session_factory() as session:
+        return [(b.id, b.status) for b in session.scalars(select(Batch).order_by(Batch.id))]
+
+
+@pytest.mark.asyncio
+async def test_one_step_anchors_every_due_batch_in_order(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=3, each=4)
+    chain = FakeChain()
+    assert await make_anchorer(session_factory, chain, tmp_path).step() == 3
+    assert [(e.first_seq, e.count) for e in chain.events] == [(0, 4), (4, 4), (8, 4)]
+    assert chain.sent == 3
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+async def test_the_next_batch_is_cut_while_the_previous_one_waits_to_be_mined(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=3, each=4)
+    chain = MinesOnceTheNextIsCut(automine=False, session_factory=session_factory)
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    # Stop-and-wait would wait for batch 0's block until the replacement timeout (30 s).
+    assert await asyncio.wait_for(anchorer.step(), timeout=10) == 3
+    assert chain.sent == 3
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+async def test_the_chain_going_down_mid_pipeline_loses_and_repeats_nothing(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=4, each=4)
+    chain = FailsOnSend(fail_at=2)
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    with pytest.raises(ChainUnavailable):
+        await anchorer.step()
+    # Batch 0 anchored; batch 1 was cut (and batch 2 cut ahead while batch 0 was in flight or
+    # not): nothing after the failure was sent.
+    assert len(chain.events) == 1
+    assert batch_ids(session_factory)[0] == (0, "anchored")
+    assert all(status == "cut" for _, status in batch_ids(session_factory)[1:])
+    chain.down = False
+    await drain(anchorer)
+    assert [e.first_seq for e in chain.events] == [0, 4, 8, 12]
+    assert chain.sent == len(chain.events)
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("crash_at", ["sent", "marked_sent", "mined", "anchored"])
+async def test_a_crash_mid_pipeline_is_finished_by_the_next_process(
+    session_factory: sessionmaker[Session], tmp_path: Path, crash_at: str
+) -> None:
+    add_records(session_factory, customers=3, each=4)
+    chain = FakeChain()
+    seen: list[str] = []
+
+    def crash_in_second_batch(step: str) -> None:
+        seen.append(step)
+        if step == crash_at and seen.count(crash_at) == 2:
+            raise SimulatedCrash(step)
+
+    with pytest.raises(SimulatedCrash):
+        await make_anchorer(
+            session_factory, chain, tmp_path, checkpoint=crash_in_second_batch
+        ).step()
+    assert chain.sent == 2
+    restarted: Anchorer = make_anchorer(session_factory, chain, tmp_path)
+    await drain(restarted)
+    # A batch that reached the chain before the crash is adopted, never sent twice.
+    assert chain.sent == len(chain.events) == 3
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+async def test_a_rollback_under_the_pipeline_re_anchors_the_same_batches(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    add_records(session_factory, customers=3, each=4)
+    chain = FakeChain()
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    await drain(anchorer)
+    heads = [e.head for e in chain.events]
+    chain.roll_back_to(1)
+    add_records(session_factory, customers=2, each=2)  # writes keep arriving meanwhile
+    await drain(anchorer)
+    assert [e.head for e in chain.events][:3] == heads
+    assert sum(e.count for e in chain.events) == 16
+    assert anchorer.stats.rollbacks_detected == 1
+    assert_ledger_consistent(session_factory, chain)
