@@ -6,7 +6,7 @@ NPM_STAMP := hardhat-local/node_modules/.installed
 PY_STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint services system-packages clean chaos
-.PHONY: bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound bench-api
+.PHONY: bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound bench-api bench-soak
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -62,6 +62,12 @@ bench-outbound: install services
 bench-api: install system-packages
 	$(BIN)/python scripts/bench_api.py
 	$(BIN)/python scripts/bench_api.py --workers 2 --no-batch
+
+# Not part of `bench`: 10 minutes of steady load (RSS, journal bytes, latency, Anvil's state
+# every 10 s), then how Anvil's state file grows to 50,000 anchored batches (a few minutes).
+bench-soak: install
+	$(BIN)/python scripts/bench_soak.py
+	$(BIN)/python scripts/bench_anvil_state.py
 
 # The chaos suite (docs/reliability.md): loopback only, bounded, ~20 minutes.
 chaos: install services
