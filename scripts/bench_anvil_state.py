@@ -99,6 +99,9 @@ class Anchorer:
                 self.batches += n
                 self.nonce += n
                 batches -= n
+        # Anvil answers a send before it mines it: wait until every batch is in a block.
+        while self.w3.eth.get_transaction_count(self.account.address, "latest") < self.nonce:
+            time.sleep(0.1)
 
     def _raw(self, batch: int) -> str:
         root = Web3.keccak(text=f"batch {batch}")
