@@ -2,8 +2,8 @@
 
 Starts Anvil as the service does (`start_anvil` with a state file, so the `StateSaver` runs),
 deploys an AuditLedger and anchors batches straight against Anvil as fast as it takes them
-(signed locally, sent in JSON-RPC batches of 200, one block per batch as the anchorer makes
-them). At each checkpoint (`--checkpoints 1000,10000,50000`) it prints:
+(signed locally and sent one after another, so each batch gets a block of its own, as a quiet
+shop's anchorer makes them). At each checkpoint (`--checkpoints 1000,10000,50000`) it prints:
 
   state      the state file's size (bytes per batch), as a save writes it
   dump       `anvil_dumpState`: what Anvil spends serialising (and gzipping) its state, the work
@@ -43,7 +43,6 @@ from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.chain.signer import dev_account
 
-SEND_BATCH = 200
 RECORDS_PER_BATCH = 100
 
 
@@ -83,22 +82,20 @@ class Anchorer:
         self.batches = 0
 
     def anchor(self, rpc_url: str, batches: int) -> None:
-        """Anchor `batches` more batches, `SEND_BATCH` transactions per JSON-RPC request."""
+        """Anchor `batches` more batches, one transaction (and so one block) after another."""
         with httpx.Client(timeout=300) as client:
-            while batches > 0:
-                n = min(SEND_BATCH, batches)
-                calls = [self._raw(self.batches + i) for i in range(n)]
-                body = [
-                    {"jsonrpc": "2.0", "id": i, "method": "eth_sendRawTransaction", "params": [c]}
-                    for i, c in enumerate(calls)
-                ]
-                answers = client.post(rpc_url, json=body).json()
-                failed = [a for a in answers if "error" in a]
-                if failed:
-                    raise RuntimeError(f"anchoring failed: {failed[0]['error']}")
-                self.batches += n
-                self.nonce += n
-                batches -= n
+            for _ in range(batches):
+                body = {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "eth_sendRawTransaction",
+                    "params": [self._raw(self.batches)],
+                }
+                answer = client.post(rpc_url, json=body).json()
+                if "error" in answer:
+                    raise RuntimeError(f"anchoring failed: {answer['error']}")
+                self.batches += 1
+                self.nonce += 1
         # Anvil answers a send before it mines it: wait until every batch is in a block.
         while self.w3.eth.get_transaction_count(self.account.address, "latest") < self.nonce:
             time.sleep(0.1)
@@ -114,7 +111,7 @@ class Anchorer:
             "gas": 120_000,
             "maxFeePerGas": 50 * 10**9,
             "maxPriorityFeePerGas": 1,
-            "nonce": self.nonce + batch - self.batches,
+            "nonce": self.nonce,
             "chainId": 31337,
             "type": 2,
             "value": 0,

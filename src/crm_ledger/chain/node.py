@@ -61,6 +61,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Past block states a long-running Anvil keeps (in memory only): enough for a reorg this deep.
+ANVIL_HISTORY_STATES = 64
 HOST = "127.0.0.1"
 HARDHAT_PROJECT = "hardhat-local"
 _NPM_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -273,6 +275,10 @@ def _anvil_command(executable: Path, port: int, state_path: Path | None) -> list
     if state_path is not None:
         # No --state-interval: the StateSaver saves while Anvil runs, Anvil itself on exit.
         command += ["--state", str(state_path)]
+        # Without it Anvil also writes the whole state of every block it mines to a cache under
+        # ~/.foundry/anvil/tmp (up to 3,600 of them, each as large as the state file), and keeps
+        # hundreds in memory: gigabytes within days. The service reads only the latest block.
+        command += ["--prune-history", str(ANVIL_HISTORY_STATES)]
     return command
 
 
