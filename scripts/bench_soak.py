@@ -9,7 +9,9 @@ answer does not slow the offered load. Every `--sample` seconds it prints:
   rss        the service's resident memory (MiB), and Anvil's
   records    records acknowledged so far; the journal's bytes per record (SQLite: the database
              file plus its WAL; PostgreSQL: pg_database_size), and the WAL file alone
-  latency    p50 and p99 of the requests started in that window; the anchoring backlog
+  latency    p50 and p99 of the requests answered in that window, each from the moment it was
+             due (time waiting for one of the client's 32 connections included); the
+             anchoring backlog (/readyz)
   state      the size of Anvil's state file, and how long Anvil takes to serialise its state
              (`anvil_dumpState`, the work each `--state-interval` write repeats), plus Anvil's
              CPU share in the window
@@ -33,6 +35,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,9 +170,9 @@ async def sample(
     window: tuple[float, float],
     client: httpx.AsyncClient,
 ) -> Sample:
-    """Measure everything once; `window` is the (start, end) of the requests to count."""
+    """Measure everything once; `window`: count the requests answered from start to end."""
     anvil_pid, rpc_url = anvil
-    latencies = [s for t, s, _ in load.requests if window[0] <= t < window[1]]
+    latencies = [s for t, s, _ in load.requests if window[0] <= t + s < window[1]]
     try:
         anchoring = (await client.get("/readyz")).json()["anchoring"]
         backlog = f"{anchoring['pending_records']} rec/{anchoring['lag_seconds']:.1f} s"
@@ -236,7 +239,8 @@ async def soak(
             samples.append(s)
             print_sample(s, start, share, base_bytes)
         await writer
-    failed = sum(1 for _, _, status in load.requests if not 200 <= status < 300)
+    statuses = Counter(status for _, _, status in load.requests if not 200 <= status < 300)
+    failed = f"{sum(statuses.values())} ({dict(statuses)}; 0: no answer within 60 s)"
     print(f"{len(load.requests)} requests, {failed} not 2xx, {load.acknowledged} records 2xx")
     return samples
 
