@@ -64,7 +64,7 @@ bench-api: install system-packages
 	$(BIN)/python scripts/bench_api.py --workers 2 --no-batch
 
 # Not part of `bench`: 10 minutes of steady load (RSS, journal bytes, latency, Anvil's state
-# every 10 s), then how Anvil's state file grows to 50,000 anchored batches (a few minutes).
+# every 10 s), then how Anvil's state file grows to 25,000 anchored batches (10-20 minutes).
 bench-soak: install
 	$(BIN)/python scripts/bench_soak.py
 	$(BIN)/python scripts/bench_anvil_state.py
