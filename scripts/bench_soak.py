@@ -240,7 +240,9 @@ async def soak(
             print_sample(s, start, share, base_bytes)
         await writer
     statuses = Counter(status for _, _, status in load.requests if not 200 <= status < 300)
-    failed = f"{sum(statuses.values())} ({dict(statuses)}; 0: no answer within 60 s)"
+    failed = f"{sum(statuses.values())}" + (
+        f" (by status, 0 = no answer within 60 s: {dict(statuses)})" if statuses else ""
+    )
     print(f"{len(load.requests)} requests, {failed} not 2xx, {load.acknowledged} records 2xx")
     return samples
 
