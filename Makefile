@@ -20,8 +20,11 @@ $(NPM_STAMP): hardhat-local/package.json hardhat-local/package-lock.json
 	npm --prefix hardhat-local ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# MALLOC_ARENA_MAX=2: glibc gives each thread that allocates an arena of its own, and SQLite runs
+# in several; the soak's RSS grew 3 % instead of 5-9 % in the same minutes with it
+# (docs/benchmarks.md, "Soak").
 run: install
-	$(BIN)/crm-ledger serve
+	MALLOC_ARENA_MAX=2 $(BIN)/crm-ledger serve
 
 # What the tests talk to on 127.0.0.1: PostgreSQL (:5432) and NATS JetStream (:4222).
 services:
