@@ -7,6 +7,7 @@ PY_STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint services system-packages clean chaos
 .PHONY: bench bench-anchor bench-audit bench-loyalty bench-indexer bench-ingest bench-outbound bench-api bench-bulk
+.PHONY: bench-soak
 
 install: $(PY_STAMP) $(NPM_STAMP)
 
@@ -20,8 +21,11 @@ $(NPM_STAMP): hardhat-local/package.json hardhat-local/package-lock.json
 	npm --prefix hardhat-local ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# MALLOC_ARENA_MAX=2: glibc gives each thread that allocates an arena of its own, and SQLite runs
+# in several; the soak's RSS grew 3 % instead of 5-9 % in the same minutes with it
+# (docs/benchmarks.md, "Soak").
 run: install
-	$(BIN)/crm-ledger serve
+	MALLOC_ARENA_MAX=2 $(BIN)/crm-ledger serve
 
 # What the tests talk to on 127.0.0.1: PostgreSQL (:5432) and NATS JetStream (:4222).
 services:
@@ -65,6 +69,12 @@ bench-api: install system-packages
 
 bench-bulk: install
 	$(BIN)/python scripts/bench_bulk.py
+
+# Not part of `bench`: 10 minutes of steady load (RSS, journal bytes, latency, Anvil's state
+# every 10 s), then how Anvil's state file grows to 25,000 anchored batches (10-20 minutes).
+bench-soak: install
+	$(BIN)/python scripts/bench_soak.py
+	$(BIN)/python scripts/bench_anvil_state.py
 
 # The chaos suite (docs/reliability.md): loopback only, bounded, ~20 minutes.
 chaos: install services

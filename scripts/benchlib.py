@@ -61,14 +61,15 @@ async def open_loop(rate: float, seconds: float, send: Callable[[int], Awaitable
 
 
 class Service:
-    """`crm-ledger serve` as a subprocess on a fresh data directory (SQLite), with an API key
+    """`crm-ledger serve` as a subprocess on a fresh data directory (SQLite), on the node at
+    `rpc_url` (None: the service starts its own Anvil in the data directory), with an API key
     of `role`; ready once `ready(readyz)` holds. `serve_args` are added to `serve`'s command
     line (e.g. `("--workers", "2")`)."""
 
     def __init__(
         self,
         data_dir: Path,
-        rpc_url: str,
+        rpc_url: str | None,
         *,
         role: str = "recorder",
         env: dict[str, str] | None = None,
@@ -80,9 +81,13 @@ class Service:
         self.env = {
             **os.environ,
             "CRM_LEDGER_DATA_DIR": str(data_dir),
-            "CRM_LEDGER_RPC_URL": rpc_url,
             **(env or {}),
         }
+        # No RPC URL: the service starts its own Anvil, as `make run` does.
+        if rpc_url is not None:
+            self.env["CRM_LEDGER_RPC_URL"] = rpc_url
+        else:
+            self.env.pop("CRM_LEDGER_RPC_URL", None)
         self.key = subprocess.run(
             [str(BIN / "crm-ledger"), "keys", "create", "--role", role],
             env=self.env,

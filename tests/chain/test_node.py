@@ -14,12 +14,7 @@ from pathlib import Path
 import pytest
 
 from crm_ledger.chain.client import LedgerChain, make_async_web3
-from crm_ledger.chain.node import (
-    ANVIL_STATE_INTERVAL_SECONDS,
-    LocalNode,
-    find_anvil_binary,
-    start_anvil,
-)
+from crm_ledger.chain.node import LocalNode, find_anvil_binary, start_anvil
 from crm_ledger.chain.signer import dev_account
 from crm_ledger.errors import ChainUnavailable, ConfigError
 
@@ -98,16 +93,29 @@ def test_stop_then_start_keeps_the_chain(anvil_factory: StartAnvil, tmp_path: Pa
     assert asyncio.run(ledger_state(restarted.rpc_url, chain.address))[0] == 8
 
 
-def test_kill_loses_at_most_the_last_state_interval(
+def wait_until_saved(state_path: Path, block_number: int, timeout: float = 30.0) -> None:
+    """Wait until the state file holds block `block_number` (the node's saver wrote it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            saved = json.loads(state_path.read_bytes())["best_block_number"]
+            if int(str(saved), 0) >= block_number:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{state_path} did not reach block {block_number} in {timeout} s")
+
+
+def test_kill_loses_at_most_the_blocks_since_the_last_save(
     anvil_factory: StartAnvil, tmp_path: Path
 ) -> None:
     state_path = tmp_path / "anvil" / "state.json"
     node = anvil_factory(state_path=state_path)
     chain = asyncio.run(anchor_batches(node.rpc_url, None, batches=2))
     assert chain.address is not None
-    # Two state intervals: Anvil has written the two batches since.
-    time.sleep(2 * ANVIL_STATE_INTERVAL_SECONDS + 0.2)
     saved = asyncio.run(ledger_state(node.rpc_url, chain.address))
+    wait_until_saved(state_path, saved[4])
     asyncio.run(anchor_batches(node.rpc_url, chain.address, batches=1))
 
     node.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.api.transaction import read_only, transaction
+from crm_ledger.db import session as db_session
 from crm_ledger.db.session import (
     WriteQueue,
     make_engine,
@@ -253,3 +255,36 @@ def test_a_read_only_transaction_refuses_writes_on_postgresql(engine: Engine) ->
     sessions = make_session_factory(engine)
     with pytest.raises(DBAPIError, match="read-only"), sessions() as s, read_only(s):
         s.execute(text("CREATE TABLE nope (n INTEGER)"))
+
+
+# The WAL file ------------------------------------------------------------------------------------
+
+
+def test_the_wal_file_shrinks_back_after_a_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_session, "WAL_SIZE_LIMIT_BYTES", 64 * 1024)
+    engine = make_engine(f"sqlite:///{tmp_path / 'wal.sqlite'}")
+    wal = tmp_path / "wal.sqlite-wal"
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (n INTEGER, pad BLOB)"))
+        # A reader on an old snapshot: no checkpoint can rewind the WAL while it reads.
+        reader = sqlite3.connect(tmp_path / "wal.sqlite", isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t").fetchone()
+        for n in range(40):
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO t VALUES (:n, randomblob(50000))"), {"n": n})
+        grown = wal.stat().st_size
+        reader.execute("COMMIT")
+        reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        reader.close()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (-1, NULL)"))  # rewinds the WAL
+        after = wal.stat().st_size  # (the last connection to close deletes the file)
+    finally:
+        engine.dispose()
+
+    assert grown > 1_000_000
+    assert after <= 64 * 1024

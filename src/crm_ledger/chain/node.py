@@ -1,11 +1,14 @@
 """Local EVM nodes run as child processes: Anvil (the embedded default) and the Hardhat node.
 
 Exports: `LocalNode`, `find_anvil_binary`, `find_hardhat_project`, `start_anvil`,
-`start_hardhat`, `ANVIL_STATE_INTERVAL_SECONDS`, `PID_FILE_NAME`.
+`start_hardhat`, `PID_FILE_NAME`.
 
 Anvil keeps its whole chain in memory. With `--state <file>` it loads the file at start and
-writes it back on a clean exit (SIGTERM); `--state-interval` also writes it every few seconds,
-so a SIGKILL or a power cut loses at most that much. Before each start `chain.anvil_state`
+writes it back on a clean exit (SIGTERM); while it runs, `chain.anvil_saver` saves it whenever
+the chain changed, spaced so that saving takes at most 5 % of the time (Anvil's own
+`--state-interval` rewrites the whole file every interval, which a large chain cannot keep up
+with), so a SIGKILL or a power cut loses at most the blocks since the last save. Before each
+start `chain.anvil_state`
 makes the file fit to load (a torn write replaced by the last good copy, the stray genesis
 blocks of earlier starts dropped so that the genesis hash never changes), and
 `chain.ownership` stops any Anvil a killed owner left on it, waiting until it has written its
@@ -39,13 +42,13 @@ from typing import IO
 import httpx
 
 from crm_ledger.chain import ownership
+from crm_ledger.chain.anvil_saver import StateSaver
 from crm_ledger.chain.anvil_state import keep_last_good, prepare_state_file
 from crm_ledger.chain.ownership import PID_FILE_NAME
 from crm_ledger.config import DEV_CHAIN_ID, DEV_MNEMONIC, Settings
 from crm_ledger.errors import ChainUnavailable, ConfigError
 
 __all__ = [
-    "ANVIL_STATE_INTERVAL_SECONDS",
     "PID_FILE_NAME",
     "LocalNode",
     "find_anvil_binary",
@@ -56,8 +59,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: How often Anvil writes its state file; a SIGKILL loses at most this much of the chain.
-ANVIL_STATE_INTERVAL_SECONDS = 1
+#: Past block states a long-running Anvil keeps (in memory only): enough for a reorg this deep.
+ANVIL_HISTORY_STATES = 64
 HOST = "127.0.0.1"
 HARDHAT_PROJECT = "hardhat-local"
 _NPM_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -83,6 +86,8 @@ class LocalNode:
     _log_file: IO[bytes] = field(repr=False)
     _ended: bool = field(default=False, repr=False)
     pid_file: Path | None = field(default=None, repr=False)
+    #: Saves the state file while the node runs (a node with a state file only).
+    saver: StateSaver | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -100,6 +105,9 @@ class LocalNode:
         """
         if self._ended:
             return
+        if self.saver is not None:
+            # Before the SIGTERM: Anvil's own save on exit is the last word on the file.
+            self.saver.stop()
         if self.is_running():
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -123,6 +131,9 @@ class LocalNode:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        if self.saver is not None:
+            # A save in progress fails at once against the dead node, or finishes its rename.
+            self.saver.stop()
         self._log_file.close()
         self._ended = True
         if self.pid_file is not None:
@@ -197,8 +208,8 @@ def start_anvil(
 ) -> LocalNode:
     """Start Anvil on 127.0.0.1:`port` (chain id 31337, automine) and wait until it answers.
 
-    With `state_path` the chain is loaded from and saved to that file (every
-    `ANVIL_STATE_INTERVAL_SECONDS` and on a clean stop), the log goes next to it as `anvil.log`
+    With `state_path` the chain is loaded from and saved to that file (by a `StateSaver` while
+    it runs, see `chain.anvil_saver`, and on a clean stop), the log goes next to it as `anvil.log`
     and the pid file as `anvil.pid`; an Anvil an earlier owner left running on that state file
     is stopped first and the file is made fit to load (`chain.anvil_state`). Without it the
     chain lives in memory only. `die_with_parent=False` leaves out the parent-death signal
@@ -240,6 +251,7 @@ def start_anvil(
     if state_path is not None:
         # Anvil just loaded this file: it is the copy to fall back on after a torn write.
         keep_last_good(state_path)
+        node.saver = StateSaver(node.rpc_url, state_path).start()
     return node
 
 
@@ -259,12 +271,12 @@ def _anvil_command(executable: Path, port: int, state_path: Path | None) -> list
         "--quiet",
     ]
     if state_path is not None:
-        command += [
-            "--state",
-            str(state_path),
-            "--state-interval",
-            str(ANVIL_STATE_INTERVAL_SECONDS),
-        ]
+        # No --state-interval: the StateSaver saves while Anvil runs, Anvil itself on exit.
+        command += ["--state", str(state_path)]
+        # Without it Anvil also writes the whole state of every block it mines to a cache under
+        # ~/.foundry/anvil/tmp (up to 3,600 of them, each as large as the state file), and keeps
+        # hundreds in memory: gigabytes within days. The service reads only the latest block.
+        command += ["--prune-history", str(ANVIL_HISTORY_STATES)]
     return command
 
 

@@ -14,6 +14,12 @@ Read-only transactions (the `READ_ONLY` execution option, set by `api.transactio
 handlers and by `reading` for background workers' polls) skip the queue and begin deferred:
 in WAL mode they read a snapshot while writers carry on.
 PostgreSQL needs none of this.
+
+The WAL file: SQLite checkpoints it into the database every 1,000 pages, but it starts writing
+it from the top again only when a checkpoint finished while no reader was still on it, and it
+never gives back the space it grew to. Under steady writes with readers always somewhere in it
+(the soak benchmark, docs/benchmarks.md) it grows; `journal_size_limit` truncates it back to
+`WAL_SIZE_LIMIT_BYTES` each time it is rewound.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from sqlalchemy.orm import Session, sessionmaker
 READ_ONLY = "crm_ledger_read_only"
 #: How long a write transaction waits for its turn before going on to SQLite's own busy wait.
 QUEUE_TIMEOUT_SECONDS = 30.0
+#: The size SQLite truncates the WAL file back to once it has been checkpointed and rewound.
+WAL_SIZE_LIMIT_BYTES = 64 * 2**20
 # Set in a pooled connection's info while its transaction holds the queue.
 _HOLDS_QUEUE = "crm_ledger_holds_write_queue"
 
@@ -109,6 +117,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             cursor.close()
 
         _install_write_queue(engine)
