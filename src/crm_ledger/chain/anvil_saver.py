@@ -30,9 +30,10 @@ import logging
 import os
 import threading
 import time
-import urllib.request
 import zlib
 from pathlib import Path
+
+import httpx
 
 __all__ = ["SAVE_DUTY", "SAVE_MIN_INTERVAL_SECONDS", "StateSaver"]
 
@@ -102,7 +103,7 @@ class StateSaver:
         while not self._stopping.wait(pause):
             try:
                 saved = self.save_if_changed()
-            except (OSError, ValueError, KeyError, zlib.error) as exc:
+            except (httpx.HTTPError, OSError, ValueError, KeyError, zlib.error) as exc:
                 # Anvil busy, stopping or gone: the next round tries again.
                 log.warning("could not save Anvil's state to %s: %s", self.state_path, exc)
                 saved = False
@@ -148,10 +149,5 @@ class StateSaver:
         return size
 
     def _call(self, method: str, params: list[object], timeout: float) -> bytes:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        request = urllib.request.Request(
-            self.rpc_url, data=body.encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            content: bytes = response.read()
-        return content
+        request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        return httpx.post(self.rpc_url, json=request, timeout=timeout).content
