@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
@@ -117,6 +117,41 @@ async def test_anchored_records_earn_once_in_order(
         assert lot.issuance_id == earning_issuance_id(campaign_id, seqs[lot.record_pk])
     # Ids of consecutive records share their first 28 bytes (one storage word on chain).
     assert len({lot.issuance_id[:28] for lot in lots}) == 1
+
+
+@pytest.mark.asyncio
+async def test_with_no_campaign_that_can_earn_the_planner_moves_on_without_reading_content(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Records anchored while no active campaign has rules earn nothing; the planner passes
+    them without loading their content (a bulk load of 100,000 records read every one)."""
+    with session_factory() as session, session.begin():
+        paused = make_campaign(session, name="Paused", rules=RULES)
+        paused.status = "paused"
+        make_campaign(session, name="No rules", rules=[])
+        customer = make_customer(session, tags=["gold"])
+        for _ in range(3):
+            add_record(session, customer, RecordKind.INTERACTION, {"type": "review"})
+    await anchor_everything(session_factory, tmp_path)
+    statements: list[str] = []
+    engine = session_factory.kw["bind"]
+    listen = event.listens_for(engine, "before_cursor_execute")
+
+    @listen
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    try:
+        assert plan_earnings(session_factory) == 3
+        assert plan_earnings(session_factory) == 0
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    with session_factory() as session:
+        cursor = session.get(LoyaltyCursor, "earning")
+        assert cursor is not None and cursor.position == 3
+        assert session.scalars(select(LoyaltyIssuance)).all() == []
+    reads = [s for s in statements if "FROM records" in s]
+    assert reads and not any("records.content" in s for s in reads), reads
 
 
 @pytest.mark.asyncio

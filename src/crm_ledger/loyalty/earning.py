@@ -25,6 +25,7 @@ anchored while it is paused.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -104,48 +105,60 @@ def plan_earnings(session_factory: sessionmaker[Session], *, limit: int = 1000) 
         if cursor is None:
             cursor = LoyaltyCursor(name=EARNING_CURSOR, position=0, updated_at=utcnow())
             session.add(cursor)
-        rows = session.execute(
-            select(
-                Record.pk,
-                Record.id,
-                Record.seq,
-                Record.kind,
-                Record.content,
-                Record.customer_pk,
-                Record.created_at,
-                Customer.id.label("customer_id"),
-                Customer.tags,
-                Customer.erased_at,
-            )
-            .join(Batch, Batch.id == Record.batch_id)
-            .join(Customer, Customer.pk == Record.customer_pk)
-            .where(Record.seq >= cursor.position, Batch.status == BatchStatus.ANCHORED.value)
-            .order_by(Record.seq)
-            .limit(limit)
-        ).all()
-        contiguous = []
-        expected = cursor.position
-        for row in rows:
-            if row.seq != expected:
-                break
-            contiguous.append(row)
-            expected += 1
-        if not contiguous:
-            return 0
-        campaigns = list(
-            session.scalars(
+        campaigns = [
+            campaign
+            for campaign in session.scalars(
                 select(LoyaltyCampaign)
                 .where(LoyaltyCampaign.status == CampaignStatus.ACTIVE.value)
                 .order_by(LoyaltyCampaign.pk)
                 .with_for_update()
             )
+            if campaign.rules
+        ]
+        anchored = (
+            select(Record.seq)
+            .join(Batch, Batch.id == Record.batch_id)
+            .where(Record.seq >= cursor.position, Batch.status == BatchStatus.ANCHORED.value)
+            .order_by(Record.seq)
+            .limit(limit)
         )
-        for campaign in campaigns:
-            if campaign.rules:
+        if not campaigns:
+            # Nothing can earn: move past the anchored records without reading their content
+            # (a campaign only earns for records created while it is active).
+            done = _contiguous(cursor.position, session.scalars(anchored))
+        else:
+            rows = session.execute(
+                anchored.add_columns(
+                    Record.pk,
+                    Record.id,
+                    Record.kind,
+                    Record.content,
+                    Record.customer_pk,
+                    Record.created_at,
+                    Customer.id.label("customer_id"),
+                    Customer.tags,
+                    Customer.erased_at,
+                ).join(Customer, Customer.pk == Record.customer_pk)
+            ).all()
+            contiguous = list(rows[: _contiguous(cursor.position, (row.seq for row in rows))])
+            for campaign in campaigns:
                 _plan_campaign(session, campaign, contiguous)
-        cursor.position = expected
+            done = len(contiguous)
+        if not done:
+            return 0
+        cursor.position += done
         cursor.updated_at = utcnow()
-        return len(contiguous)
+        return done
+
+
+def _contiguous(start: int, seqs: Iterable[int]) -> int:
+    """How many of `seqs` (ascending) follow on from `start` without a gap."""
+    count = 0
+    for seq in seqs:
+        if seq != start + count:
+            break
+        count += 1
+    return count
 
 
 def _plan_campaign(session: Session, campaign: LoyaltyCampaign, rows: list[Any]) -> None:
