@@ -150,7 +150,23 @@ async def run_under_load(
     assert indexer.stats.rolled_back_events > 0
 
     seen = view_snapshot(chain.session_factory)
-    feed = folded_feed(chain.session_factory)
+    try:
+        feed = folded_feed(chain.session_factory)
+    except AssertionError:
+        # A record anchored twice without a retraction between: either the indexer missed a
+        # rollback (a failure), or the node logged one batch twice on the chain it calls
+        # canonical, which no consistent chain can do (the contract takes each batch id once):
+        # anvil_reorg re-mines a dropped block's transactions yet can leave state behind
+        # (foundry-rs/foundry#10809). Only the second, proven from the node's own answers, is
+        # the node's failure.
+        twice = await batches_logged_twice(chain)
+        if twice:
+            pytest.xfail(
+                f"Anvil logged BatchAnchored more than once for batch(es) {twice} (batch id -> "
+                "blocks) on its canonical chain: its logs and its state disagree "
+                "(foundry-rs/foundry#10809); the feed followed its logs"
+            )
+        raise
     confirmed = confirmed_records(chain.session_factory)
     with chain.session_factory() as session:
         record_count = len(session.scalars(select(Record.pk)).all())
@@ -191,6 +207,15 @@ async def run_under_load(
             "(foundry-rs/foundry#10809: anvil_reorg does not rewire blocks as a reorg should)"
         )
     assert indexed_balances == on_chain
+
+
+async def batches_logged_twice(chain: AnvilChain) -> dict[int, list[int]]:
+    """Batch ids with more than one BatchAnchored log in blocks the node calls canonical."""
+    blocks: dict[int, list[int]] = {}
+    for event in await chain.ledger.batch_events(0):
+        if await chain.ledger.block_hash(event.block_number) == event.block_hash:
+            blocks.setdefault(event.batch_id, []).append(event.block_number)
+    return {batch: found for batch, found in blocks.items() if len(found) > 1}
 
 
 async def node_disagreement(
