@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.api.routes.webhooks import source_key_cache
 from crm_ledger.app import create_app
 from crm_ledger.db.models import IngestDelivery
+from crm_ledger.ingest.signatures import Platform
+from crm_ledger.ingest.sources import VerifyingKeys
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.helpers import problem
 from tests.ingest.conftest import TestClient, ingest_settings, make_source, webhook_path
@@ -148,3 +150,19 @@ def test_a_woocommerce_ping_to_a_source_deleted_elsewhere_is_404(
     assert source_key_cache(webhook_app.app).get("woocommerce", source["id"]) is not None  # type: ignore[arg-type]
     assert admin_app.delete(f"/v1/sources/{source['id']}", headers=admin).status_code in (200, 204)
     problem(webhook_app.post(path, content=b"webhook_id=17", headers=ping), 404)
+
+
+def test_verifying_keys_never_show_their_secrets_in_a_repr() -> None:
+    keys = VerifyingKeys(
+        source_pk=1,
+        source_id="src",
+        platform=Platform.SHOPIFY,
+        secret="shpss_current_secret",
+        previous_secret="shpss_previous_secret",
+        previous_expires_at=None,
+        public_key=None,
+        stored=(b"sealed",),
+    )
+    shown = repr(keys)
+    assert "src" in shown
+    assert "shpss_" not in shown and "sealed" not in shown

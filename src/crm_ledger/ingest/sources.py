@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -39,11 +39,12 @@ class VerifyingKeys:
     source_pk: int
     source_id: str
     platform: Platform
-    secret: str | None
-    previous_secret: str | None
+    # Never in a repr (a log line or a traceback): the secrets are in the clear here.
+    secret: str | None = field(repr=False)
+    previous_secret: str | None = field(repr=False)
     previous_expires_at: datetime | None
     public_key: str | None
-    stored: tuple[object, ...]
+    stored: tuple[object, ...] = field(repr=False)
 
     def secrets(self, now: datetime) -> list[str]:
         """The secrets a signature made at `now` may use (the previous one only in its grace)."""
