@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -25,6 +25,7 @@ from crm_ledger.journal.privacy import (
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.canonical import canonical_json, commitment, new_customer_key
 from crm_ledger.ledger.leaf import RecordKind
+from crm_ledger.verifier.chain import BatchAnchoredEvent
 
 CODE_HASH = hashlib.sha256(b"AuditLedger").digest()
 ADDRESS = "0x" + "11" * 20
@@ -39,27 +40,6 @@ class FakeTransaction:
     root: bytes
 
 
-@dataclass(frozen=True)
-class FakeReceipt:
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-    gas_used: int
-
-
-@dataclass(frozen=True)
-class FakeEvent:
-    batch_id: int
-    first_seq: int
-    count: int
-    root: bytes
-    head: bytes
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-    gas_used: int
-
-
 @dataclass
 class FakeChain:
     """Enforces AuditLedger's contiguity rule; can go down, roll back, reorg and reset.
@@ -71,9 +51,9 @@ class FakeChain:
 
     down: bool = False
     code_hash_value: bytes = CODE_HASH
-    events: list[FakeEvent] = field(default_factory=list)
+    events: list[BatchAnchoredEvent] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=lambda: [b"\x00" * 32])
-    receipts: dict[bytes, FakeReceipt] = field(default_factory=dict)
+    receipts: dict[bytes, BatchAnchoredEvent] = field(default_factory=dict)
     sent: int = 0
     automine: bool = True
     base_fee: int = GWEI
@@ -176,7 +156,7 @@ class FakeChain:
         block_hash = hashlib.sha256(b"block%d" % next(self._salt)).digest()
         self.block_hashes.append(block_hash)
         number = len(self.block_hashes) - 1
-        event = FakeEvent(
+        event = BatchAnchoredEvent(
             batch_id=len(self.events),
             first_seq=tx.first_seq,
             count=tx.count,
@@ -185,16 +165,19 @@ class FakeChain:
             tx_hash=tx_hash,
             block_number=number,
             block_hash=block_hash,
+            log_index=0,
             gas_used=80_000,
         )
         self.events.append(event)
-        self.receipts[tx_hash] = FakeReceipt(tx_hash, number, block_hash, 80_000)
+        self.receipts[tx_hash] = event
 
-    async def receipt(self, tx_hash: bytes) -> FakeReceipt | None:
+    async def receipt(self, tx_hash: bytes) -> BatchAnchoredEvent | None:
         self._up()
         return self.receipts.get(tx_hash)
 
-    async def find_batch_event(self, batch_id: int, from_block: int = 0) -> FakeEvent | None:
+    async def find_batch_event(
+        self, batch_id: int, from_block: int = 0
+    ) -> BatchAnchoredEvent | None:
         self._up()
         return self.events[batch_id] if batch_id < len(self.events) else None
 
@@ -211,8 +194,7 @@ class FakeChain:
         old = self.events[-1]
         new_hash = hashlib.sha256(b"reorg%d" % next(self._salt)).digest()
         self.block_hashes[old.block_number] = new_hash
-        self.events[-1] = FakeEvent(**{**old.__dict__, "block_hash": new_hash})
-        self.receipts[old.tx_hash] = FakeReceipt(old.tx_hash, old.block_number, new_hash, 80_000)
+        self.events[-1] = self.receipts[old.tx_hash] = replace(old, block_hash=new_hash)
 
 
 def fast_settings(tmp_path: object, **overrides: object) -> Settings:

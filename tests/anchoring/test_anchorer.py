@@ -165,9 +165,12 @@ async def test_a_crash_at_any_step_is_finished_by_the_next_process(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("writes_meanwhile", [False, True])
 async def test_rolled_back_batches_are_anchored_again(
-    session_factory: sessionmaker[Session], tmp_path: Path
+    session_factory: sessionmaker[Session], tmp_path: Path, writes_meanwhile: bool
 ) -> None:
+    """The same batches again, in order; with writes arriving meanwhile (the pipelined
+    anchorer cuts new batches while it re-anchors), after them."""
     add_records(session_factory, customers=3, each=4)
     chain = FakeChain()
     anchorer = make_anchorer(session_factory, chain, tmp_path)
@@ -175,10 +178,15 @@ async def test_rolled_back_batches_are_anchored_again(
     heads_before = [e.head for e in chain.events]
     assert len(heads_before) == 3
     chain.roll_back_to(1)
+    if writes_meanwhile:
+        add_records(session_factory, customers=2, each=2)
     await drain(anchorer)
-    assert [e.head for e in chain.events] == heads_before
+    assert [e.head for e in chain.events][:3] == heads_before
+    assert sum(e.count for e in chain.events) == (16 if writes_meanwhile else 12)
     assert anchorer.stats.rollbacks_detected == 1
-    assert chain.sent == 5
+    if not writes_meanwhile:
+        assert len(chain.events) == 3
+        assert chain.sent == 5
     assert_ledger_consistent(session_factory, chain)
 
 

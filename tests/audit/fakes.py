@@ -16,11 +16,11 @@ from crm_ledger.anchoring.anchorer import Anchorer, DeploymentRef
 from crm_ledger.db.models import Customer, Deployment, Record
 from crm_ledger.journal.customers import personal_fields
 from crm_ledger.journal.receipts import AUDIT_LEDGER
+from crm_ledger.verifier.chain import BatchAnchoredEvent
 from tests.anchoring.fakes import (
     ADDRESS,
     CODE_HASH,
     FakeChain,
-    FakeEvent,
     add_records,
     fast_settings,
 )
@@ -58,18 +58,22 @@ class FakeAuditChain:
         self.fake._up()
         return len(self.fake.events)
 
-    async def batch(self, batch_id: int) -> FakeEvent | None:
+    async def batch(self, batch_id: int) -> BatchAnchoredEvent | None:
         return await self.fake.find_batch_event(batch_id)
 
-    async def batch_events(self, from_block: int, to_block: int | None = None) -> list[FakeEvent]:
+    async def batch_events(
+        self, from_block: int, to_block: int | None = None
+    ) -> list[BatchAnchoredEvent]:
         self.fake._up()
         last = math.inf if to_block is None else to_block
         return [e for e in self.fake.events if from_block <= e.block_number <= last]
 
-    async def find_batch_event(self, batch_id: int, from_block: int = 0) -> FakeEvent | None:
+    async def find_batch_event(
+        self, batch_id: int, from_block: int = 0
+    ) -> BatchAnchoredEvent | None:
         return await self.fake.find_batch_event(batch_id, from_block)
 
-    async def receipt(self, tx_hash: bytes) -> FakeEvent | None:
+    async def receipt(self, tx_hash: bytes) -> BatchAnchoredEvent | None:
         self.fake._up()
         return next((e for e in self.fake.events if e.tx_hash == tx_hash), None)
 

@@ -19,8 +19,8 @@ from crm_ledger.audit.report import DiscrepancyKind as Kind
 from crm_ledger.audit.report import LedgerReport
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
-from crm_ledger.verifier.chain import EMPTY_CODE_HASH
-from tests.anchoring.fakes import FakeChain, FakeEvent
+from crm_ledger.verifier.chain import EMPTY_CODE_HASH, BatchAnchoredEvent
+from tests.anchoring.fakes import FakeChain
 from tests.audit.fakes import FakeAuditChain, build_ledger, row, seqs_of, tamper
 
 pytestmark = pytest.mark.asyncio
@@ -288,16 +288,16 @@ class _LandsAfterTheRead(FakeAuditChain):
         super().__init__(read)
         self.now = FakeAuditChain(now)
 
-    async def batch(self, batch_id: int) -> FakeEvent | None:
+    async def batch(self, batch_id: int) -> BatchAnchoredEvent | None:
         return await self.now.batch(batch_id)
 
 
 class _LandsDuringTheRead(FakeAuditChain):
     """The last batch reaches the chain while the audit is reading it (after its events)."""
 
-    def __init__(self, fake: FakeChain, landing: FakeEvent) -> None:
+    def __init__(self, fake: FakeChain, landing: BatchAnchoredEvent) -> None:
         super().__init__(fake)
-        self.landing: FakeEvent | None = landing
+        self.landing: BatchAnchoredEvent | None = landing
 
     async def head(self) -> bytes:
         if self.landing is not None:

@@ -1,7 +1,7 @@
 """Receipts, format "crm-ledger/receipt/v1": self-contained proof that a record is in the ledger.
 
-Exports: `RECEIPT_FORMAT`, `Receipt`, `BatchRef`, `ChainRef`, `Step`, `check_receipt`, and
-`hex0x` / `unhex` (from `ledger.hexcodec`, where they live).
+Exports: `RECEIPT_FORMAT`, `Receipt`, `BatchRef`, `ChainRef`, `Step`, `check_receipt`. Bytes
+are spelled as `ledger.hexcodec` spells them.
 
 A receipt carries the record's leaf input, its RFC 9162 audit path inside its batch's tree, the
 batch (first seq, count, root, previous and new running head) and where the batch was anchored.
