@@ -1,8 +1,8 @@
 """Idempotent writes: the `Idempotency-Key` header, accepted on every POST.
 
-Exports: `Idempotency`, `IdempotencyDep`, `Written`, `run_write`, `run_write_async`,
-`request_hash`, `prune_expired`, `configure_retention`, `NoBody`, `json_response`,
-`REPLAY_HEADER`, `JSON_MEDIA_TYPE`.
+Exports: `Idempotency`, `IdempotencyDep`, `IdempotencyKeyHeader`, `Written`, `run_write`,
+`run_write_async`, `request_hash`, `prune_expired`, `configure_retention`, `NoBody`,
+`json_response`, `REPLAY_HEADER`, `JSON_MEDIA_TYPE`.
 
 Keys are scoped to the API key that sent them. The first request with a key stores its status
 and exact response bytes in the same transaction as the records it wrote, so a crash leaves
@@ -116,18 +116,19 @@ class Idempotency:
     path: str
 
 
-async def get_idempotency(
-    request: Request,
-    key: Annotated[
-        str | None,
-        AfterValidator(_check_key),
-        Header(
-            alias="Idempotency-Key",
-            description="Any 1 to 255 printable ASCII characters; a retry with the same key "
-            "and body never writes twice and gets the first answer back.",
-        ),
-    ] = None,
-) -> Idempotency:
+#: The `Idempotency-Key` header as a handler or dependency parameter (checked, documented).
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    AfterValidator(_check_key),
+    Header(
+        alias="Idempotency-Key",
+        description="Any 1 to 255 printable ASCII characters; a retry with the same key "
+        "and body never writes twice and gets the first answer back.",
+    ),
+]
+
+
+async def get_idempotency(request: Request, key: IdempotencyKeyHeader = None) -> Idempotency:
     """The idempotency context of a POST."""
     return Idempotency(key=key, method=request.method, path=request.url.path)
 
