@@ -1,6 +1,6 @@
 """Idempotent writes: the `Idempotency-Key` header, accepted on every POST.
 
-Exports: `Idempotency`, `IdempotencyDep`, `IdempotencyKeyHeader`, `Written`, `run_write`,
+Exports: `Idempotency`, `IdempotencyKeyHeader`, `Written`, `run_write`,
 `run_write_async`, `request_hash`, `prune_expired`, `configure_retention`, `NoBody`,
 `json_response`, `REPLAY_HEADER`, `JSON_MEDIA_TYPE`.
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, Header, Request
+from fastapi import Header
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Row, Table, bindparam, delete, insert, literal, select
@@ -126,14 +126,6 @@ IdempotencyKeyHeader = Annotated[
         "and body never writes twice and gets the first answer back.",
     ),
 ]
-
-
-async def get_idempotency(request: Request, key: IdempotencyKeyHeader = None) -> Idempotency:
-    """The idempotency context of a POST."""
-    return Idempotency(key=key, method=request.method, path=request.url.path)
-
-
-IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
 
 
 def request_hash(idempotency: Idempotency, payload: BaseModel) -> bytes:
