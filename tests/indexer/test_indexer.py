@@ -80,3 +80,24 @@ async def test_indexing_again_adds_nothing(anvil_chain: AnvilChain) -> None:
     with anvil_chain.session_factory() as session:
         assert session.scalar(select(func.count()).select_from(IndexedBatch)) == 2
         assert session.scalar(select(func.count()).select_from(FeedEvent)) == 6
+
+
+async def test_after_a_rollback_the_stats_show_the_cursor_at_the_fork(
+    anvil_chain: AnvilChain,
+) -> None:
+    """/readyz's indexed_through follows the rollback at once, not only the next range read."""
+    add_records(anvil_chain.session_factory, customers=1, each=2)
+    await anvil_chain.anchor(batch_max_records=1)
+    snapshot = await anvil_chain.rpc("evm_snapshot")
+    fork = await anvil_chain.head() + 1
+    add_records(anvil_chain.session_factory, customers=1, each=2)
+    await anvil_chain.anchor(batch_max_records=1)
+    indexer = await anvil_chain.index()
+    assert indexer.stats.indexed_through == await anvil_chain.head() > fork
+    assert await anvil_chain.rpc("evm_revert", snapshot) is True
+    await anvil_chain.mine(5)  # other blocks at the orphaned heights
+
+    assert await indexer.step()  # the reorg check: rolled back, nothing read yet
+
+    assert indexer.stats.reorgs == 1
+    assert indexer.stats.indexed_through == fork - 1

@@ -118,13 +118,17 @@ async def run_under_load(
     # transaction sent again) go into the captured log of a run that fails.
     for name in ("crm_ledger.indexer", "crm_ledger.anchoring"):
         logging.getLogger(name).setLevel(logging.INFO)
+
+    async def node_check() -> None:
+        await xfail_if_the_node_contradicts_itself(chain, supervisor, [token.client])
+
     await supervisor.start()
     tasks = [asyncio.create_task(load.run())]
     try:
         for _ in range(2):
             await asyncio.sleep(0.6)
 
-            await hold_within_reach(chain, indexer, load, reach, confirmations)
+            await hold_within_reach(chain, indexer, load, reach, confirmations, node_check)
             await disturb()
             load.hold.clear()
         await asyncio.sleep(0.6)
@@ -132,7 +136,7 @@ async def run_under_load(
         await tasks.pop()
 
         async def quiet() -> bool:
-            await fail_if_the_node_serves_orphaned_logs(chain, supervisor, [token.client])
+            await node_check()
             if not await asyncio.to_thread(settled, chain.session_factory):
                 return False
             head = await chain.head()
@@ -227,13 +231,20 @@ async def run_under_load(
 
 
 async def hold_within_reach(
-    chain: AnvilChain, indexer: Indexer, load: Load, reach: int | None, confirmations: int
+    chain: AnvilChain,
+    indexer: Indexer,
+    load: Load,
+    reach: int | None,
+    confirmations: int,
+    check_node: Callable[[], Awaitable[None]],
 ) -> None:
     """Hold the load once the indexer has reached the head and (with `reach`) has indexed an
     event in the last `reach` blocks: on a slow machine the blocks a reorg replaces may
-    otherwise hold nothing indexed yet, and the test would roll back nothing."""
+    otherwise hold nothing indexed yet, and the test would roll back nothing. `check_node`
+    ends the test (xfail) when the indexer cannot get there because the node is broken."""
 
     async def ready() -> bool:
+        await check_node()
         load.hold.set()
         head = await chain.head()
         if indexer.stats.indexed_through != head - confirmations:
@@ -249,7 +260,9 @@ async def hold_within_reach(
         return False
 
     await wait_for_async(
-        ready, what="the indexer to reach the head with an event in reach", interval=POLL
+        ready,
+        what=lambda: f"the indexer to reach the head with an event in reach: {indexer.stats}",
+        interval=POLL,
     )
 
 
@@ -262,25 +275,50 @@ def newest_indexed_block(session_factory: sessionmaker[Session]) -> int | None:
     return max(found) if found else None
 
 
-async def fail_if_the_node_serves_orphaned_logs(
+async def xfail_if_the_node_contradicts_itself(
     chain: AnvilChain, supervisor: Supervisor, contracts: list[Any]
 ) -> None:
-    """When the indexer backs off because the node keeps answering eth_getLogs with logs of
-    blocks that are not on its chain, and the node's own answers prove it (a log whose block
-    hash is not the hash of the block it calls canonical at that height), the run is the
-    node's failure: xfail with the evidence. The indexer is right to refuse such a range, and
+    """When the indexer backs off because the node keeps answering reads with blocks that are
+    not on its chain, and the node's own answers prove it twice a second apart (a block below
+    the head it reports that it does not have, or a log whose block hash is not the hash of
+    the block it calls canonical at that height), the run is the node's failure: xfail with
+    the evidence. The indexer is right to refuse such a range (it backs off and says why), and
     the test could only wait out its timeout."""
     message = supervisor.status()["indexer"]["message"]
     if "not on its chain" not in message:
         return
     addresses = [chain.deployment.address] + [contract.address for contract in contracts]
-    orphaned = await logs_in_orphaned_blocks(chain, addresses)
-    if orphaned:
+    evidence = await node_contradictions(chain, addresses)
+    if not evidence:
+        return
+    await asyncio.sleep(1.0)
+    if await node_contradictions(chain, addresses) == evidence:
         pytest.xfail(
-            f"Anvil serves logs of blocks that are not on its chain (block number, the log's "
-            f"block hash, the canonical one): {orphaned[:5]}; the indexer backs off: {message} "
-            "(foundry-rs/foundry#10809: anvil_reorg leaves the old blocks' logs behind)"
+            f"Anvil contradicts itself after anvil_reorg: {evidence}; the indexer backs off: "
+            f"{message} (foundry-rs/foundry#10809: anvil_reorg does not rewire blocks as a "
+            "reorg should)"
         )
+
+
+async def node_contradictions(chain: AnvilChain, addresses: list[str]) -> str:
+    """What the node answers that no chain could: blocks missing below its head, logs of
+    blocks it does not call canonical ('' when none)."""
+    head = await chain.head()
+    missing = [
+        number
+        for number in range(head + 1)
+        if await chain.rpc("eth_getBlockByNumber", hex(number), False) is None
+    ]
+    orphaned = await logs_in_orphaned_blocks(chain, addresses)
+    found = []
+    if missing:
+        found.append(f"head {head} but no block {missing}")
+    if orphaned:
+        found.append(
+            "logs of blocks not on its chain (number, the log's block hash, the canonical "
+            f"one) {orphaned[:5]}"
+        )
+    return "; ".join(found)
 
 
 async def logs_in_orphaned_blocks(

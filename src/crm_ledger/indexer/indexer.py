@@ -347,6 +347,9 @@ class Indexer:
         fork = kept + 1 if kept is not None else 0
         rolled = await asyncio.to_thread(store.roll_back, self.session_factory, from_block=fork)
         depth = tip_number - fork + 1
+        # What /readyz shows until the next range is read: the cursor went back to the fork.
+        if self.stats.indexed_through is not None:
+            self.stats.indexed_through = min(self.stats.indexed_through, fork - 1)
         self.stats.reorgs += 1
         self.stats.last_reorg_depth = depth
         self.stats.rolled_back_events += rolled.batches + rolled.token_events
