@@ -163,6 +163,8 @@ def _lock_order(session: Session, source: IngestSource, order_id: str) -> Ingest
         select(IngestOrder)
         .where(IngestOrder.source_pk == source.pk, IngestOrder.external_id == order_id)
         .with_for_update()
+        # `ingest.batch` updates orders with Core statements in the same transaction.
+        .execution_options(populate_existing=True)
     ).first()
 
 
