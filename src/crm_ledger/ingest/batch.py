@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, object_mapper
 
 from crm_ledger.db.models import (
@@ -105,6 +105,35 @@ _ORDER_COLUMNS = (
     IngestOrder.clawback_pending,
 )
 _INSERT_LINKS = insert(cast(Table, IngestCustomerLink.__table__))
+# What a plan reads, when planning (no locks) and again under the write lock.
+_ORDERS_OF = (
+    select(*_ORDER_COLUMNS)
+    .where(
+        IngestOrder.source_pk == bindparam("source_pk"),
+        IngestOrder.external_id.in_(bindparam("ids", expanding=True)),
+    )
+    .order_by(IngestOrder.pk)
+)
+_ORDERS_OF_LOCKED = _ORDERS_OF.with_for_update()
+_LINKS_OF = (
+    select(IngestCustomerLink.external_id, IngestCustomerLink.customer_pk)
+    .where(
+        IngestCustomerLink.source_pk == bindparam("source_pk"),
+        IngestCustomerLink.external_id.in_(bindparam("ids", expanding=True)),
+    )
+    .order_by(IngestCustomerLink.external_id)
+)
+_CUSTOMERS_OF = (
+    select(Customer.pk, Customer.id, Customer.key, Customer.email_index)
+    .where(
+        or_(
+            Customer.pk.in_(bindparam("pks", expanding=True)),
+            Customer.email_index.in_(bindparam("emails", expanding=True)),
+        )
+    )
+    .order_by(Customer.pk)
+)
+_CUSTOMERS_OF_LOCKED = _CUSTOMERS_OF.with_for_update(read=True)
 
 _ERASED = "the customer's personal data was erased: nothing more is recorded for them"
 _SAME_STATE = "same order state already recorded"
@@ -117,7 +146,8 @@ class _Buyer:
     id: str
     key: bytes | None
     pk: int | None = None
-    new: Customer | None = None
+    # A new customer's row, for the INSERT (its pk left to the database).
+    new_row: dict[str, object] | None = None
 
 
 @dataclass(eq=False)
@@ -138,7 +168,8 @@ class _Draft:
     # Index into the batch's records of the order's first (new orders) and latest record.
     first_index: int | None = None
     last_index: int | None = None
-    created: IngestOrder | None = None
+    # A new order's row (its record and customer pks filled in by `write`).
+    created_row: dict[str, object] | None = None
 
 
 @dataclass(eq=False)
@@ -271,8 +302,8 @@ class OrderBatch:
         `add`, in order."""
         connection = session.connection()
         if self._new_buyers:
-            made = [buyer.new for buyer in self._new_buyers if buyer.new is not None]
-            connection.execute(_INSERT_CUSTOMERS, [_row_of(customer) for customer in made])
+            made = [buyer.new_row for buyer in self._new_buyers if buyer.new_row is not None]
+            connection.execute(_INSERT_CUSTOMERS, made)
             customer_pks = _pks_by_id(
                 connection, _CUSTOMERS, [buyer.id for buyer in self._new_buyers]
             )
@@ -331,7 +362,7 @@ class OrderBatch:
         )
         # Inserted by `write` with the batch's other new customers in one statement.
         self._session.expunge(customer)
-        buyer = _Buyer(id=customer.id, key=customer.key, new=customer)
+        buyer = _Buyer(id=customer.id, key=customer.key, new_row=_row_of(customer))
         self._new_buyers.append(buyer)
         if customer.email_index is not None:
             self._by_email.setdefault(customer.email_index, buyer)
@@ -382,7 +413,7 @@ class OrderBatch:
             clawback_pending=created.clawback_pending,
             first_index=index,
             last_index=index,
-            created=created,
+            created_row=_row_of(created),
         )
         self._sources_with_new_orders.add(source_pk)
 
@@ -404,11 +435,11 @@ class OrderBatch:
                 "clawback_pending": draft.clawback_pending,
                 "updated_at": self._now,
             }
-            if draft.created is None:
+            if draft.created_row is None:
                 changed.append({"_pk": draft.stored_pk} | {f"_{k}": v for k, v in state.items()})
                 continue
             assert draft.first_index is not None and draft.buyer.pk is not None
-            row = _row_of(draft.created) | state
+            row = draft.created_row | state
             row["customer_pk"] = draft.buyer.pk
             row["first_record_pk"] = record_pks[draft.first_index]
             created.append(row)
@@ -444,21 +475,13 @@ class OrderBatch:
 
     def _read_orders(self, session: Session, *, lock: bool) -> list[tuple[Any, ...]]:
         wanted = _by_source((source_pk, event.order_id) for source_pk, event in self._events)
-        query = (
-            select(*_ORDER_COLUMNS)
-            .where(
-                or_(
-                    *(
-                        and_(IngestOrder.source_pk == pk, IngestOrder.external_id.in_(ids))
-                        for pk, ids in wanted.items()
-                    )
-                )
-            )
-            .order_by(IngestOrder.pk)
-        )
-        if lock:
-            query = query.with_for_update()
-        return [tuple(row) for row in session.execute(query)]
+        query = _ORDERS_OF_LOCKED if lock else _ORDERS_OF
+        rows = [
+            tuple(row)
+            for source_pk, ids in wanted.items()
+            for row in session.execute(query, {"source_pk": source_pk, "ids": ids})
+        ]
+        return sorted(rows, key=lambda row: cast(int, row[0]))
 
     def _read_links(self, session: Session) -> list[tuple[int, str, int]]:
         wanted = _by_source(
@@ -466,41 +489,21 @@ class OrderBatch:
             for source_pk, event in self._events
             if (external_id := event.customer.external_id) is not None
         )
-        if not wanted:
-            return []
-        link = IngestCustomerLink
-        rows = session.execute(
-            select(link.source_pk, link.external_id, link.customer_pk)
-            .where(
-                or_(
-                    *(
-                        and_(link.source_pk == pk, link.external_id.in_(ids))
-                        for pk, ids in wanted.items()
-                    )
-                )
-            )
-            .order_by(link.source_pk, link.external_id)
-        )
-        return [(row.source_pk, row.external_id, row.customer_pk) for row in rows]
+        return [
+            (source_pk, row.external_id, row.customer_pk)
+            for source_pk, ids in wanted.items()
+            for row in session.execute(_LINKS_OF, {"source_pk": source_pk, "ids": ids})
+        ]
 
     def _read_customers(
         self, session: Session, pks: set[int], *, lock: bool
     ) -> list[tuple[int, str, bytes | None, bytes | None]]:
-        conditions = []
-        if pks:
-            conditions.append(Customer.pk.in_(sorted(pks)))
-        if self._emails:
-            conditions.append(Customer.email_index.in_(list(self._emails)))
-        if not conditions:
+        if not pks and not self._emails:
             return []
-        query = (
-            select(Customer.pk, Customer.id, Customer.key, Customer.email_index)
-            .where(or_(*conditions))
-            .order_by(Customer.pk)
+        rows = session.execute(
+            _CUSTOMERS_OF_LOCKED if lock else _CUSTOMERS_OF,
+            {"pks": sorted(pks), "emails": list(self._emails)},
         )
-        if lock:
-            query = query.with_for_update(read=True)
-        rows = session.execute(query)
         return [(row.pk, row.id, row.key, row.email_index) for row in rows]
 
     def _first_record_ids(self, record_pks: list[int]) -> dict[int, str]:
