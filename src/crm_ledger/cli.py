@@ -32,7 +32,6 @@ import re
 import secrets
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -450,7 +449,8 @@ def _run_worker_alone(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         if with_parent:
-            threading.Thread(target=_stop_when_stdin_closes, args=(loop, stop), daemon=True).start()
+            stdin = sys.stdin.fileno()
+            loop.add_reader(stdin, _stop_when_closed, loop, stdin, stop)
         await runtime.start()
         finished = asyncio.ensure_future(runtime.wait())
         stopped = asyncio.ensure_future(stop.wait())
@@ -471,11 +471,11 @@ def _run_worker_alone(
     raise typer.Exit(code)
 
 
-def _stop_when_stdin_closes(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """Wait for stdin's end (the parent process's end of the pipe closed), then set `stop`."""
-    while sys.stdin.buffer.read(4096):
-        pass
-    loop.call_soon_threadsafe(stop.set)
+def _stop_when_closed(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+    """`fd` is readable: at its end (the parent's end of the pipe closed), set `stop`."""
+    if not os.read(fd, 4096):
+        loop.remove_reader(fd)
+        stop.set()
 
 
 #: The chain workers' commands: command name -> (worker name, what it is).
