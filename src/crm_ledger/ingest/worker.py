@@ -38,7 +38,7 @@ from crm_ledger.ingest.apply import Applied, apply_event, order_state_hash
 from crm_ledger.ingest.batch import OrderBatch
 from crm_ledger.ingest.clawback import run_clawbacks
 from crm_ledger.ingest.inbox import DeliveryStatus, purge_failed_bodies
-from crm_ledger.ingest.payloads import Event, OrderState, parse_delivery
+from crm_ledger.ingest.payloads import Event, OrderState, Redact, parse_delivery
 from crm_ledger.ingest.signatures import Platform
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,10 @@ def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
         ).all()
         marks = _Marks()
         run: list[_OrderDelivery] = []
-        for pk, delivery_id, topic, source in rows:
+        withdrawn: set[int] = set()
+        for index, (pk, delivery_id, topic, source) in enumerate(rows):
+            if pk in withdrawn:
+                continue
             delivery = _Pending(pk, delivery_id, topic)
             event = parsed[pk]
             if isinstance(event, LedgerError):
@@ -85,9 +88,22 @@ def map_pending(session_factory: sessionmaker[Session], *, limit: int) -> int:
             run = []
             marks.write(session)
             _map_one(session, delivery, source, event, marks)
+            if isinstance(event, Redact):
+                # The erasure failed this step's later deliveries about the customer.
+                withdrawn = _not_pending(session, [row[0] for row in rows[index + 1 :]])
         _map_run(session, run, plans, marks)
         marks.write(session)
         return len(rows)
+
+
+def _not_pending(session: Session, pks: list[int]) -> set[int]:
+    """Those of `pks` whose delivery is no longer pending (in this transaction)."""
+    still = session.scalars(
+        select(IngestDelivery.pk).where(
+            IngestDelivery.pk.in_(pks), IngestDelivery.status == DeliveryStatus.PENDING.value
+        )
+    )
+    return set(pks) - set(still)
 
 
 @dataclass(frozen=True, slots=True)
