@@ -19,10 +19,9 @@ The shop-webhook mapper (`ingest`) runs in a child process of its own by default
 migrated and the keys made, restarted if it dies (after a pause that doubles up to
 `RESTART_MAX_SECONDS`), stopped with `serve` (SIGTERM, then SIGKILL after
 `STOP_GRACE_SECONDS`), and stopping by itself if `serve` dies (its stdin closes). The API
-processes then run no mapper (`CRM_LEDGER_RUN_INGEST=false` for them). With the mapper in the
-API process, its CPU (parsing, sealing, hashing: about half a plain POST per delivery) is taken
-from the API's one interpreter: at a few hundred deliveries a second the webhook path ran at
-half the plain POST's rate there, within 10 % of it in a process of its own
+processes then run no mapper (`CRM_LEDGER_RUN_INGEST=false` for them). The mapper's CPU
+(parsing, sealing, hashing) then does not share the API's one interpreter: inside `serve`, on a
+quiet 2-core machine, the webhook path anchored records at half the plain POST's rate
 (docs/benchmarks.md, "Commerce ingest").
 """
 
