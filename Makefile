@@ -66,6 +66,8 @@ bench-outbound: install services
 bench-api: install system-packages
 	$(BIN)/python scripts/bench_api.py
 	$(BIN)/python scripts/bench_api.py --workers 2 --no-batch
+	$(BIN)/python scripts/bench_request_path.py
+	$(BIN)/python scripts/bench_request_path.py --no-write
 
 bench-bulk: install
 	$(BIN)/python scripts/bench_bulk.py

@@ -7,9 +7,10 @@ import re
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
-from crm_ledger.api.path_ids import PATH_IDS
+from crm_ledger.api.path_ids import PATH_IDS, check_path_ids
 from crm_ledger.ingest.schemas import SourceCreate, SourceRotate
 from crm_ledger.journal.schemas import (
     CustomerCreate,
@@ -125,3 +126,20 @@ def test_every_operation_with_an_id_in_its_path_documents_the_422(app: FastAPI) 
         and "422" not in operation.get("responses", {})
     ]
     assert missing == []
+
+
+def test_every_route_with_an_id_in_its_path_checks_it(app: FastAPI) -> None:
+    """`check_ids_of` put `check_path_ids` on each route with an id in its path (and only
+    there: it costs every request it runs on)."""
+    checked, unchecked = set(), set()
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute):
+            continue
+        has_check = any(sub.call is check_path_ids for sub in route.dependant.dependencies)
+        if PATH_IDS & set(route.param_convertors):
+            (checked if has_check else unchecked).add(route.path_format)
+        else:
+            assert not has_check, route.path_format
+
+    assert unchecked == set()
+    assert {"/v1/records/{record_id}", "/v1/customers/{customer_id}"} <= checked

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
 
+from crm_ledger.api.writes import request_path
 from crm_ledger.db.models import Customer, IdempotencyEntry, Record
 from crm_ledger.journal.keys import Role
 from tests.api.helpers import count, fields, interaction, order, problem
@@ -223,3 +225,26 @@ def test_concurrent_customers_with_one_key_and_external_ref(
     assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
     assert len({r.content for r in responses}) == 1
     assert count(session_factory, Customer) == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/interactions", "/v1/campaigns/a?b#c\\d/awards", "/v1/x%3Fy", "/v1/caf\u00e9/ß", "/"],
+)
+def test_the_fingerprinted_path_is_starlettes_url_path(path: str) -> None:
+    """`writes.request_path` spares parsing the URL, yet must give exactly `request.url.path`
+    (an Idempotency-Key's fingerprint holds it: a difference would turn retries into 409s)."""
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8"),
+        "query_string": b"q=1",
+        "root_path": "",
+        "headers": [(b"host", b"example.com:8000")],
+        "server": ("example.com", 8000),
+    }
+    request = Request(scope)
+
+    assert request_path(request) == request.url.path

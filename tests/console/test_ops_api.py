@@ -178,7 +178,11 @@ def test_campaign_spend_over_time_and_points_expiring_by_day(
         ).status_code
         == 403
     )
-    assert client.get("/v1/ops/campaigns/nope/spend", headers=marketing).status_code == 404
+    # A campaign id that is not one is a 422 naming it, as everywhere in the API; a well-formed
+    # id of no campaign, a 404.
+    assert client.get("/v1/ops/campaigns/nope/spend", headers=marketing).status_code == 422
+    unknown = "0192f1c4-6a4e-7c3a-9b1e-2f6d1a0b9c8d"
+    assert client.get(f"/v1/ops/campaigns/{unknown}/spend", headers=marketing).status_code == 404
     assert (
         client.get(
             f"/v1/ops/campaigns/{campaign_id}/spend?bucket=week", headers=marketing

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.api.transaction import read_only, transaction
 from crm_ledger.db import session as db_session
 from crm_ledger.db.session import (
+    ProcessWriteLock,
     WriteQueue,
     make_engine,
     make_session_factory,
+    process_write_lock,
     write_queue,
 )
 
@@ -288,3 +292,107 @@ def test_the_wal_file_shrinks_back_after_a_burst(
 
     assert grown > 1_000_000
     assert after <= 64 * 1024
+
+
+# Between processes: the flock beside the database ---------------------------------------------
+
+
+def _process_lock(engine: Engine) -> ProcessWriteLock:
+    lock = process_write_lock(engine)
+    assert lock is not None
+    return lock
+
+
+def test_the_process_lock_excludes_every_other_holder(tmp_path: Path) -> None:
+    """Two `ProcessWriteLock`s of one file are two open file descriptions: as for two
+    processes, one holder at a time."""
+    first = ProcessWriteLock(str(tmp_path / "db-writer.lock"))
+    second = ProcessWriteLock(str(tmp_path / "db-writer.lock"))
+
+    assert first.acquire(0.01)
+    assert not second.acquire(0.05)
+    first.release()
+    assert second.acquire(0.01)
+    second.release()
+    first.close()
+    second.close()
+
+
+def test_a_write_of_another_engine_waits_on_the_process_lock(tmp_path: Path) -> None:
+    """Two engines on one file stand for two processes: while one writes, the other's write
+    waits, and it goes in once the first commits or rolls back; each frees the lock."""
+    path = tmp_path / "shared.sqlite"
+    one, other = make_engine(f"sqlite:///{path}"), make_engine(f"sqlite:///{path}")
+    try:
+        with one.begin() as conn:
+            conn.execute(text("CREATE TABLE t (n INTEGER)"))
+        assert _process_lock(one).path == f"{path}-writer.lock"
+        others = make_session_factory(other)
+        done = threading.Event()
+
+        def write_in_other() -> None:
+            with others() as session, transaction(session):
+                session.execute(text("INSERT INTO t VALUES (2)"))
+            done.set()
+
+        with one.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+            thread = threading.Thread(target=write_in_other)
+            thread.start()
+            assert not done.wait(0.2)
+            outsider = ProcessWriteLock(f"{path}-writer.lock")
+            assert not outsider.acquire(0.01)
+            outsider.close()
+        thread.join(WAIT)
+        assert done.is_set()
+        assert _count(others) == 2
+
+        with pytest.raises(RuntimeError), one.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (3)"))
+            raise RuntimeError("rolled back")
+        free = ProcessWriteLock(f"{path}-writer.lock")
+        assert free.acquire(0.01), "a commit or rollback kept the process lock"
+        free.release()
+        free.close()
+    finally:
+        one.dispose()
+        other.dispose()
+
+
+def test_a_killed_holder_blocks_no_one(tmp_path: Path) -> None:
+    path = tmp_path / "killed.sqlite"
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from sqlalchemy import text\n"
+            "from crm_ledger.db.session import make_engine\n"
+            f"engine = make_engine({f'sqlite:///{path}'!r})\n"
+            "conn = engine.connect(); conn.begin()\n"
+            "conn.execute(text('INSERT INTO t VALUES (9)'))\n"
+            "print('held', flush=True); time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        outsider = ProcessWriteLock(f"{path}-writer.lock")
+        assert not outsider.acquire(0.05)
+        outsider.close()
+        holder.kill()
+        holder.wait(WAIT)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+            assert conn.execute(text("SELECT n FROM t")).scalars().all() == [1]
+    finally:
+        holder.kill()
+        holder.wait(WAIT)
+        if holder.stdout is not None:
+            holder.stdout.close()
+        engine.dispose()

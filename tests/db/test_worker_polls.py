@@ -9,14 +9,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.anchoring import batches
 from crm_ledger.db.session import write_queue
+from crm_ledger.indexer import store
 from crm_ledger.loyalty import ops
 from crm_ledger.loyalty.earning import plan_earnings
+from crm_ledger.loyalty.wallets import WalletKeyring
 
+#: The well-known development mnemonic (chain 31337's accounts); no lot is cut with it here.
+KEYRING = WalletKeyring.from_secret(
+    SecretStr("test test test test test test test test test test test junk")
+)
 POLLS: dict[str, Callable[[sessionmaker[Session]], Any]] = {
     "anchorer: unfinished batches": batches.unfinished_batches,
     "anchorer: anchored end": batches.anchored_end,
@@ -26,6 +33,11 @@ POLLS: dict[str, Callable[[sessionmaker[Session]], Any]] = {
     "loyalty: unfinished ops": ops.unfinished_ops,
     "loyalty: budgets": ops.budgets_to_sync,
     "loyalty: earnings with nothing new": plan_earnings,
+    "loyalty: issue cut with no planned lot": lambda s: ops.cut_issue_ops(
+        s, KEYRING, max_entries=10
+    ),
+    "loyalty: redeem cut with no pending redemption": ops.cut_redeem_ops,
+    "indexer: stored tip": store.tip,
 }
 
 

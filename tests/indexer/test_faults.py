@@ -217,6 +217,15 @@ GARBAGE: dict[str, str | Callable[[str, Any], Any]] = {
             if log["blockNumber"] == logs[0]["blockNumber"]
         ]
     ),
+    # The same at the range's last block (whose hash the indexer reads before the logs): a
+    # node that kept answering so had the indexer retry at once, forever, saying nothing.
+    "log_of_an_orphaned_block_at_the_range_end": corrupt_logs(
+        lambda logs: [
+            log.update(blockHash="0x" + "0f" * 32)
+            for log in logs
+            if log["blockNumber"] == logs[-1]["blockNumber"]
+        ]
+    ),
     "result_not_a_list": lambda method, result: (
         {"logs": result} if method == "eth_getLogs" else result
     ),

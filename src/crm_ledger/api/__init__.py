@@ -5,7 +5,7 @@ Exports: `install`, `BATCH_BODY_FACTOR`.
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from crm_ledger.api import docs
 from crm_ledger.api.deps import ApiKeyCache
@@ -15,7 +15,7 @@ from crm_ledger.api.middleware import (
     RequestLogMiddleware,
     UnexpectedErrorMiddleware,
 )
-from crm_ledger.api.path_ids import check_path_ids
+from crm_ledger.api.path_ids import check_ids_of
 from crm_ledger.api.problems import document_unavailable, install_problem_handlers
 from crm_ledger.api.ratelimit import RateLimiter
 from crm_ledger.api.routes import (
@@ -48,19 +48,18 @@ def install(app: FastAPI) -> None:
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     install_problem_handlers(app)
     # The routers whose paths hold the service's ids: a non-UUID id there is a clear 422.
-    ids_checked = [Depends(check_path_ids)]
-    app.include_router(customers.router, dependencies=ids_checked)
-    app.include_router(records.router, dependencies=ids_checked)
+    app.include_router(check_ids_of(customers.router))
+    app.include_router(check_ids_of(records.router))
     app.include_router(health.router)
-    app.include_router(audit.router, dependencies=ids_checked)
-    app.include_router(loyalty.router, dependencies=ids_checked)
-    app.include_router(crm.router, dependencies=ids_checked)
+    app.include_router(check_ids_of(audit.router))
+    app.include_router(check_ids_of(loyalty.router))
+    app.include_router(check_ids_of(crm.router))
     app.include_router(events.router)
     # Commerce ingest (issue 11).
     app.include_router(ingest_sources.router)
     app.include_router(ingest_webhooks.router)
     # Web console (issue 13): /v1/me, /v1/ops, and the console itself at /.
-    app.include_router(ops.router)
+    app.include_router(check_ids_of(ops.router))
     install_console(app)
     app.include_router(webhook_subscriptions.router)
     docs.install(app)

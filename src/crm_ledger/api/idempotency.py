@@ -1,8 +1,8 @@
 """Idempotent writes: the `Idempotency-Key` header, accepted on every POST.
 
-Exports: `Idempotency`, `IdempotencyDep`, `Written`, `run_write`, `run_write_async`,
-`request_hash`, `prune_expired`, `configure_retention`, `NoBody`, `json_response`,
-`REPLAY_HEADER`, `JSON_MEDIA_TYPE`.
+Exports: `Idempotency`, `IdempotencyKeyHeader`, `Written`, `run_write`,
+`run_write_async`, `request_hash`, `prune_expired`, `configure_retention`, `NoBody`,
+`json_response`, `REPLAY_HEADER`, `JSON_MEDIA_TYPE`.
 
 Keys are scoped to the API key that sent them. The first request with a key stores its status
 and exact response bytes in the same transaction as the records it wrote, so a crash leaves
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, Header, Request
+from fastapi import Header
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Row, Table, bindparam, delete, insert, literal, select
@@ -116,23 +116,16 @@ class Idempotency:
     path: str
 
 
-async def get_idempotency(
-    request: Request,
-    key: Annotated[
-        str | None,
-        AfterValidator(_check_key),
-        Header(
-            alias="Idempotency-Key",
-            description="Any 1 to 255 printable ASCII characters; a retry with the same key "
-            "and body never writes twice and gets the first answer back.",
-        ),
-    ] = None,
-) -> Idempotency:
-    """The idempotency context of a POST."""
-    return Idempotency(key=key, method=request.method, path=request.url.path)
-
-
-IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
+#: The `Idempotency-Key` header as a handler or dependency parameter (checked, documented).
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    AfterValidator(_check_key),
+    Header(
+        alias="Idempotency-Key",
+        description="Any 1 to 255 printable ASCII characters; a retry with the same key "
+        "and body never writes twice and gets the first answer back.",
+    ),
+]
 
 
 def request_hash(idempotency: Idempotency, payload: BaseModel) -> bytes:

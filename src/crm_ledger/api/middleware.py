@@ -9,11 +9,14 @@ count the bytes as they stream in instead of buffering them first.
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 import re
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -171,10 +174,20 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            metrics.http_requests_total.labels(method, template, str(status)).inc()
-            metrics.http_request_duration_seconds.labels(method, template).observe(
-                time.perf_counter() - start
-            )
+            counter, histogram = _series(method, template, status)
+            counter.inc()
+            histogram.observe(time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=4096)
+def _series(method: str, template: str, status: int) -> tuple[Any, Any]:
+    """The request counter's and the duration histogram's series for one method, route
+    template and status: `labels()` takes a lock and builds a key on every call, the
+    dictionary lookup here none. Bounded: templates and methods are finite, statuses too."""
+    return (
+        metrics.http_requests_total.labels(method, template, str(status)),
+        metrics.http_request_duration_seconds.labels(method, template),
+    )
 
 
 # Request ids and access logs (issue 12, part 5) -------------------------------------------------
@@ -207,7 +220,10 @@ class RequestLogMiddleware:
             if name == b"x-request-id":
                 incoming = sane_request_id(value.decode("latin-1"))
                 break
-        request_id = incoming or uuid.uuid4().hex
+        # Not uuid4: a request id needs to be unique, not unguessable, and os.urandom is a
+        # system call on every request (which also hands the interpreter lock to another
+        # thread, such as the group committer's, in the middle of the request).
+        request_id = incoming or f"{random.getrandbits(128):032x}"
         start = time.perf_counter_ns()
         status = 500
 
@@ -228,6 +244,9 @@ class RequestLogMiddleware:
 
     @staticmethod
     def _log(scope: Scope, request_id: str, status: int, duration_ns: int) -> None:
+        level = logging.ERROR if status >= 500 else logging.INFO
+        if not _access_log.isEnabledFor(level):
+            return
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         path = _loggable_path(scope)
         fields: dict[str, object] = {
@@ -244,7 +263,6 @@ class RequestLogMiddleware:
         if principal is not None:
             fields["user.id"] = principal.id
             fields["user.roles"] = [str(principal.role)]
-        level = logging.ERROR if status >= 500 else logging.INFO
         _access_log.log(level, "%s %s %d", method, path, status, extra=fields)
 
 

@@ -1,15 +1,18 @@
 """Ids in paths are checked before a handler runs: a non-UUID id is a clear 422, not a 404.
 
-Exports: `check_path_ids`, `PATH_IDS`.
+Exports: `check_path_ids`, `check_ids_of`, `PATH_IDS`.
 
-`api.install` adds `check_path_ids` to the routers whose paths hold ids. A body field with a
+`api.install` adds `check_path_ids` to the routes of a router whose paths hold ids
+(`check_ids_of`), not to the whole router: a dependency costs every request it runs on, and
+the busiest writes (`POST /v1/interactions`) have no id in their path. A body field with a
 bad id already answers 422 naming the field; a path id now does the same, naming the path
 parameter (never echoing the value, which may be anything a caller typed).
 """
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 
 from crm_ledger.api.deps import BearerCredentials, get_current_key
 from crm_ledger.errors import Unprocessable
@@ -37,3 +40,12 @@ async def check_path_ids(request: Request, credentials: BearerCredentials) -> No
     if errors:
         await get_current_key(request, credentials)
         raise Unprocessable("; ".join(error["message"] for error in errors), errors=errors)
+
+
+def check_ids_of(router: APIRouter) -> APIRouter:
+    """`router`, with `check_path_ids` added to each of its routes whose path holds an id of
+    `PATH_IDS` (before it is included: the app builds its routes from their dependencies)."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and PATH_IDS & route.param_convertors.keys():
+            route.dependencies.append(Depends(check_path_ids))
+    return router

@@ -1,14 +1,19 @@
 """Engine and session factory; SQLite is tuned for a durable single-file journal.
 
 Exports: `make_engine`, `make_session_factory`, `upgrade_database`, `reading`, `READ_ONLY`,
-`WriteQueue`, `write_queue`.
+`WriteQueue`, `write_queue`, `ProcessWriteLock`, `process_write_lock`.
 
 SQLite has one write lock. A transaction that finds it taken waits in SQLite's busy handler,
 which sleeps for milliseconds at a time and hands the lock to whoever asks at the right moment:
 under steady writes a background worker (the anchorer, the indexer) can lose that race for
 seconds. So this process's write transactions on one engine first queue, first come first
 served, on the engine's `WriteQueue`, which hands the database to the next one the moment the
-previous one commits or rolls back. Other processes still meet on SQLite's own lock.
+previous one commits or rolls back. Between processes on one database file (`serve --workers
+N`, the ingest mapper's process, `crm-ledger worker`), the one at the head of each queue then
+takes a `ProcessWriteLock`, an exclusive `flock` on a file beside the database, which it polls
+every 0.1 to 1 ms: SQLite's busy handler sleeps 1, 2, 5, 10 ... up to 100 ms between tries, so
+a write of one process waiting behind another's waited up to a hundred times longer than the
+lock was held. The kernel drops a dead process's `flock`, so a killed holder blocks nobody.
 
 Read-only transactions (the `READ_ONLY` execution option, set by `api.transaction.read_only` for
 handlers and by `reading` for background workers' polls) skip the queue and begin deferred:
@@ -24,7 +29,11 @@ never gives back the space it grew to. Under steady writes with readers always s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +51,9 @@ READ_ONLY = "crm_ledger_read_only"
 QUEUE_TIMEOUT_SECONDS = 30.0
 #: The size SQLite truncates the WAL file back to once it has been checkpointed and rewound.
 WAL_SIZE_LIMIT_BYTES = 64 * 2**20
-# Set in a pooled connection's info while its transaction holds the queue.
+# Set in a pooled connection's info while its transaction holds the queue / the process lock.
 _HOLDS_QUEUE = "crm_ledger_holds_write_queue"
+_HOLDS_PROCESS_LOCK = "crm_ledger_holds_process_write_lock"
 
 
 @contextmanager
@@ -96,6 +106,56 @@ class WriteQueue:
         return len(self._waiting)
 
 
+class ProcessWriteLock:
+    """An exclusive `flock` on `path`, shared by every process (and engine) writing to one
+    SQLite file; see the module docstring. Its file descriptor is opened per process (a forked
+    child sharing its parent's would share its lock too)."""
+
+    #: First and longest pause between two tries while another process holds the lock.
+    FIRST_PAUSE_SECONDS = 0.0001
+    MAX_PAUSE_SECONDS = 0.001
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the lock; False if another process still holds it after `timeout` seconds."""
+        fd = self._descriptor()
+        deadline = time.monotonic() + timeout
+        pause = self.FIRST_PAUSE_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, self.MAX_PAUSE_SECONDS)
+
+    def release(self) -> None:
+        """Let the next process in."""
+        fd = self._fd
+        if fd is not None and self._pid == os.getpid():
+            # Closed meanwhile (the engine disposed under a transaction) unlocks it too.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the file (a later `acquire` opens it again); the engine's dispose calls it."""
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+
 def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     """Engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and a write queue."""
     if url.startswith("sqlite"):
@@ -120,7 +180,10 @@ def make_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             cursor.close()
 
-        _install_write_queue(engine)
+        database = engine.url.database
+        on_disk = bool(database) and database != ":memory:" and "mode=memory" not in url
+        lock = ProcessWriteLock(f"{database}-writer.lock") if on_disk else None
+        _install_write_queue(engine, lock)
         return engine
     return create_engine(
         url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True
@@ -133,12 +196,25 @@ def write_queue(engine: Engine) -> WriteQueue | None:
     return queue if isinstance(queue, WriteQueue) else None
 
 
-def _install_write_queue(engine: Engine) -> None:
+def process_write_lock(engine: Engine) -> ProcessWriteLock | None:
+    """The engine's lock between processes (SQLite files opened by `make_engine`), else None."""
+    lock = getattr(engine, "_crm_ledger_process_lock", None)
+    return lock if isinstance(lock, ProcessWriteLock) else None
+
+
+def _install_write_queue(engine: Engine, process_lock: ProcessWriteLock | None) -> None:
     queue = WriteQueue()
     engine._crm_ledger_write_queue = queue  # type: ignore[attr-defined]
+    engine._crm_ledger_process_lock = process_lock  # type: ignore[attr-defined]
+    if process_lock is not None:
+        event.listen(engine, "engine_disposed", lambda _engine: process_lock.close())
 
     def release(info: dict[Any, Any] | None) -> None:
-        if info is not None and info.pop(_HOLDS_QUEUE, False):
+        if info is None:
+            return
+        if info.pop(_HOLDS_PROCESS_LOCK, False) and process_lock is not None:
+            process_lock.release()
+        if info.pop(_HOLDS_QUEUE, False):
             queue.release()
 
     @event.listens_for(engine, "begin")
@@ -149,6 +225,9 @@ def _install_write_queue(engine: Engine) -> None:
         info = conn.connection.info
         info[_HOLDS_QUEUE] = queue.acquire(QUEUE_TIMEOUT_SECONDS)
         try:
+            if process_lock is not None:
+                # Past the timeout, SQLite's own busy wait still decides (as without the lock).
+                info[_HOLDS_PROCESS_LOCK] = process_lock.acquire(QUEUE_TIMEOUT_SECONDS)
             # IMMEDIATE takes the write lock up front, so two writers (in different processes)
             # queue on busy_timeout instead of one failing with "database is locked" when it
             # upgrades its lock.

@@ -19,8 +19,10 @@ One round (`step`):
    never past head - `confirmations`. The hash of the range's last block is read before the
    logs; after them, the hashes of that block, of every block with a log and of the stored tip
    must all still be the chain's. If any moved, the logs may be from two chains (or from
-   orphaned blocks a node still serves), and the round ends without writing. Otherwise the
-   range is written in one transaction.
+   orphaned blocks a node still serves), and the round ends without writing; so does a
+   range whose last block the node does not have. Three such rounds in a row are the node's
+   failure, not a moving chain: `ChainUnavailable` (the supervisor backs off) until a range
+   reads cleanly. Otherwise the range is written in one transaction.
 
 A node that times out or answers garbage raises `ChainUnavailable`: the round writes nothing,
 and `run` waits twice as long each time (up to `indexer_retry_max_seconds`); failing log
@@ -256,6 +258,7 @@ class Indexer:
         or None when the chain moved (nothing written)."""
         end_hash = await self.source.block_hash(end)
         if end_hash is None:
+            self._unsettled_round(start, end, f"block {end} is not on its chain")
             return None
         try:
             logs = await self.source.logs(
@@ -268,23 +271,16 @@ class Indexer:
             self._chunk = max(1, (end - start + 1) // 2)
             raise
         block_hashes = {raw.block_number: raw.block_hash for raw in logs}
-        if block_hashes.setdefault(end, end_hash) != end_hash:
-            return None
         # Each log's block must still be the chain's at its height: a node can answer
         # eth_getLogs with logs of blocks a reorg has just orphaned. Checked after the logs
         # were read, and with the range's last block unchanged since before: then every block
         # stored is an ancestor of that one.
-        if await self.source.block_hashes(sorted(block_hashes)) != block_hashes or (
-            tip is not None and await self.source.block_hash(tip[0]) != tip[1]
+        if (
+            block_hashes.setdefault(end, end_hash) != end_hash
+            or await self.source.block_hashes(sorted(block_hashes)) != block_hashes
+            or (tip is not None and await self.source.block_hash(tip[0]) != tip[1])
         ):
-            self._unsettled += 1
-            if self._unsettled >= MAX_UNSETTLED_ROUNDS:
-                # Until a range reads cleanly again, every round backs off.
-                raise ChainUnavailable(
-                    f"the node at {self.source.rpc_url} keeps answering eth_getLogs({start}.."
-                    f"{end}) with logs of blocks that are not on its chain"
-                )
-            log.info("indexer: the chain moved while blocks %d..%d were read; again", start, end)
+            self._unsettled_round(start, end, "logs of blocks that are not on its chain")
             return None
         self._unsettled = 0
         by_address = {stream.address.lower(): stream for stream in group}
@@ -324,6 +320,22 @@ class Indexer:
             metrics.indexer_events_total.labels("LoyaltyToken").inc(applied.token_events)
         self.stats.events_indexed += applied.batches + applied.token_events
         return end_hash
+
+    def _unsettled_round(self, start: int, end: int, what: str) -> None:
+        """A range read while the chain moved: nothing is written and the next round reads it
+        again at once, unless the node answered so `MAX_UNSETTLED_ROUNDS` times in a row.
+        Then it is the node, not a moving chain, and every round backs off (`ChainUnavailable`)
+        until a range reads cleanly again, saying what the node answered: an indexer retrying
+        at once forever would hammer the node and say nothing."""
+        self._unsettled += 1
+        if self._unsettled >= MAX_UNSETTLED_ROUNDS:
+            raise ChainUnavailable(
+                f"the node at {self.source.rpc_url} keeps answering the reads of blocks "
+                f"{start}..{end} with {what}"
+            )
+        log.info(
+            "indexer: the chain moved while blocks %d..%d were read (%s); again", start, end, what
+        )
 
     async def _roll_back_reorg(self, streams: Sequence[Stream], tip_number: int) -> None:
         """The chain lost the stored tip: check it is not a reset, find the fork, roll back."""

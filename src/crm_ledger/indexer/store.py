@@ -39,6 +39,7 @@ from crm_ledger.db.models import (
     IndexerStream,
     utcnow,
 )
+from crm_ledger.db.session import reading
 from crm_ledger.feed import NewFeedEvent
 from crm_ledger.indexer import feed_events
 from crm_ledger.indexer.events import (
@@ -171,7 +172,7 @@ def sync_streams(session_factory: sessionmaker[Session]) -> list[Stream]:
 
 def tip(session_factory: sessionmaker[Session]) -> tuple[int, bytes] | None:
     """The highest block whose hash the indexer stored, or None."""
-    with session_factory() as session:
+    with reading(session_factory) as session:
         row = session.execute(
             select(IndexedBlock.number, IndexedBlock.hash)
             .order_by(IndexedBlock.number.desc())

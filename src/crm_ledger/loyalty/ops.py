@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db.models import (
@@ -109,6 +109,8 @@ def cut_issue_ops(
     Lots are grouped by campaign and sorted by issuance id, so ids sharing a storage word of the
     contract's used-id flags go out together. Each lot gets its customer's address now.
     """
+    if not _any(session_factory, _UNCUT_LOTS):
+        return 0
     with session_factory() as session, session.begin():
         rows = session.execute(
             select(LoyaltyIssuance.pk, LoyaltyIssuance.campaign_pk, LoyaltyIssuance.customer_pk)
@@ -146,6 +148,8 @@ def cut_issue_ops(
 
 def cut_redeem_ops(session_factory: sessionmaker[Session]) -> int:
     """One op per pending redemption that has none; returns how many."""
+    if not _any(session_factory, _UNCUT_REDEMPTIONS):
+        return 0
     with session_factory() as session, session.begin():
         pending = list(
             session.scalars(
@@ -163,6 +167,23 @@ def cut_redeem_ops(session_factory: sessionmaker[Session]) -> int:
             session.flush()
             redemption.op_pk = op.pk
         return len(pending)
+
+
+# What the cuts look for, asked first in a read-only transaction: the worker cuts every step,
+# and on SQLite a write transaction queues for the one write lock the API's writes need.
+_UNCUT_LOTS = select(LoyaltyIssuance.pk).where(
+    LoyaltyIssuance.status == LotStatus.PLANNED.value, LoyaltyIssuance.op_pk.is_(None)
+)
+_UNCUT_REDEMPTIONS = select(LoyaltyRedemption.pk).where(
+    LoyaltyRedemption.status == RedemptionStatus.PENDING.value,
+    LoyaltyRedemption.op_pk.is_(None),
+)
+
+
+def _any(session_factory: sessionmaker[Session], query: Select[Any]) -> bool:
+    """Whether `query` finds a row, read without taking the write lock."""
+    with reading(session_factory) as session:
+        return session.execute(query.limit(1)).first() is not None
 
 
 def unfinished_ops(session_factory: sessionmaker[Session]) -> list[OpPlan]:
