@@ -2,13 +2,15 @@
 single-record POST /v1/orders, in the same run.
 
 Run with `make bench-ingest` or `.venv/bin/python scripts/bench_ingest.py [--records N]
-[--layout in-process|worker|both]`. Everything runs on 127.0.0.1 and stops by itself: a fresh
-in-memory Anvil, the service as a subprocess on a fresh SQLite journal, and an HTTP load
-generator in this process. Layouts: `in-process` (the default service: the ingest mapper runs
-inside `serve`), `worker` (`CRM_LEDGER_RUN_INGEST=false` and `crm-ledger worker ingest` as a
-second process on the same journal), `both` (one after the other, each with its own plain POST
-baseline, each on a fresh node and journal). Prints one table per layout; docs/benchmarks.md
-records what it printed.
+[--layout default|in-process|worker|both|all]`. Everything runs on 127.0.0.1 and stops by
+itself: a fresh in-memory Anvil, the service as a subprocess on a fresh SQLite journal, and an
+HTTP load generator in this process. Layouts: `default` (`crm-ledger serve` as it ships: the
+ingest mapper in a child process of its own), `in-process` (`CRM_LEDGER_INGEST_PROCESS=false`:
+the mapper inside `serve`'s one process, the default before), `worker`
+(`CRM_LEDGER_RUN_INGEST=false` and `crm-ledger worker ingest` as a second process on the same
+journal), `both` (default, then in-process), `all` (the three); each on a fresh node and
+journal, each with its own plain POST baseline. Prints one table per layout;
+docs/benchmarks.md records what it printed.
 
 Phases:
   plain     N `POST /v1/orders` (one record each) from C concurrent clients: POST/s, and
@@ -19,9 +21,10 @@ Phases:
             the worker, then anchoring).
   paced     R deliveries/s offered for S seconds (open loop): accept latency p50/p99 as the
             client measures it (send → 200).
-Also printed: the CPU time the service's processes (serve, and the ingest worker) spent per
-record in each burst phase, from its first request to its last record anchored (Anvil and the
-load generator not included): what the machine's load does not change much.
+Also printed: the CPU time the service's processes (serve, its children, the ingest worker)
+spent per record in each burst phase, from its first request to its last record anchored
+(Anvil and the load generator not included): what the machine's load does not change much.
+Each layout's plain phase starts once the mapper holds its lock (its process has started).
 Target (issue 11): the webhook rate within 20 % of the plain POST rate; p99 accept < 50 ms at
 200/s.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import fcntl
 import hashlib
 import hmac
 import json
@@ -149,12 +153,40 @@ async def burst(send: Any, records: int, concurrency: int) -> float:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """CPU time (user + system) the processes `pids` have used so far (Linux /proc)."""
+    """CPU time (user + system) the processes `pids` and their children have used so far
+    (Linux /proc; `serve`'s mapper process is its child)."""
     total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    for process in pids + [child for pid in pids for child in children(pid)]:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The running children of process `pid`."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def wait_mapper_ready(data_dir: Path, timeout: float) -> None:
+    """Wait until some process holds the ingest mapper's lock (`workers.lock`: a `flock` on a
+    file beside the SQLite journal), then a second more."""
+    path = data_dir / "ledger.sqlite.ingest.lock"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            with path.open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    time.sleep(1.0)
+                    return
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        time.sleep(0.1)
+    raise RuntimeError(f"no ingest mapper took its lock within {timeout} s")
 
 
 def start_worker(service: benchlib.Service) -> subprocess.Popen[bytes]:
@@ -169,6 +201,8 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -
     env = {"CRM_LEDGER_MASTER_KEY": SECRET_KEY}
     if layout == "worker":
         env["CRM_LEDGER_RUN_INGEST"] = "false"
+    if layout == "in-process":
+        env["CRM_LEDGER_INGEST_PROCESS"] = "false"
     service = benchlib.Service(
         work / f"service-{layout}",
         rpc_url,
@@ -177,6 +211,9 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -
         ready=lambda readyz: readyz.get("chain", {}).get("state") == "running",
     )
     worker = start_worker(service) if layout == "worker" else None
+    # The mapper's process imports the whole service before it takes its lock: let that CPU
+    # pass before the plain phase, which it would otherwise slow down.
+    await asyncio.to_thread(wait_mapper_ready, service.data_dir, 120)
     limits = httpx.Limits(
         max_connections=args.concurrency, max_keepalive_connections=args.concurrency
     )
@@ -277,13 +314,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="paced phase length")
     parser.add_argument(
         "--layout",
-        choices=("in-process", "worker", "both"),
+        choices=("default", "in-process", "worker", "both", "all"),
         default="both",
         help="where the ingest mapper runs (see above)",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="crm-ledger-bench-ingest-"))
-    layouts = ("in-process", "worker") if args.layout == "both" else (args.layout,)
+    layouts = {
+        "both": ("default", "in-process"),
+        "all": ("default", "in-process", "worker"),
+    }.get(args.layout, (args.layout,))
     for layout in layouts:
         load = os.getloadavg()
         node = start_anvil(port=free_port(), state_path=None)

@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -413,10 +414,16 @@ app.add_typer(worker_app, name="worker")
 
 
 def _run_worker_alone(
-    name: str, data_dir: Path | None, log_level: str, log_format: LogFormat | None
+    name: str,
+    data_dir: Path | None,
+    log_level: str,
+    log_format: LogFormat | None,
+    *,
+    with_parent: bool = False,
 ) -> None:
     """Run the background worker `name` alone until SIGINT/SIGTERM (a singleton: extra copies,
-    and the one inside `serve`, stand by until the lock frees).
+    and the one inside `serve`, stand by until the lock frees); `with_parent`: also until
+    stdin closes (`serve` runs it so: `serving.WorkerProcess`).
 
     Exits 2 when the settings do not enable it, 1 when it halts (the message says why), 0 on a
     signal.
@@ -441,6 +448,9 @@ def _run_worker_alone(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if with_parent:
+            stdin = sys.stdin.fileno()
+            loop.add_reader(stdin, _stop_when_closed, loop, stdin, stop)
         await runtime.start()
         finished = asyncio.ensure_future(runtime.wait())
         stopped = asyncio.ensure_future(stop.wait())
@@ -459,6 +469,13 @@ def _run_worker_alone(
     finally:
         engine.dispose()
     raise typer.Exit(code)
+
+
+def _stop_when_closed(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
+    """`fd` is readable: at its end (the parent's end of the pipe closed), set `stop`."""
+    if not os.read(fd, 4096):
+        loop.remove_reader(fd)
+        stop.set()
 
 
 #: The chain workers' commands: command name -> (worker name, what it is).
@@ -481,8 +498,14 @@ def _add_worker_command(command_name: str, worker_name: str, help_text: str) -> 
         data_dir: DataDirOption = None,
         log_level: LogLevelOption = "info",
         log_format: LogFormatOption = None,
+        with_parent: Annotated[
+            bool,
+            typer.Option(
+                "--with-parent", hidden=True, help="also stop when stdin closes (serve's child)"
+            ),
+        ] = False,
     ) -> None:
-        _run_worker_alone(worker_name, data_dir, log_level, log_format)
+        _run_worker_alone(worker_name, data_dir, log_level, log_format, with_parent=with_parent)
 
     command.__doc__ = f"Run only {help_text} (a singleton: extra copies stand by)."
     worker_app.command(command_name)(command)
@@ -553,3 +576,7 @@ def chain_recover(data_dir: DataDirOption = None) -> None:
         if node is not None:
             node.stop()
         engine.dispose()
+
+
+if __name__ == "__main__":  # `python -m crm_ledger.cli`: how `serve` starts its worker processes
+    app()

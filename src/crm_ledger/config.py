@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     )
     max_webhook_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     run_ingest: bool = True
+    ingest_process: bool = Field(
+        default=True,
+        description="`serve` runs the ingest mapper in a child process of its own, not inline",
+    )
 
     # Salesforce sync (issue 12; docs/salesforce.md) ----------------------------------------
     salesforce_login_url: str = Field(

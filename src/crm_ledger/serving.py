@@ -1,6 +1,7 @@
 """How `crm-ledger serve` runs the service: one process, or N API processes on one port.
 
-Exports: `serve`, `api_process_app`, `tune_garbage_collector`, `SERVE_LOG_LEVEL_ENV`.
+Exports: `serve`, `api_process_app`, `tune_garbage_collector`, `WorkerProcess`,
+`SERVE_LOG_LEVEL_ENV`.
 
 With one process (the default) uvicorn runs the app here, and the app starts the embedded Anvil
 itself when no RPC URL is set. With N, uvicorn's process manager binds the port once and starts
@@ -12,12 +13,30 @@ copies in the other processes stand by (`standby` in `/readyz`) and take over wi
 so if the holder dies. Before starting them, this process migrates the database and makes the
 data directory's key files once (N processes would race to make them), and starts the embedded
 Anvil once, which the processes reach by its URL (`CRM_LEDGER_RPC_URL` in their environment).
+
+The shop-webhook mapper (`ingest`) runs in a child process of its own by default
+(`CRM_LEDGER_INGEST_PROCESS`, on): `crm-ledger worker ingest`, started once the journal is
+migrated and the keys made, restarted if it dies (after a pause that doubles up to
+`RESTART_MAX_SECONDS`), stopped with `serve` (SIGTERM, then SIGKILL after
+`STOP_GRACE_SECONDS`), and stopping by itself if `serve` dies (its stdin closes). The API
+processes then run no mapper (`CRM_LEDGER_RUN_INGEST=false` for them). The mapper's CPU
+(parsing, sealing, hashing) then does not share the API's one interpreter: inside `serve`, on a
+quiet 2-core machine, the webhook path anchored records at half the plain POST's rate
+(docs/benchmarks.md, "Commerce ingest").
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
@@ -30,8 +49,17 @@ from crm_ledger.db.session import make_engine, upgrade_database
 from crm_ledger.journal.privacy import attach_keyring, load_keyring
 from crm_ledger.observability.logs import LogFormat, configure_logging
 
+log = logging.getLogger(__name__)
+
 #: The log level `serve` passes to its API processes (their settings come from the environment).
 SERVE_LOG_LEVEL_ENV = "CRM_LEDGER_SERVE_LOG_LEVEL"
+#: How long a worker process has to stop after SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 20.0
+#: The first and the longest pause before a worker process that exited is started again.
+RESTART_FIRST_SECONDS = 0.5
+RESTART_MAX_SECONDS = 30.0
+# A worker process that ran this long before it exited is restarted after the first pause again.
+_RAN_WELL_SECONDS = 60.0
 # How long uvicorn gives an API process to answer its health check. A new process imports the
 # whole service (web3 included) before its first answer: seconds on a loaded machine, and
 # uvicorn's default of 5 s had it kill and replace processes that were still starting.
@@ -81,11 +109,42 @@ def serve(
         "ssl_keyfile": str(tls[1]) if tls else None,
     }
     configure_logging(level=log_level, log_format=log_format or settings.log_format)
-    if workers == 1:
-        app = create_app(settings)
-        tune_garbage_collector()
-        uvicorn.run(app, **options)  # type: ignore[arg-type]
-        return
+    mapper = None
+    if settings.run_ingest and settings.ingest_process:
+        mapper = WorkerProcess(
+            "ingest",
+            env={
+                **os.environ,
+                "CRM_LEDGER_DATA_DIR": str(settings.data_dir),
+                "CRM_LEDGER_LOG_FORMAT": str(LogFormat(log_format or settings.log_format).value),
+            },
+            log_level=log_level,
+        )
+        settings = settings.model_copy(update={"run_ingest": False})
+    try:
+        if workers == 1:
+            app = create_app(settings)  # migrates and makes the key files first
+            if mapper is not None:
+                mapper.start()
+            tune_garbage_collector()
+            with _signals_end_serve():
+                uvicorn.run(app, **options)  # type: ignore[arg-type]
+            return
+        _serve_processes(settings, workers, log_level, log_format, mapper, options)
+    finally:
+        if mapper is not None:
+            mapper.stop()
+
+
+def _serve_processes(
+    settings: Settings,
+    workers: int,
+    log_level: str,
+    log_format: LogFormat | None,
+    mapper: WorkerProcess | None,
+    options: dict[str, object],
+) -> None:
+    """`serve --workers N`: uvicorn's process manager, N API processes on the port."""
     _prepare(settings)
     node = _start_node(settings)
     os.environ.update(
@@ -95,19 +154,125 @@ def serve(
             SERVE_LOG_LEVEL_ENV: log_level,
         }
     )
+    if not settings.run_ingest:
+        os.environ["CRM_LEDGER_RUN_INGEST"] = "false"
     if node is not None:
         os.environ["CRM_LEDGER_RPC_URL"] = node.rpc_url
+    if mapper is not None:
+        mapper.start()
     try:
-        uvicorn.run(
-            "crm_ledger.serving:api_process_app",
-            factory=True,
-            workers=workers,
-            timeout_worker_healthcheck=HEALTH_CHECK_SECONDS,
-            **options,  # type: ignore[arg-type]
-        )
+        with _signals_end_serve():
+            uvicorn.run(
+                "crm_ledger.serving:api_process_app",
+                factory=True,
+                workers=workers,
+                timeout_worker_healthcheck=HEALTH_CHECK_SECONDS,
+                **options,  # type: ignore[arg-type]
+            )
     finally:
         if node is not None:
             node.stop()
+
+
+@contextmanager
+def _signals_end_serve() -> Iterator[None]:
+    """Make SIGINT and SIGTERM end `serve` by returning from `uvicorn.run`, exit status 0.
+
+    uvicorn handles them itself (a graceful shutdown), then raises the signal again once it
+    has stopped, for the handler that was there before: the default one would end the process
+    at once, before `serve` stops what it started (the mapper's process, Anvil).
+    """
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    log.info("serve stopped by %s", signal.Signals(signum).name)
+
+
+class WorkerProcess:
+    """`crm-ledger worker NAME` as a child process: restarted if it exits, until `stop`.
+
+    The child's stdin is a pipe from this process: when this process dies, however it dies,
+    the pipe closes and the child stops (`crm-ledger worker NAME --with-parent`).
+    """
+
+    def __init__(self, name: str, *, env: dict[str, str], log_level: str = "info") -> None:
+        self.name = name
+        self._command = [
+            sys.executable,
+            "-m",
+            "crm_ledger.cli",
+            "worker",
+            name,
+            "--log-level",
+            log_level,
+            "--with-parent",
+        ]
+        self._env = env
+        self._stopping = threading.Event()
+        self._mutex = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(target=self._supervise, name=f"{name}-process")
+        #: How many times the child was started again after it exited.
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id, if one runs."""
+        with self._mutex:
+            process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def start(self) -> None:
+        """Start the child, and the thread that starts it again whenever it exits."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the child (SIGTERM, SIGKILL after `STOP_GRACE_SECONDS`) and its supervision."""
+        self._stopping.set()
+        with self._mutex:
+            process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.warning("the %s worker process did not stop in time: killed", self.name)
+                process.kill()
+                process.wait()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _supervise(self) -> None:
+        pause = RESTART_FIRST_SECONDS
+        while True:
+            with self._mutex:
+                if self._stopping.is_set():
+                    return
+                self._process = process = subprocess.Popen(
+                    self._command, env=self._env, stdin=subprocess.PIPE
+                )
+            started = time.monotonic()
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > _RAN_WELL_SECONDS:
+                pause = RESTART_FIRST_SECONDS
+            log.warning(
+                "the %s worker process exited (code %s); starting it again in %.1f s",
+                self.name,
+                code,
+                pause,
+            )
+            if self._stopping.wait(pause):
+                return
+            pause = min(pause * 2, RESTART_MAX_SECONDS)
+            self.restarts += 1
 
 
 def api_process_app() -> FastAPI:

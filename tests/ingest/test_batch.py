@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from crm_ledger.db.models import IngestCustomerLink, IngestDelivery, Record
 from crm_ledger.ingest import apply as apply_module
 from crm_ledger.ingest import batch as batch_module
+from crm_ledger.ingest import worker as worker_module
 from crm_ledger.ingest.worker import IngestWorker
 from tests.apps import TestClient
 from tests.ingest.helpers import customers, deliveries, order_bodies, orders, send_shopify
@@ -150,8 +151,8 @@ def test_a_worker_killed_while_writing_a_run_maps_it_once_after_restart(
         send_shopify(client, shopify, "orders/create", numbered(n))
     real_write = batch_module.OrderBatch.write
 
-    def write_then_die(self: batch_module.OrderBatch) -> Any:
-        real_write(self)  # customers, links, records and orders written, not committed
+    def write_then_die(self: batch_module.OrderBatch, session: Session) -> Any:
+        real_write(self, session)  # customers, links, records and orders written, not committed
         raise Killed
 
     monkeypatch.setattr(batch_module.OrderBatch, "write", write_then_die)
@@ -167,3 +168,74 @@ def test_a_worker_killed_while_writing_a_run_maps_it_once_after_restart(
     assert [b["order_number"] for b in order_bodies(session_factory)] == ["#1001", "#1002", "#1003"]
     assert len(customers(session_factory)) == 1
     assert json.dumps([d.body for d in deliveries(session_factory)]) == "[null, null, null]"
+
+
+def count_adds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Order ids `OrderBatch.add` plans, in call order."""
+    planned: list[str] = []
+    real_add = batch_module.OrderBatch.add
+
+    def add(self: batch_module.OrderBatch, *args: Any, **kwargs: Any) -> None:
+        planned.append(args[2].order_id)
+        real_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(batch_module.OrderBatch, "add", add)
+    return planned
+
+
+def test_a_run_planned_before_the_write_transaction_is_written_as_planned(
+    client: TestClient,
+    shopify: dict[str, Any],
+    worker: IngestWorker,
+    session_factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for n in range(3):
+        send_shopify(client, shopify, "orders/create", numbered(n))
+    planned = count_adds(monkeypatch)
+    assert worker.run_once() == 3
+    # Planned once, in the read transaction: the rows were unchanged under the lock.
+    assert planned == [str(SHOPIFY_ORDER_ID + n) for n in range(3)]
+    assert "mapping each alone" not in caplog.text
+    assert [b["order_number"] for b in order_bodies(session_factory)] == ["#1001", "#1002", "#1003"]
+    assert len(customers(session_factory)) == 1
+
+
+def test_a_buyer_created_between_planning_and_writing_is_the_one_the_order_goes_to(
+    client: TestClient,
+    shopify: dict[str, Any],
+    admin: dict[str, str],
+    worker: IngestWorker,
+    session_factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    send_shopify(client, shopify, "orders/create", numbered(0))
+    real_plan = worker_module._plan_pending
+    made: list[str] = []
+
+    def plan_then_someone_adds_ada(*args: Any, **kwargs: Any) -> Any:
+        step = real_plan(*args, **kwargs)
+        # The plan made a new customer for Ada; the support desk adds her meanwhile.
+        answer = client.post(
+            "/v1/customers",
+            json={"name": "Ada", "email": "ADA.lovelace@example.com"},
+            headers=admin,
+        )
+        assert answer.status_code == 201, answer.text
+        made.append(answer.json()["id"])
+        return step
+
+    monkeypatch.setattr(worker_module, "_plan_pending", plan_then_someone_adds_ada)
+    planned = count_adds(monkeypatch)
+    assert worker.run_once() == 1
+    # Planned again under the lock, where the e-mail matched the customer just added.
+    assert planned == [str(SHOPIFY_ORDER_ID)] * 2
+    [ada] = customers(session_factory)
+    assert ada.id == made[0]
+    [order] = orders(session_factory)
+    assert order.customer_pk == ada.pk
+    with session_factory() as session:
+        [link] = session.scalars(select(IngestCustomerLink)).all()
+    assert link.customer_pk == ada.pk
+    assert deliveries(session_factory)[0].customer_pk == ada.pk

@@ -435,3 +435,24 @@ def test_failed_bodies_are_deleted_after_the_retention(
     assert (old.status, old.body) == ("failed", None)
     assert old.body_sha256 and old.error
     assert (recent.status, recent.body is not None) == ("failed", True)
+
+
+def test_a_redact_fails_the_later_deliveries_of_its_step_about_the_customer(
+    client: TestClient,
+    shopify: dict[str, Any],
+    worker: IngestWorker,
+    session_factory: sessionmaker[Session],
+) -> None:
+    send_shopify(client, shopify, "orders/create", shopify_order())
+    worker.run_once()
+    # The redact and a new order of the same buyer, mapped in one step.
+    send_shopify(client, shopify, "customers/redact", shopify_redact())
+    send_shopify(client, shopify, "orders/create", shopify_order(id=SHOPIFY_ORDER_ID + 1))
+    assert worker.run_once() == 2
+    [customer] = customers(session_factory)  # not made again from the later order
+    assert customer.key is None
+    redact, later = deliveries(session_factory)[1:]
+    assert redact.status == "mapped"
+    assert (later.status, later.body, later.record_ids) == ("failed", None, [])
+    assert "erased before this delivery was mapped" in (later.error or "")
+    assert len(orders(session_factory)) == 1

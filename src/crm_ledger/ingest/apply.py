@@ -30,9 +30,9 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from crm_ledger.db.models import (
@@ -163,6 +163,8 @@ def _lock_order(session: Session, source: IngestSource, order_id: str) -> Ingest
         select(IngestOrder)
         .where(IngestOrder.source_pk == source.pk, IngestOrder.external_id == order_id)
         .with_for_update()
+        # `ingest.batch` updates orders with Core statements in the same transaction.
+        .execution_options(populate_existing=True)
     ).first()
 
 
@@ -342,16 +344,20 @@ def advance_order(
 
 def requeue_waiting_refunds(session: Session, source_pk: int) -> None:
     """A refund delivered before its order failed; a new order may be the one it waits for."""
-    session.execute(
-        update(IngestDelivery)
-        .where(
-            IngestDelivery.source_pk == source_pk,
-            IngestDelivery.status == DeliveryStatus.FAILED.value,
-            IngestDelivery.topic.in_(REFUND_TOPICS),
-            IngestDelivery.body.is_not(None),
-        )
-        .values(status=DeliveryStatus.PENDING.value)
+    session.connection().execute(_REQUEUE_REFUNDS, {"_source_pk": source_pk})
+
+
+_DELIVERIES = cast(Table, IngestDelivery.__table__)
+_REQUEUE_REFUNDS = (
+    update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.source_pk == bindparam("_source_pk"),
+        _DELIVERIES.c.status == DeliveryStatus.FAILED.value,
+        _DELIVERIES.c.topic.in_(REFUND_TOPICS),
+        _DELIVERIES.c.body.is_not(None),
     )
+    .values(status=DeliveryStatus.PENDING.value)
+)
 
 
 def count_refunds(order: OrderBook, refunds: tuple[tuple[str, str], ...]) -> None:

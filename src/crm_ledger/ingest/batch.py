@@ -7,18 +7,24 @@ link, then e-mail, then a new customer and its link, the record, the order again
 hands each run of consecutive `OrderState` deliveries of a step to an `OrderBatch` instead,
 which:
 
-1. reads what the run needs in at most five queries: its orders (locked), the buyers' links,
-   the buyers by e-mail blind index, those customers (locked `FOR SHARE` in pk order, as
-   `journal.records` does), and the first record of each known order;
+1. reads what the run needs in at most five queries (`load`): its orders, the buyers' links,
+   the buyers by e-mail blind index, those customers, and the first record of each known
+   order;
 2. decides in memory, delivery by delivery and in delivery order, what `ingest.apply` decides
-   for one (same rules, same helpers: a later delivery of the run sees the customers, links
-   and order states the earlier ones made);
-3. writes it all: one multi-row INSERT per table (customers, links, records, orders), the
-   new rows' pks read back by public id in one query per table, the known orders' changes in
-   one flush.
+   for one (`add`; same rules, same helpers: a later delivery of the run sees the customers,
+   links and order states the earlier ones made), new customers sealed and record documents
+   and commitments computed there;
+3. writes it all (`write`): one multi-row INSERT per table (customers, links, records, orders),
+   the new rows' pks read back by public id in one query per table, the known orders' changes
+   in one multi-row UPDATE.
 
-The worker runs a batch inside a savepoint; if anything in it fails, it maps the run's
-deliveries one by one instead, so one bad delivery cannot fail or roll back the others.
+The worker plans a run (1 and 2) in a read-only transaction, before it takes the write lock.
+Under the lock, `still_current` reads the same rows again (orders locked `FOR UPDATE`,
+customers `FOR SHARE` in pk order, as `journal.records` does) and the plan is written only if
+they are what it was made from: a buyer created, linked or erased meanwhile, or an order
+changed by a backfill or the clawback, and the worker plans the run again under the lock.
+It runs `write` inside a savepoint; if anything in it fails, it maps the run's deliveries one
+by one instead, so one bad delivery cannot fail or roll back the others.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, insert, or_, select
+from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, object_mapper
 
 from crm_ledger.db.models import (
@@ -62,8 +68,72 @@ _CUSTOMERS = cast(Table, Customer.__table__)
 # No RETURNING: SQLite would then insert one row per statement to keep the rows' order.
 _INSERT_RECORDS = insert(_RECORDS)
 _INSERT_CUSTOMERS = insert(_CUSTOMERS)
-_INSERT_ORDERS = insert(cast(Table, IngestOrder.__table__))
+_ORDERS = cast(Table, IngestOrder.__table__)
+_INSERT_ORDERS = insert(_ORDERS)
+# What an order's later state changes (and `_Draft` holds), bound as `_<column>`.
+_ORDER_STATE = (
+    "last_record_pk",
+    "status",
+    "currency",
+    "total",
+    "refunded",
+    "refund_ids",
+    "platform_updated_at",
+    "state_sha256",
+    "clawback_pending",
+    "updated_at",
+)
+_UPDATE_ORDERS = (
+    update(_ORDERS)
+    .where(_ORDERS.c.pk == bindparam("_pk"))
+    .values({name: bindparam(f"_{name}") for name in _ORDER_STATE})
+)
+# What a plan depends on of a known order: read when planning, and again under the lock.
+_ORDER_COLUMNS = (
+    IngestOrder.pk,
+    IngestOrder.source_pk,
+    IngestOrder.external_id,
+    IngestOrder.customer_pk,
+    IngestOrder.first_record_pk,
+    IngestOrder.status,
+    IngestOrder.currency,
+    IngestOrder.total,
+    IngestOrder.refunded,
+    IngestOrder.refund_ids,
+    IngestOrder.platform_updated_at,
+    IngestOrder.state_sha256,
+    IngestOrder.clawback_pending,
+)
 _INSERT_LINKS = insert(cast(Table, IngestCustomerLink.__table__))
+# What a plan reads, when planning (no locks) and again under the write lock.
+_ORDERS_OF = (
+    select(*_ORDER_COLUMNS)
+    .where(
+        IngestOrder.source_pk == bindparam("source_pk"),
+        IngestOrder.external_id.in_(bindparam("ids", expanding=True)),
+    )
+    .order_by(IngestOrder.pk)
+)
+_ORDERS_OF_LOCKED = _ORDERS_OF.with_for_update()
+_LINKS_OF = (
+    select(IngestCustomerLink.external_id, IngestCustomerLink.customer_pk)
+    .where(
+        IngestCustomerLink.source_pk == bindparam("source_pk"),
+        IngestCustomerLink.external_id.in_(bindparam("ids", expanding=True)),
+    )
+    .order_by(IngestCustomerLink.external_id)
+)
+_CUSTOMERS_OF = (
+    select(Customer.pk, Customer.id, Customer.key, Customer.email_index)
+    .where(
+        or_(
+            Customer.pk.in_(bindparam("pks", expanding=True)),
+            Customer.email_index.in_(bindparam("emails", expanding=True)),
+        )
+    )
+    .order_by(Customer.pk)
+)
+_CUSTOMERS_OF_LOCKED = _CUSTOMERS_OF.with_for_update(read=True)
 
 _ERASED = "the customer's personal data was erased: nothing more is recorded for them"
 _SAME_STATE = "same order state already recorded"
@@ -76,7 +146,8 @@ class _Buyer:
     id: str
     key: bytes | None
     pk: int | None = None
-    new: Customer | None = None
+    # A new customer's row, for the INSERT (its pk left to the database).
+    new_row: dict[str, object] | None = None
 
 
 @dataclass(eq=False)
@@ -93,11 +164,12 @@ class _Draft:
     platform_updated_at: datetime | None
     state_sha256: bytes
     clawback_pending: bool
-    stored: IngestOrder | None = None
+    stored_pk: int | None = None
     # Index into the batch's records of the order's first (new orders) and latest record.
     first_index: int | None = None
     last_index: int | None = None
-    created: IngestOrder | None = None
+    # A new order's row (its record and customer pks filled in by `write`).
+    created_row: dict[str, object] | None = None
 
 
 @dataclass(eq=False)
@@ -115,10 +187,20 @@ class _NewRecord:
     commitment: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The rows a plan was made from: the run's orders, links and customers."""
+
+    orders: list[tuple[Any, ...]]
+    links: list[tuple[int, str, int]]
+    customers: list[tuple[int, str, bytes | None, bytes | None]]
+
+
 class OrderBatch:
     """Order states of one step, mapped together (see the module docstring).
 
-    `load` the run's (source, event) pairs, `add` each in delivery order, then `write`.
+    `load` the run's (source, event) pairs, `add` each in delivery order, then `write`; a plan
+    made in another transaction is written only if `still_current` in the writing one.
     """
 
     def __init__(self, session: Session) -> None:
@@ -126,6 +208,10 @@ class OrderBatch:
         self._keyring = keyring_of(session)
         self._now = utcnow()
         self._recorded_at = format_timestamp(self._now)
+        # The run's (source pk, event) pairs, for reading its rows again under the lock.
+        self._events: list[tuple[int, OrderState]] = []
+        self._emails: dict[bytes, None] = {}
+        self._snapshot = _Snapshot([], [], [])
         self._orders: dict[tuple[int, str], _Draft] = {}
         self._links: dict[tuple[int, str], _Buyer] = {}
         self._by_email: dict[bytes, _Buyer] = {}
@@ -135,26 +221,26 @@ class OrderBatch:
         self._outcomes: list[_Outcome] = []
         self._sources_with_new_orders: set[int] = set()
 
-    def load(self, events: list[tuple[IngestSource, OrderState]]) -> None:
-        """Read the orders, links and customers `events` refer to."""
-        orders = self._load_orders(events)
-        buyers: dict[int, _Buyer] = {}
-        customer_pks = {order.customer_pk for order in orders}
-        link_rows = self._load_links(events)
-        customer_pks |= {customer_pk for _, _, customer_pk in link_rows}
-        emails = {
+    def load(self, events: list[tuple[IngestSource, OrderState]], *, lock: bool) -> None:
+        """Read the orders, links and customers `events` refer to (`lock`: as `write` needs
+        them locked, when planning in the writing transaction)."""
+        self._events = [(source.pk, event) for source, event in events]
+        self._emails = {
             index: None
             for _, event in events
             if event.customer.email
             for index in self._keyring.email_indexes(event.customer.email)
         }
-        for pk, customer_id, key, email_index in self._load_customers(customer_pks, emails):
+        self._snapshot = snapshot = self._read(self._session, lock=lock)
+        buyers: dict[int, _Buyer] = {}
+        for pk, customer_id, key, email_index in snapshot.customers:
             buyer = buyers.setdefault(pk, _Buyer(id=customer_id, key=key, pk=pk))
-            if email_index in emails:
+            if email_index in self._emails:
                 # Rows come in pk order: the oldest customer with this e-mail wins.
                 self._by_email.setdefault(email_index, buyer)
-        for source_pk, external_id, customer_pk in link_rows:
+        for source_pk, external_id, customer_pk in snapshot.links:
             self._links[(source_pk, external_id)] = buyers[customer_pk]
+        orders = [_StoredOrder(*row) for row in snapshot.orders]
         first_ids = self._first_record_ids([order.first_record_pk for order in orders])
         for order in orders:
             self._orders[(order.source_pk, order.external_id)] = _Draft(
@@ -168,8 +254,13 @@ class OrderBatch:
                 platform_updated_at=order.platform_updated_at,
                 state_sha256=order.state_sha256,
                 clawback_pending=order.clawback_pending,
-                stored=order,
+                stored_pk=order.pk,
             )
+
+    def still_current(self, session: Session) -> bool:
+        """Whether the rows this plan was made from are unchanged in `session`'s transaction
+        (read again, locked as `write` needs them)."""
+        return self._read(session, lock=True) == self._snapshot
 
     def add(
         self,
@@ -206,13 +297,13 @@ class OrderBatch:
             advance_order(draft, event, stale=stale, status=status, state_hash=state_hash)
         self._outcomes.append(_Outcome(buyer, record_ids=[record_id]))
 
-    def write(self) -> list[Applied]:
-        """Insert and update what `add` decided; one `Applied` per `add`, in order."""
-        session = self._session
+    def write(self, session: Session) -> list[Applied]:
+        """Insert and update what `add` decided, in `session`'s transaction; one `Applied` per
+        `add`, in order."""
         connection = session.connection()
         if self._new_buyers:
-            made = [buyer.new for buyer in self._new_buyers if buyer.new is not None]
-            connection.execute(_INSERT_CUSTOMERS, [_row_of(customer) for customer in made])
+            made = [buyer.new_row for buyer in self._new_buyers if buyer.new_row is not None]
+            connection.execute(_INSERT_CUSTOMERS, made)
             customer_pks = _pks_by_id(
                 connection, _CUSTOMERS, [buyer.id for buyer in self._new_buyers]
             )
@@ -225,8 +316,7 @@ class OrderBatch:
             connection.execute(_INSERT_RECORDS, [self._record_row(r) for r in self._records])
             pk_of = _pks_by_id(connection, _RECORDS, [record.id for record in self._records])
             record_pks = [pk_of[record.id] for record in self._records]
-        self._write_orders(record_pks)
-        session.flush()
+        self._write_orders(connection, record_pks)
         for source_pk in sorted(self._sources_with_new_orders):
             requeue_waiting_refunds(session, source_pk)
         return [
@@ -272,7 +362,7 @@ class OrderBatch:
         )
         # Inserted by `write` with the batch's other new customers in one statement.
         self._session.expunge(customer)
-        buyer = _Buyer(id=customer.id, key=customer.key, new=customer)
+        buyer = _Buyer(id=customer.id, key=customer.key, new_row=_row_of(customer))
         self._new_buyers.append(buyer)
         if customer.email_index is not None:
             self._by_email.setdefault(customer.email_index, buyer)
@@ -323,34 +413,40 @@ class OrderBatch:
             clawback_pending=created.clawback_pending,
             first_index=index,
             last_index=index,
-            created=created,
+            created_row=_row_of(created),
         )
         self._sources_with_new_orders.add(source_pk)
 
-    def _write_orders(self, record_pks: list[int]) -> None:
+    def _write_orders(self, connection: Connection, record_pks: list[int]) -> None:
         created: list[dict[str, object]] = []
+        changed: list[dict[str, object]] = []
         for draft in self._orders.values():
             if draft.last_index is None:
                 continue  # loaded, not changed
-            order = draft.created if draft.created is not None else draft.stored
-            assert order is not None
-            order.last_record_pk = record_pks[draft.last_index]
-            order.status = draft.status
-            order.currency = draft.currency
-            order.total = draft.total
-            order.refunded = draft.refunded
-            order.refund_ids = draft.refund_ids
-            order.platform_updated_at = draft.platform_updated_at
-            order.state_sha256 = draft.state_sha256
-            order.clawback_pending = draft.clawback_pending
-            order.updated_at = self._now
-            if draft.created is not None:
-                assert draft.first_index is not None and draft.buyer.pk is not None
-                order.customer_pk = draft.buyer.pk
-                order.first_record_pk = record_pks[draft.first_index]
-                created.append(_row_of(order))
+            state: dict[str, object] = {
+                "last_record_pk": record_pks[draft.last_index],
+                "status": draft.status,
+                "currency": draft.currency,
+                "total": draft.total,
+                "refunded": draft.refunded,
+                "refund_ids": draft.refund_ids,
+                "platform_updated_at": draft.platform_updated_at,
+                "state_sha256": draft.state_sha256,
+                "clawback_pending": draft.clawback_pending,
+                "updated_at": self._now,
+            }
+            if draft.created_row is None:
+                changed.append({"_pk": draft.stored_pk} | {f"_{k}": v for k, v in state.items()})
+                continue
+            assert draft.first_index is not None and draft.buyer.pk is not None
+            row = draft.created_row | state
+            row["customer_pk"] = draft.buyer.pk
+            row["first_record_pk"] = record_pks[draft.first_index]
+            created.append(row)
         if created:
-            self._session.connection().execute(_INSERT_ORDERS, created)
+            connection.execute(_INSERT_ORDERS, created)
+        if changed:
+            connection.execute(_UPDATE_ORDERS, changed)
 
     def _link_row(self, source_pk: int, external_id: str, buyer: _Buyer) -> dict[str, object]:
         return {
@@ -370,62 +466,43 @@ class OrderBatch:
             "created_at": self._now,
         }
 
-    def _load_orders(self, events: list[tuple[IngestSource, OrderState]]) -> list[IngestOrder]:
-        wanted = _by_source((source.pk, event.order_id) for source, event in events)
-        return list(
-            self._session.scalars(
-                select(IngestOrder)
-                .where(
-                    or_(
-                        *(
-                            and_(IngestOrder.source_pk == pk, IngestOrder.external_id.in_(ids))
-                            for pk, ids in wanted.items()
-                        )
-                    )
-                )
-                .order_by(IngestOrder.pk)
-                .with_for_update()
-            )
-        )
+    def _read(self, session: Session, *, lock: bool) -> _Snapshot:
+        """The rows the run depends on; `lock`: orders `FOR UPDATE`, customers `FOR SHARE`."""
+        orders = self._read_orders(session, lock=lock)
+        links = self._read_links(session)
+        customer_pks = {row[3] for row in orders} | {customer_pk for _, _, customer_pk in links}
+        return _Snapshot(orders, links, self._read_customers(session, customer_pks, lock=lock))
 
-    def _load_links(
-        self, events: list[tuple[IngestSource, OrderState]]
-    ) -> list[tuple[int, str, int]]:
+    def _read_orders(self, session: Session, *, lock: bool) -> list[tuple[Any, ...]]:
+        wanted = _by_source((source_pk, event.order_id) for source_pk, event in self._events)
+        query = _ORDERS_OF_LOCKED if lock else _ORDERS_OF
+        rows = [
+            tuple(row)
+            for source_pk, ids in wanted.items()
+            for row in session.execute(query, {"source_pk": source_pk, "ids": ids})
+        ]
+        return sorted(rows, key=lambda row: cast(int, row[0]))
+
+    def _read_links(self, session: Session) -> list[tuple[int, str, int]]:
         wanted = _by_source(
-            (source.pk, external_id)
-            for source, event in events
+            (source_pk, external_id)
+            for source_pk, event in self._events
             if (external_id := event.customer.external_id) is not None
         )
-        if not wanted:
-            return []
-        link = IngestCustomerLink
-        rows = self._session.execute(
-            select(link.source_pk, link.external_id, link.customer_pk).where(
-                or_(
-                    *(
-                        and_(link.source_pk == pk, link.external_id.in_(ids))
-                        for pk, ids in wanted.items()
-                    )
-                )
-            )
-        )
-        return [(row.source_pk, row.external_id, row.customer_pk) for row in rows]
+        return [
+            (source_pk, row.external_id, row.customer_pk)
+            for source_pk, ids in wanted.items()
+            for row in session.execute(_LINKS_OF, {"source_pk": source_pk, "ids": ids})
+        ]
 
-    def _load_customers(
-        self, pks: set[int], email_indexes: dict[bytes, None]
+    def _read_customers(
+        self, session: Session, pks: set[int], *, lock: bool
     ) -> list[tuple[int, str, bytes | None, bytes | None]]:
-        conditions = []
-        if pks:
-            conditions.append(Customer.pk.in_(sorted(pks)))
-        if email_indexes:
-            conditions.append(Customer.email_index.in_(list(email_indexes)))
-        if not conditions:
+        if not pks and not self._emails:
             return []
-        rows = self._session.execute(
-            select(Customer.pk, Customer.id, Customer.key, Customer.email_index)
-            .where(or_(*conditions))
-            .order_by(Customer.pk)
-            .with_for_update(read=True)
+        rows = session.execute(
+            _CUSTOMERS_OF_LOCKED if lock else _CUSTOMERS_OF,
+            {"pks": sorted(pks), "emails": list(self._emails)},
         )
         return [(row.pk, row.id, row.key, row.email_index) for row in rows]
 
@@ -436,6 +513,25 @@ class OrderBatch:
             select(Record.pk, Record.id).where(Record.pk.in_(sorted(set(record_pks))))
         )
         return {row.pk: row.id for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredOrder:
+    """A row of `_ORDER_COLUMNS`."""
+
+    pk: int
+    source_pk: int
+    external_id: str
+    customer_pk: int
+    first_record_pk: int
+    status: str
+    currency: str
+    total: str
+    refunded: str
+    refund_ids: list[str] | None
+    platform_updated_at: datetime | None
+    state_sha256: bytes
+    clawback_pending: bool
 
 
 def _row_of(obj: Customer | IngestOrder) -> dict[str, object]:
