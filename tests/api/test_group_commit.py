@@ -244,3 +244,47 @@ def test_a_group_that_succeeds_takes_no_savepoints_and_one_that_fails_does(
     assert "SAVEPOINT" in statements  # the failing write was rolled back alone
     with session_factory() as session:
         assert sorted(session.scalars(select(Customer.external_ref))) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("outcome", ["result", "error"])
+def test_a_caller_that_gave_up_does_not_stop_the_committer(
+    session_factory: sessionmaker[Session], outcome: str
+) -> None:
+    """A request whose client went away cancels the future it awaited (`asyncio.wrap_future`
+    cancels the concurrent one). The write still runs and commits; answering nobody must not
+    kill the writer thread, or every later write would wait for ever."""
+    committer = GroupCommitter(session_factory)
+    entered, release = threading.Event(), threading.Event()
+
+    def blocker(session: Session) -> str:
+        entered.set()
+        release.wait(10)
+        return "first"
+
+    def abandoned(session: Session) -> str:
+        session.add(Customer(external_ref="abandoned", key=new_customer_key()))
+        session.flush()
+        if outcome == "error":
+            raise Refused("nobody listens")
+        return "nobody listens"
+
+    first = committer.submit(blocker)
+    assert entered.wait(10)
+    gone = committer.submit(abandoned)
+    assert gone.cancel()  # what wrap_future does when the awaiting task is cancelled
+    release.set()
+    assert first.result(10) == "first"
+
+    def later(session: Session) -> str:
+        session.add(Customer(external_ref="later", key=new_customer_key()))
+        session.flush()
+        return "later"
+
+    try:
+        assert committer.submit(later).result(10) == "later"
+    finally:
+        committer.close()
+    with session_factory() as session:
+        names = set(session.scalars(select(Customer.external_ref)))
+    assert "later" in names
+    assert ("abandoned" in names) is (outcome == "result")

@@ -108,7 +108,12 @@ class GroupCommitter:
                     stop = True
                     break
                 group.append(nxt)
-            self._commit_group(group)
+            try:
+                self._commit_group(group)
+            except Exception as exc:  # a bug here must not end the thread with callers waiting
+                log.exception("group commit of %d writes failed unexpectedly", len(group))
+                for _, future in group:
+                    _answer(future, exc, failed=True)
             if stop:
                 return
 
@@ -133,7 +138,7 @@ class GroupCommitter:
             return False
         metrics.group_commit_size.observe(len(group))
         for (_, future), value in zip(group, values, strict=True):
-            future.set_result(value)
+            _answer(future, value)
         return True
 
     def _commit_with_savepoints(self, group: list[_Job]) -> None:
@@ -161,10 +166,7 @@ class GroupCommitter:
             return
         metrics.group_commit_size.observe(len(group))
         for (_, future), (ok, value) in zip(group, outcomes, strict=True):
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            _answer(future, value, failed=not ok)
 
     def _run_alone(self, item: _Job) -> None:
         job, future = item
@@ -172,9 +174,22 @@ class GroupCommitter:
             with self._session_factory() as session, transaction(session):
                 result = job(session)
         except Exception as exc:
-            future.set_exception(exc)
+            _answer(future, exc, failed=True)
         else:
-            future.set_result(result)
+            _answer(future, result)
+
+
+def _answer(future: Future[Any], value: Any, *, failed: bool = False) -> None:
+    """Settle a caller's future, unless the caller gave up on it: a request whose client went
+    away cancels the future it awaited (`asyncio.wrap_future` does), and setting a cancelled
+    future raises, which would end the writer thread and leave every later write waiting.
+    The write itself has run either way (committed or not, as for any other caller)."""
+    if future.done() or not (future.running() or future.set_running_or_notify_cancel()):
+        return
+    if failed:
+        future.set_exception(value)
+    else:
+        future.set_result(value)
 
 
 # One committer per engine. A committer refers to its engine (its sessions are bound to it), so
