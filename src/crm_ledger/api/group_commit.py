@@ -1,6 +1,7 @@
 """Group commit: concurrent API writes share one transaction and one durable commit.
 
-Exports: `GroupCommitter`, `committer_for`, `close_committers`.
+Exports: `GroupCommitter`, `Combinable`, `Done`, `committer_for`, `committer_of`,
+`close_committers`.
 
 A 2xx on a write means the record is committed, so every write waits for a commit, and with
 SQLite at `synchronous=FULL` a commit is an fsync. One writer thread per database (on
@@ -15,6 +16,12 @@ group is run again alone, so one bad write cannot fail the others. So is the gro
 fails because the database did (disk full, connection lost): SQLite then rolls back the whole
 transaction, the savepoints of the writes before it included, so no write of the group may be
 answered from it.
+
+Consecutive jobs of a group that are `Combinable` with the same bulk function are run as one
+bulk call (one customer lookup and one multi-row INSERT for a group of single record writes,
+as the batch endpoint writes), in the first run only: if anything fails there, the careful
+path runs each job alone, so a combined write still gets exactly the outcome it would have
+had alone.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -44,6 +52,36 @@ MAX_GROUP = 256
 POSTGRESQL_WRITERS = 4
 
 _Job = tuple[Callable[[Session], Any], "Future[Any]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What `Combinable.start` returns for a job with nothing to write (an idempotent
+    replay): the job's value as it is."""
+
+    value: Any
+
+
+class Combinable(Protocol):
+    """A job that can share one bulk call with the jobs of the same `bulk` queued next to it.
+
+    Alone, the committer runs it as `job(session)`. Combined, it calls `start(session)` of
+    each (the job's part of the bulk call, or `Done`), then `bulk(session, parts)` once (one
+    result per part, in order; `bulk` must be a plain function, the same object for every job
+    that may be combined: jobs are combined when their `bulk` *is* the same), then
+    `finish(session, result)` of each: the job's value. Both ways must write the same rows
+    and give the same value. If any step raises, nothing of the group is kept and each job
+    runs alone.
+    """
+
+    @property
+    def bulk(self) -> Callable[[Session, list[Any]], Sequence[Any]] | None: ...
+
+    def __call__(self, session: Session) -> Any: ...
+
+    def start(self, session: Session) -> Any: ...
+
+    def finish(self, session: Session, result: Any) -> Any: ...
 
 
 class GroupCommitter:
@@ -128,11 +166,9 @@ class GroupCommitter:
         on PostgreSQL). If any write or the commit fails, nothing of the group is committed
         and False sends it down the careful path (`_commit_with_savepoints`), where each write
         gets exactly the outcome it would have had alone."""
-        values: list[Any] = []
         try:
             with self._session_factory() as session, transaction(session):
-                for job, _ in group:
-                    values.append(job(session))
+                values = _run_combined(session, [job for job, _ in group])
         except Exception:
             log.debug("a group of %d writes failed without savepoints", len(group), exc_info=True)
             return False
@@ -179,6 +215,43 @@ class GroupCommitter:
             _answer(future, result)
 
 
+def _bulk_of(job: Callable[[Session], Any]) -> Any:
+    return getattr(job, "bulk", None)
+
+
+def _run_combined(session: Session, jobs: list[Callable[[Session], Any]]) -> list[Any]:
+    """Each job's value: runs of `Combinable` jobs with the same bulk function as one call,
+    the others (and a run of one) alone."""
+    values: list[Any] = []
+    first = 0
+    while first < len(jobs):
+        bulk = _bulk_of(jobs[first])
+        end = first + 1
+        if bulk is not None:
+            while end < len(jobs) and _bulk_of(jobs[end]) is bulk:
+                end += 1
+        if end - first == 1:
+            values.append(jobs[first](session))
+        else:
+            values.extend(_combine(session, jobs[first:end], bulk))  # type: ignore[arg-type]
+        first = end
+    return values
+
+
+def _combine(
+    session: Session,
+    jobs: list[Combinable],
+    bulk: Callable[[Session, list[Any]], Sequence[Any]],
+) -> list[Any]:
+    starts = [job.start(session) for job in jobs]
+    parts = [start for start in starts if not isinstance(start, Done)]
+    results = iter(bulk(session, parts) if parts else ())
+    return [
+        start.value if isinstance(start, Done) else job.finish(session, next(results))
+        for job, start in zip(jobs, starts, strict=True)
+    ]
+
+
 def _answer(future: Future[Any], value: Any, *, failed: bool = False) -> None:
     """Settle a caller's future, unless the caller gave up on it: a request whose client went
     away cancels the future it awaited (`asyncio.wrap_future` does), and setting a cancelled
@@ -203,6 +276,11 @@ def committer_for(session: Session) -> GroupCommitter:
     """The group committer of `session`'s database (created on first use)."""
     engine = session.get_bind()
     assert isinstance(engine, Engine)
+    return committer_of(engine)
+
+
+def committer_of(engine: Engine) -> GroupCommitter:
+    """The group committer of `engine` (created on first use)."""
     with _guard:
         committer = _committers.get(engine)
         if committer is None:

@@ -37,13 +37,13 @@ from typing import Annotated, Any, cast
 from fastapi import Header
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
-from sqlalchemy import Row, Table, bindparam, delete, insert, literal, select
+from sqlalchemy import Engine, Row, Table, bindparam, delete, insert, literal, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from crm_ledger.api.group_commit import committer_for
+from crm_ledger.api.group_commit import Combinable, Done, committer_of
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import Customer, IdempotencyEntry, IdempotencySubject, utcnow
 from crm_ledger.errors import Conflict, Gone, IdempotencyConflict
@@ -136,7 +136,7 @@ def request_hash(idempotency: Idempotency, payload: BaseModel) -> bytes:
 
 def run_write(
     *,
-    session: Session,
+    sessions: sessionmaker[Session],
     principal: ApiKeyPrincipal,
     idempotency: Idempotency,
     payload: BaseModel,
@@ -146,20 +146,23 @@ def run_write(
 ) -> Response:
     """Run `write` (which returns the JSON response body) idempotently, and commit it.
 
-    The write shares a transaction with concurrent ones (`api.group_commit`), in a savepoint
-    of its own; the answer goes out only after the commit. Blocks: call it from a worker
-    thread (a plain `def` handler); `run_write_async` is the same for `async def` handlers.
+    The write shares a transaction with concurrent ones (`api.group_commit`; when `write` is
+    `Combinable`, one bulk write with theirs); the answer goes out only after the commit.
+    Blocks: call it from a worker thread (a plain `def` handler); `run_write_async` is the same
+    for `async def` handlers. A session of `sessions` is opened only after a failure, to look
+    for a concurrent request's stored answer.
 
     `write` returns the body, or a `Written` naming the customers the answer concerns (their
     erasure deletes the stored answer). `on_commit` runs only when this request's write
     committed (not on a replay).
     """
-    plan = _WritePlan(session, principal, idempotency, payload, status_code, write)
-    _pruner.maybe_prune(session)
-    committer = committer_for(session)
+    plan = _WritePlan(sessions, principal, idempotency, payload, status_code, write)
+    engine = _engine_of(sessions)
+    _pruner.maybe_prune(engine)
+    committer = committer_of(engine)
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            outcome = committer.run(plan.job)
+            outcome = committer.run(plan)
         except Exception as exc:
             replayed = plan.after_failure(exc, attempt)
             if replayed is None:
@@ -171,7 +174,7 @@ def run_write(
 
 async def run_write_async(
     *,
-    session: Session,
+    sessions: sessionmaker[Session],
     principal: ApiKeyPrincipal,
     idempotency: Idempotency,
     payload: BaseModel,
@@ -185,12 +188,13 @@ async def run_write_async(
     The write itself (`write`) still runs in the committer's thread; only the rare paths that
     read after a failure (a concurrent request with the same key won) go to a worker thread.
     """
-    plan = _WritePlan(session, principal, idempotency, payload, status_code, write)
-    await _pruner.maybe_prune_async(session)
-    committer = committer_for(session)
+    plan = _WritePlan(sessions, principal, idempotency, payload, status_code, write)
+    engine = _engine_of(sessions)
+    await _pruner.maybe_prune_async(engine)
+    committer = committer_of(engine)
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            outcome = await asyncio.wrap_future(committer.submit(plan.job))
+            outcome = await asyncio.wrap_future(committer.submit(plan))
         except Exception as exc:
             replayed = await run_in_threadpool(plan.after_failure, exc, attempt)
             if replayed is None:
@@ -201,35 +205,57 @@ async def run_write_async(
 
 
 class _WritePlan:
-    """One idempotent write: the job the committer runs, and what a failure of it means."""
+    """One idempotent write: the job the committer runs, and what a failure of it means.
+
+    The job is `Combinable` (`api.group_commit`) when its write is: the committer may then
+    run it with others in one bulk call, each still replayed, checked and stored on its own.
+    """
 
     def __init__(
         self,
-        session: Session,
+        sessions: sessionmaker[Session],
         principal: ApiKeyPrincipal,
         idempotency: Idempotency,
         payload: BaseModel,
         status_code: int,
         write: Callable[[Session], str | Written],
     ) -> None:
-        self.session = session
+        self.sessions = sessions
         self.status_code = status_code
         self.principal = principal
         self.key = idempotency.key
         self.write = write
+        self.bulk = getattr(write, "bulk", None)
         self.fingerprint = request_hash(idempotency, payload) if self.key is not None else b""
 
-    def job(self, tx: Session) -> str | Response:
+    def __call__(self, tx: Session) -> str | Response:
         """Replay a stored answer for the key, or write and store the answer."""
+        replayed = self._replayed(tx)
+        if replayed is not None:
+            return cast(Response, replayed.value)
+        return self._stored(tx, self.write(tx))
+
+    def start(self, tx: Session) -> Any:
+        """Combined: `Done` with the stored answer for the key, else the write's part."""
+        replayed = self._replayed(tx)
+        return replayed if replayed is not None else cast(Combinable, self.write).start(tx)
+
+    def finish(self, tx: Session, result: Any) -> str:
+        """Combined: the write's answer from its bulk result, stored for the key."""
+        return self._stored(tx, cast(Combinable, self.write).finish(tx, result))
+
+    def _replayed(self, tx: Session) -> Done | None:
         key = self.key
         if key is not None:
             entry = _find(tx, self.principal, key)
             if entry is not None:
-                return _replay(tx, entry, self.fingerprint, self.principal, key)
-        written = self.write(tx)
+                return Done(_replay(tx, entry, self.fingerprint, self.principal, key))
+        return None
+
+    def _stored(self, tx: Session, written: str | Written) -> str:
         outcome = written if isinstance(written, Written) else Written(written)
-        if key is not None:
-            _store(tx, self.principal, key, self.fingerprint, self.status_code, outcome)
+        if self.key is not None:
+            _store(tx, self.principal, self.key, self.fingerprint, self.status_code, outcome)
         return outcome.body
 
     def after_failure(self, exc: Exception, attempt: int) -> Response | None:
@@ -243,11 +269,12 @@ class _WritePlan:
             # is ours. Otherwise the conflict is real.
             if self.key is None:
                 raise exc
-            with read_only(self.session):
-                entry = _find(self.session, self.principal, self.key)
-            if entry is None:
-                raise exc
-            return _replay(self.session, entry, self.fingerprint, self.principal, self.key)
+            with self.sessions() as session:
+                with read_only(session):
+                    entry = _find(session, self.principal, self.key)
+                if entry is None:
+                    raise exc
+                return _replay(session, entry, self.fingerprint, self.principal, self.key)
         if (
             isinstance(exc, OperationalError)
             and attempt < _ATTEMPTS
@@ -339,6 +366,12 @@ def _replay(
     )
 
 
+def _engine_of(sessions: sessionmaker[Session]) -> Engine:
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, Engine)
+    return engine
+
+
 def _sqlstate(exc: OperationalError) -> str | None:
     state = getattr(exc.orig, "sqlstate", None)
     return state if isinstance(state, str) else None
@@ -365,28 +398,27 @@ class _Pruner:
         self._lock = threading.Lock()
         self._next: dict[int, float] = {}
 
-    def maybe_prune(self, session: Session) -> None:
+    def maybe_prune(self, engine: Engine) -> None:
         """Prune now if the interval has passed (blocks until the prune committed)."""
-        prune = self._due(session)
+        prune = self._due(engine)
         if prune is not None:
             try:
-                committer_for(session).run(prune)
+                committer_of(engine).run(prune)
             except SQLAlchemyError:
                 # Housekeeping must not fail the write it rides on; the next interval retries.
                 log.warning("pruning expired idempotency entries failed", exc_info=True)
 
-    async def maybe_prune_async(self, session: Session) -> None:
+    async def maybe_prune_async(self, engine: Engine) -> None:
         """`maybe_prune` awaiting the committer instead of blocking."""
-        prune = self._due(session)
+        prune = self._due(engine)
         if prune is not None:
             try:
-                await asyncio.wrap_future(committer_for(session).submit(prune))
+                await asyncio.wrap_future(committer_of(engine).submit(prune))
             except SQLAlchemyError:
                 log.warning("pruning expired idempotency entries failed", exc_info=True)
 
-    def _due(self, session: Session) -> Callable[[Session], int] | None:
-        """The prune job when one is due for `session`'s database (and the next one timed)."""
-        engine = session.get_bind()
+    def _due(self, engine: Engine) -> Callable[[Session], int] | None:
+        """The prune job when one is due for `engine`'s database (and the next one timed)."""
         settings = _retention_of(engine)
         if settings is None:
             return None

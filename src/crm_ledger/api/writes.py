@@ -54,10 +54,7 @@ class Writes:
         on_commit: Callable[[], None] | None = None,
     ) -> Response:
         """`run_write_async` of `write` (its JSON body) for `payload`, from an `async def`."""
-        with self.session_factory() as session:
-            return await run_write_async(
-                **self._arguments(session, payload, write, status_code, on_commit)
-            )
+        return await run_write_async(**self._arguments(payload, write, status_code, on_commit))
 
     def run_sync(
         self,
@@ -68,19 +65,17 @@ class Writes:
         on_commit: Callable[[], None] | None = None,
     ) -> Response:
         """`run_write` of `write` for `payload`: blocks, so from a plain `def` handler."""
-        with self.session_factory() as session:
-            return run_write(**self._arguments(session, payload, write, status_code, on_commit))
+        return run_write(**self._arguments(payload, write, status_code, on_commit))
 
     def _arguments(
         self,
-        session: Session,
         payload: BaseModel,
         write: Write,
         status_code: int,
         on_commit: Callable[[], None] | None,
     ) -> dict[str, Any]:
         return {
-            "session": session,
+            "sessions": self.session_factory,
             "principal": self.principal,
             "idempotency": self.idempotency,
             "payload": payload,
@@ -96,9 +91,10 @@ def writes_for(*roles: Role) -> Callable[..., Awaitable[Writes]]:
 
     One dependency with no others under it but the bearer credentials: it runs the role guard
     (`require_roles(*roles)`, which authenticates) and reads the `Idempotency-Key` header
-    itself, and its `Writes` opens the session only for the write. FastAPI spends some 10 to
-    40 microseconds on each dependency it solves (a `yield` one costs the most), and these are
-    the busiest endpoints; the OpenAPI document still shows the key and the header.
+    itself, and its `Writes` opens no session (the write runs in the group committer's).
+    FastAPI spends some 10 to 40 microseconds on each dependency it solves (a `yield` one
+    costs the most), and these are the busiest endpoints; the OpenAPI document still shows
+    the key and the header.
     """
     guard = require_roles(*roles)
 

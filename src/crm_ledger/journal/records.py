@@ -1,8 +1,8 @@
 """Records: interactions and orders committed to the journal, and read back.
 
 Exports: `RecordView`, `Backlog`, `record_interaction`, `record_interactions`, `record_order`,
-`record_document`, `record_accesses`, `document_content`, `get_record`, `find_record`,
-`anchoring_backlog`, `kind_name`, `DOCUMENT_VERSION`.
+`record_each`, `record_document`, `record_accesses`, `document_content`, `get_record`,
+`find_record`, `anchoring_backlog`, `kind_name`, `DOCUMENT_VERSION`.
 
 Every record commits to exactly this document, serialised with RFC 8785:
 
@@ -126,10 +126,7 @@ def record_interactions(
             max_items=max_items,
             items=len(payloads),
         )
-    # One dump of the whole list: a model_dump per item cost twice as much.
-    bodies = _INTERACTIONS.dump_python(
-        list(payloads), mode="json", exclude={"__all__": {"customer_id"}}
-    )
+    bodies = _interaction_bodies(payloads)
     return _write(
         session,
         [
@@ -144,9 +141,28 @@ def record_order(*, session: Session, payload: OrderCreate) -> RecordView:
 
     Raises `Unprocessable` when the total is wrong, `NotFound` / `Conflict` for the customer.
     """
-    _check_total(payload)
-    body = payload.model_dump(mode="json", exclude={"customer_id"})
-    return _write(session, [_Item(payload.customer_id, RecordKind.ORDER, body, "customer_id")])[0]
+    return _write(session, [_order_item(payload)])[0]
+
+
+def record_each(
+    *, session: Session, payloads: Sequence[InteractionCreate | OrderCreate]
+) -> list[RecordView]:
+    """Write one record per payload, each as `record_interaction` / `record_order` writes it
+    alone, all or none, in one statement: single writes the group committer combines.
+
+    Raises what one of the payloads would raise alone (then nothing is written).
+    """
+    interactions = [p for p in payloads if isinstance(p, InteractionCreate)]
+    bodies = iter(_interaction_bodies(interactions))
+    return _write(
+        session,
+        [
+            _Item(p.customer_id, RecordKind.INTERACTION, next(bodies), "customer_id")
+            if isinstance(p, InteractionCreate)
+            else _order_item(p)
+            for p in payloads
+        ],
+    )
 
 
 def record_document(
@@ -248,6 +264,21 @@ def _no_record(record_id: str) -> NotFound:
 def _interaction_item(payload: InteractionCreate, field: str) -> _Item:
     body = payload.model_dump(mode="json", exclude={"customer_id"})
     return _Item(payload.customer_id, RecordKind.INTERACTION, body, field)
+
+
+def _interaction_bodies(payloads: Sequence[InteractionCreate]) -> list[dict[str, Any]]:
+    """Each payload's body (`model_dump` without `customer_id`), in one dump of the whole list:
+    a model_dump per item cost twice as much."""
+    bodies: list[dict[str, Any]] = _INTERACTIONS.dump_python(
+        list(payloads), mode="json", exclude={"__all__": {"customer_id"}}
+    )
+    return bodies
+
+
+def _order_item(payload: OrderCreate) -> _Item:
+    _check_total(payload)
+    body = payload.model_dump(mode="json", exclude={"customer_id"})
+    return _Item(payload.customer_id, RecordKind.ORDER, body, "customer_id")
 
 
 def _check_total(payload: OrderCreate) -> None:

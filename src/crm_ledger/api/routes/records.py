@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
@@ -17,6 +19,7 @@ from crm_ledger.api.schemas import record_public, records_public_json
 from crm_ledger.api.transaction import read_only
 from crm_ledger.api.writes import RecorderWrites
 from crm_ledger.journal import receipts, records
+from crm_ledger.journal.records import RecordView
 from crm_ledger.journal.schemas import InteractionBatchCreate, InteractionCreate, OrderCreate
 from crm_ledger.schemas import ReceiptPending, RecordPublic, RecordsPublic
 
@@ -35,6 +38,37 @@ def _count(kind: str, n: int = 1) -> Callable[[], None]:
     return count
 
 
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """One interaction or order: written alone, or with the other single record writes of its
+    group in one bulk write (`api.group_commit.Combinable`; `records.record_each`)."""
+
+    payload: InteractionCreate | OrderCreate
+
+    def __call__(self, session: Session) -> Written:
+        """The write alone."""
+        if isinstance(self.payload, OrderCreate):
+            return _written(records.record_order(session=session, payload=self.payload))
+        return _written(records.record_interaction(session=session, payload=self.payload))
+
+    def start(self, session: Session) -> InteractionCreate | OrderCreate:
+        """Its part of the bulk write: the payload."""
+        return self.payload
+
+    def finish(self, session: Session, result: Written) -> Written:
+        """Its answer, from the bulk write."""
+        return result
+
+    @staticmethod
+    def bulk(session: Session, payloads: list[Any]) -> list[Written]:
+        """The records of `payloads`, one statement for all, each answer as alone."""
+        return [_written(r) for r in records.record_each(session=session, payloads=payloads)]
+
+
+def _written(record: RecordView) -> Written:
+    return Written(record_public(record).model_dump_json(), [record.customer_id])
+
+
 @router.post(
     "/v1/interactions",
     status_code=201,
@@ -44,11 +78,7 @@ def _count(kind: str, n: int = 1) -> Callable[[], None]:
 )
 async def create_interaction(payload: InteractionCreate, writes: RecorderWrites) -> Response:
     """Commit one interaction to the journal; it is anchored on chain asynchronously."""
-
-    def write(session: Session) -> Written:
-        record = records.record_interaction(session=session, payload=payload)
-        return Written(record_public(record).model_dump_json(), [record.customer_id])
-
+    write = RecordWrite(payload)
     return await writes.run(payload, write, status_code=201, on_commit=_count("interaction"))
 
 
@@ -83,11 +113,7 @@ async def create_interactions(
 )
 async def create_order(payload: OrderCreate, writes: RecorderWrites) -> Response:
     """Commit one order; `total` must equal the sum of quantity * unit_price over its lines."""
-
-    def write(session: Session) -> Written:
-        record = records.record_order(session=session, payload=payload)
-        return Written(record_public(record).model_dump_json(), [record.customer_id])
-
+    write = RecordWrite(payload)
     return await writes.run(payload, write, status_code=201, on_commit=_count("order"))
 
 
