@@ -19,7 +19,8 @@ Idempotency-Key (a lookup and a stored answer more per write). Writes spread ove
 
 Usage:
     python scripts/bench_write.py [--writes 4000] [--reps 5] [--writers 16] [--keys]
-                                  [--customers 8] [--database-url postgresql+psycopg://...]
+                                  [--customers 8] [--only combined|alone]
+                                  [--database-url postgresql+psycopg://...]
 """
 
 from __future__ import annotations
@@ -127,13 +128,13 @@ async def measure(args: argparse.Namespace, work: Path, url: str | None) -> dict
             "customers": customers,
             "round": 0,
         }
-        for mode in MODES:  # warm up
+        for mode in args.modes:  # warm up
             await round_of(args, context, mode, max(args.writes // 10, args.writers))
         gc.collect()
         gc.freeze()
         best: dict[str, Cost] = {}
         for _ in range(args.reps):
-            for mode in MODES:
+            for mode in args.modes:
                 cpu, wall = time.process_time(), time.perf_counter()
                 await round_of(args, context, mode, args.writes)
                 cost = Cost(
@@ -142,7 +143,9 @@ async def measure(args: argparse.Namespace, work: Path, url: str | None) -> dict
                 )
                 if mode not in best or cost.cpu_us < best[mode].cpu_us:
                     best[mode] = cost
-        expected = len(MODES) * (args.reps * args.writes + max(args.writes // 10, args.writers))
+        expected = len(args.modes) * (
+            args.reps * args.writes + max(args.writes // 10, args.writers)
+        )
         with sessions() as session:
             written = session.scalar(select(func.count()).select_from(Record))
         if written != expected:
@@ -158,7 +161,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=8)
     parser.add_argument("--keys", action="store_true", help="an Idempotency-Key on every write")
     parser.add_argument("--database-url", help="PostgreSQL server to make a fresh database on")
+    parser.add_argument("--only", choices=MODES, help="one way only (to profile it)")
     args = parser.parse_args()
+    args.modes = (args.only,) if args.only else MODES
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.database_url) as url:
         best = asyncio.run(measure(args, Path(tmp), url))
     database = "PostgreSQL" if args.database_url else "SQLite (synchronous=FULL)"
@@ -167,8 +172,10 @@ def main() -> None:
         f"write path alone, {database}, {args.writes} writes x {args.reps}, "
         f"{args.writers} writers{keys}, cheapest round's CPU per write:"
     )
-    for mode in MODES:
+    for mode in args.modes:
         print(f"  {mode:9} {best[mode].cpu_us:7.0f} us  {best[mode].rate:9,.0f} writes/s")
+    if args.only:
+        return
     combined, alone = best["combined"], best["alone"]
     print(
         f"  ratio     {combined.cpu_us / alone.cpu_us:7.2f}x CPU per write, "
