@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, func, select
@@ -288,3 +290,66 @@ def test_a_caller_that_gave_up_does_not_stop_the_committer(
         names = set(session.scalars(select(Customer.external_ref)))
     assert "later" in names
     assert ("abandoned" in names) is (outcome == "result")
+
+
+def test_event_loop_callers_of_one_group_are_answered_with_one_wake_up(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """`run_async`: the callers on one loop whose writes shared a commit are settled by one
+    `call_soon_threadsafe` (one write to the loop's wake-up pipe, not one per write); a caller
+    that gave up does not stop the committer."""
+    committer = GroupCommitter(session_factory)
+    entered, release = threading.Event(), threading.Event()
+
+    def blocker(session: Session) -> str:
+        entered.set()
+        release.wait(10)
+        return "blocker"
+
+    def add(name: str) -> Callable[[Session], str]:
+        def job(session: Session) -> str:
+            session.add(Customer(external_ref=name, key=new_customer_key()))
+            session.flush()
+            if name == "refused":
+                raise Refused(name)
+            return name
+
+        return job
+
+    async def main() -> tuple[list[object], int]:
+        loop = asyncio.get_running_loop()
+        wake_ups = 0
+        plain = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wake_ups
+            wake_ups += 1
+            return plain(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        first = committer.submit(blocker)
+        assert await asyncio.to_thread(entered.wait, 10)
+        names = ["a", "b", "refused", "c", "gone", "d"]
+        tasks = {name: asyncio.create_task(committer.run_async(add(name))) for name in names}
+        await asyncio.sleep(0.05)  # every task has queued its job behind the blocker
+        tasks["gone"].cancel()
+        before = wake_ups
+        release.set()
+        outcomes = await asyncio.gather(*tasks.values(), return_exceptions=True)
+        assert first.result(10) == "blocker"
+        later = await committer.run_async(add("later"))
+        return [*outcomes, later], wake_ups - before
+
+    try:
+        outcomes, wake_ups = asyncio.run(main())
+    finally:
+        release.set()
+        committer.close()
+    assert outcomes[:3] == ["a", "b", outcomes[2]] and isinstance(outcomes[2], Refused)
+    assert outcomes[3] == "c"
+    assert isinstance(outcomes[4], asyncio.CancelledError)
+    assert outcomes[5:] == ["d", "later"]
+    assert wake_ups == 2, "one for the group of six, one for the later write"
+    with session_factory() as session:
+        names = set(session.scalars(select(Customer.external_ref)))
+    assert names == {"a", "b", "c", "gone", "d", "later"}

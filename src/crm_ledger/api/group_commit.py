@@ -26,6 +26,7 @@ had alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -51,7 +52,11 @@ MAX_GROUP = 256
 #: commits together. SQLite has one write lock, so one thread (a second would only queue).
 POSTGRESQL_WRITERS = 4
 
-_Job = tuple[Callable[[Session], Any], "Future[Any]"]
+Job = Callable[[Session], Any]
+#: A queued job and who waits for it: a thread's future, or an event loop's (`run_async`).
+_Job = tuple[Job, "Future[Any] | asyncio.Future[Any]"]
+#: (True, value) or (False, exception).
+_Outcome = tuple[bool, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,8 @@ class Combinable(Protocol):
 
 class GroupCommitter:
     """Writer threads for one database (`writers`, one by default); `run(job)` blocks until
-    `job` is committed, `submit(job)` returns a future of it. Each thread takes whatever is
+    `job` is committed, `submit(job)` returns a future of it, `await run_async(job)` waits on
+    an event loop. Each thread takes whatever is
     queued when it is free, so with several, groups are run and committed side by side."""
 
     def __init__(self, session_factory: sessionmaker[Session], *, writers: int = 1) -> None:
@@ -104,14 +110,19 @@ class GroupCommitter:
         return self.submit(job).result()
 
     def submit(self, job: Callable[[Session], T]) -> Future[T]:
-        """Queue `job(session)`; the future resolves after the commit (or with its error).
-
-        An event loop awaits it with `asyncio.wrap_future`, with no thread of its own waiting.
-        """
+        """Queue `job(session)`; the future resolves after the commit (or with its error)."""
         future: Future[T] = Future()
         self._ensure_started()
         self._queue.put((job, future))
         return future
+
+    async def run_async(self, job: Callable[[Session], T]) -> T:
+        """`run` for an event loop: awaits the commit with no thread of its own waiting. The
+        callers of one loop in one group are answered with one wake-up of the loop."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._ensure_started()
+        self._queue.put((job, future))
+        return await future
 
     def close(self) -> None:
         """Finish queued writes, then stop the threads (each stops at the first None it takes,
@@ -150,38 +161,38 @@ class GroupCommitter:
                 self._commit_group(group)
             except Exception as exc:  # a bug here must not end the thread with callers waiting
                 log.exception("group commit of %d writes failed unexpectedly", len(group))
-                for _, future in group:
-                    _answer(future, exc, failed=True)
+                _reply(group, [(False, exc)] * len(group))
             if stop:
                 return
 
     def _commit_group(self, group: list[_Job]) -> None:
-        if self._commit_without_savepoints(group):
-            return
-        self._commit_with_savepoints(group)
+        """Run and commit `group`, then answer each of its callers."""
+        jobs = [job for job, _ in group]
+        outcomes = self._commit_without_savepoints(jobs)
+        if outcomes is None:
+            outcomes = self._commit_with_savepoints(jobs)
+        _reply(group, outcomes)
 
-    def _commit_without_savepoints(self, group: list[_Job]) -> bool:
+    def _commit_without_savepoints(self, jobs: list[Job]) -> list[_Outcome] | None:
         """Run the whole group in one transaction with no savepoints: the usual case, where
         every write succeeds, costs no SAVEPOINT/RELEASE pair per write (two round trips each
         on PostgreSQL). If any write or the commit fails, nothing of the group is committed
-        and False sends it down the careful path (`_commit_with_savepoints`), where each write
+        and None sends it down the careful path (`_commit_with_savepoints`), where each write
         gets exactly the outcome it would have had alone."""
         try:
             with self._session_factory() as session, transaction(session):
-                values = _run_combined(session, [job for job, _ in group])
+                values = _run_combined(session, jobs)
         except Exception:
-            log.debug("a group of %d writes failed without savepoints", len(group), exc_info=True)
-            return False
-        metrics.group_commit_size.observe(len(group))
-        for (_, future), value in zip(group, values, strict=True):
-            _answer(future, value)
-        return True
+            log.debug("a group of %d writes failed without savepoints", len(jobs), exc_info=True)
+            return None
+        metrics.group_commit_size.observe(len(jobs))
+        return [(True, value) for value in values]
 
-    def _commit_with_savepoints(self, group: list[_Job]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
+    def _commit_with_savepoints(self, jobs: list[Job]) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
         try:
             with self._session_factory() as session, transaction(session):
-                for job, _ in group:
+                for job in jobs:
                     try:
                         with session.begin_nested():
                             value = job(session)
@@ -192,34 +203,27 @@ class GroupCommitter:
                     else:
                         outcomes.append((True, value))
         except Exception:
-            if len(group) == 1:
+            if len(jobs) == 1:
                 log.debug("single write failed at commit", exc_info=True)
-                self._run_alone(group[0])
-                return
-            log.warning("group commit of %d writes failed; running each alone", len(group))
-            for item in group:
-                self._run_alone(item)
-            return
-        metrics.group_commit_size.observe(len(group))
-        for (_, future), (ok, value) in zip(group, outcomes, strict=True):
-            _answer(future, value, failed=not ok)
+            else:
+                log.warning("group commit of %d writes failed; running each alone", len(jobs))
+            return [self._run_alone(job) for job in jobs]
+        metrics.group_commit_size.observe(len(jobs))
+        return outcomes
 
-    def _run_alone(self, item: _Job) -> None:
-        job, future = item
+    def _run_alone(self, job: Job) -> _Outcome:
         try:
             with self._session_factory() as session, transaction(session):
-                result = job(session)
+                return True, job(session)
         except Exception as exc:
-            _answer(future, exc, failed=True)
-        else:
-            _answer(future, result)
+            return False, exc
 
 
-def _bulk_of(job: Callable[[Session], Any]) -> Any:
+def _bulk_of(job: Job) -> Any:
     return getattr(job, "bulk", None)
 
 
-def _run_combined(session: Session, jobs: list[Callable[[Session], Any]]) -> list[Any]:
+def _run_combined(session: Session, jobs: list[Job]) -> list[Any]:
     """Each job's value: runs of `Combinable` jobs with the same bulk function as one call,
     the others (and a run of one) alone."""
     values: list[Any] = []
@@ -250,6 +254,34 @@ def _combine(
         start.value if isinstance(start, Done) else job.finish(session, next(results))
         for job, start in zip(jobs, starts, strict=True)
     ]
+
+
+def _reply(group: list[_Job], outcomes: list[_Outcome]) -> None:
+    """Answer each caller of `group`: a thread's future at once, an event loop's callers with
+    one wake-up of their loop for the whole group (`call_soon_threadsafe` writes to the loop's
+    wake-up pipe each time; once per write cost a system call per write on either side)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Outcome]]] = {}
+    for (_, waiter), outcome in zip(group, outcomes, strict=True):
+        if isinstance(waiter, Future):
+            _answer(waiter, outcome[1], failed=not outcome[0])
+        else:
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, outcome))
+    for loop, replies in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, replies)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            log.debug("%d writes answered to a closed event loop", len(replies))
+
+
+def _settle(replies: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
+    """On the callers' loop: settle each future still awaited (a caller that gave up cancelled
+    its own)."""
+    for future, (ok, value) in replies:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
 
 def _answer(future: Future[Any], value: Any, *, failed: bool = False) -> None:

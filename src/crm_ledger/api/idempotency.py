@@ -22,7 +22,6 @@ keeps keys) are deleted by `prune_expired`, which the write path runs at most on
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -194,7 +193,7 @@ async def run_write_async(
     committer = committer_of(engine)
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            outcome = await asyncio.wrap_future(committer.submit(plan))
+            outcome = await committer.run_async(plan)
         except Exception as exc:
             replayed = await run_in_threadpool(plan.after_failure, exc, attempt)
             if replayed is None:
@@ -413,7 +412,7 @@ class _Pruner:
         prune = self._due(engine)
         if prune is not None:
             try:
-                await asyncio.wrap_future(committer_of(engine).submit(prune))
+                await committer_of(engine).run_async(prune)
             except SQLAlchemyError:
                 log.warning("pruning expired idempotency entries failed", exc_info=True)
 
