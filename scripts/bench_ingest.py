@@ -49,6 +49,7 @@ from typing import Any
 import benchlib
 import httpx
 from benchlib import free_port, open_loop, percentile
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from crm_ledger.chain.node import start_anvil
@@ -150,6 +151,41 @@ async def burst(send: Any, records: int, concurrency: int) -> float:
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - started
+
+
+WEBHOOK_ROUTE = "/v1/webhooks/{platform}/{source_id}"
+
+
+async def webhook_histogram(service: benchlib.Service) -> dict[float, float]:
+    """The service's own request-duration histogram of the webhook route (`le` bound →
+    cumulative count), read from /metrics: the time from a request's first byte to its
+    response's last, without the load generator's own delays."""
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+        text = (await client.get("/metrics")).text
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "crm_ledger_http_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name.endswith("_bucket") and labels.get("route") == WEBHOOK_ROUTE:
+                buckets[float(labels["le"])] = sample.value
+    return buckets
+
+
+def server_share(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Of the paced phase's requests, the share the service answered within 25 and 50 ms, and
+    the smallest histogram bound that holds 99 % of them (the server's p99, rounded up)."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return {"server_within_25ms": 0.0, "server_within_50ms": 0.0, "server_p99_bound_ms": 0.0}
+    p99_bound = next(le for le, count in counts.items() if count >= 0.99 * total)
+    return {
+        "server_within_25ms": counts.get(0.025, 0.0) / total,
+        "server_within_50ms": counts.get(0.05, 0.0) / total,
+        "server_p99_bound_ms": p99_bound * 1000,
+    }
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -264,6 +300,7 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -
 
         latencies: list[float] = []
         failures = 0
+        histogram_before = await webhook_histogram(service)
         # Open loop: enough connections that the client never queues a request itself.
         paced_limits = httpx.Limits(max_connections=1000, max_keepalive_connections=64)
         async with httpx.AsyncClient(
@@ -285,6 +322,7 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -
                 latencies.append(time.perf_counter() - sent)
 
             await open_loop(args.rate, args.seconds, paced_webhook)
+        server = server_share(histogram_before, await webhook_histogram(service))
         return {
             "plain_post_per_second": args.records / plain_elapsed,
             "plain_records_per_second": args.records / (plain_last - first),
@@ -296,6 +334,7 @@ async def run(args: argparse.Namespace, rpc_url: str, work: Path, layout: str) -
             "accept_p50_ms": percentile(latencies, 50) * 1000,
             "accept_p99_ms": percentile(latencies, 99) * 1000,
             "paced_failures": failures,
+            **server,
         }
     finally:
         if worker is not None:
@@ -360,6 +399,12 @@ def report(
         f"webhook accept latency at {figures['paced_offered']:.0f}/s: "
         f"p50 {figures['accept_p50_ms']:.1f} ms, p99 {figures['accept_p99_ms']:.1f} ms, "
         f"{figures['paced_failures']:.0f} not answered 200 within 10 s",
+    )
+    print(
+        f"the same requests as the service timed them: "
+        f"{figures['server_within_25ms']:.1%} within 25 ms, "
+        f"{figures['server_within_50ms']:.1%} within 50 ms, p99 ≤ "
+        f"{figures['server_p99_bound_ms']:.0f} ms (its histogram's bound)",
         flush=True,
     )
 

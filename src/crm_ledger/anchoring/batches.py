@@ -137,7 +137,8 @@ def cut_batch(session_factory: sessionmaker[Session], *, max_records: int) -> Ba
             session,
             Customer.__tablename__,
             ("last_leaf_hash",),
-            # pk order, the order API writers lock customers in (no deadlock on PostgreSQL).
+            # pk order. Record writers hold their customers FOR KEY SHARE, which this UPDATE
+            # does not wait for (tests/journal/test_row_locks.py).
             [(tip, pk) for pk, tip in sorted(tips.items())],
             key="pk",
         )

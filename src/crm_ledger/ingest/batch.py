@@ -20,7 +20,7 @@ which:
 
 The worker plans a run (1 and 2) in a read-only transaction, before it takes the write lock.
 Under the lock, `still_current` reads the same rows again (orders locked `FOR UPDATE`,
-customers `FOR SHARE` in pk order, as `journal.records` does) and the plan is written only if
+customers `FOR KEY SHARE` in pk order, as `journal.records` does) and the plan is written only if
 they are what it was made from: a buyer created, linked or erased meanwhile, or an order
 changed by a backfill or the clawback, and the worker plans the run again under the lock.
 It runs `write` inside a savepoint; if anything in it fails, it maps the run's deliveries one
@@ -133,7 +133,7 @@ _CUSTOMERS_OF = (
     )
     .order_by(Customer.pk)
 )
-_CUSTOMERS_OF_LOCKED = _CUSTOMERS_OF.with_for_update(read=True)
+_CUSTOMERS_OF_LOCKED = _CUSTOMERS_OF.with_for_update(read=True, key_share=True)
 
 _ERASED = "the customer's personal data was erased: nothing more is recorded for them"
 _SAME_STATE = "same order state already recorded"
@@ -467,7 +467,7 @@ class OrderBatch:
         }
 
     def _read(self, session: Session, *, lock: bool) -> _Snapshot:
-        """The rows the run depends on; `lock`: orders `FOR UPDATE`, customers `FOR SHARE`."""
+        """The rows the run depends on; `lock`: orders `FOR UPDATE`, customers `FOR KEY SHARE`."""
         orders = self._read_orders(session, lock=lock)
         links = self._read_links(session)
         customer_pks = {row[3] for row in orders} | {customer_pk for _, _, customer_pk in links}

@@ -132,7 +132,7 @@ def erase_customer(*, session: Session, customer_id: str) -> ErasureResult:
     """Erase the personal data of customer `customer_id`; raises `NotFound`.
 
     On PostgreSQL the customer row is locked FOR UPDATE first: record writers hold it FOR
-    SHARE, so the erasure waits for records being written for the customer and sees them, and
+    KEY SHARE, so the erasure waits for records being written for the customer and sees them, and
     writers that come after see the key gone and are refused.
 
     The anchorer locks records, then customers (to move their last leaf hash); the erasure

@@ -14,8 +14,8 @@ Every record commits to exactly this document, serialised with RFC 8785:
 until the anchorer cuts a batch.
 
 Writers flush but do not commit: the caller owns the transaction. On PostgreSQL they read the
-customer `FOR SHARE` (in pk order), so an erasure that first updates the customer row waits for
-records being written for that customer, then sees them; and a writer that started after the
+customer `FOR KEY SHARE` (in pk order), so an erasure that first locks the customer row waits
+for records being written for that customer, then sees them; and a writer that started after the
 erasure sees the key gone. (SQLite serialises writers anyway.)
 """
 
@@ -55,14 +55,18 @@ _CUSTOMERS = cast(Table, Customer.__table__)
 _INSERT_COLUMNS = ("id", "customer_pk", "kind", "content", "commitment", "created_at")
 _INTERACTIONS = TypeAdapter(list[InteractionCreate])
 _SELECT_CUSTOMERS = select(_CUSTOMERS.c.id, _CUSTOMERS.c.pk, _CUSTOMERS.c.key)
-# pk order, FOR SHARE (ignored by SQLite): every writer takes these row locks in the same order.
+# FOR KEY SHARE (ignored by SQLite), in pk order: it keeps the erasure (FOR UPDATE) out until
+# the write commits, and does not conflict with the anchorer's UPDATE of `last_leaf_hash`. FOR
+# SHARE did, and a group commit locks its writes' customers in arrival order, not pk order: a
+# group holding b and wanting a deadlocked with a cut holding a and wanting b
+# (tests/journal/test_row_locks.py).
 _LOCK_CUSTOMER = _SELECT_CUSTOMERS.where(_CUSTOMERS.c.id == bindparam("id")).with_for_update(
-    read=True
+    read=True, key_share=True
 )
 _LOCK_CUSTOMERS = (
     _SELECT_CUSTOMERS.where(_CUSTOMERS.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(_CUSTOMERS.c.pk)
-    .with_for_update(read=True)
+    .with_for_update(read=True, key_share=True)
 )
 
 
@@ -370,7 +374,8 @@ def _documents(items: list[_Item], record_ids: list[str], recorded_at: str) -> l
 
 
 def _recordable_customers(session: Session, items: list[_Item]) -> dict[str, tuple[int, bytes]]:
-    """(pk, key) of each item's customer, locked FOR SHARE; raises for unknown or erased ones."""
+    """(pk, key) of each item's customer, locked FOR KEY SHARE; raises for unknown or erased
+    ones."""
     wanted = list(dict.fromkeys(item.customer_id for item in items))
     connection = session.connection()
     if len(wanted) == 1:
