@@ -68,6 +68,7 @@ bench-api: install system-packages
 	$(BIN)/python scripts/bench_api.py --workers 2 --no-batch
 	$(BIN)/python scripts/bench_request_path.py
 	$(BIN)/python scripts/bench_request_path.py --no-write
+	$(BIN)/python scripts/bench_write.py
 
 bench-bulk: install
 	$(BIN)/python scripts/bench_bulk.py

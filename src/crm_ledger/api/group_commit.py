@@ -52,9 +52,9 @@ MAX_GROUP = 256
 #: commits together. SQLite has one write lock, so one thread (a second would only queue).
 POSTGRESQL_WRITERS = 4
 
-Job = Callable[[Session], Any]
+_Work = Callable[[Session], Any]
 #: A queued job and who waits for it: a thread's future, or an event loop's (`run_async`).
-_Job = tuple[Job, "Future[Any] | asyncio.Future[Any]"]
+_Job = tuple[_Work, "Future[Any] | asyncio.Future[Any]"]
 #: (True, value) or (False, exception).
 _Outcome = tuple[bool, Any]
 
@@ -91,9 +91,9 @@ class Combinable(Protocol):
 
 class GroupCommitter:
     """Writer threads for one database (`writers`, one by default); `run(job)` blocks until
-    `job` is committed, `submit(job)` returns a future of it, `await run_async(job)` waits on
-    an event loop. Each thread takes whatever is
-    queued when it is free, so with several, groups are run and committed side by side."""
+    `job` is committed, `submit(job)` returns a future of it, `await run_async(job)` waits for
+    it on an event loop. Each thread takes whatever is queued when it is free, so with
+    several, groups are run and committed side by side."""
 
     def __init__(self, session_factory: sessionmaker[Session], *, writers: int = 1) -> None:
         self._session_factory = session_factory
@@ -173,7 +173,7 @@ class GroupCommitter:
             outcomes = self._commit_with_savepoints(jobs)
         _reply(group, outcomes)
 
-    def _commit_without_savepoints(self, jobs: list[Job]) -> list[_Outcome] | None:
+    def _commit_without_savepoints(self, jobs: list[_Work]) -> list[_Outcome] | None:
         """Run the whole group in one transaction with no savepoints: the usual case, where
         every write succeeds, costs no SAVEPOINT/RELEASE pair per write (two round trips each
         on PostgreSQL). If any write or the commit fails, nothing of the group is committed
@@ -188,7 +188,7 @@ class GroupCommitter:
         metrics.group_commit_size.observe(len(jobs))
         return [(True, value) for value in values]
 
-    def _commit_with_savepoints(self, jobs: list[Job]) -> list[_Outcome]:
+    def _commit_with_savepoints(self, jobs: list[_Work]) -> list[_Outcome]:
         outcomes: list[_Outcome] = []
         try:
             with self._session_factory() as session, transaction(session):
@@ -211,7 +211,7 @@ class GroupCommitter:
         metrics.group_commit_size.observe(len(jobs))
         return outcomes
 
-    def _run_alone(self, job: Job) -> _Outcome:
+    def _run_alone(self, job: _Work) -> _Outcome:
         try:
             with self._session_factory() as session, transaction(session):
                 return True, job(session)
@@ -219,11 +219,11 @@ class GroupCommitter:
             return False, exc
 
 
-def _bulk_of(job: Job) -> Any:
+def _bulk_of(job: _Work) -> Any:
     return getattr(job, "bulk", None)
 
 
-def _run_combined(session: Session, jobs: list[Job]) -> list[Any]:
+def _run_combined(session: Session, jobs: list[_Work]) -> list[Any]:
     """Each job's value: runs of `Combinable` jobs with the same bulk function as one call,
     the others (and a run of one) alone."""
     values: list[Any] = []
