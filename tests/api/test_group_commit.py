@@ -29,6 +29,19 @@ class Refused(Exception):
     pass
 
 
+def holding(
+    entered: threading.Event, release: threading.Event, value: str
+) -> Callable[[Session], str]:
+    """A job that sets `entered` and holds its group (and the writer) until `release`."""
+
+    def job(session: Session) -> str:
+        entered.set()
+        release.wait(10)
+        return value
+
+    return job
+
+
 def _samples() -> tuple[float, float]:
     count = total = 0.0
     for metric in metrics.group_commit_size.collect():
@@ -257,11 +270,7 @@ def test_a_caller_that_gave_up_does_not_stop_the_committer(
     kill the writer thread, or every later write would wait for ever."""
     committer = GroupCommitter(session_factory)
     entered, release = threading.Event(), threading.Event()
-
-    def blocker(session: Session) -> str:
-        entered.set()
-        release.wait(10)
-        return "first"
+    blocker = holding(entered, release, "first")
 
     def abandoned(session: Session) -> str:
         session.add(Customer(external_ref="abandoned", key=new_customer_key()))
@@ -300,11 +309,7 @@ def test_event_loop_callers_of_one_group_are_answered_with_one_wake_up(
     that gave up does not stop the committer."""
     committer = GroupCommitter(session_factory)
     entered, release = threading.Event(), threading.Event()
-
-    def blocker(session: Session) -> str:
-        entered.set()
-        release.wait(10)
-        return "blocker"
+    blocker = holding(entered, release, "blocker")
 
     def add(name: str) -> Callable[[Session], str]:
         def job(session: Session) -> str:
