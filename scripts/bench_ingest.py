@@ -192,19 +192,10 @@ def cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system) the processes `pids` and their children have used so far
     (Linux /proc; `serve`'s mapper process is its child)."""
     total = 0
-    for process in pids + [child for pid in pids for child in children(pid)]:
+    for process in pids + [child for pid in pids for child in benchlib.children(pid)]:
         fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    """The running children of process `pid`."""
-    return [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    ]
 
 
 def wait_mapper_ready(data_dir: Path, timeout: float) -> None:

@@ -16,7 +16,9 @@ answer does not slow the offered load. Every `--sample` seconds it prints:
              (`anvil_dumpState`, the work each `--state-interval` write repeats), plus Anvil's
              CPU share in the window
 
-and at the end the growth after warm-up (the first minute, or a tenth of a short run): RSS,
+and at the end the growth after warm-up (`--warm-up`, by default the first two minutes, or a
+fifth of a short run: at 500 records/s the service's RSS climbs for about 110 s as its caches
+fill, then rises and falls around a flat floor): RSS,
 latency, and the bytes per record. The baseline is the run's own first sample after warm-up,
 so the figures hold on a loaded machine; judge growth, not absolute rates.
 
@@ -66,6 +68,8 @@ class Sample:
     at: float
     rss_mib: float
     anvil_rss_mib: float
+    mapper_rss_mib: float
+    full_collections: int
     records: int
     journal_bytes: int
     wal_bytes: int
@@ -178,6 +182,7 @@ async def sample(
         backlog = f"{anchoring['pending_records']} rec/{anchoring['lag_seconds']:.1f} s"
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         backlog = "?"
+    full_collections = await gc_full_collections(client)
     cpu_before = cpu_seconds(anvil_pid)
     dump = await dump_ms(rpc_url)
     state = service.data_dir / "anvil-state.json"
@@ -186,6 +191,10 @@ async def sample(
         at=time.monotonic(),
         rss_mib=rss_mib(service.process.pid),
         anvil_rss_mib=rss_mib(anvil_pid),
+        mapper_rss_mib=sum(
+            rss_mib(pid) for pid in benchlib.children(service.process.pid) if pid != anvil_pid
+        ),
+        full_collections=full_collections,
         records=load.acknowledged,
         journal_bytes=journal_bytes,
         wal_bytes=wal_bytes,
@@ -199,15 +208,29 @@ async def sample(
     )
 
 
+async def gc_full_collections(client: httpx.AsyncClient) -> int:
+    """How many full (generation 2) collections the service's garbage collector has made,
+    from its /metrics (prometheus-client's `python_gc_collections_total`); -1 if unknown."""
+    try:
+        text = (await client.get("/metrics")).text
+    except httpx.HTTPError:
+        return -1
+    for line in text.splitlines():
+        if line.startswith('python_gc_collections_total{generation="2"}'):
+            return int(float(line.split()[-1]))
+    return -1
+
+
 def print_sample(s: Sample, start: float, anvil_cpu_share: float, base_bytes: int) -> None:
     """One report line."""
     per_record = (s.journal_bytes - base_bytes) / s.records if s.records else float("nan")
     print(
-        f"{s.at - start:5.0f} s  rss {s.rss_mib:6.1f} MiB (anvil {s.anvil_rss_mib:6.1f})  "
+        f"{s.at - start:5.0f} s  rss {s.rss_mib:6.1f} MiB (mapper {s.mapper_rss_mib:5.1f}, "
+        f"anvil {s.anvil_rss_mib:6.1f})  "
         f"records {s.records:7d}  {per_record:6.0f} B/record  wal {s.wal_bytes / 2**20:6.1f} MiB  "
         f"p50 {s.p50_ms:6.1f} ms p99 {s.p99_ms:7.1f} ms  backlog {s.backlog}  "
         f"state {s.state_bytes / 2**20:6.2f} MiB dump {s.dump_ms:6.1f} ms  "
-        f"anvil cpu {anvil_cpu_share:5.1%}  load {s.load}",
+        f"anvil cpu {anvil_cpu_share:5.1%}  full gc {s.full_collections}  load {s.load}",
         flush=True,
     )
 
@@ -248,12 +271,18 @@ async def soak(
 
 
 def summarise(samples: list[Sample], args: argparse.Namespace) -> None:
-    """Growth from the first sample after warm-up to the end of the run."""
-    warm_up = min(60.0, args.seconds / 10)
+    """Growth from the first sample after warm-up to the end of the run, and from the first
+    third of the samples after warm-up to the last (their lowest and highest RSS: the service's
+    memory rises and falls by some tens of MiB between the garbage collector's full
+    collections, so two single samples can land on either side of one)."""
+    warm_up = args.warm_up if args.warm_up is not None else min(120.0, args.seconds / 5)
     start = samples[0].at - args.sample
     warm = [s for s in samples if s.at - start >= warm_up] or samples
     first, last = warm[0], warm[-1]
     peak = max(s.rss_mib for s in warm)
+    third = max(1, len(warm) // 3)
+    early = [s.rss_mib for s in warm[:third]]
+    late = [s.rss_mib for s in warm[-third:]]
     added = last.records - first.records
     per_record = (last.journal_bytes - first.journal_bytes) / added if added else float("nan")
     print(
@@ -261,6 +290,10 @@ def summarise(samples: list[Sample], args: argparse.Namespace) -> None:
         f"{args.batch}, {'PostgreSQL' if args.database_url else 'SQLite'}):\n"
         f"  service rss {first.rss_mib:.1f} -> {last.rss_mib:.1f} MiB (peak {peak:.1f}): "
         f"growth {last.rss_mib / first.rss_mib - 1:+.1%}, peak {peak / first.rss_mib - 1:+.1%}\n"
+        f"  service rss, first third after warm-up -> last third: lowest {min(early):.1f} -> "
+        f"{min(late):.1f} MiB ({min(late) / min(early) - 1:+.1%}), highest {max(early):.1f} -> "
+        f"{max(late):.1f} MiB ({max(late) / max(early) - 1:+.1%})\n"
+        f"  its ingest mapper process {first.mapper_rss_mib:.1f} -> {last.mapper_rss_mib:.1f} MiB\n"
         f"  anvil rss {first.anvil_rss_mib:.1f} -> {last.anvil_rss_mib:.1f} MiB\n"
         f"  journal {per_record:.0f} bytes per record; WAL at most "
         f"{max(s.wal_bytes for s in samples) / 2**20:.1f} MiB\n"
@@ -281,6 +314,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=25, help="records per request")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--database-url", help="PostgreSQL server to make a fresh database on")
+    parser.add_argument(
+        "--warm-up",
+        type=float,
+        help="seconds left out of the growth figures (default 120, or a fifth of a short run)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="crm-ledger-bench-soak-"))

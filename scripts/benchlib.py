@@ -47,6 +47,21 @@ def unix_time(value: object) -> float:
     return moment.timestamp()
 
 
+def children(pid: int) -> list[int]:
+    """The running children of process `pid` (none once it is gone)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    found = []
+    for task in tasks:
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 async def open_loop(rate: float, seconds: float, send: Callable[[int], Awaitable[None]]) -> None:
     """Start `send(n)` `rate` times a second for `seconds`, whether or not earlier ones have
     answered (open loop: a slow server does not slow the offered load), then wait for all."""
