@@ -275,6 +275,13 @@ def test_idempotent_writes_combine_and_keep_replay_conflict_and_erased_replay(
     )
     assert not any(s.startswith("SAVEPOINT") for s in statements), "no write failed"
     assert lookups(statements) == 1, "the three new writes were one bulk write"
+    entries = [
+        s
+        for s in statements
+        if s.startswith("INSERT INTO idempotency ")
+        or (s.startswith("SELECT idempotency.") and " FROM idempotency WHERE" in s)
+    ]
+    assert len(entries) == 2, "one lookup of the four keys, one insert of the two new answers"
     assert isinstance(outcomes[0], Response) and outcomes[0].headers[REPLAY_HEADER] == "true"
     assert len(journal(session_factory)) == 6
 

@@ -1,7 +1,6 @@
 """Group commit: concurrent API writes share one transaction and one durable commit.
 
-Exports: `GroupCommitter`, `Combinable`, `Done`, `committer_for`, `committer_of`,
-`close_committers`.
+Exports: `GroupCommitter`, `Combinable`, `committer_for`, `committer_of`, `close_committers`.
 
 A 2xx on a write means the record is committed, so every write waits for a commit, and with
 SQLite at `synchronous=FULL` a commit is an fsync. One writer thread per database (on
@@ -32,7 +31,6 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, event
@@ -59,23 +57,13 @@ _Job = tuple[_Work, "Future[Any] | asyncio.Future[Any]"]
 _Outcome = tuple[bool, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Done:
-    """What `Combinable.start` returns for a job with nothing to write (an idempotent
-    replay): the job's value as it is."""
-
-    value: Any
-
-
 class Combinable(Protocol):
     """A job that can share one bulk call with the jobs of the same `bulk` queued next to it.
 
-    Alone, the committer runs it as `job(session)`. Combined, it calls `start(session)` of
-    each (the job's part of the bulk call, or `Done`), then `bulk(session, parts)` once (one
-    result per part, in order; `bulk` must be a plain function, the same object for every job
-    that may be combined: jobs are combined when their `bulk` *is* the same), then
-    `finish(session, result)` of each: the job's value. Both ways must write the same rows
-    and give the same value. If any step raises, nothing of the group is kept and each job
+    Alone, the committer runs it as `job(session)`. Combined, it runs `bulk(session, jobs)`
+    once for consecutive jobs whose `bulk` *is* the same function (a plain function, not a
+    bound method): one value per job, in order, each the value `job(session)` would have
+    given, and the same rows written. If it raises, nothing of the group is kept and each job
     runs alone.
     """
 
@@ -83,10 +71,6 @@ class Combinable(Protocol):
     def bulk(self) -> Callable[[Session, list[Any]], Sequence[Any]] | None: ...
 
     def __call__(self, session: Session) -> Any: ...
-
-    def start(self, session: Session) -> Any: ...
-
-    def finish(self, session: Session, result: Any) -> Any: ...
 
 
 class GroupCommitter:
@@ -246,14 +230,11 @@ def _combine(
     session: Session,
     jobs: list[Combinable],
     bulk: Callable[[Session, list[Any]], Sequence[Any]],
-) -> list[Any]:
-    starts = [job.start(session) for job in jobs]
-    parts = [start for start in starts if not isinstance(start, Done)]
-    results = iter(bulk(session, parts) if parts else ())
-    return [
-        start.value if isinstance(start, Done) else job.finish(session, next(results))
-        for job, start in zip(jobs, starts, strict=True)
-    ]
+) -> Sequence[Any]:
+    values = bulk(session, jobs)
+    if len(values) != len(jobs):
+        raise AssertionError(f"a bulk call answered {len(values)} of {len(jobs)} jobs")
+    return values
 
 
 def _reply(group: list[_Job], outcomes: list[_Outcome]) -> None:

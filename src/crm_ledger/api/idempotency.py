@@ -22,6 +22,7 @@ keeps keys) are deleted by `prune_expired`, which the write path runs at most on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -42,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from crm_ledger.api.group_commit import Combinable, Done, committer_of
+from crm_ledger.api.group_commit import committer_of
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import Customer, IdempotencyEntry, IdempotencySubject, utcnow
 from crm_ledger.errors import Conflict, Gone, IdempotencyConflict
@@ -80,16 +81,28 @@ _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 _ATTEMPTS = 3
 _PRINTABLE = re.compile(r"[\x20-\x7e]{1,255}")
 _ENTRIES = cast(Table, IdempotencyEntry.__table__)
-_INSERT_ENTRY = insert(_ENTRIES)
+# RETURNING each stored answer's pk with its (API key, key), unique, for its customer links:
+# asking for parameter order instead made SQLAlchemy insert row by row on SQLite.
+_INSERT_ENTRIES = insert(_ENTRIES).returning(_ENTRIES.c.pk, _ENTRIES.c.api_key_pk, _ENTRIES.c.key)
 _SUBJECTS = cast(Table, IdempotencySubject.__table__)
 _CUSTOMERS = cast(Table, Customer.__table__)
-# Built once: building this statement on every write cost more than running it (SQLAlchemy
-# constructs it and derives its cache key each time), a quarter of an idempotent write's CPU.
-_LINK_SUBJECTS = insert(_SUBJECTS).from_select(
+# One row per (stored answer, customer); built once: building it on every write cost more
+# than running it (SQLAlchemy constructs it and derives its cache key each time).
+_LINK_SUBJECT = insert(_SUBJECTS).from_select(
     ["idempotency_pk", "customer_pk"],
     select(bindparam("entry_pk", type_=_SUBJECTS.c.idempotency_pk.type), _CUSTOMERS.c.pk).where(
-        _CUSTOMERS.c.id.in_(bindparam("customer_ids", expanding=True))
+        _CUSTOMERS.c.id == bindparam("customer_id")
     ),
+)
+_FIND_ENTRIES = select(
+    _ENTRIES.c.api_key_pk,
+    _ENTRIES.c.key,
+    _ENTRIES.c.request_hash,
+    _ENTRIES.c.status_code,
+    _ENTRIES.c.response_sealed,
+).where(
+    _ENTRIES.c.api_key_pk.in_(bindparam("api_key_pks", expanding=True)),
+    _ENTRIES.c.key.in_(bindparam("keys", expanding=True)),
 )
 _FIND_ENTRY = select(
     _ENTRIES.c.request_hash,
@@ -216,7 +229,8 @@ class _WritePlan:
     """One idempotent write: the job the committer runs, and what a failure of it means.
 
     The job is `Combinable` (`api.group_commit`) when its write is: the committer may then
-    run it with others in one bulk call, each still replayed, checked and stored on its own.
+    run it with others in one bulk call (`_run_plans`), each still replayed, checked and
+    stored as alone.
     """
 
     def __init__(
@@ -233,37 +247,21 @@ class _WritePlan:
         self.principal = principal
         self.key = idempotency.key
         self.write = write
-        self.bulk = getattr(write, "bulk", None)
+        write_bulk = getattr(write, "bulk", None)
+        self.bulk = None if write_bulk is None else _plans_bulk(write_bulk)
         self.fingerprint = request_hash(idempotency, payload) if self.key is not None else b""
 
     def __call__(self, tx: Session) -> str | Response:
         """Replay a stored answer for the key, or write and store the answer."""
-        replayed = self._replayed(tx)
-        if replayed is not None:
-            return cast(Response, replayed.value)
-        return self._stored(tx, self.write(tx))
-
-    def start(self, tx: Session) -> Any:
-        """Combined: `Done` with the stored answer for the key, else the write's part."""
-        replayed = self._replayed(tx)
-        return replayed if replayed is not None else cast(Combinable, self.write).start(tx)
-
-    def finish(self, tx: Session, result: Any) -> str:
-        """Combined: the write's answer from its bulk result, stored for the key."""
-        return self._stored(tx, cast(Combinable, self.write).finish(tx, result))
-
-    def _replayed(self, tx: Session) -> Done | None:
         key = self.key
         if key is not None:
             entry = _find(tx, self.principal, key)
             if entry is not None:
-                return Done(_replay(tx, entry, self.fingerprint, self.principal, key))
-        return None
-
-    def _stored(self, tx: Session, written: str | Written) -> str:
+                return _replay(tx, entry, self.fingerprint, self.principal, key)
+        written = self.write(tx)
         outcome = written if isinstance(written, Written) else Written(written)
-        if self.key is not None:
-            _store(tx, self.principal, self.key, self.fingerprint, self.status_code, outcome)
+        if key is not None:
+            _store(tx, [(self, outcome)])
         return outcome.body
 
     def after_failure(self, exc: Exception, attempt: int) -> Response | None:
@@ -308,42 +306,94 @@ def _find(session: Session, principal: ApiKeyPrincipal, key: str) -> Row[Any] | 
     )
 
 
+@functools.cache
+def _plans_bulk(
+    write_bulk: Callable[[Session, list[Any]], Sequence[Any]],
+) -> Callable[[Session, list[_WritePlan]], list[str | Response]]:
+    """The bulk function of the plans whose writes combine with `write_bulk` (one object per
+    write bulk function: the committer combines jobs whose `bulk` is the same)."""
+
+    def bulk(tx: Session, plans: list[_WritePlan]) -> list[str | Response]:
+        return _run_plans(tx, plans, write_bulk)
+
+    return bulk
+
+
+def _run_plans(
+    tx: Session,
+    plans: list[_WritePlan],
+    write_bulk: Callable[[Session, list[Any]], Sequence[Any]],
+) -> list[str | Response]:
+    """Combined idempotent writes, each answered as alone: one lookup of every key, a replay
+    (or its 409 / 410) for each key found, one bulk write of the others, their answers stored
+    together. Two plans with the same new key both write here and fail on the key's unique
+    constraint when stored: the committer then runs them one by one, and the second replays."""
+    keyed = [plan for plan in plans if plan.key is not None]
+    found: dict[tuple[int, str], Row[Any]] = {}
+    if keyed:
+        rows = tx.connection().execute(
+            _FIND_ENTRIES,
+            {
+                "api_key_pks": sorted({plan.principal.pk for plan in keyed}),
+                "keys": sorted({cast(str, plan.key) for plan in keyed}),
+            },
+        )
+        found = {(row.api_key_pk, row.key): row for row in rows}
+    answers: list[str | Response | None] = []
+    new: list[_WritePlan] = []
+    for plan in plans:
+        entry = found.get((plan.principal.pk, plan.key)) if plan.key is not None else None
+        if entry is None:
+            answers.append(None)
+            new.append(plan)
+        else:
+            answers.append(
+                _replay(tx, entry, plan.fingerprint, plan.principal, cast(str, plan.key))
+            )
+    written = write_bulk(tx, [plan.write for plan in new]) if new else []
+    outcomes = [w if isinstance(w, Written) else Written(w) for w in written]
+    _store(tx, [(plan, o) for plan, o in zip(new, outcomes, strict=True) if plan.key is not None])
+    bodies = iter(outcome.body for outcome in outcomes)
+    return [answer if answer is not None else next(bodies) for answer in answers]
+
+
 def _scope(principal: ApiKeyPrincipal, key: str) -> str:
     """What a sealed answer is bound to: it opens only in its own (API key, key) row."""
     return f"{principal.pk}|{key}"
 
 
-def _store(
-    tx: Session,
-    principal: ApiKeyPrincipal,
-    key: str,
-    fingerprint: bytes,
-    status_code: int,
-    outcome: Written,
-) -> None:
+def _store(tx: Session, stored: list[tuple[_WritePlan, Written]]) -> None:
+    """Store each plan's answer for its key, linked to the customers it concerns: one
+    statement for the answers and one for the links, however many."""
+    if not stored:
+        return
+    keyring = keyring_of(tx)
+    now = utcnow()
     connection = tx.connection()
-    result = connection.execute(
-        _INSERT_ENTRY,
-        {
-            "api_key_pk": principal.pk,
-            "key": key,
-            "request_hash": fingerprint,
-            "status_code": status_code,
-            "response_sealed": seal_response(
-                keyring_of(tx), scope=_scope(principal, key), body=outcome.body
-            ),
-            "created_at": utcnow(),
-        },
-    )
-    if outcome.customer_ids:
-        entry_pk = result.inserted_primary_key[0]  # type: ignore[index]
-        connection.execute(
-            _LINK_SUBJECTS,
+    inserted = connection.execute(
+        _INSERT_ENTRIES,
+        [
             {
-                "entry_pk": entry_pk,
-                "customer_ids": sorted({c.lower() for c in outcome.customer_ids}),
-            },
-        )
+                "api_key_pk": plan.principal.pk,
+                "key": plan.key,
+                "request_hash": plan.fingerprint,
+                "status_code": plan.status_code,
+                "response_sealed": seal_response(
+                    keyring, scope=_scope(plan.principal, cast(str, plan.key)), body=outcome.body
+                ),
+                "created_at": now,
+            }
+            for plan, outcome in stored
+        ],
+    )
+    entry_pks = {(row.api_key_pk, row.key): row.pk for row in inserted}
+    links = [
+        {"entry_pk": entry_pks[plan.principal.pk, plan.key], "customer_id": customer_id}
+        for plan, outcome in stored
+        for customer_id in sorted({c.lower() for c in outcome.customer_ids})
+    ]
+    if links:
+        connection.execute(_LINK_SUBJECT, links)
 
 
 def _replay(

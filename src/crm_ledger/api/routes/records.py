@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
@@ -51,18 +50,11 @@ class RecordWrite:
             return _written(records.record_order(session=session, payload=self.payload))
         return _written(records.record_interaction(session=session, payload=self.payload))
 
-    def start(self, session: Session) -> InteractionCreate | OrderCreate:
-        """Its part of the bulk write: the payload."""
-        return self.payload
-
-    def finish(self, session: Session, result: Written) -> Written:
-        """Its answer, from the bulk write."""
-        return result
-
     @staticmethod
-    def bulk(session: Session, payloads: list[Any]) -> list[Written]:
-        """The records of `payloads`, one statement for all, each answer as alone."""
-        return [_written(r) for r in records.record_each(session=session, payloads=payloads)]
+    def bulk(session: Session, writes: list[RecordWrite]) -> list[Written]:
+        """The records of `writes`, one statement for all, each answer as alone."""
+        views = records.record_each(session=session, payloads=[w.payload for w in writes])
+        return [_written(view) for view in views]
 
 
 def _written(record: RecordView) -> Written:
