@@ -16,7 +16,6 @@ keys read afresh. A WooCommerce ping stores nothing, so it is always checked wit
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from typing import Any
 
@@ -175,7 +174,7 @@ class _Delivery:
             return _Stored.NOW
 
         try:
-            return await asyncio.wrap_future(committer_for(self.session).submit(store))
+            return await committer_for(self.session).run_async(store)
         except IntegrityError:
             # Stored already (a retry, or two identical deliveries raced: the unique
             # constraint let one through); `_known` tells that from a real error.
