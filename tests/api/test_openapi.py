@@ -163,9 +163,7 @@ def test_success_bodies_are_the_models_the_routes_answer_with(client: TestClient
     assert created["application/json"]["schema"] == {"$ref": "#/components/schemas/RecordPublic"}
     receipt = paths["/v1/records/{record_id}/receipt"]["get"]["responses"]
     assert "crm-ledger/receipt/v1" in receipt["200"]["description"]
-    assert receipt["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
-        "ReceiptPublic"
-    )
+    assert receipt["200"]["content"]["application/json"]["schema"]["$ref"].endswith("ReceiptPublic")
     assert receipt["202"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "ReceiptPending"
     )
