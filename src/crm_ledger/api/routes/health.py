@@ -8,11 +8,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
-
-from pydantic import BaseModel, Field
 
 from crm_ledger.api.deps import RuntimeDep
 from crm_ledger.api.idempotency import json_response
