@@ -233,14 +233,6 @@ def reset_batches_from(session_factory: sessionmaker[Session], *, first_seq: int
             session.execute(
                 update(Batch)
                 .where(Batch.id.in_(ids))
-                .values(
-                    status=BatchStatus.CUT.value,
-                    tx_hash=None,
-                    block_number=None,
-                    block_hash=None,
-                    gas_used=None,
-                    sent_at=None,
-                    anchored_at=None,
-                )
+                .values(status=BatchStatus.CUT.value, anchored_at=None, **outbox.UNSENT)
             )
         return ids

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.chain.client import EMPTY_CODE_HASH, LedgerChain, LedgerDeployment
 from crm_ledger.chain.contract import ContractClient
+from crm_ledger.db import outbox
 from crm_ledger.db.models import Batch, BatchStatus, Deployment
 from crm_ledger.errors import ChainError, ChainReset
 from crm_ledger.ledger.hexcodec import hex0x
@@ -293,14 +294,7 @@ async def _record(
 def _requeue_all_batches(session: Session) -> int:
     result = session.execute(
         update(Batch).values(
-            status=BatchStatus.CUT.value,
-            epoch=None,
-            tx_hash=None,
-            block_number=None,
-            block_hash=None,
-            gas_used=None,
-            sent_at=None,
-            anchored_at=None,
+            status=BatchStatus.CUT.value, epoch=None, anchored_at=None, **outbox.UNSENT
         )
     )
     return int(getattr(result, "rowcount", 0))
