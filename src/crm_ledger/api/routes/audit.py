@@ -126,7 +126,7 @@ def _unprocessable(exc: FormatError, field: str) -> Unprocessable:
     "/v1/audit/verify",
     tags=["audit"],
     response_model=RecordCheckPublic,
-    responses=_ERRORS,
+    responses={200: {"description": "The verdict and each step"}, **_ERRORS},
     summary="Check a record's receipt, content and key against the chain (auditor, admin)",
 )
 async def verify(
@@ -236,7 +236,7 @@ def _stored_key_and_contract(
     "/v1/audit/customers/{customer_id}",
     tags=["audit"],
     response_model=CustomerAuditPublic,
-    responses=_ERRORS,
+    responses={200: {"description": "Each record's status and what differs"}, **_ERRORS},
     summary="Audit every record of one customer (auditor, admin)",
 )
 async def audit_one_customer(
@@ -264,7 +264,7 @@ async def audit_one_customer(
     "/v1/audit/ledger",
     tags=["audit"],
     response_model=LedgerAuditPublic,
-    responses=_ERRORS,
+    responses={200: {"description": "The latest ledger audit"}, **_ERRORS},
     summary="The latest ledger audit report (auditor, admin)",
 )
 def latest_ledger_audit(runtime: RuntimeDep, key: AuditorKey) -> Response:
@@ -317,7 +317,7 @@ async def _run_in_background(engine: Engine, provider: ChainProvider, report_id:
     "/v1/audit/digest",
     tags=["audit"],
     response_model=DigestPublic,
-    responses=_ERRORS,
+    responses={200: {"description": 'A "crm-ledger/digest/v1" digest'}, **_ERRORS},
     summary="The ledger's current digest, to save and check later (auditor, admin)",
 )
 def digest(runtime: RuntimeDep, key: AuditorKey) -> Response:
@@ -335,7 +335,7 @@ def digest(runtime: RuntimeDep, key: AuditorKey) -> Response:
     "/v1/audit/digest/verify",
     tags=["audit"],
     response_model=DigestCheckPublic,
-    responses=_ERRORS,
+    responses={200: {"description": "Whether the ledger extends the digest"}, **_ERRORS},
     summary="Check that the ledger extends a saved digest (auditor, admin)",
 )
 async def verify_digest(
