@@ -1,5 +1,6 @@
 """The service under test for every folder that drives its API (loaded by tests/conftest.py):
-its settings, the app without background workers, a client, the app's sessions, a key per role.
+its settings, the app without background workers, a client, the app's sessions, a key per role
+and its headers (`headers[Role.X]`, or `admin`, `recorder`, `auditor` for the usual three).
 
 A folder changes what differs with two fixtures of its own instead of copying these:
 `settings_overrides` (fields of `Settings`, e.g. tests/ingest's master key) and
@@ -95,3 +96,21 @@ def keys(app_sessions: sessionmaker[Session]) -> dict[Role, str]:
 def headers(keys: dict[Role, str]) -> dict[Role, dict[str, str]]:
     """Authorization headers of each role's key."""
     return {role: {"Authorization": f"Bearer {key}"} for role, key in keys.items()}
+
+
+@pytest.fixture
+def admin(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
+    """Headers of an admin."""
+    return headers[Role.ADMIN]
+
+
+@pytest.fixture
+def recorder(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
+    """Headers of a recorder."""
+    return headers[Role.RECORDER]
+
+
+@pytest.fixture
+def auditor(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
+    """Headers of an auditor."""
+    return headers[Role.AUDITOR]

@@ -2,7 +2,8 @@
 shows, and fail the test (never hang) when it does not.
 
 `wait_for(probe)` returns `probe()`'s first truthy answer (or the first that `until` accepts);
-`wait_for_async` is the same for a coroutine probe, polled without blocking the event loop.
+`wait_for_async` is the same for a coroutine probe, polled without blocking the event loop;
+`until(condition)` waits in a coroutine for a plain condition (what a worker under test shows).
 """
 
 from __future__ import annotations
@@ -61,3 +62,18 @@ async def wait_for_async(
 def _timed_out(what: str | Callable[[], object], timeout: float, answer: object) -> str:
     described = what() if callable(what) else what
     return f"{described}: not within {timeout:g} s (last answer: {answer!r:.500})"
+
+
+async def until(
+    condition: Callable[[], object],
+    timeout: float = 10.0,
+    *,
+    what: str | Callable[[], object] = "the condition",
+    interval: float = INTERVAL,
+) -> None:
+    """`wait_for_async` of a plain (not async) `condition`, for tests inside the event loop."""
+
+    async def probe() -> object:
+        return condition()
+
+    await wait_for_async(probe, timeout, what=what, interval=interval)

@@ -3,7 +3,8 @@ types: one definition that the API answers with and the client library reads (py
 FastAPI, SQLAlchemy or web3).
 
 Exports: `EventType`, `CustomerPublic`, `CustomersPublic`, `RecordPublic`, `RecordsPublic`,
-`ReceiptPending`, `RecordVerifyRequest`, `ErasurePublic`.
+`ReceiptPending`, `BatchRefPublic`, `ChainRefPublic`, `ReceiptPublic`, `DigestPublic`,
+`RecordVerifyRequest`, `ErasurePublic`.
 
 Request shapes live in `crm_ledger.journal.schemas` and `crm_ledger.loyalty.schemas` (pydantic
 only as well); the change feed's in `crm_ledger.crm.schemas`, the shop sources' in
@@ -90,6 +91,57 @@ class ReceiptPending(BaseModel):
     record_id: str
     retry_after: int
     detail: str
+
+
+class BatchRefPublic(BaseModel):
+    """An anchored batch as a receipt or a digest names it (docs/ledger-format.md)."""
+
+    id: int
+    first_seq: int
+    count: int
+    root: str = Field(description="the batch's Merkle root, 0x-hex")
+    previous_head: str = Field(description="the running head before this batch, 0x-hex")
+    head: str = Field(
+        description="SHA-256(previous_head ‖ root ‖ first_seq ‖ count), 0x-hex: the whole "
+        "ledger's digest after this batch"
+    )
+
+
+class ChainRefPublic(BaseModel):
+    """Where a batch is anchored: the chain, the contract of the ledger's epoch, the
+    transaction and its block."""
+
+    chain_id: int
+    contract: str
+    epoch: int
+    tx_hash: str
+    block_number: int
+    block_hash: str
+
+
+class ReceiptPublic(BaseModel):
+    """A record's inclusion receipt, format "crm-ledger/receipt/v1" (docs/ledger-format.md):
+    everything a verifier needs besides the record's content, its key and the chain."""
+
+    format: Literal["crm-ledger/receipt/v1"]
+    record_id: str
+    seq: int
+    leaf_input: str = Field(description="the 74-byte leaf input, 0x-hex")
+    leaf_hash: str
+    leaf_index: int
+    tree_size: int
+    audit_path: list[str] = Field(description="the RFC 9162 inclusion proof, 0x-hex nodes")
+    batch: BatchRefPublic
+    chain: ChainRefPublic
+
+
+class DigestPublic(BaseModel):
+    """The ledger's head after one anchored batch, format "crm-ledger/digest/v1": save it and
+    prove later that the ledger only grew (`crm-ledger verify --since`)."""
+
+    format: Literal["crm-ledger/digest/v1"]
+    batch: BatchRefPublic
+    chain: ChainRefPublic
 
 
 class RecordVerifyRequest(BaseModel):

@@ -15,7 +15,8 @@ from crm_ledger.errors import ChainReset, ChainUnavailable
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
 from tests.anchoring.fakes import ADDRESS, CODE_HASH, FakeChain, add_records, fast_settings
-from tests.workers.helpers import supervised, until
+from tests.waiting import until
+from tests.workers.helpers import supervised
 
 DEPLOYMENT = DeploymentRef(epoch=1, address=ADDRESS, code_hash=CODE_HASH, block_number=0)
 

@@ -20,7 +20,8 @@ from crm_ledger.db.models import Batch, BatchStatus
 from crm_ledger.errors import AnchorFeeCapReached
 from tests.anchoring.fakes import GWEI, FakeChain, add_records, fast_settings
 from tests.anchoring.test_anchorer import DEPLOYMENT, assert_ledger_consistent, drain
-from tests.workers.helpers import supervised, until
+from tests.waiting import until
+from tests.workers.helpers import supervised
 
 
 def stuck_anchorer(
@@ -116,8 +117,7 @@ async def test_an_earlier_transaction_mined_elsewhere_is_the_one_recorded(
     chain = FakeChain(automine=False)
     anchorer = stuck_anchorer(session_factory, chain, tmp_path)
     step = asyncio.create_task(anchorer.step())
-    while len(chain.transactions) < 3:
-        await asyncio.sleep(0.005)
+    await until(lambda: len(chain.transactions) >= 3, interval=0.005)
     first = chain.transactions[0].sent.tx_hash
     chain.mine_transaction(first)  # another node still had the original
     await step
@@ -213,8 +213,7 @@ async def test_a_restarted_anchorer_replaces_the_stuck_transaction_not_a_new_non
             and (rows[0].tx_hash == chain.transactions[1].sent.tx_hash)
         )
 
-    while not replacement_recorded():
-        await asyncio.sleep(0.005)
+    await until(replacement_recorded, interval=0.005)
     first.cancel()  # the process dies while its replacement waits in the mempool
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -224,8 +223,7 @@ async def test_a_restarted_anchorer_replaces_the_stuck_transaction_not_a_new_non
 
     restarted = stuck_anchorer(session_factory, chain, tmp_path)
     step = asyncio.create_task(restarted.step())
-    while len(chain.transactions) < 3:
-        await asyncio.sleep(0.005)
+    await until(lambda: len(chain.transactions) >= 3, interval=0.005)
     chain.mine()
     await step
     assert {tx.sent.nonce for tx in chain.transactions} == {0}

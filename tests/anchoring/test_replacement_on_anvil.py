@@ -4,7 +4,6 @@ at the transaction that was mined, and every record's receipt verifies against t
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
@@ -20,6 +19,7 @@ from crm_ledger.verifier.record import verify_record
 from crm_ledger.workers import Supervisor
 from tests.anchoring.fakes import add_records
 from tests.indexer.conftest import AnvilChain, anvil_chain  # noqa: F401  (fixture)
+from tests.waiting import until
 
 pytestmark = [pytest.mark.chain, pytest.mark.asyncio]
 
@@ -44,8 +44,7 @@ async def test_a_stuck_anchor_is_replaced_and_the_mined_one_recorded(
     supervisor.add(anchorer, singleton=False)
     await supervisor.start()
     try:
-        while not sent:
-            await asyncio.sleep(0.02)
+        await until(lambda: sent, 30, what="the first anchor transaction")
         original = sent[0]
         # Fees rise: the next block's base fee is above what the original offers, so the
         # block that is mined leaves it out.
@@ -54,12 +53,10 @@ async def test_a_stuck_anchor_is_replaced_and_the_mined_one_recorded(
         block = await chain.w3.eth.get_block("latest")
         assert int(block["baseFeePerGas"]) > original.fees.max_fee_per_gas
         assert len(block["transactions"]) == 0
-        while len(sent) < 3:
-            await asyncio.sleep(0.02)
+        await until(lambda: len(sent) >= 3, 30, what="two replacements")
         await chain.rpc("evm_setAutomine", True)
         await chain.rpc("evm_mine")
-        while anchorer.stats.last_batch_id is None:
-            await asyncio.sleep(0.02)
+        await until(lambda: anchorer.stats.last_batch_id is not None, 30, what="the batch")
     finally:
         await supervisor.stop()
         await chain.rpc("evm_setAutomine", True)

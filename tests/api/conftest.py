@@ -1,12 +1,11 @@
-"""Fixtures for API tests (the app, its client and a key per role come from tests/apps.py):
-the app's sessions as `session_factory`, a recorder's and an auditor's headers, a customer."""
+"""Fixtures for API tests (the app, its client, a key per role and its headers come from
+tests/apps.py): the app's sessions as `session_factory`, a customer."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.journal.keys import Role
 from tests.apps import TestClient
 
 
@@ -14,18 +13,6 @@ from tests.apps import TestClient
 def session_factory(app_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
     """The app's own session factory (the same database the API writes to)."""
     return app_sessions
-
-
-@pytest.fixture
-def recorder(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
-    """Headers of a recorder."""
-    return headers[Role.RECORDER]
-
-
-@pytest.fixture
-def auditor(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
-    """Headers of an auditor."""
-    return headers[Role.AUDITOR]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +55,17 @@ def problem(response: Any, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     assert {"type", "title", "detail"} <= body.keys()
+    return body
+
+
+def answered_as(model: type[BaseModel], response: Any, status: int = 200) -> dict[str, Any]:
+    """The JSON body of `response`, after checking its status and that `model` (the route's
+    `response_model`) describes it field for field: no field the model lacks, none it has
+    missing or of another type; a field the answer leaves out must be optional in the model."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    described = model.model_validate(body).model_dump(mode="json", exclude_unset=True)
+    assert described == body, f"{model.__name__} does not describe the answer"
     return body
 
 

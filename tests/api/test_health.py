@@ -7,17 +7,16 @@ from typing import TYPE_CHECKING
 import pytest
 from fastapi import FastAPI
 
+from crm_ledger.api.routes.health import Health, Readiness
 from crm_ledger.db.session import make_engine, make_session_factory
-from tests.api.helpers import interaction, problem
+from tests.api.helpers import answered_as, interaction, problem
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
 
 def test_healthz(client: TestClient) -> None:
-    response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert answered_as(Health, client.get("/healthz")) == {"status": "ok"}
 
 
 def fake_chain_status(app: FastAPI, monkeypatch: pytest.MonkeyPatch, **status: object) -> None:
@@ -33,14 +32,12 @@ def test_readyz_reports_the_anchoring_backlog(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake_chain_status(app, monkeypatch, state="running", chain_id=31337)
-    body = client.get("/readyz").json()
+    body = answered_as(Readiness, client.get("/readyz"))
     assert body["status"] == "ready"
     assert body["anchoring"] == {"pending_records": 0, "lag_seconds": 0.0}
     for _ in range(3):
         client.post("/v1/interactions", json=interaction(customer_id), headers=recorder)
-    response = client.get("/readyz")
-    assert response.status_code == 200
-    body = response.json()
+    body = answered_as(Readiness, client.get("/readyz"))
     assert body["database"] == {"ok": True}
     assert body["chain"] == {"state": "running", "chain_id": 31337}
     assert body["anchoring"]["pending_records"] == 3
@@ -51,10 +48,9 @@ def test_readyz_is_503_when_anchoring_halted(
     app: FastAPI, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_chain_status(app, monkeypatch, state="halted", message="chain was reset")
-    response = client.get("/readyz")
-    assert response.status_code == 503
-    assert response.json()["status"] == "unavailable"
-    assert response.json()["chain"]["message"] == "chain was reset"
+    body = answered_as(Readiness, client.get("/readyz"), 503)
+    assert body["status"] == "unavailable"
+    assert body["chain"]["message"] == "chain was reset"
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(app: FastAPI, client: TestClient) -> None:
@@ -67,8 +63,7 @@ def test_readyz_is_503_when_the_database_is_unreachable(app: FastAPI, client: Te
     finally:
         runtime.session_factory = original
         broken.dispose()
-    assert response.status_code == 503
-    assert response.json()["database"]["ok"] is False
+    assert answered_as(Readiness, response, 503)["database"]["ok"] is False
 
 
 def test_metrics_count_requests_by_route_template_and_records_by_kind(

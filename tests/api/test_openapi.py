@@ -1,11 +1,12 @@
 """Every status an operation can answer is in the OpenAPI document (issue 10, finding 6), and
-every success response says what its body is (issue 9).
+every success response says what its body is (issue 9); every route of the app is in the
+document but the pages for people (the console, /docs).
 
 The statuses an operation must document are derived from its dependencies, independently of
 the `responses=` tables: an API key brings 401 and 429, a role guard 403, a request body 413
 and 422, any parameter 422, an `Idempotency-Key` header 409. Each documented problem status
-names the problem media type. Each 2xx names its content type and, for JSON, a schema (a
-model's, or an object with a description saying which document it is); a 204 has no body.
+names the problem media type. Each 2xx names its content type and, for JSON, the model that
+describes it; any other content type says what it is; a 204 has no body.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import PlainTextResponse
@@ -20,7 +22,6 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security.base import SecurityBase
 from starlette.responses import Response
 
-from crm_ledger.api.deps import json_document
 from crm_ledger.api.problems import PROBLEM_MEDIA_TYPE
 from crm_ledger.schemas import RecordPublic
 
@@ -123,8 +124,8 @@ def undescribed_success(status: str, response: dict[str, Any]) -> str | None:
         if media_type == "application/json":
             if schema in ({}, {"type": "string"}):
                 return "JSON without a schema"
-            if "$ref" not in schema and not described:
-                return "JSON of no model, and no description of what it is"
+            if "$ref" not in schema:
+                return "JSON of no model"
         elif not described:
             return f"{media_type} without a description"
     return None
@@ -162,6 +163,7 @@ def test_success_bodies_are_the_models_the_routes_answer_with(client: TestClient
     assert created["application/json"]["schema"] == {"$ref": "#/components/schemas/RecordPublic"}
     receipt = paths["/v1/records/{record_id}/receipt"]["get"]["responses"]
     assert "crm-ledger/receipt/v1" in receipt["200"]["description"]
+    assert receipt["200"]["content"]["application/json"]["schema"]["$ref"].endswith("ReceiptPublic")
     assert receipt["202"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "ReceiptPending"
     )
@@ -191,8 +193,16 @@ def test_the_success_check_finds_undescribed_bodies() -> None:
     def model_without_media_type() -> Response:
         return Response(b"{}")
 
-    @app.get("/described", responses={200: json_document("The receipt")})
+    an_object = {"application/json": {"schema": {"type": "object"}}}
+
+    @app.get("/described", responses={200: {"description": "The receipt", "content": an_object}})
     def described() -> Response:
+        return Response(b"{}")
+
+    bundle_response = {"description": "A bundle", "content": {"application/jsonl": {}}}
+
+    @app.get("/bundle", response_class=Response, responses={200: bundle_response})
+    def bundle() -> Response:
         return Response(b"{}")
 
     @app.get("/typed", response_model=RecordPublic)
@@ -201,10 +211,60 @@ def test_the_success_check_finds_undescribed_bodies() -> None:
 
     undescribed, checked = undescribed_successes(app.openapi())
 
-    assert checked == 6
+    assert checked == 7
     assert undescribed == {
         "GET /raw 200": "no content type",
         "GET /text 200": "text/plain without a description",
         "GET /dict 200": "JSON without a schema",
         "GET /model 200": "no content type",
+        "GET /described 200": "JSON of no model",
     }
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "model"),
+    [
+        ("/healthz", "get", "200", "Health"),
+        ("/readyz", "get", "200", "Readiness"),
+        ("/readyz", "get", "503", "Readiness"),
+        ("/v1/audit/verify", "post", "200", "RecordCheckPublic"),
+        ("/v1/audit/customers/{customer_id}", "get", "200", "CustomerAuditPublic"),
+        ("/v1/audit/ledger", "get", "200", "LedgerAuditPublic"),
+        ("/v1/audit/ledger", "post", "202", "LedgerAuditPublic"),
+        ("/v1/audit/digest", "get", "200", "DigestPublic"),
+        ("/v1/audit/digest/verify", "post", "200", "DigestCheckPublic"),
+    ],
+)
+def test_health_and_audit_answers_are_models(
+    client: TestClient, path: str, method: str, status: str, model: str
+) -> None:
+    """The answers that were JSON objects of no model (issue 9) now name theirs."""
+    responses = client.get("/openapi.json").json()["paths"][path][method]["responses"]
+
+    schema = responses[status]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": f"#/components/schemas/{model}"}
+
+
+#: Routes left out of the OpenAPI document on purpose: pages for people, not the API.
+PAGES = {"/", "/docs"}
+
+
+def test_every_route_of_the_app_is_in_the_document_but_the_pages(
+    app: FastAPI, client: TestClient
+) -> None:
+    """A route hidden with `include_in_schema=False` would escape every check above."""
+    document: dict[str, Any] = client.get("/openapi.json").json()
+    hidden = set()
+    walked = 0
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute):
+            continue
+        walked += 1
+        if not route.include_in_schema:
+            hidden.add(route.path_format)
+        else:
+            for method in route.methods:
+                assert method.lower() in document["paths"][route.path_format]
+
+    assert walked > 60
+    assert hidden == PAGES

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,15 +15,23 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.api.routes.audit import get_chain_provider
 from crm_ledger.audit.reports import latest_report
+from crm_ledger.audit.schemas import (
+    CustomerAuditPublic,
+    DigestCheckPublic,
+    LedgerAuditPublic,
+    RecordCheckPublic,
+)
 from crm_ledger.journal.keys import Role
 from crm_ledger.ledger.canonical import canonical_json
+from crm_ledger.schemas import DigestPublic, ReceiptPublic
 from crm_ledger.verifier.chain import AuditChain
 from crm_ledger.verifier.check import verify_bundle
 from tests.anchoring.fakes import FakeChain, add_records
-from tests.api.helpers import checked_out_at_dispose
+from tests.api.helpers import answered_as, checked_out_at_dispose, problem
 from tests.apps import TestClient
 from tests.audit.conftest import FakeChainProvider, Ledger
 from tests.audit.fakes import FakeAuditChain, anchor_all, tamper
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,8 +40,10 @@ Headers = dict[Role, dict[str, str]]
 
 def receipt_and_content(client: Any, headers: Headers, record_id: str) -> tuple[Any, str]:
     """A record's receipt and its canonical content text, as an auditor would have them."""
-    receipt = client.get(f"/v1/records/{record_id}/receipt", headers=headers[Role.AUDITOR])
-    assert receipt.status_code == 200, receipt.text
+    receipt = answered_as(
+        ReceiptPublic,
+        client.get(f"/v1/records/{record_id}/receipt", headers=headers[Role.AUDITOR]),
+    )
     record = client.get(f"/v1/records/{record_id}", headers=headers[Role.AUDITOR]).json()
     content = {
         "v": 1,
@@ -44,18 +53,11 @@ def receipt_and_content(client: Any, headers: Headers, record_id: str) -> tuple[
         "recorded_at": record["recorded_at"],
         "body": record["content"],
     }
-    return receipt.json(), canonical_json(content).decode()
+    return receipt, canonical_json(content).decode()
 
 
 def steps(answer: dict[str, Any]) -> dict[str, str]:
     return {step["name"]: step["status"] for step in answer["steps"]}
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    return body
 
 
 # Record check --------------------------------------------------------------------------------
@@ -70,8 +72,7 @@ async def test_a_receipt_with_its_content_verifies_at_every_step(
         json={"receipt": receipt, "content": json.loads(document)},
         headers=headers[Role.AUDITOR],
     )
-    assert response.status_code == 200, response.text
-    answer = response.json()
+    answer = answered_as(RecordCheckPublic, response)
     assert answer["verdict"] == "valid", answer
     assert answer["content_checked"] is True
     assert set(steps(answer).values()) == {"ok"}
@@ -278,7 +279,7 @@ async def test_a_customer_audit_reports_each_record(
     client: Any, headers: Headers, ledger: Ledger, database_url: str
 ) -> None:
     path = f"/v1/audit/customers/{ledger.customers['Chloe']}"
-    answer = client.get(path, headers=headers[Role.ADMIN]).json()
+    answer = answered_as(CustomerAuditPublic, client.get(path, headers=headers[Role.ADMIN]))
     assert answer["verdict"] == "ok", answer
     assert [r["status"] for r in answer["records"]] == ["ok", "ok", "ok"]
     assert [r["record_id"] for r in answer["records"]] == ledger.records["Chloe"]
@@ -294,7 +295,7 @@ async def test_a_customer_audit_reports_each_record(
             ),
         ],
     )
-    answer = client.get(path, headers=headers[Role.AUDITOR]).json()
+    answer = answered_as(CustomerAuditPublic, client.get(path, headers=headers[Role.AUDITOR]))
     assert answer["verdict"] == "tampered"
     statuses = [(r["status"], r["record_id"]) for r in answer["records"]]
     assert statuses == [
@@ -338,12 +339,13 @@ async def test_a_customer_audit_of_pending_records_and_unknown_customers(
 
 
 def wait_for_report(client: Any, headers: dict[str, str]) -> dict[str, Any]:
-    for _ in range(200):
-        found: dict[str, Any] = client.get("/v1/audit/ledger", headers=headers).json()
-        if found["status"] != "running":
-            return found
-        time.sleep(0.02)
-    raise AssertionError("the ledger audit did not finish")
+    """The latest ledger audit run, once it is no longer running."""
+    return wait_for(
+        lambda: answered_as(LedgerAuditPublic, client.get("/v1/audit/ledger", headers=headers)),
+        10,
+        until=lambda found: found["status"] != "running",
+        what="the ledger audit to finish",
+    )
 
 
 async def test_a_ledger_audit_runs_in_the_background_and_reports(
@@ -351,8 +353,8 @@ async def test_a_ledger_audit_runs_in_the_background_and_reports(
 ) -> None:
     auditor = headers[Role.AUDITOR]
     problem(client.get("/v1/audit/ledger", headers=auditor), 404)
-    started = client.post("/v1/audit/ledger", headers=auditor)
-    assert started.status_code == 202, started.text
+    started = answered_as(LedgerAuditPublic, client.post("/v1/audit/ledger", headers=auditor), 202)
+    assert started["status"] == "running"
     found = wait_for_report(client, auditor)
     assert found["status"] == "done", found
     assert found["clean"] is True
@@ -412,11 +414,14 @@ async def test_customer_audit_and_record_check_when_the_chain_is_down(
         503,
     )
     assert "cannot be reached" in found["detail"]
-    answer = client.post(
-        "/v1/audit/verify",
-        json={"receipt": receipt, "content": document},
-        headers=headers[Role.AUDITOR],
-    ).json()
+    answer = answered_as(
+        RecordCheckPublic,
+        client.post(
+            "/v1/audit/verify",
+            json={"receipt": receipt, "content": document},
+            headers=headers[Role.AUDITOR],
+        ),
+    )
     assert answer["verdict"] == "incomplete"
     assert steps(answer)["commitment"] == "ok"
     assert steps(answer)["root_on_chain"] == "skipped"
@@ -434,20 +439,22 @@ async def test_a_saved_digest_is_extended_and_a_forged_one_is_not(
     tmp_path: Path,
 ) -> None:
     auditor = headers[Role.AUDITOR]
-    saved = client.get("/v1/audit/digest", headers=auditor).json()
+    saved = answered_as(DigestPublic, client.get("/v1/audit/digest", headers=auditor))
     assert saved["format"] == "crm-ledger/digest/v1"
     assert saved["batch"]["head"] == "0x" + fake_chain.head.hex()
 
     add_records(app_sessions, customers=2, each=3)
     await anchor_all(app_sessions, fake_chain, tmp_path)
-    answer = client.post("/v1/audit/digest/verify", json=saved, headers=auditor).json()
+    verify = client.post("/v1/audit/digest/verify", json=saved, headers=auditor)
+    answer = answered_as(DigestCheckPublic, verify)
     assert answer["extends"] is True, answer
     assert answer["records_added"] == 6
     assert answer["head"] == "0x" + fake_chain.head.hex()
 
     forged = json.loads(json.dumps(saved))
     forged["batch"]["head"] = "0x" + "77" * 32
-    answer = client.post("/v1/audit/digest/verify", json=forged, headers=auditor).json()
+    verify = client.post("/v1/audit/digest/verify", json=forged, headers=auditor)
+    answer = answered_as(DigestCheckPublic, verify)
     assert answer["extends"] is False
     assert any("forged" in failure for failure in answer["failures"])
 

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from crm_ledger.chain.node import PID_FILE_NAME, LocalNode, start_anvil
 from crm_ledger.errors import ConfigError
 from tests.chain.conftest import free_port
 from tests.chain.test_node import ledger_state_block
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.chain,
@@ -76,14 +76,9 @@ def alive(pid: int) -> bool:
     return stat_line.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def gone_within(pid: int, seconds: float) -> bool:
-    """Whether `pid` ends within `seconds`."""
-    deadline = time.monotonic() + seconds
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+def wait_until_gone(pid: int, seconds: float, why: str = "") -> None:
+    """Fail the test unless `pid` ends within `seconds`."""
+    wait_for(lambda: not alive(pid), seconds, what=why or f"process {pid} to end")
 
 
 def mine(rpc_url: str, blocks: int) -> None:
@@ -125,7 +120,7 @@ def test_an_anvil_dies_with_its_parent_killed_9(tmp_path: Path, stoppers: list[i
     parent.send_signal(signal.SIGKILL)
     parent.wait()
 
-    assert gone_within(anvil_pid, 30)
+    wait_until_gone(anvil_pid, 30)
 
 
 def test_an_orphaned_anvil_is_stopped_by_the_next_start_and_the_chain_is_kept(

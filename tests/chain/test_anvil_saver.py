@@ -12,6 +12,7 @@ import pytest
 
 from crm_ledger.chain.anvil_saver import StateSaver
 from crm_ledger.chain.node import LocalNode
+from tests.waiting import wait_for
 
 from .test_node import anchor_batches, ledger_state, wait_until_saved
 
@@ -25,9 +26,7 @@ def test_an_idle_chain_is_not_rewritten(anvil_factory: StartAnvil, tmp_path: Pat
     node = anvil_factory(state_path=state_path)
     assert node.saver is not None
     wait_until_saved(state_path, 0)
-    deadline = time.monotonic() + 10
-    while node.saver.saves == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: node.saver.saves, 10, what="the saver's first save")
     saves, written = node.saver.saves, state_path.stat().st_mtime_ns
 
     time.sleep(2.5 * node.saver.min_interval)
@@ -77,9 +76,7 @@ def test_a_saver_on_a_dead_node_only_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     saver = StateSaver("http://127.0.0.1:1", tmp_path / "state.json", min_interval=0.05).start()
-    deadline = time.monotonic() + 10
-    while "could not save" not in caplog.text and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: "could not save" in caplog.text, 10, what="the saver's warning")
     saver.stop()
 
     assert "could not save Anvil's state" in caplog.text

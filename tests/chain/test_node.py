@@ -17,6 +17,7 @@ from crm_ledger.chain.client import LedgerChain, make_async_web3
 from crm_ledger.chain.node import LocalNode, find_anvil_binary, start_anvil
 from crm_ledger.chain.signer import dev_account
 from crm_ledger.errors import ChainUnavailable, ConfigError
+from tests.waiting import wait_for
 
 from .conftest import RPC_TIMEOUT_SECONDS, deployed_chain, free_port, make_settings, some_root
 
@@ -95,16 +96,21 @@ def test_stop_then_start_keeps_the_chain(anvil_factory: StartAnvil, tmp_path: Pa
 
 def wait_until_saved(state_path: Path, block_number: int, timeout: float = 30.0) -> None:
     """Wait until the state file holds block `block_number` (the node's saver wrote it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def saved_block() -> int:
         try:
             saved = json.loads(state_path.read_bytes())["best_block_number"]
-            if int(str(saved), 0) >= block_number:
-                return
+            return int(str(saved), 0)
         except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{state_path} did not reach block {block_number} in {timeout} s")
+            return -1
+
+    wait_for(
+        saved_block,
+        timeout,
+        until=lambda saved: saved >= block_number,
+        what=f"{state_path} to hold block {block_number}",
+        interval=0.1,
+    )
 
 
 def test_kill_loses_at_most_the_blocks_since_the_last_save(
@@ -228,20 +234,17 @@ def test_kill_takes_the_whole_process_group(tmp_path: Path) -> None:
 
     node.kill()
 
-    assert group_gone_within(node.pid, seconds=5)
+    wait_for(lambda: group_gone(node.pid), 5, what=f"process group {node.pid} to end")
     with pytest.raises(ChainUnavailable):
         asyncio.run(ledger_state_block_checked(node.rpc_url))
 
 
-def group_gone_within(group: int, *, seconds: float) -> bool:
-    """Whether process group `group` is empty within `seconds` (orphans are reaped by init)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
+def group_gone(group: int) -> bool:
+    """Whether process group `group` is empty (orphans are reaped by init)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
     return False
 
 

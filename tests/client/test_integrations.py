@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 from crm_ledger.client import AsyncClient, Client, DeliveryPublic, NotFound
 from tests.client.conftest import Delivered, LiveService, WebhookReceiver
 from tests.ingest.shops import body_of, shopify_headers, shopify_order
-from tests.waiting import wait_for
+from tests.waiting import wait_for, wait_for_async
 
 pytestmark = pytest.mark.chain
 
@@ -178,14 +177,6 @@ def test_the_async_client_has_both_resources(
 ) -> None:
     path = f"/hooks/{uuid.uuid4().hex}"
 
-    async def waited(probe: Callable[[], Any], what: str) -> Any:
-        for _ in range(600):
-            found = await probe()
-            if found:
-                return found
-            await asyncio.sleep(0.1)
-        raise AssertionError(what)
-
     async def scenario() -> None:
         async with AsyncClient(live.url, api_key=live.keys["admin"], max_retries=2) as admin:
             shop = await admin.sources.create(
@@ -201,7 +192,7 @@ def test_the_async_client_has_both_resources(
             async def failed() -> list[DeliveryPublic]:
                 return [d async for d in admin.sources.deliveries(shop.id, status="failed")]
 
-            [bad] = await waited(failed, "a failed delivery")
+            [bad] = await wait_for_async(failed, what="a failed delivery", interval=0.1)
             assert (await admin.sources.retry_delivery(shop.id, bad.id)).status == "pending"
             rotated = await admin.sources.rotate(shop.id, secret=NEW_SHOP_SECRET)
             assert rotated.previous_secret_valid_until is not None
@@ -232,7 +223,7 @@ def test_the_async_client_has_both_resources(
             async def succeeded() -> list[Any]:
                 return [d async for d in hooks.deliveries(created.id, status="succeeded")]
 
-            delivered = await waited(succeeded, "replayed deliveries")
+            delivered = await wait_for_async(succeeded, what="replayed deliveries", interval=0.1)
             again = await hooks.redeliver(created.id, delivered[0].id)
             assert again.event_id == delivered[0].event_id
             by_id = {item.headers["webhook-id"]: item for item in webhook_receiver.on(path)}

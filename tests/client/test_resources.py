@@ -18,6 +18,7 @@ from crm_ledger.client import (
 )
 from crm_ledger.verifier.bundle import parse_header
 from tests.client.conftest import LiveService
+from tests.waiting import wait_for_async
 
 pytestmark = pytest.mark.chain
 
@@ -232,9 +233,12 @@ def test_async_client_records_and_waits(live: LiveService) -> None:
             campaign = await marketer.campaigns.create(name="Async", budget=100)
             assert (await marketer.campaigns.get(campaign.id)).budget == 100
             job = await marketer.campaigns.award(campaign.id, points=5, customer_ids=[who.id])
-            while job.status == "queued" or job.pending:
-                await asyncio.sleep(0.2)
-                job = await marketer.campaigns.get_award(campaign.id, job.id)
+            job = await wait_for_async(
+                lambda: marketer.campaigns.get_award(campaign.id, job.id),
+                until=lambda found: found.status != "queued" and not found.pending,
+                what="the award job",
+                interval=0.2,
+            )
             account = await marketer.loyalty.account(who.id)
             # The order above may also have earned points in another test's active campaign.
             assert [lot.points for lot in account.lots if lot.campaign_id == campaign.id] == [5]

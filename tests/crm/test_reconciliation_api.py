@@ -4,7 +4,6 @@ started in this one, and the stored reports."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from crm_ledger.journal.keys import Role
 from tests.api.helpers import checked_out_at_dispose, problem
 from tests.apps import TestClient
 from tests.crm import factories as f
+from tests.waiting import wait_for
 
 
 class QuietChain:
@@ -93,13 +93,12 @@ def test_a_process_running_the_indexer_runs_it_at_once(
     run_the_indexer_here(app, app_sessions, QuietChain(), tmp_path)
     started = client.post("/v1/crm/reconciliation", headers=headers[Role.ADMIN])
     assert started.status_code == 202
-    deadline = time.monotonic() + 10
-    while True:
-        run = client.get(started.headers["Location"], headers=headers[Role.ADMIN]).json()
-        if run["status"] == "done" or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert run["status"] == "done", run
+    run = wait_for(
+        lambda: client.get(started.headers["Location"], headers=headers[Role.ADMIN]).json(),
+        10,
+        until=lambda run: run["status"] == "done",
+        what="the reconciliation run to finish",
+    )
     assert run["report"]["clean"] is True and run["drift_count"] == 0
     assert run["started_at"] is not None and run["finished_at"] is not None
 

@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from crm_ledger.db.session import (
     process_write_lock,
     write_queue,
 )
+from tests.waiting import wait_for
 
 WAIT = 10.0
 
@@ -52,8 +52,7 @@ def _queue(engine: Engine) -> WriteQueue:
 
 
 def _wait_for_waiters(queue: WriteQueue, n: int) -> None:
-    while queue.waiting < n:
-        time.sleep(0.005)
+    wait_for(lambda: queue.waiting >= n, 10, what=f"{n} writers in the queue", interval=0.005)
 
 
 def _count(sessions: sessionmaker[Session]) -> int:

@@ -20,8 +20,7 @@ from crm_ledger.journal.keys import Role, create_api_key
 from crm_ledger.runtime import Runtime
 from crm_ledger.workers.lock import INDEXER
 from tests.e2e.conftest import TestClient, service_settings
-from tests.waiting import wait_for
-from tests.workers.helpers import until
+from tests.waiting import until, wait_for
 
 CLI = Path(sys.executable).parent / "crm-ledger"
 

@@ -29,7 +29,8 @@ from tests.anchoring.fakes import add_records
 from tests.chain.conftest import free_port
 from tests.indexer.conftest import AnvilChain
 from tests.indexer.helpers import confirmed_records, folded_feed, view_snapshot
-from tests.workers.helpers import supervised, until
+from tests.waiting import until
+from tests.workers.helpers import supervised
 
 pytestmark = [pytest.mark.chain, pytest.mark.asyncio]
 

@@ -1,5 +1,5 @@
-"""Fixtures for ingest tests: the app of tests/apps.py with a master key, an admin, sources of
-each platform."""
+"""Fixtures for ingest tests: the app of tests/apps.py with a master key, sources of each
+platform."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.config import Settings
 from crm_ledger.ingest.worker import IngestWorker
-from crm_ledger.journal.keys import Role
 from tests.apps import TestClient, api_settings
 from tests.ingest.shops import MAGENTO_SECRET, SHOPIFY_SECRET, WOO_SECRET, MagentoKeys
 
@@ -34,12 +33,6 @@ def settings_overrides() -> dict[str, Any]:
 def session_factory(app_sessions: sessionmaker[Session]) -> sessionmaker[Session]:
     """The app's session factory."""
     return app_sessions
-
-
-@pytest.fixture
-def admin(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
-    """Headers of an admin."""
-    return headers[Role.ADMIN]
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ outage test, which stops and restarts an Anvil of its own.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -37,6 +35,7 @@ from tests.chain.conftest import free_port
 from tests.loyalty.conftest import loyalty_settings
 from tests.loyalty.fakes import Crash, backdate, make_customers
 from tests.loyalty.test_worker import award, run_until_idle
+from tests.waiting import wait_for_async
 
 pytestmark = [pytest.mark.chain, pytest.mark.asyncio]
 
@@ -244,14 +243,20 @@ async def test_the_service_earns_points_for_an_anchored_order(
             "status": "paid",
         }
         assert client.post("/v1/orders", json=order, headers=key).status_code == 201
-        deadline = time.monotonic() + 60
-        account: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            account = client.get(f"/v1/customers/{customer}/loyalty", headers=key).json()
+
+        async def loyalty() -> dict[str, Any]:
+            found: dict[str, Any] = client.get(
+                f"/v1/customers/{customer}/loyalty", headers=key
+            ).json()
+            return found
+
+        account = await wait_for_async(
+            loyalty,
+            60,
             # The chain reports the mint a moment before the worker records it.
-            if account.get("chain_balance") == account.get("available") == 42:
-                break
-            await asyncio.sleep(0.2)
-        assert account["chain_balance"] == 42, (account, app.state.runtime.chain_status)
-        assert account["available"] == 42 and account["history"][0]["tx_hash"]
+            until=lambda found: found.get("chain_balance") == found.get("available") == 42,
+            what=lambda: app.state.runtime.chain_status,
+            interval=0.2,
+        )
+        assert account["history"][0]["tx_hash"]
         assert app.state.runtime.chain_status["loyalty"]["state"] == "running"

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import feed
 from crm_ledger.feed import EventType, NewFeedEvent
+from tests.waiting import wait_for
 
 SHARED_NATS_URL = "nats://127.0.0.1:4222"
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -149,14 +150,15 @@ class PrivateNats:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
+        wait_for(self.accepts_clients, 10, what="nats-server to start")
+
+    def accepts_clients(self) -> bool:
+        """Whether its port takes a TCP connection now."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     def kill(self) -> None:
         """SIGKILL it (no graceful shutdown) and wait until it is gone."""

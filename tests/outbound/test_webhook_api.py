@@ -25,11 +25,6 @@ BASE = "/v1/webhook-subscriptions"
 PUBLIC_URL = "https://93.184.215.14/hooks"  # a literal public address: no DNS needed
 
 
-@pytest.fixture
-def admin(headers: dict[Role, dict[str, str]]) -> dict[str, str]:
-    return headers[Role.ADMIN]
-
-
 def create(client: TestClient, admin: dict[str, str], **overrides: Any) -> dict[str, Any]:
     body = {"url": PUBLIC_URL, "event_types": ["record.anchored"], "description": "CRM"}
     body.update(overrides)

@@ -4,7 +4,6 @@ supervisor, events reaching JetStream and a webhook receiver, states in the stat
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from crm_ledger.outbound.webhooks.secrets import new_signing_secret
 from crm_ledger.roles import background_workers
 from crm_ledger.workers import Supervisor
 from tests.outbound.conftest import SHARED_NATS_URL, Receiver, feed_ids, read_stream, write_events
+from tests.waiting import until
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:
@@ -82,12 +82,14 @@ async def test_under_the_supervisor_events_reach_jetstream_and_a_signed_webhook(
     await supervisor.start()
     try:
         await asyncio.to_thread(write_events, session_factory, 9)  # 3 are record.anchored
-        deadline = time.monotonic() + 60
-        while (
-            len(receiver.on("/crm")) < 3 or supervisor.status()["nats-relay"]["items_handled"] < 9
-        ):
-            assert time.monotonic() < deadline, supervisor.status()
-            await asyncio.sleep(0.05)
+        await until(
+            lambda: (
+                len(receiver.on("/crm")) >= 3
+                and supervisor.status()["nats-relay"]["items_handled"] >= 9
+            ),
+            60,
+            what=supervisor.status,
+        )
         status = supervisor.status()
         assert status["nats-relay"]["state"] in ("running", "idle")
         assert status["webhooks"]["state"] in ("running", "idle")

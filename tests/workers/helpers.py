@@ -1,9 +1,8 @@
-"""Run workers under a real supervisor in tests, and wait for what they do."""
+"""Run workers under a real supervisor in tests (wait for what they do with `tests.waiting`)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import Engine
@@ -29,13 +28,3 @@ async def supervised(*workers: Worker, engine: Engine | None = None) -> AsyncIte
         yield supervisor
     finally:
         await supervisor.stop()
-
-
-async def until(condition: Callable[[], object], *, timeout: float = 10.0, what: str = "") -> None:
-    """Poll `condition` every 20 ms until it is truthy; AssertionError after `timeout` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        await asyncio.sleep(0.02)

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from crm_ledger.errors import ChainUnavailable, ConfigError, Unavailable, WorkerHalted
 from crm_ledger.workers import Backoff, Supervisor, WorkerState
-from tests.workers.helpers import until
+from tests.waiting import until
 
 
 class ScriptedWorker:

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_ledger.db import bulk
+from crm_ledger.db import bulk, outbox
 from crm_ledger.db.models import Batch, BatchStatus, Customer, Record, utcnow
 from crm_ledger.db.session import reading
 from crm_ledger.ledger import merkle
@@ -156,12 +156,7 @@ def unfinished_batches(session_factory: sessionmaker[Session]) -> list[BatchPlan
 
 def mark_sent(session_factory: sessionmaker[Session], *, batch_id: int, tx_hash: bytes) -> None:
     """Remember the transaction that carries the batch, before waiting for it to be mined."""
-    with session_factory() as session, session.begin():
-        session.execute(
-            update(Batch)
-            .where(Batch.id == batch_id)
-            .values(status=BatchStatus.SENT.value, tx_hash=tx_hash, sent_at=utcnow())
-        )
+    outbox.mark_sent(session_factory, Batch, Batch.id == batch_id, tx_hash=tx_hash)
 
 
 def mark_anchored(
@@ -239,14 +234,6 @@ def reset_batches_from(session_factory: sessionmaker[Session], *, first_seq: int
             session.execute(
                 update(Batch)
                 .where(Batch.id.in_(ids))
-                .values(
-                    status=BatchStatus.CUT.value,
-                    tx_hash=None,
-                    block_number=None,
-                    block_hash=None,
-                    gas_used=None,
-                    sent_at=None,
-                    anchored_at=None,
-                )
+                .values(status=BatchStatus.CUT.value, anchored_at=None, **outbox.UNSENT)
             )
         return ids

@@ -1,8 +1,7 @@
 """What handlers receive through `Depends`: settings, a session, the calling key, its role.
 
 Exports: `RuntimeDep`, `SettingsDep`, `SessionDep`, `CurrentKey`, `RecorderKey`, `AnyKey`,
-`require_roles`, `ApiKeyCache`, `key_cache`, `PROBLEM_RESPONSES`, `problem_responses`,
-`json_document`.
+`require_roles`, `ApiKeyCache`, `key_cache`, `PROBLEM_RESPONSES`, `problem_responses`.
 
 Handlers that touch the database are plain `def`, so FastAPI runs them in its threadpool; the
 dependencies here are `async` and never block on a cache hit, so a request crosses into a
@@ -266,13 +265,3 @@ PROBLEM_RESPONSES: dict[int, dict[str, Any]] = {
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `PROBLEM_RESPONSES` entries of `statuses`, for a route's `responses=`."""
     return {status: PROBLEM_RESPONSES[status] for status in statuses}
-
-
-def json_document(description: str) -> dict[str, Any]:
-    """The `responses=` entry of a JSON answer that no pydantic model describes (a receipt, an
-    audit report, a digest): a JSON object, and `description` saying which and where its
-    format is written down."""
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }

@@ -15,9 +15,9 @@ from pydantic import BaseModel
 
 from crm_ledger.db.models import Customer
 from crm_ledger.journal.access import AccessPage
+from crm_ledger.journal.customers import public_fields
 from crm_ledger.journal.privacy import PersonalFields
 from crm_ledger.journal.records import RecordView, kind_name
-from crm_ledger.journal.schemas import format_timestamp
 from crm_ledger.schemas import CustomerPublic, RecordPublic
 
 
@@ -28,17 +28,7 @@ def receipt_url(record_id: str) -> str:
 
 def customer_public(customer: Customer, personal: PersonalFields | None) -> CustomerPublic:
     """The public form of a customer row; `personal` None gives the pseudonymous form."""
-    shown = personal or PersonalFields()
-    return CustomerPublic(
-        id=customer.id,
-        name=shown.name,
-        email=shown.email,
-        phone=shown.phone,
-        external_ref=customer.external_ref,
-        tags=list(customer.tags or []),
-        created_at=format_timestamp(customer.created_at),
-        erased_at=format_timestamp(customer.erased_at) if customer.erased_at else None,
-    )
+    return CustomerPublic(**public_fields(customer, personal))
 
 
 def record_public(record: RecordView) -> RecordPublic:

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from eth_utils.address import to_checksum_address
 from sqlalchemy import Connection, Engine, func, select
 
-from crm_ledger.audit.snapshot import read_snapshot
-from crm_ledger.db.models import Batch, BatchStatus, Customer, Deployment, Record
+from crm_ledger.audit.snapshot import STORED_BATCHES, read_snapshot
+from crm_ledger.db.models import BatchStatus, Customer, Deployment, Record
 from crm_ledger.errors import Conflict, NotFound, Unprocessable
 from crm_ledger.journal.receipts import AUDIT_LEDGER
 from crm_ledger.journal.schemas import is_public_id
@@ -309,21 +309,7 @@ def _anchored_prefix(conn: Connection) -> list[BundleBatch]:
     }
     out: list[BundleBatch] = []
     end = 0
-    for row in conn.execute(
-        select(
-            Batch.id,
-            Batch.first_seq,
-            Batch.count.label("size"),
-            Batch.root,
-            Batch.previous_head,
-            Batch.head,
-            Batch.status,
-            Batch.epoch,
-            Batch.tx_hash,
-            Batch.block_number,
-            Batch.block_hash,
-        ).order_by(Batch.id)
-    ):
+    for row in conn.execute(STORED_BATCHES):
         location = deployments.get(row.epoch)
         if (
             row.status != BatchStatus.ANCHORED.value

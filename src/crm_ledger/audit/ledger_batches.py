@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from crm_ledger.audit.ledger_chain import ChainView
 from crm_ledger.audit.ledger_findings import BatchRange, Findings, as_bytes, show, to_hex
 from crm_ledger.audit.report import DiscrepancyKind, LedgerReport
-from crm_ledger.db.models import Batch, BatchStatus
+from crm_ledger.audit.snapshot import STORED_BATCHES
+from crm_ledger.db.models import BatchStatus
 from crm_ledger.ledger import merkle
 from crm_ledger.verifier.chain import BatchAnchoredEvent
 
@@ -45,24 +46,7 @@ class BatchChecks(Findings):
             self.add(DiscrepancyKind.CHAIN_INCONSISTENT, problem)
 
     def _check_batches(self) -> None:
-        rows = {
-            row.id: row
-            for row in self.conn.execute(
-                select(
-                    Batch.id,
-                    Batch.first_seq,
-                    # Not "count": a Row is a tuple, and tuples have a count() method.
-                    Batch.count.label("size"),
-                    Batch.root,
-                    Batch.previous_head,
-                    Batch.head,
-                    Batch.status,
-                    Batch.tx_hash,
-                    Batch.block_number,
-                    Batch.block_hash,
-                ).order_by(Batch.id)
-            )
-        }
+        rows = {row.id: row for row in self.conn.execute(STORED_BATCHES)}
         chain_ids = set()
         previous_head = merkle.ZERO_HASH
         for batch in self.view.batches:

@@ -1,6 +1,6 @@
 """Long consistent reads of the journal that do not hold up writers.
 
-Exports: `read_snapshot`, `latest_deployment`, `DeploymentRecord`.
+Exports: `read_snapshot`, `latest_deployment`, `DeploymentRecord`, `STORED_BATCHES`.
 
 The service's SQLite engine begins every transaction with `BEGIN IMMEDIATE` (it takes the write
 lock up front so writers queue instead of failing). An audit or an export reads for seconds or
@@ -19,8 +19,24 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.pool import NullPool
 
-from crm_ledger.db.models import Deployment
+from crm_ledger.db.models import Batch, Deployment
 from crm_ledger.journal.receipts import AUDIT_LEDGER
+
+#: Every stored batch, in id order, with what the ledger audit and the exports compare with the
+#: chain. Its count is `size`: a Row is a tuple, and tuples have a count() method.
+STORED_BATCHES = select(
+    Batch.id,
+    Batch.first_seq,
+    Batch.count.label("size"),
+    Batch.root,
+    Batch.previous_head,
+    Batch.head,
+    Batch.status,
+    Batch.epoch,
+    Batch.tx_hash,
+    Batch.block_number,
+    Batch.block_hash,
+).order_by(Batch.id)
 
 
 @contextmanager

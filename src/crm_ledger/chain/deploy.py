@@ -1,7 +1,8 @@
 """AuditLedger deployments: deploy once, record where, notice when the chain lost it.
 
 Exports: `ensure_ledger_deployment`, `verify_deployment`, `recover_new_epoch`,
-`LEDGER_CONTRACT`.
+`LEDGER_CONTRACT`; for every contract the service deploys (the LoyaltyToken's too):
+`latest_deployment`, `lock_and_read_latest`, `deployment_row`.
 
 Each deployment is a row in `deployments` together with what the chain looked like then: chain
 id, genesis hash, the code hash at the address. A chain that no longer matches (a dev node
@@ -22,31 +23,32 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from typing import Protocol
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Select, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.chain.client import EMPTY_CODE_HASH, LedgerChain, LedgerDeployment
+from crm_ledger.chain.contract import ContractClient
+from crm_ledger.db import outbox
 from crm_ledger.db.models import Batch, BatchStatus, Deployment
 from crm_ledger.errors import ChainError, ChainReset
 from crm_ledger.ledger.hexcodec import hex0x
 
-__all__ = ["LEDGER_CONTRACT", "ensure_ledger_deployment", "recover_new_epoch", "verify_deployment"]
+__all__ = [
+    "LEDGER_CONTRACT",
+    "deployment_row",
+    "ensure_ledger_deployment",
+    "latest_deployment",
+    "lock_and_read_latest",
+    "recover_new_epoch",
+    "verify_deployment",
+]
 
 log = logging.getLogger(__name__)
 
 LEDGER_CONTRACT = "AuditLedger"
 FIRST_EPOCH = 1
-#: pg_advisory_xact_lock key shared by every process deploying the AuditLedger.
-DEPLOY_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"crm-ledger: deploy AuditLedger").digest()[:8], "big", signed=True
-)
-_LATEST = (
-    select(Deployment)
-    .where(Deployment.contract == LEDGER_CONTRACT)
-    .order_by(Deployment.epoch.desc())
-    .limit(1)
-)
 _NOTHING_LOST = "Anchoring is stopped; nothing is lost — the journal still holds every record."
 
 
@@ -64,7 +66,7 @@ async def ensure_ledger_deployment(
     """
     # The usual case, a recorded deployment, is checked outside any lock: on SQLite the lock is
     # the database's write lock, and a slow node must not hold up the journal's writers.
-    current = await asyncio.to_thread(_latest_unlocked, session_factory)
+    current = await asyncio.to_thread(latest_deployment, session_factory, LEDGER_CONTRACT)
     if current is None:
         current = await _deploy_first_epoch(session_factory, chain, receipt_timeout)
     await verify_deployment(chain, current)
@@ -77,7 +79,7 @@ async def _deploy_first_epoch(
     """Deploy and record epoch 1, unless another process did while this one waited."""
     session = session_factory()
     try:
-        recorded = await _lock_and_read_latest(session)
+        recorded = await lock_and_read_latest(session, LEDGER_CONTRACT)
         if recorded is not None:
             await asyncio.to_thread(session.commit)
             return recorded
@@ -170,7 +172,7 @@ async def recover_new_epoch(
     """
     session = session_factory()
     try:
-        current = await _lock_and_read_latest(session)
+        current = await lock_and_read_latest(session, LEDGER_CONTRACT)
         if current is None:
             raise ChainError(
                 "nothing to recover: no AuditLedger deployment is recorded; starting the "
@@ -211,37 +213,79 @@ async def _require_reset(chain: LedgerChain, current: Deployment) -> None:
     )
 
 
-async def _lock_and_read_latest(session: Session) -> Deployment | None:
-    """Start the session's transaction under the deploy lock; the latest AuditLedger row."""
+class Deployed(Protocol):
+    """A contract just deployed (`LedgerDeployment`, the loyalty token's `TokenDeployment`)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def code_hash(self) -> bytes: ...
+    @property
+    def tx_hash(self) -> bytes: ...
+    @property
+    def block_number(self) -> int: ...
+
+
+def _latest(contract: str) -> Select[tuple[Deployment]]:
+    return (
+        select(Deployment)
+        .where(Deployment.contract == contract)
+        .order_by(Deployment.epoch.desc())
+        .limit(1)
+    )
+
+
+def latest_deployment(session_factory: sessionmaker[Session], contract: str) -> Deployment | None:
+    """The latest recorded deployment of `contract` (read without the deploy lock)."""
+    with session_factory() as session:
+        return session.scalars(_latest(contract)).first()
+
+
+def deploy_lock_key(contract: str) -> int:
+    """The pg_advisory_xact_lock key shared by every process deploying `contract`."""
+    digest = hashlib.sha256(f"crm-ledger: deploy {contract}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def lock_and_read_latest(session: Session, contract: str) -> Deployment | None:
+    """Start the session's transaction under `contract`'s deploy lock; its latest row."""
 
     def locked_read() -> Deployment | None:
         if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DEPLOY_LOCK_KEY})
-        return session.scalars(_LATEST).first()
+            key = deploy_lock_key(contract)
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        return session.scalars(_latest(contract)).first()
 
     # The lock may be held by another process for as long as its deployment takes: wait in a
     # thread, not on the event loop.
     return await asyncio.to_thread(locked_read)
 
 
-def _latest_unlocked(session_factory: sessionmaker[Session]) -> Deployment | None:
-    with session_factory() as session:
-        return session.scalars(_LATEST).first()
-
-
-async def _record(
-    session: Session, chain: LedgerChain, deployed: LedgerDeployment, *, epoch: int
+async def deployment_row(
+    client: ContractClient,
+    deployed: Deployed,
+    *,
+    contract: str,
+    epoch: int,
 ) -> Deployment:
-    row = Deployment(
-        contract=LEDGER_CONTRACT,
+    """The `deployments` row of a contract just deployed, with what the chain looks like now
+    (its id and genesis hash), to notice later when it lost the contract."""
+    return Deployment(
+        contract=contract,
         epoch=epoch,
-        chain_id=await chain.chain_id(),
-        genesis_hash=await chain.genesis_hash(),
+        chain_id=await client.chain_id(),
+        genesis_hash=await client.genesis_hash(),
         address=deployed.address,
         code_hash=deployed.code_hash,
         tx_hash=deployed.tx_hash,
         block_number=deployed.block_number,
     )
+
+
+async def _record(
+    session: Session, chain: LedgerChain, deployed: LedgerDeployment, *, epoch: int
+) -> Deployment:
+    row = await deployment_row(chain, deployed, contract=LEDGER_CONTRACT, epoch=epoch)
     session.add(row)
     await asyncio.to_thread(session.flush)
     return row
@@ -250,14 +294,7 @@ async def _record(
 def _requeue_all_batches(session: Session) -> int:
     result = session.execute(
         update(Batch).values(
-            status=BatchStatus.CUT.value,
-            epoch=None,
-            tx_hash=None,
-            block_number=None,
-            block_hash=None,
-            gas_used=None,
-            sent_at=None,
-            anchored_at=None,
+            status=BatchStatus.CUT.value, epoch=None, anchored_at=None, **outbox.UNSENT
         )
     )
     return int(getattr(result, "rowcount", 0))

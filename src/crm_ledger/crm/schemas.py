@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from crm_ledger.schemas import CustomerPublic
+
 LedgerStateName = Literal["pending", "anchored", "confirmed", "failed"]
 TimelineKind = Literal["interaction", "order", "erasure", "reward", "redemption", "expiry"]
 
@@ -97,19 +99,11 @@ class ShopCustomerId(BaseModel):
     external_id: str
 
 
-class CustomerProfile(BaseModel):
+class CustomerProfile(CustomerPublic):
     """A customer's profile; personal fields are null once erased."""
 
-    id: str
-    name: str | None
-    email: str | None
-    phone: str | None
-    external_ref: str | None
-    tags: list[str]
-    created_at: str
-    erased_at: str | None
     # Commerce ingest (issue 11): the shops' ids for this customer (deleted on erasure).
-    external_ids: list[ShopCustomerId] = []
+    external_ids: list[ShopCustomerId] = Field(default_factory=list)
 
 
 class CustomerView(BaseModel):
@@ -122,17 +116,9 @@ class CustomerView(BaseModel):
     timeline: Timeline
 
 
-class CustomerSummary(BaseModel):
+class CustomerSummary(CustomerPublic):
     """A customer in the CRM list."""
 
-    id: str
-    name: str | None
-    email: str | None
-    phone: str | None
-    external_ref: str | None
-    tags: list[str]
-    created_at: str
-    erased_at: str | None
     last_interaction_at: str | None
     loyalty_balance: int | None = Field(description="null when the customer has no address")
 

@@ -21,9 +21,9 @@ compensating feed event per feed event they produced (`record.unanchored`,
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,6 +46,7 @@ from crm_ledger.indexer.events import (
     AUDIT_LEDGER_TOPICS,
     LOYALTY_TOKEN_TOPICS,
     BatchAnchored,
+    LogLocation,
     TokenEvent,
     TokenEventKind,
 )
@@ -236,17 +237,25 @@ def apply_range(
         new_feed: list[NewFeedEvent] = []
         added_batches = 0
         if batches:
-            inserted = _insert_batches(
-                session, batches, epoch=epochs[LEDGER], from_block=from_block, to_block=to_block
+            inserted = _insert_new(
+                session,
+                IndexedBatch,
+                _BATCH_COLUMNS,
+                batches,
+                lambda b: _batch_row(b, epochs[LEDGER]),
+                from_block=from_block,
+                to_block=to_block,
             )
             added_batches = len(inserted)
             new_feed += feed_events.record_events(session, inserted, epoch=epochs[LEDGER])
         added_tokens = 0
         if token_events:
-            token_inserted = _insert_token_events(
+            token_inserted = _insert_new(
                 session,
+                IndexedTokenEvent,
+                _TOKEN_COLUMNS,
                 token_events,
-                epoch=epochs[TOKEN],
+                lambda e: _token_row(e, epochs[TOKEN]),
                 from_block=from_block,
                 to_block=to_block,
             )
@@ -359,8 +368,12 @@ def _store_block_hashes(session: Session, hashes: Mapping[int, bytes], *, to_blo
         session.execute(delete(IndexedBlock).where(IndexedBlock.number <= to_block - RECENT_BLOCKS))
 
 
+#: The tables of indexed events, keyed by (block hash, log index).
+_IndexedModel = type[IndexedBatch] | type[IndexedTokenEvent]
+
+
 def _existing_keys(
-    session: Session, model: type[IndexedBatch] | type[IndexedTokenEvent], lo: int, hi: int
+    session: Session, model: _IndexedModel, lo: int, hi: int
 ) -> set[tuple[bytes, int]]:
     rows = session.execute(
         select(model.block_hash, model.log_index).where(model.block_number.between(lo, hi))
@@ -398,13 +411,11 @@ _TOKEN_COLUMNS = (
 )
 
 
-def _last_pk(session: Session, model: type[IndexedBatch] | type[IndexedTokenEvent]) -> int:
+def _last_pk(session: Session, model: _IndexedModel) -> int:
     return int(session.scalar(select(func.max(model.pk))) or 0)
 
 
-def _pks_after(
-    session: Session, model: type[IndexedBatch] | type[IndexedTokenEvent], last: int, count: int
-) -> list[int]:
+def _pks_after(session: Session, model: _IndexedModel, last: int, count: int) -> list[int]:
     """The pks of the `count` rows just inserted after pk `last`, in insertion order.
 
     The indexer is the only writer of these tables (it runs beside the anchorer, under its
@@ -420,83 +431,73 @@ def _pks_after(
     return pks
 
 
-def _insert_batches(
+class _Logged(Protocol):
+    """An event of the chain's logs: where it is, the key it is stored under."""
+
+    @property
+    def at(self) -> LogLocation: ...
+
+
+_Event = TypeVar("_Event", bound=_Logged)
+
+
+def _insert_new(
     session: Session,
-    batches: Sequence[BatchAnchored],
+    model: _IndexedModel,
+    columns: Sequence[str],
+    events: Sequence[_Event],
+    row: Callable[[_Event], tuple[Any, ...]],
     *,
-    epoch: int,
     from_block: int,
     to_block: int,
-) -> list[tuple[int, BatchAnchored]]:
-    """Insert the batches not stored yet; (pk, event) of each inserted one."""
-    existing = _existing_keys(session, IndexedBatch, from_block, to_block)
-    fresh = [b for b in batches if (b.at.block_hash, b.at.log_index) not in existing]
+) -> list[tuple[int, _Event]]:
+    """Insert the `events` of blocks `from_block`..`to_block` not stored yet, each as
+    `row(event)` plus the time; (pk, event) of each inserted one."""
+    existing = _existing_keys(session, model, from_block, to_block)
+    fresh = [event for event in events if (event.at.block_hash, event.at.log_index) not in existing]
     if not fresh:
         return []
     now = bulk.processed_now(session)
-    last = _last_pk(session, IndexedBatch)
-    bulk.insert_rows(
-        session,
-        "indexed_batches",
-        _BATCH_COLUMNS,
-        [
-            (
-                epoch,
-                b.batch_id,
-                b.first_seq,
-                b.count,
-                b.root,
-                b.head,
-                b.at.tx_hash,
-                b.at.block_number,
-                b.at.block_hash,
-                b.at.log_index,
-                now,
-            )
-            for b in fresh
-        ],
-    )
-    return list(zip(_pks_after(session, IndexedBatch, last, len(fresh)), fresh, strict=True))
+    last = _last_pk(session, model)
+    rows: list[tuple[Any, ...]] = [(*row(event), now) for event in fresh]
+    bulk.insert_rows(session, model.__tablename__, columns, rows)
+    return list(zip(_pks_after(session, model, last, len(fresh)), fresh, strict=True))
 
 
-def _insert_token_events(
-    session: Session,
-    events: Sequence[TokenEvent],
-    *,
-    epoch: int,
-    from_block: int,
-    to_block: int,
-) -> list[tuple[int, TokenEvent]]:
-    existing = _existing_keys(session, IndexedTokenEvent, from_block, to_block)
-    fresh = [e for e in events if (e.at.block_hash, e.at.log_index) not in existing]
-    if not fresh:
-        return []
-    now = bulk.processed_now(session)
-    last = _last_pk(session, IndexedTokenEvent)
-    bulk.insert_rows(
-        session,
-        "indexed_token_events",
-        _TOKEN_COLUMNS,
-        [
-            (
-                epoch,
-                e.kind.value,
-                e.token_id,
-                e.campaign,
-                e.reference,
-                e.from_address,
-                e.to_address,
-                e.amount,
-                e.at.tx_hash,
-                e.at.block_number,
-                e.at.block_hash,
-                e.at.log_index,
-                now,
-            )
-            for e in fresh
-        ],
+def _batch_row(b: BatchAnchored, epoch: int) -> tuple[Any, ...]:
+    """`_BATCH_COLUMNS` but the time."""
+    at = b.at
+    return (
+        epoch,
+        b.batch_id,
+        b.first_seq,
+        b.count,
+        b.root,
+        b.head,
+        at.tx_hash,
+        at.block_number,
+        at.block_hash,
+        at.log_index,
     )
-    return list(zip(_pks_after(session, IndexedTokenEvent, last, len(fresh)), fresh, strict=True))
+
+
+def _token_row(e: TokenEvent, epoch: int) -> tuple[Any, ...]:
+    """`_TOKEN_COLUMNS` but the time."""
+    at = e.at
+    return (
+        epoch,
+        e.kind.value,
+        e.token_id,
+        e.campaign,
+        e.reference,
+        e.from_address,
+        e.to_address,
+        e.amount,
+        at.tx_hash,
+        at.block_number,
+        at.block_hash,
+        at.log_index,
+    )
 
 
 def _add_transfers(session: Session, events: Sequence[TokenEvent], *, epoch: int) -> None:

@@ -2,7 +2,7 @@
 
 Exports: `CustomerPage`, `create_customer`, `add_customer`, `get_customer`, `list_customers`,
 `find_customer_by_email`, `update_personal_fields`, `personal_fields`, `personal_fields_of`,
-`encode_cursor`, `decode_cursor`, `DEFAULT_PAGE_SIZE`, `MAX_PAGE_SIZE`.
+`encode_cursor`, `decode_cursor`, `public_fields`, `DEFAULT_PAGE_SIZE`, `MAX_PAGE_SIZE`.
 
 Personal fields are sealed on the way in and opened on the way out with the key ring of the
 session's database (`crm_ledger.journal.privacy`); nothing here stores them in the clear.
@@ -14,6 +14,7 @@ and its idempotency entry together).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +33,7 @@ from crm_ledger.journal.privacy import (
     unwrap_data_key,
     wrap_data_key,
 )
-from crm_ledger.journal.schemas import CustomerCreate, is_public_id, shorten
+from crm_ledger.journal.schemas import CustomerCreate, format_timestamp, is_public_id, shorten
 from crm_ledger.ledger.canonical import new_customer_key
 
 DEFAULT_PAGE_SIZE = 50
@@ -215,3 +216,19 @@ def _external_ref_taken(external_ref: str | None, customer_id: str | None) -> Co
 
 def _field_error(location: str, field: str, message: str) -> dict[str, str]:
     return {"location": location, "field": field, "message": message}
+
+
+def public_fields(customer: Customer, personal: PersonalFields | None) -> dict[str, Any]:
+    """What every public shape of a customer shows (the API's `CustomerPublic`, the CRM's
+    profile and list entry); `personal` None leaves the personal fields null."""
+    shown = personal or PersonalFields()
+    return {
+        "id": customer.id,
+        "name": shown.name,
+        "email": shown.email,
+        "phone": shown.phone,
+        "external_ref": customer.external_ref,
+        "tags": list(customer.tags or []),
+        "created_at": format_timestamp(customer.created_at),
+        "erased_at": format_timestamp(customer.erased_at) if customer.erased_at else None,
+    }

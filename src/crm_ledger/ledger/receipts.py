@@ -1,6 +1,7 @@
 """Receipts, format "crm-ledger/receipt/v1": self-contained proof that a record is in the ledger.
 
-Exports: `RECEIPT_FORMAT`, `Receipt`, `BatchRef`, `ChainRef`, `Step`, `check_receipt`. Bytes
+Exports: `RECEIPT_FORMAT`, `Receipt`, `BatchRef`, `ChainRef`, `Step`, `check_receipt`,
+`json_object` (the check of a JSON object's fields, also for digests). Bytes
 are spelled as `ledger.hexcodec` spells them.
 
 A receipt carries the record's leaf input, its RFC 9162 audit path inside its batch's tree, the
@@ -74,7 +75,7 @@ class BatchRef:
     @classmethod
     def from_json(cls, obj: object, *, field: str = "receipt.batch") -> BatchRef:
         """Parse and validate a "batch" object; raises `FormatError` naming the bad field."""
-        fields = _object(field, obj, _BATCH_FIELDS)
+        fields = json_object(field, obj, _BATCH_FIELDS)
         return cls(
             id=_uint(f"{field}.id", fields["id"], MAX_UINT256),
             first_seq=_uint(f"{field}.first_seq", fields["first_seq"], MAX_SEQ),
@@ -110,7 +111,7 @@ class ChainRef:
     @classmethod
     def from_json(cls, obj: object, *, field: str = "receipt.chain") -> ChainRef:
         """Parse and validate a "chain" object; raises `FormatError` naming the bad field."""
-        fields = _object(field, obj, _CHAIN_FIELDS)
+        fields = json_object(field, obj, _CHAIN_FIELDS)
         return cls(
             chain_id=_uint(f"{field}.chain_id", fields["chain_id"], MAX_UINT256),
             contract=_checksummed_address(f"{field}.contract", fields["contract"]),
@@ -153,7 +154,7 @@ class Receipt:
     @classmethod
     def from_json(cls, obj: object) -> Receipt:
         """Parse and validate a receipt; raises `FormatError` naming the first bad field."""
-        fields = _object("receipt", obj, _RECEIPT_FIELDS)
+        fields = json_object("receipt", obj, _RECEIPT_FIELDS)
         format_ = fields["format"]
         if format_ != RECEIPT_FORMAT:
             raise FormatError(
@@ -313,7 +314,11 @@ def _check_commitment(decoded: LeafInput | None, content: bytes, customer_key: b
     return Step("commitment", True, f"HMAC-SHA256(customer key, content) = {hex0x(calculated)}")
 
 
-def _object(field: str, value: object, keys: Sequence[str]) -> Mapping[str, object]:
+def json_object(
+    field: str, value: object, keys: Sequence[str], *, document: str = RECEIPT_FORMAT
+) -> Mapping[str, object]:
+    """`value` if it is a JSON object with exactly `keys`; else a `FormatError` naming `field`
+    and what `document` (a format name) allows."""
     if not isinstance(value, dict):
         raise FormatError(f"{field} must be a JSON object, got {_describe(value)}")
     for key in keys:
@@ -322,8 +327,7 @@ def _object(field: str, value: object, keys: Sequence[str]) -> Mapping[str, obje
     unknown = sorted(repr(key) for key in value if key not in keys)
     if unknown:
         raise FormatError(
-            f"{field} has unknown field {unknown[0]}; {RECEIPT_FORMAT} allows only "
-            + ", ".join(keys)
+            f"{field} has unknown field {unknown[0]}; {document} allows only " + ", ".join(keys)
         )
     return value
 

@@ -288,15 +288,7 @@ def job_progress(
     session: Session, campaign: LoyaltyCampaign, job: LoyaltyAwardJob
 ) -> AwardJobPublic:
     """How far the job's lots are, and the transactions that carry them."""
-    counts = dict(
-        session.execute(
-            select(LoyaltyIssuance.status, func.count())
-            .where(LoyaltyIssuance.job_pk == job.pk)
-            .group_by(LoyaltyIssuance.status)
-        )
-        .tuples()
-        .all()
-    )
+    counts = _lot_counts(session, job.pk)
     transactions = session.scalars(
         select(LoyaltyIssuance.tx_hash)
         .where(LoyaltyIssuance.job_pk == job.pk, LoyaltyIssuance.tx_hash.is_not(None))
@@ -326,18 +318,20 @@ def job_progress(
     )
 
 
+def _lot_counts(session: Session, job_pk: int) -> dict[str, int]:
+    """How many of the job's lots have each status."""
+    rows = session.execute(
+        select(LoyaltyIssuance.status, func.count())
+        .where(LoyaltyIssuance.job_pk == job_pk)
+        .group_by(LoyaltyIssuance.status)
+    )
+    return dict(rows.tuples().all())
+
+
 def refresh_jobs(session: Session, job_pks: set[int]) -> None:
     """Mark jobs done (or failed) once none of their lots is still planned; reopen on rollback."""
     for job in session.scalars(select(LoyaltyAwardJob).where(LoyaltyAwardJob.pk.in_(job_pks))):
-        counts = dict(
-            session.execute(
-                select(LoyaltyIssuance.status, func.count())
-                .where(LoyaltyIssuance.job_pk == job.pk)
-                .group_by(LoyaltyIssuance.status)
-            )
-            .tuples()
-            .all()
-        )
+        counts = _lot_counts(session, job.pk)
         if counts.get(LotStatus.PLANNED.value):
             job.status, job.finished_at = JobStatus.QUEUED.value, None
         elif job.status == JobStatus.QUEUED.value:

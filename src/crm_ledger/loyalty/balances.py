@@ -10,7 +10,7 @@ chain yet; `reserved` redemptions whose burn is not on chain yet.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -144,41 +144,48 @@ def _history(
 ) -> list[HistoryEntry]:
     """Issues, redemptions and expiries as one history, newest first."""
     history = [
-        HistoryEntry(
-            type="issue",
-            points=lot.points,
-            status=lot.status,
-            at=format_timestamp(lot.issued_at or lot.earned_at),
-            tx_hash=hex0x_or_none(lot.tx_hash),
-            block_number=lot.block_number,
-            campaign_id=campaigns.get(lot.campaign_pk),
+        _entry(
+            "issue", lot, lot.issued_at or lot.earned_at, campaign_id=campaigns.get(lot.campaign_pk)
         )
         for lot in lots
     ]
     history += [
-        HistoryEntry(
-            type="redeem",
-            points=redemption.points,
-            status=redemption.status,
-            at=format_timestamp(redemption.redeemed_at or redemption.created_at),
-            tx_hash=hex0x_or_none(redemption.tx_hash),
-            block_number=redemption.block_number,
+        _entry(
+            "redeem",
+            redemption,
+            redemption.redeemed_at or redemption.created_at,
             redemption_id=redemption.id,
             reward_ref=redemption.reward_ref,
         )
         for redemption in redemptions
     ]
     history += [
-        HistoryEntry(
-            type="expire",
-            points=expiration.points,
-            status=expiration.status,
-            at=format_timestamp(expiration.expired_at or expiration.created_at),
-            tx_hash=hex0x_or_none(expiration.tx_hash),
-            block_number=expiration.block_number,
+        _entry(
+            "expire",
+            expiration,
+            expiration.expired_at or expiration.created_at,
             reason=expiration.reason,
         )
         for expiration in expirations
     ]
     history.sort(key=lambda entry: entry.at, reverse=True)
     return history
+
+
+def _entry(
+    kind: Literal["issue", "redeem", "expire"],
+    row: LoyaltyIssuance | LoyaltyRedemption | LoyaltyExpiration,
+    at: datetime,
+    **details: Any,
+) -> HistoryEntry:
+    """One history entry: what every kind has (points, status, time, transaction), and
+    `details` of its own."""
+    return HistoryEntry(
+        type=kind,
+        points=row.points,
+        status=row.status,
+        at=format_timestamp(at),
+        tx_hash=hex0x_or_none(row.tx_hash),
+        block_number=row.block_number,
+        **details,
+    )

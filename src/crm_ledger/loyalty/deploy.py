@@ -12,12 +12,11 @@ transaction lock, SQLite's write lock) from the "is there one?" read to the comm
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 
-from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.chain.deploy import deployment_row, latest_deployment, lock_and_read_latest
 from crm_ledger.config import Settings
 from crm_ledger.db.models import Deployment
 from crm_ledger.errors import ChainReset, ConfigError
@@ -35,16 +34,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_CONTRACT = "LoyaltyToken"
 _EPOCH = 1
-_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"crm-ledger: deploy LoyaltyToken").digest()[:8], "big", signed=True
-)
 _ROLES = {"ISSUER_ROLE": ISSUER_ROLE, "REDEEMER_ROLE": REDEEMER_ROLE, "EXPIRER_ROLE": EXPIRER_ROLE}
-_LATEST = (
-    select(Deployment)
-    .where(Deployment.contract == TOKEN_CONTRACT)
-    .order_by(Deployment.epoch.desc())
-    .limit(1)
-)
 
 
 async def ensure_token_deployment(
@@ -55,7 +45,7 @@ async def ensure_token_deployment(
     Raises `ChainReset` when the chain lost it and `ConfigError` when the operator lacks a role
     on it (the operator key changed: grant the roles with the old admin account).
     """
-    current = await asyncio.to_thread(_latest, session_factory)
+    current = await asyncio.to_thread(latest_deployment, session_factory, TOKEN_CONTRACT)
     if current is None:
         current = await _deploy(session_factory, token, settings)
     await _verify(token, current)
@@ -70,23 +60,12 @@ async def ensure_token_deployment(
     return current
 
 
-def _latest(session_factory: sessionmaker[Session]) -> Deployment | None:
-    with session_factory() as session:
-        return session.scalars(_LATEST).first()
-
-
 async def _deploy(
     session_factory: sessionmaker[Session], token: LoyaltyToken, settings: Settings
 ) -> Deployment:
     session = session_factory()
     try:
-
-        def locked_read() -> Deployment | None:
-            if session.get_bind().dialect.name == "postgresql":
-                session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-            return session.scalars(_LATEST).first()
-
-        recorded = await asyncio.to_thread(locked_read)
+        recorded = await lock_and_read_latest(session, TOKEN_CONTRACT)
         if recorded is not None:
             await asyncio.to_thread(session.commit)
             return recorded
@@ -96,16 +75,7 @@ async def _deploy(
         bound = token.at(deployed.address)
         for role in _ROLES.values():
             await bound.wait_mined(await bound.send_grant_role(role, token.operator))
-        row = Deployment(
-            contract=TOKEN_CONTRACT,
-            epoch=_EPOCH,
-            chain_id=await token.chain_id(),
-            genesis_hash=await token.genesis_hash(),
-            address=deployed.address,
-            code_hash=deployed.code_hash,
-            tx_hash=deployed.tx_hash,
-            block_number=deployed.block_number,
-        )
+        row = await deployment_row(token, deployed, contract=TOKEN_CONTRACT, epoch=_EPOCH)
         session.add(row)
         await asyncio.to_thread(session.commit)
     finally:

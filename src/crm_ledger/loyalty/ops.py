@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.db import outbox
 from crm_ledger.db.models import (
     LoyaltyCampaign,
     LoyaltyChainOp,
@@ -51,7 +52,7 @@ class OpStatus(enum.StrEnum):
     """Where an op stands."""
 
     PLANNED = "planned"
-    SENT = "sent"
+    SENT = outbox.SENT
     CONFIRMED = "confirmed"
     FAILED = "failed"
 
@@ -252,12 +253,7 @@ def _plan(session: Session, op: LoyaltyChainOp) -> OpPlan:
 
 def mark_sent(session_factory: sessionmaker[Session], *, op_pk: int, tx_hash: bytes) -> None:
     """Remember the transaction that carries the op, before waiting for it to be mined."""
-    with session_factory() as session, session.begin():
-        session.execute(
-            update(LoyaltyChainOp)
-            .where(LoyaltyChainOp.pk == op_pk)
-            .values(status=OpStatus.SENT.value, tx_hash=tx_hash, sent_at=utcnow())
-        )
+    outbox.mark_sent(session_factory, LoyaltyChainOp, LoyaltyChainOp.pk == op_pk, tx_hash=tx_hash)
 
 
 def mark_confirmed(

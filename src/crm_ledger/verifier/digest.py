@@ -24,7 +24,7 @@ from typing import Any
 from crm_ledger.errors import FormatError
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.hexcodec import hex0x
-from crm_ledger.ledger.receipts import BatchRef, ChainRef
+from crm_ledger.ledger.receipts import BatchRef, ChainRef, json_object
 from crm_ledger.verifier.chain import EMPTY_CODE_HASH, AuditChain
 
 DIGEST_FORMAT = "crm-ledger/digest/v1"
@@ -54,17 +54,7 @@ class Digest:
     @classmethod
     def from_json(cls, obj: object) -> Digest:
         """Parse and validate a digest; raises `FormatError` naming the first bad field."""
-        if not isinstance(obj, dict):
-            raise FormatError(f"a digest must be a JSON object, got {type(obj).__name__}")
-        for name in _FIELDS:
-            if name not in obj:
-                raise FormatError(f"digest.{name} is missing")
-        unknown = sorted(str(name) for name in obj if name not in _FIELDS)
-        if unknown:
-            raise FormatError(
-                f"digest has unknown field {unknown[0]!r}; {DIGEST_FORMAT} allows only "
-                + ", ".join(_FIELDS)
-            )
+        obj = json_object("digest", obj, _FIELDS, document=DIGEST_FORMAT)
         if obj["format"] != DIGEST_FORMAT:
             raise FormatError(
                 f"digest.format must be {DIGEST_FORMAT!r}, got {obj['format']!r}: this build "

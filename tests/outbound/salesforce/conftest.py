@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from crm_ledger.outbound.salesforce.client import BulkClient, JwtBearerAuth
 from crm_ledger.outbound.salesforce.standin import SalesforceStandIn
 from crm_ledger.outbound.salesforce.sync import SalesforceSync
 from tests.loyalty.fakes import make_campaign
+from tests.waiting import wait_for
 
 CLIENT_ID = "3MVG9-test-consumer-key"
 USERNAME = "integration@crm-ledger.example"
@@ -78,10 +78,7 @@ def standin(key_pair: KeyPair) -> Iterator[SalesforceStandIn]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the stand-in did not start"
-        time.sleep(0.01)
+    wait_for(lambda: server.started, 10, what="the stand-in to start")
     try:
         yield stand_in
     finally:

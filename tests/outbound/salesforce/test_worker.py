@@ -3,8 +3,6 @@ halts with a message when its settings are missing; and its registration."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +16,7 @@ from crm_ledger.outbound.salesforce.worker import SalesforceSyncWorker
 from crm_ledger.roles import background_workers
 from crm_ledger.workers import Supervisor, WorkerState
 from tests.outbound.salesforce.conftest import CLIENT_ID, USERNAME, KeyPair, add_customers
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
+from tests.waiting import until
 
 
 def _settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
@@ -67,13 +59,13 @@ async def test_backs_off_while_salesforce_is_down_then_catches_up(
     supervisor.add(worker)
     await supervisor.start()
     try:
-        await _until(
+        await until(
             lambda: supervisor.status()["salesforce"]["state"] == WorkerState.BACKING_OFF.value
         )
         assert "503" in supervisor.status()["salesforce"]["message"]
         standin.available = True
-        await _until(lambda: len(standin.contacts) == 25)
-        await _until(
+        await until(lambda: len(standin.contacts) == 25, 20)
+        await until(
             lambda: (
                 supervisor.status()["salesforce"]["state"] == WorkerState.RUNNING.value
                 and supervisor.status()["salesforce"]["failures_in_a_row"] == 0
@@ -98,7 +90,7 @@ async def test_missing_settings_halt_it_naming_them(
     supervisor.add(worker)
     await supervisor.start()
     try:
-        await _until(lambda: supervisor.status()["salesforce"]["state"] == WorkerState.HALTED.value)
+        await until(lambda: supervisor.status()["salesforce"]["state"] == WorkerState.HALTED.value)
         message = supervisor.status()["salesforce"]["message"]
     finally:
         await supervisor.stop()

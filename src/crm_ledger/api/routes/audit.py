@@ -26,7 +26,6 @@ from crm_ledger.api.deps import (
     AuditorKey,
     RuntimeDep,
     SessionDep,
-    json_document,
     problem_responses,
 )
 from crm_ledger.api.idempotency import json_response
@@ -37,6 +36,12 @@ from crm_ledger.audit.customer import audit_customer
 from crm_ledger.audit.export import ledger_digest, open_export
 from crm_ledger.audit.ledger import read_deployment
 from crm_ledger.audit.reports import latest_report, run_stored_audit, start_report
+from crm_ledger.audit.schemas import (
+    CustomerAuditPublic,
+    DigestCheckPublic,
+    LedgerAuditPublic,
+    RecordCheckPublic,
+)
 from crm_ledger.db.models import Customer, Deployment, Record
 from crm_ledger.errors import (
     ChainError,
@@ -52,7 +57,7 @@ from crm_ledger.journal.keys import Role
 from crm_ledger.journal.receipts import AUDIT_LEDGER
 from crm_ledger.journal.schemas import format_timestamp, is_public_id
 from crm_ledger.ledger.receipts import Receipt
-from crm_ledger.schemas import ErasurePublic, RecordVerifyRequest
+from crm_ledger.schemas import DigestPublic, ErasurePublic, RecordVerifyRequest
 from crm_ledger.verifier.bundle import Scope
 from crm_ledger.verifier.digest import Digest, verify_since
 from crm_ledger.verifier.record import parse_content, parse_key, verify_record
@@ -120,7 +125,8 @@ def _unprocessable(exc: FormatError, field: str) -> Unprocessable:
 @router.post(
     "/v1/audit/verify",
     tags=["audit"],
-    responses={200: json_document("The verdict and each step"), **_ERRORS},
+    response_model=RecordCheckPublic,
+    responses={200: {"description": "The verdict and each step"}, **_ERRORS},
     summary="Check a record's receipt, content and key against the chain (auditor, admin)",
 )
 async def verify(
@@ -229,7 +235,8 @@ def _stored_key_and_contract(
 @router.get(
     "/v1/audit/customers/{customer_id}",
     tags=["audit"],
-    responses={200: json_document("Each record's status and what differs"), **_ERRORS},
+    response_model=CustomerAuditPublic,
+    responses={200: {"description": "Each record's status and what differs"}, **_ERRORS},
     summary="Audit every record of one customer (auditor, admin)",
 )
 async def audit_one_customer(
@@ -256,7 +263,8 @@ async def audit_one_customer(
 @router.get(
     "/v1/audit/ledger",
     tags=["audit"],
-    responses={200: json_document("The latest ledger audit"), **_ERRORS},
+    response_model=LedgerAuditPublic,
+    responses={200: {"description": "The latest ledger audit"}, **_ERRORS},
     summary="The latest ledger audit report (auditor, admin)",
 )
 def latest_ledger_audit(runtime: RuntimeDep, key: AuditorKey) -> Response:
@@ -274,7 +282,8 @@ def latest_ledger_audit(runtime: RuntimeDep, key: AuditorKey) -> Response:
     "/v1/audit/ledger",
     status_code=202,
     tags=["audit"],
-    responses={202: json_document("The run, started or already running"), **_ERRORS},
+    response_model=LedgerAuditPublic,
+    responses={202: {"description": "The run, started or already running"}, **_ERRORS},
     summary="Start a ledger audit (auditor, admin)",
 )
 async def start_ledger_audit(
@@ -307,7 +316,8 @@ async def _run_in_background(engine: Engine, provider: ChainProvider, report_id:
 @router.get(
     "/v1/audit/digest",
     tags=["audit"],
-    responses={200: json_document('A "crm-ledger/digest/v1" digest'), **_ERRORS},
+    response_model=DigestPublic,
+    responses={200: {"description": 'A "crm-ledger/digest/v1" digest'}, **_ERRORS},
     summary="The ledger's current digest, to save and check later (auditor, admin)",
 )
 def digest(runtime: RuntimeDep, key: AuditorKey) -> Response:
@@ -324,7 +334,8 @@ def digest(runtime: RuntimeDep, key: AuditorKey) -> Response:
 @router.post(
     "/v1/audit/digest/verify",
     tags=["audit"],
-    responses={200: json_document("Whether the ledger extends the digest"), **_ERRORS},
+    response_model=DigestCheckPublic,
+    responses={200: {"description": "Whether the ledger extends the digest"}, **_ERRORS},
     summary="Check that the ledger extends a saved digest (auditor, admin)",
 )
 async def verify_digest(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
-from crm_ledger.api.deps import RuntimeDep, json_document
+from crm_ledger.api.deps import RuntimeDep
 from crm_ledger.api.idempotency import json_response
 from crm_ledger.api.transaction import read_only
 from crm_ledger.db.models import utcnow
@@ -22,21 +23,55 @@ router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
 
 
+class Health(BaseModel):
+    """The process is up."""
+
+    status: Literal["ok"]
+
+
+class DatabaseHealth(BaseModel):
+    """Whether the database answered; if not, the kind of error (never its message)."""
+
+    ok: bool
+    error: str | None = None
+
+
+class AnchoringBacklog(BaseModel):
+    """Records in the journal that no anchored batch holds yet, and the oldest one's age."""
+
+    pending_records: int
+    lag_seconds: float
+
+
+class Readiness(BaseModel):
+    """Whether the service can do its job: the database, the anchoring backlog, the chain."""
+
+    status: Literal["ready", "unavailable"]
+    database: DatabaseHealth
+    anchoring: AnchoringBacklog | None = Field(description="null when the database is down")
+    chain: dict[str, Any] = Field(
+        description="the chain connection's state and each background worker's: `state` "
+        "(running, standby, backing_off, halted, ...) and what the worker reports"
+    )
+
+
 @router.get(
     "/healthz",
+    response_model=Health,
     responses={200: {"description": 'The process is up: always `{"status": "ok"}`'}},
     summary="Is the process up",
 )
-async def healthz() -> dict[str, str]:
+async def healthz() -> Health:
     """200 whenever the process can answer at all."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
 @router.get(
     "/readyz",
+    response_model=Readiness,
     responses={
-        200: json_document("Ready: the database, the chain and each worker's state"),
-        503: json_document("Not ready, and why (the same fields)"),
+        200: {"description": "Ready: the database, the chain and each worker's state"},
+        503: {"model": Readiness, "description": "Not ready, and why (the same fields)"},
     },
     summary="Can the service do its job",
 )

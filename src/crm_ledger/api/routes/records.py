@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from crm_ledger import metrics
-from crm_ledger.api.deps import AnyKey, SessionDep, SettingsDep, json_document, problem_responses
+from crm_ledger.api.deps import AnyKey, SessionDep, SettingsDep, problem_responses
 from crm_ledger.api.idempotency import Written, json_response
 from crm_ledger.api.privacy import ERASED_REPLAY
 from crm_ledger.api.schemas import record_public, records_public_json
@@ -20,7 +20,7 @@ from crm_ledger.api.writes import RecorderWrites
 from crm_ledger.journal import receipts, records
 from crm_ledger.journal.records import RecordView
 from crm_ledger.journal.schemas import InteractionBatchCreate, InteractionCreate, OrderCreate
-from crm_ledger.schemas import ReceiptPending, RecordPublic, RecordsPublic
+from crm_ledger.schemas import ReceiptPending, ReceiptPublic, RecordPublic, RecordsPublic
 
 router = APIRouter(tags=["records"])
 
@@ -125,7 +125,10 @@ def get_record(record_id: str, session: SessionDep, key: AnyKey) -> Response:
 @router.get(
     "/v1/records/{record_id}/receipt",
     responses={
-        200: json_document('The receipt, format "crm-ledger/receipt/v1" (docs/ledger-format.md)'),
+        200: {
+            "model": ReceiptPublic,
+            "description": 'The receipt, format "crm-ledger/receipt/v1" (docs/ledger-format.md)',
+        },
         202: {"model": ReceiptPending, "description": "Not anchored yet; see Retry-After"},
         **_ERRORS,
     },

@@ -41,10 +41,8 @@ from crm_ledger.db.models import (
     LoyaltyWallet,
     Record,
 )
-from crm_ledger.errors import NotFound
-from crm_ledger.journal.customers import personal_fields_of
+from crm_ledger.journal.customers import get_customer, personal_fields_of, public_fields
 from crm_ledger.journal.privacy import PersonalFields, keyring_of
-from crm_ledger.journal.schemas import format_timestamp, is_public_id, shorten
 from crm_ledger.ledger.leaf import RecordKind
 
 __all__ = ["DEFAULT_TIMELINE_SIZE", "MAX_TIMELINE_SIZE", "customer_view"]
@@ -70,14 +68,7 @@ def customer_view(
         raise bad_parameter("timeline_limit", f"must be from 1 to {MAX_TIMELINE_SIZE}")
     wanted = check_kinds(kinds)
     after = decode_timeline_cursor(timeline_cursor) if timeline_cursor is not None else None
-    customer = None
-    if is_public_id(customer_id):
-        customer = session.scalars(
-            select(Customer).where(Customer.id == customer_id.lower())
-        ).first()
-    if customer is None:
-        shown = shorten(customer_id)
-        raise NotFound(f"no customer with id {shown!r}", customer_id=shown)
+    customer = get_customer(session=session, customer_id=customer_id)
     epochs = current_epochs(session)
     items = timeline_page(session, customer.pk, epochs, wanted, after, timeline_limit + 1)
     page = items[:timeline_limit]
@@ -100,17 +91,7 @@ def customer_view(
 
 
 def _profile(customer: Customer, personal: PersonalFields | None) -> CustomerProfile:
-    shown = personal or PersonalFields()
-    return CustomerProfile(
-        id=customer.id,
-        name=shown.name,
-        email=shown.email,
-        phone=shown.phone,
-        external_ref=customer.external_ref,
-        tags=list(customer.tags or []),
-        created_at=format_timestamp(customer.created_at),
-        erased_at=format_timestamp(customer.erased_at) if customer.erased_at else None,
-    )
+    return CustomerProfile(**public_fields(customer, personal))
 
 
 def _shop_ids(session: Session, customer_pk: int) -> list[ShopCustomerId]:

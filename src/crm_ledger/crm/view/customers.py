@@ -52,9 +52,9 @@ from crm_ledger.db.models import (
     Record,
     UTCDateTime,
 )
-from crm_ledger.journal.customers import personal_fields_of
-from crm_ledger.journal.privacy import KeyRing, PersonalFields, keyring_of
-from crm_ledger.journal.schemas import format_timestamp, is_public_id
+from crm_ledger.journal.customers import personal_fields_of, public_fields
+from crm_ledger.journal.privacy import KeyRing, keyring_of
+from crm_ledger.journal.schemas import is_public_id
 from crm_ledger.ledger.leaf import RecordKind
 
 __all__ = [
@@ -243,16 +243,9 @@ class _Columns:
 
 def _summary(row: Row[Any], keyring: KeyRing | None) -> CustomerSummary:
     customer: Customer = row[0]
-    shown = personal_fields_of(keyring, customer) if keyring is not None else PersonalFields()
+    shown = personal_fields_of(keyring, customer) if keyring is not None else None
     return CustomerSummary(
-        id=customer.id,
-        name=shown.name,
-        email=shown.email,
-        phone=shown.phone,
-        external_ref=customer.external_ref,
-        tags=list(customer.tags or []),
-        created_at=format_timestamp(customer.created_at),
-        erased_at=format_timestamp(customer.erased_at) if customer.erased_at else None,
+        **public_fields(customer, shown),
         last_interaction_at=timestamp_or_none(aware(row.last_interaction_at)),
         loyalty_balance=int(row.balance or 0) if row.address is not None else None,
     )

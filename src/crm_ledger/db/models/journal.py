@@ -98,7 +98,7 @@ class BatchStatus(enum.StrEnum):
     """Where a batch stands: cut in the journal, sent to the chain, or mined."""
 
     CUT = "cut"
-    SENT = "sent"
+    SENT = "sent"  # `db.outbox.SENT`
     ANCHORED = "anchored"
 
 
