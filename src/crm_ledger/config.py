@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
     batch_max_age_seconds: float = Field(default=0.25, gt=0)
     anchor_poll_seconds: float = Field(default=0.05, gt=0)
+    anchor_idle_check_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="how often an idle anchorer checks the chain for a reset, rollback or "
+        "reorg (one with a batch to anchor checks before every step)",
+    )
     anchor_retry_max_seconds: float = Field(default=5.0, gt=0)
     confirmations: int = Field(
         default=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -264,4 +265,48 @@ async def test_a_database_error_mid_step_is_retried_not_fatal(
         await until(all_anchored, what="every record anchored")
         await until(lambda: supervisor.status()["anchorer"]["state"] == "running")
         assert supervisor.status()["anchorer"]["items_handled"] >= 1
+    assert_ledger_consistent(session_factory, chain)
+
+
+@pytest.mark.asyncio
+async def test_an_idle_anchorer_checks_the_chain_once_per_interval_and_before_any_work(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Stepped every `anchor_poll_seconds`, an anchorer with nothing to do asks the chain
+    nothing until `anchor_idle_check_seconds` have passed; a rollback meanwhile is found at the
+    next check, and a step with a batch to anchor checks the chain first, however soon."""
+    add_records(session_factory, customers=3, each=4)
+    chain = FakeChain()
+    asked: list[str] = []
+    code_hash = chain.code_hash
+
+    async def counted(address: str) -> bytes:
+        asked.append(address)
+        return await code_hash(address)
+
+    chain.code_hash = counted  # type: ignore[method-assign]
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    anchorer.settings = fast_settings(tmp_path, anchor_idle_check_seconds=0.5)
+    await drain(anchorer)
+    assert len(chain.events) == 3
+    after_work = len(asked)
+    for _ in range(20):
+        assert await anchorer.step() == 0
+    assert len(asked) == after_work  # idle, within the interval: the chain is not asked
+
+    chain.roll_back_to(1)
+    assert await anchorer.step() == 0
+    assert anchorer.stats.rollbacks_detected == 0  # not looked yet
+    await asyncio.sleep(0.6)
+    await drain(anchorer)
+    assert anchorer.stats.rollbacks_detected == 1
+    assert len(chain.events) == 3
+    assert_ledger_consistent(session_factory, chain)
+
+    # Work arrives right after a check: the rollback before it is found all the same.
+    chain.roll_back_to(2)
+    add_records(session_factory, customers=1, each=4)
+    await drain(anchorer)
+    assert anchorer.stats.rollbacks_detected == 2
+    assert len(chain.events) == 4
     assert_ledger_consistent(session_factory, chain)

@@ -26,6 +26,8 @@ def loyalty_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "loyalty_expire_batch_max_entries": 20,
         "loyalty_poll_seconds": 0.01,
         "anchor_retry_max_seconds": 0.05,
+        # These tests step the worker by hand and expect each step to check the chain.
+        "anchor_idle_check_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -6,10 +6,12 @@ each issuance id is minted at most once (`token.mints`) and balances equal the j
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -28,6 +30,7 @@ from crm_ledger.loyalty import awards, redemptions
 from crm_ledger.loyalty.expiry import plan_expirations
 from crm_ledger.loyalty.schemas import AwardCreate, RedemptionCreate
 from crm_ledger.loyalty.worker import IssuanceWorker
+from tests.loyalty.conftest import loyalty_settings
 from tests.loyalty.fakes import Crash, FakeToken, backdate, crash_at, make_campaign, make_customers
 
 MakeWorker = Callable[..., IssuanceWorker]
@@ -285,3 +288,43 @@ async def test_expiry_burns_expired_remainders_oldest_first_and_says_why(
     assert_chain_matches_journal(session_factory, token)
     # A second round finds nothing more to expire.
     assert plan_expirations(session_factory, now=utcnow(), max_entries=20) == 0
+
+
+async def test_an_idle_worker_checks_the_chain_once_per_interval_and_before_sending(
+    session_factory: sessionmaker[Session],
+    token: FakeToken,
+    make_worker: MakeWorker,
+    tmp_path: Path,
+) -> None:
+    """An idle worker asks the chain nothing until `anchor_idle_check_seconds` have passed;
+    one with something to send checks the chain (and finds a rollback) first."""
+    asked: list[str] = []
+    code_hash = token.code_hash
+
+    async def counted(address: str) -> bytes:
+        asked.append(address)
+        return await code_hash(address)
+
+    token.code_hash = counted  # type: ignore[method-assign]
+    worker = make_worker(settings=loyalty_settings(tmp_path, anchor_idle_check_seconds=0.5))
+    first = make_customers(session_factory, 10)
+    award(session_factory, [cid for _, cid in first])
+    await run_until_idle(worker)
+    blocks = len(token.blocks)
+    after_work = len(asked)
+    for _ in range(10):
+        assert not await worker.step()
+    assert len(asked) == after_work
+    await asyncio.sleep(0.6)
+    assert not await worker.step()
+    assert len(asked) == after_work + 1
+
+    # Within the interval, a new award and a rollback of the first: the step that sends the
+    # new award checks the chain first and sends the vanished one again too.
+    token.roll_back_to(blocks - 1)
+    second = make_customers(session_factory, 10)
+    award(session_factory, [cid for _, cid in second])
+    await run_until_idle(worker)
+    assert worker.stats.rollbacks_detected == 1
+    assert token.total_supply == 200
+    assert_chain_matches_journal(session_factory, token)

@@ -137,15 +137,25 @@ class Anchorer:
     receipt_timeout_seconds: float = 30.0
     stats: AnchorerStats = field(default_factory=AnchorerStats)
     _last_batch_looked_up: bool = field(default=False, init=False, repr=False)
+    #: Until when an idle step may leave the chain unchecked (`step`).
+    _next_idle_check: float = field(default=0.0, init=False, repr=False)
 
     async def step(self) -> int:
         """One round: check the chain, finish unfinished batches, cut and anchor while batches
         are due (up to `MAX_BATCHES_PER_STEP`); returns how many batches it anchored.
 
         Raises `ChainUnavailable` (retry later) and `ChainReset` (stop: an operator must act).
+
+        A step with nothing to anchor checks the chain (reset, rollback, reorg) only once every
+        `anchor_idle_check_seconds`: the supervisor steps an idle anchorer every
+        `anchor_poll_seconds`, and the check is two calls to the node and four reads, most of
+        an idle service's CPU. A step with work checks the chain before anything else.
         """
+        if time.monotonic() < self._next_idle_check and await asyncio.to_thread(self._idle):
+            return 0
         try:
             await self.reconcile()
+            self._next_idle_check = time.monotonic() + self.settings.anchor_idle_check_seconds
             plans = await asyncio.to_thread(batches.unfinished_batches, self.session_factory)
             if not plans:
                 cut = await asyncio.to_thread(self._cut_if_due)
@@ -429,15 +439,25 @@ class Anchorer:
         self.stats.last_batch_id = batch_id
         self.stats.last_anchored_at = utcnow()
 
+    def _idle(self) -> bool:
+        """Nothing to anchor: no batch cut or sent and none due (read without the write lock).
+        Updates the lag figures, as a step does."""
+        pending = self._update_lag()
+        if self._due(pending):
+            return False
+        return not batches.unfinished_batches(self.session_factory)
+
     def _cut_if_due(self) -> BatchPlan | None:
         if not self._batch_due():
             return None
         return batches.cut_batch(self.session_factory, max_records=self.settings.batch_max_records)
 
     def _batch_due(self) -> bool:
-        summary = batches.pending_summary(
-            self.session_factory, limit=self.settings.batch_max_records
+        return self._due(
+            batches.pending_summary(self.session_factory, limit=self.settings.batch_max_records)
         )
+
+    def _due(self, summary: batches.PendingSummary) -> bool:
         if summary.count == 0 or summary.oldest_created_at is None:
             return False
         if summary.count >= self.settings.batch_max_records:
@@ -445,7 +465,8 @@ class Anchorer:
         age = (utcnow() - summary.oldest_created_at).total_seconds()
         return age >= self.settings.batch_max_age_seconds
 
-    def _update_lag(self) -> None:
+    def _update_lag(self) -> batches.PendingSummary:
+        """Set the pending and lag metrics; returns the pending records' summary."""
         if not self._last_batch_looked_up:
             # After a restart /readyz shows the journal's last anchored batch at once, not null
             # until the next batch is anchored.
@@ -459,3 +480,4 @@ class Anchorer:
             else (utcnow() - summary.oldest_created_at).total_seconds()
         )
         metrics.anchoring_lag_seconds.set(lag)
+        return summary

@@ -112,11 +112,23 @@ class IssuanceWorker:
     receipt_timeout_seconds: float = 30.0
     stats: IssuanceStats = field(default_factory=IssuanceStats)
     _next_expiry_at: float = 0.0
+    #: When the chain must next be checked even if the worker has nothing to send (`step`).
+    _next_chain_check: float = 0.0
+    #: Whether this step has checked the chain yet.
+    _checked: bool = False
 
     async def step(self) -> bool:
-        """One round (see the module docstring); True when it did something."""
+        """One round (see the module docstring); True when it did something.
+
+        The chain is checked (`reconcile`: reset, rollback) before anything is sent, and at
+        least every `anchor_idle_check_seconds` when nothing is: the supervisor steps an idle
+        worker every `loyalty_poll_seconds`, and checking the chain each time was most of an
+        idle service's CPU.
+        """
         self.stats.waiting_for = None
-        await self.reconcile()
+        self._checked = False
+        if time.monotonic() >= self._next_chain_check:
+            await self._check_chain()
         await self.sync_budgets()
         worked = False
         while await asyncio.to_thread(plan_earnings, self.session_factory):
@@ -137,10 +149,20 @@ class IssuanceWorker:
             max_entries=self.settings.loyalty_batch_max_entries,
         )
         await asyncio.to_thread(ops.cut_redeem_ops, self.session_factory)
-        for plan in await asyncio.to_thread(ops.unfinished_ops, self.session_factory):
+        plans = await asyncio.to_thread(ops.unfinished_ops, self.session_factory)
+        if plans and not self._checked:
+            # A rollback found now sends some ops again: read them after the check.
+            await self._check_chain()
+            plans = await asyncio.to_thread(ops.unfinished_ops, self.session_factory)
+        for plan in plans:
             if await self._complete(plan):
                 worked = True
         return worked
+
+    async def _check_chain(self) -> None:
+        await self.reconcile()
+        self._checked = True
+        self._next_chain_check = time.monotonic() + self.settings.anchor_idle_check_seconds
 
     def expire_now(self) -> None:
         """Plan expirations in the next round instead of at the next interval."""
@@ -196,10 +218,12 @@ class IssuanceWorker:
             )
 
     async def sync_budgets(self) -> None:
-        """Make the chain hold each campaign's target budget."""
-        for pk, campaign, target in await asyncio.to_thread(
-            ops.budgets_to_sync, self.session_factory
-        ):
+        """Make the chain hold each campaign's target budget (the chain checked first)."""
+        budgets = await asyncio.to_thread(ops.budgets_to_sync, self.session_factory)
+        if budgets and not self._checked:
+            await self._check_chain()
+            budgets = await asyncio.to_thread(ops.budgets_to_sync, self.session_factory)
+        for pk, campaign, target in budgets:
             if await self.token.campaign_budget(campaign) != target:
                 try:
                     tx_hash = await self.token.send_set_budget(campaign, target)
