@@ -50,6 +50,7 @@ def test_a_save_is_the_state_anvil_restarts_from(anvil_factory: StartAnvil, tmp_
     saver = StateSaver(node.rpc_url, state_path)
     assert saver.save_if_changed()
     assert not saver.save_if_changed()  # nothing new since
+    saver.stop()  # closes its HTTP client (never started: no thread to join)
     before = asyncio.run(ledger_state(node.rpc_url, chain.address))
     assert saver.last_bytes == state_path.stat().st_size
     assert not state_path.with_name(f"{state_path.name}.partial").exists()
