@@ -17,7 +17,7 @@ from crm_ledger.journal.erasure import attach_copy_erasers
 from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.runtime import PERSONAL_DATA_COPIES
 
-pytest_plugins = ["tests.apps"]
+pytest_plugins = ["tests.apps", "tests.committing"]
 
 POSTGRES_URL = os.environ.get(
     "CRM_LEDGER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import Response
 
 from crm_ledger.anchoring.batches import cut_batch
-from crm_ledger.api.group_commit import GroupCommitter
 from crm_ledger.api.idempotency import REPLAY_HEADER, Idempotency, Written, _WritePlan
 from crm_ledger.api.routes.records import RecordWrite
 from crm_ledger.db.models import Batch, Customer, Record, new_id
@@ -29,35 +26,9 @@ from crm_ledger.journal.schemas import InteractionCreate, OrderCreate
 from crm_ledger.ledger.leaf import RecordKind
 from tests.anchoring.fakes import make_customer
 from tests.api.helpers import interaction, order
+from tests.committing import Job, run_group
 
-Job = Callable[[Session], Any]
 Payload = InteractionCreate | OrderCreate
-
-
-def run_group(session_factory: sessionmaker[Session], jobs: list[Job]) -> list[Any]:
-    """Each job's value, or its exception, after the committer ran them as one group."""
-    committer = GroupCommitter(session_factory)
-    group = [(job, Future[Any]()) for job in jobs]
-    committer._commit_group(group)
-    outcomes: list[Any] = []
-    for _, future in group:
-        error = future.exception(timeout=10)
-        outcomes.append(error if error is not None else future.result())
-    return outcomes
-
-
-@pytest.fixture
-def statements(session_factory: sessionmaker[Session]) -> Iterator[list[str]]:
-    """Every statement the engine runs from now on (PostgreSQL's COPY goes around it)."""
-    seen: list[str] = []
-    engine = session_factory.kw["bind"]
-
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        seen.append(" ".join(statement.split()))
-
-    event.listen(engine, "before_cursor_execute", record)
-    yield seen
-    event.remove(engine, "before_cursor_execute", record)
 
 
 def lookups(seen: list[str]) -> int:

@@ -136,8 +136,10 @@ def pending_row(*, source_pk: int, delivery_id: str, topic: str, body: bytes) ->
 
 
 def insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert `pending_row`s; a delivery id already stored raises `IntegrityError`."""
-    session.execute(insert(IngestDelivery), rows)
+    """Insert `pending_row`s (one statement); a delivery id already stored raises
+    `IntegrityError`."""
+    if rows:
+        session.execute(insert(IngestDelivery), rows)
 
 
 def stored_delivery_ids(session: Session, source_pk: int, delivery_ids: list[str]) -> set[str]:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from crm_ledger.config import Settings
@@ -103,11 +104,19 @@ _KEY_COLUMNS = (
 )
 
 
-def still_current(session: Session, keys: VerifyingKeys) -> bool:
-    """Whether the source `keys` were read from is still active and holds the same keys (in
-    the caller's write transaction, before it stores a delivery verified with them)."""
-    row = session.execute(select(*_KEY_COLUMNS).where(IngestSource.pk == keys.source_pk)).first()
-    return row is not None and tuple(row) == keys.stored
+# Built once: a webhook's store runs it in the group committer's thread for every group.
+_CURRENT_KEYS = select(IngestSource.pk, *_KEY_COLUMNS).where(
+    IngestSource.pk.in_(bindparam("pks", expanding=True))
+)
+
+
+def still_current(session: Session, keys: Sequence[VerifyingKeys]) -> list[bool]:
+    """For each of `keys`, whether the source it was read from is still active and holds the
+    same keys (in the caller's write transaction, before it stores deliveries verified with
+    them): one query for all."""
+    pks = sorted({k.source_pk for k in keys})
+    stored = {row[0]: tuple(row[1:]) for row in session.execute(_CURRENT_KEYS, {"pks": pks})}
+    return [stored.get(k.source_pk) == k.stored for k in keys]
 
 
 def webhook_path(platform: str, source_id: str) -> str:

@@ -11,12 +11,15 @@ inline (bodies over `_INLINE_BODY_BYTES` in a thread), and the insert is handed 
 committer, whose commit is awaited. The insert's transaction first checks that the source is
 still the one the cached keys came from (`sources.still_current`); when it is not (deleted or
 rotated meanwhile, by any process) nothing is stored and the delivery is verified again with
-keys read afresh. A WooCommerce ping stores nothing, so it is always checked with fresh keys.
+keys read afresh. The deliveries a group commits together are checked with one query and
+inserted with one statement (`_Store`). A WooCommerce ping stores nothing, so it is always
+checked with fresh keys.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -166,15 +169,8 @@ class _Delivery:
             topic=checked.topic,
             body=body,
         )
-
-        def store(tx: Session) -> _Stored:
-            if not still_current(tx, keys):
-                return _Stored.SOURCE_CHANGED
-            inbox.insert_deliveries(tx, [row])
-            return _Stored.NOW
-
         try:
-            return await committer_for(self.session).run_async(store)
+            return await committer_for(self.session).run_async(_Store(keys, row))
         except IntegrityError:
             # Stored already (a retry, or two identical deliveries raced: the unique
             # constraint let one through); `_known` tells that from a real error.
@@ -191,6 +187,26 @@ class _Delivery:
             return bool(stored)
 
         return await run_in_threadpool(known)
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    """One delivery's insert: alone, or with the other deliveries of its group in one check
+    of their sources and one multi-row INSERT (`api.group_commit.Combinable`)."""
+
+    keys: VerifyingKeys
+    row: dict[str, Any]
+
+    def __call__(self, tx: Session) -> _Stored:
+        return _Store.bulk(tx, [self])[0]
+
+    @staticmethod
+    def bulk(tx: Session, stores: list[_Store]) -> list[_Stored]:
+        """Insert the deliveries whose source is unchanged since their keys were read; a
+        delivery id stored already raises `IntegrityError` (alone, it is that delivery's)."""
+        current = still_current(tx, [store.keys for store in stores])
+        inbox.insert_deliveries(tx, [s.row for s, ok in zip(stores, current, strict=True) if ok])
+        return [_Stored.NOW if ok else _Stored.SOURCE_CHANGED for ok in current]
 
 
 async def _check(keys: VerifyingKeys, headers: dict[str, str], body: bytes) -> inbox.Checked | None:
