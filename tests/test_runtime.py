@@ -22,6 +22,7 @@ from crm_ledger.journal.customers import create_customer
 from crm_ledger.journal.erasure import copy_erasers_for_engine, erase_customer
 from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.journal.schemas import CustomerCreate
+from crm_ledger.runtime import Runtime
 
 PACKAGE = Path(crm_ledger.__file__).parent
 
@@ -72,5 +73,24 @@ def test_an_engine_without_erasers_refuses_to_erase(tmp_path: Path) -> None:
         with sessions() as session:
             erased_at = session.scalar(select(Customer.erased_at).where(Customer.id == ada.id))
         assert erased_at is None
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "worker"), [("run_anchorer", "anchorer"), ("run_indexer", "indexer")]
+)
+def test_a_role_switched_off_does_not_run_unless_run_alone(
+    tmp_path: Path, setting: str, worker: str
+) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, **{setting: False})  # type: ignore[call-arg]
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    try:
+        sessions: sessionmaker[Session] = make_session_factory(engine)
+        everything = Runtime(settings=settings, engine=engine, session_factory=sessions)
+        assert worker not in everything.supervisor.names
+        assert "loyalty" in everything.supervisor.names
+        alone = Runtime(settings=settings, engine=engine, session_factory=sessions, only=worker)
+        assert alone.supervisor.names == [worker]
     finally:
         engine.dispose()

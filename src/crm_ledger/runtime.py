@@ -74,7 +74,7 @@ class Runtime:
             connection=self.connection,
             wake=lambda: self.supervisor.wake(LOYALTY),
         )
-        if self._runs(ANCHORER):
+        if self._runs(ANCHORER) and (settings.run_anchorer or self.only == ANCHORER):
             self.anchoring = AnchoringWorker(
                 connection=self.connection, session_factory=factory, settings=settings
             )
