@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -16,6 +18,7 @@ from crm_ledger.db.models import (
     IndexerStream,
     Record,
 )
+from crm_ledger.indexer import events, store
 from tests.anchoring.fakes import add_records
 from tests.indexer.conftest import AnvilChain
 
@@ -101,3 +104,36 @@ async def test_after_a_rollback_the_stats_show_the_cursor_at_the_fork(
 
     assert indexer.stats.reorgs == 1
     assert indexer.stats.indexed_through == fork - 1
+
+
+async def test_a_range_of_many_records_is_stored_in_parts_with_the_same_result(
+    anvil_chain: AnvilChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(3):  # three batches, three blocks, one range for the indexer
+        add_records(anvil_chain.session_factory, customers=2, each=2)
+        await anvil_chain.anchor()
+    applied: list[tuple[int, int]] = []
+    apply_range = store.apply_range
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        applied.append((kwargs["from_block"], kwargs["to_block"]))
+        return apply_range(*args, **kwargs)
+
+    monkeypatch.setattr(events, "APPLY_MAX_RECORDS", 4)
+    monkeypatch.setattr(store, "apply_range", counted)
+    await anvil_chain.index()
+
+    head = await anvil_chain.head()
+    assert len(applied) == 3, applied
+    assert applied[-1][1] == head
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(applied)), applied
+    with anvil_chain.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(IndexedBatch)) == 3
+        payloads = [
+            json.loads(p) for p in session.scalars(select(FeedEvent.payload).order_by(FeedEvent.pk))
+        ]
+        assert len(payloads) == 12
+        assert [p["seq"] for p in payloads] == sorted(p["seq"] for p in payloads)
+        assert {p["record_id"] for p in payloads} == set(session.scalars(select(Record.id)))
+        stream = session.scalars(select(IndexerStream)).one()
+        assert stream.next_block == head + 1

@@ -2,7 +2,7 @@
 
 Exports: `RawLog`, `LogLocation`, `BatchAnchored`, `TokenEvent`, `TokenEventKind`,
 `AUDIT_LEDGER_TOPICS`, `LOYALTY_TOKEN_TOPICS`, `decode_batch_anchored`, `decode_token_event`,
-`MAX_STORED_AMOUNT`.
+`MAX_STORED_AMOUNT`, `RangePart`, `split_range`, `APPLY_MAX_RECORDS`.
 
 Topics come from the committed ABIs (`chain/artifacts`), so they cannot drift from the
 contracts. Decoding is by hand rather than through eth-abi: the layouts are fixed, and the
@@ -24,16 +24,19 @@ from crm_ledger.chain.artifacts import load_artifact
 from crm_ledger.errors import ChainError, ChainUnavailable
 
 __all__ = [
+    "APPLY_MAX_RECORDS",
     "AUDIT_LEDGER_TOPICS",
     "LOYALTY_TOKEN_TOPICS",
     "MAX_STORED_AMOUNT",
     "BatchAnchored",
     "LogLocation",
+    "RangePart",
     "RawLog",
     "TokenEvent",
     "TokenEventKind",
     "decode_batch_anchored",
     "decode_token_event",
+    "split_range",
 ]
 
 #: Points are stored as signed 64-bit integers; LoyaltyToken amounts are whole points.
@@ -224,3 +227,67 @@ def decode_token_event(log: RawLog) -> TokenEvent:
             to_address=_address(log.topics[2], log, "to"),
         )
     raise _garbage(log, "not an Issued, Redeemed, Expired or Transfer event")
+
+
+#: Feed rows one transaction of the indexer writes at most, give or take one block's events: a
+#: `record.anchored` per record of each batch and one row per token event. Catching up on
+#: thousands of anchored records in one transaction held SQLite's write lock, which every API
+#: write waits for, for a quarter of a second (docs/benchmarks.md); a part of a range is stored
+#: and its stream advanced on its own, so a crash between parts leaves the rest for the next round.
+APPLY_MAX_RECORDS = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class RangePart:
+    """Blocks `start`..`end` of a range read at once, with their events, stored in one
+    transaction; `block_hashes` holds the hash of `end` and of every block with an event."""
+
+    start: int
+    end: int
+    batches: list[BatchAnchored]
+    token_events: list[TokenEvent]
+    block_hashes: dict[int, bytes]
+
+
+def split_range(
+    start: int,
+    end: int,
+    batches: Sequence[BatchAnchored],
+    token_events: Sequence[TokenEvent],
+    block_hashes: dict[int, bytes],
+    *,
+    max_records: int | None = None,
+) -> list[RangePart]:
+    """Blocks `start`..`end` cut at block boundaries into parts of at most `max_records` feed
+    rows each (one block's events are never split, so a part can hold more); one part when the
+    range is small (`max_records`: `APPLY_MAX_RECORDS` when None). `block_hashes` must hold the
+    hash of `end` and of every block with an event."""
+    limit = APPLY_MAX_RECORDS if max_records is None else max_records
+    weights: dict[int, int] = {}
+    for batch in batches:
+        weights[batch.at.block_number] = weights.get(batch.at.block_number, 0) + batch.count
+    for event in token_events:
+        weights[event.at.block_number] = weights.get(event.at.block_number, 0) + 1
+    ends: list[int] = []
+    total, previous = 0, start
+    for block in sorted(weights):
+        if total and total + weights[block] > limit:
+            ends.append(previous)
+            total = 0
+        total += weights[block]
+        previous = block
+    ends.append(end)
+    parts: list[RangePart] = []
+    first = start
+    for last in ends:
+        parts.append(
+            RangePart(
+                start=first,
+                end=last,
+                batches=[b for b in batches if first <= b.at.block_number <= last],
+                token_events=[e for e in token_events if first <= e.at.block_number <= last],
+                block_hashes={n: h for n, h in block_hashes.items() if first <= n <= last},
+            )
+        )
+        first = last + 1
+    return parts

@@ -61,6 +61,7 @@ from crm_ledger.indexer.events import (
     TokenEvent,
     decode_batch_anchored,
     decode_token_event,
+    split_range,
 )
 from crm_ledger.indexer.reconcile import TRIGGER_SCHEDULE, Reconciler, SourceReader
 from crm_ledger.indexer.source import ChainSource, JsonRpcSource
@@ -298,27 +299,28 @@ class Indexer:
                     f"with garbage: {exc}"
                 ) from None
         self.checkpoint("fetched")
-        try:
-            applied = await asyncio.to_thread(
-                store.apply_range,
-                self.session_factory,
-                streams=group,
-                from_block=start,
-                to_block=end,
-                block_hashes=block_hashes,
-                batches=batches,
-                token_events=token_events,
-            )
-        except StaleRange as exc:
-            log.warning("indexer: range %d..%d not written: %s", start, end, exc)
-            self._checked_at = None
-            return None
-        self.checkpoint("applied")
-        if applied.batches:
-            metrics.indexer_events_total.labels("BatchAnchored").inc(applied.batches)
-        if applied.token_events:
-            metrics.indexer_events_total.labels("LoyaltyToken").inc(applied.token_events)
-        self.stats.events_indexed += applied.batches + applied.token_events
+        for part in split_range(start, end, batches, token_events, block_hashes):
+            try:
+                applied = await asyncio.to_thread(
+                    store.apply_range,
+                    self.session_factory,
+                    streams=group,
+                    from_block=part.start,
+                    to_block=part.end,
+                    block_hashes=part.block_hashes,
+                    batches=part.batches,
+                    token_events=part.token_events,
+                )
+            except StaleRange as exc:
+                log.warning("indexer: range %d..%d not written: %s", part.start, part.end, exc)
+                self._checked_at = None
+                return None
+            self.checkpoint("applied")
+            if applied.batches:
+                metrics.indexer_events_total.labels("BatchAnchored").inc(applied.batches)
+            if applied.token_events:
+                metrics.indexer_events_total.labels("LoyaltyToken").inc(applied.token_events)
+            self.stats.events_indexed += applied.batches + applied.token_events
         return end_hash
 
     def _unsettled_round(self, start: int, end: int, what: str) -> None:
