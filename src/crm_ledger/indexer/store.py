@@ -9,8 +9,9 @@ writes everything one block range yields (the events, their feed events, balance
 and the advanced cursor) in one commit, so a crash at any instruction leaves either all of it or
 none, and the range is read again after a restart. (The indexer stores a range read at once in
 parts of at most `events.APPLY_MAX_RECORDS` feed rows, one `apply_range` each, so that one
-transaction does not hold SQLite's write lock for long.) Events are keyed by (block hash, log index),
-and a range already written is never written twice: `apply_range` skips keys it already holds.
+transaction does not hold SQLite's write lock for long.) Events are keyed by (block hash, log
+index), and a range already written is never written twice: `apply_range` skips keys it already
+holds.
 
 The feed events a range produces and a rollback's compensations are `indexer.feed_events`'s.
 
