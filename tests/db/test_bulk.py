@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db import bulk
-from crm_ledger.db.models import Customer, new_ids
+from crm_ledger.db.models import Customer, new_id, new_ids
 from tests.anchoring.fakes import make_customer
 
 
-def test_new_ids_are_distinct_random_uuids_in_their_canonical_form() -> None:
+def test_new_ids_are_distinct_time_ordered_uuids_in_their_canonical_form() -> None:
+    before = time.time_ns() // 1_000_000
     ids = new_ids(500)
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 500
     for value in ids:
         parsed = uuid.UUID(value)
-        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
         assert str(parsed) == value
+        assert before <= parsed.int >> 80 <= after  # the first 48 bits: UNIX milliseconds
     assert new_ids(0) == []
+    time.sleep(0.002)
+    later = new_id()
+    assert later > max(ids)  # made in a later millisecond, it sorts after: indexes grow at the end
 
 
 def test_update_rows_sets_each_row_by_its_key_and_no_other(

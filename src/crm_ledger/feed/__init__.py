@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger import cursors
 from crm_ledger.db import bulk
-from crm_ledger.db.models import FeedEvent, FeedMark, utcnow
+from crm_ledger.db.models import FeedEvent, FeedMark, new_ids, utcnow
 from crm_ledger.errors import Gone, Unprocessable
 from crm_ledger.schemas import EventType
 
@@ -146,7 +145,7 @@ def append(session: Session, events: Sequence[NewFeedEvent]) -> None:
         _FEED_COLUMNS,
         [
             (
-                str(uuid.uuid4()),
+                event_id,
                 event.type.value,
                 now,
                 event.customer_id,
@@ -154,7 +153,7 @@ def append(session: Session, events: Sequence[NewFeedEvent]) -> None:
                 event.source_batch_pk,
                 event.source_token_pk,
             )
-            for event in events
+            for event_id, event in zip(new_ids(len(events)), events, strict=True)
         ],
     )
 

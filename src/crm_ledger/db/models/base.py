@@ -6,7 +6,7 @@ Exports: `Base`, `PK`, `UTCDateTime`, `utcnow`, `new_id`.
 from __future__ import annotations
 
 import os
-import uuid
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -47,20 +47,28 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    """Fresh public id."""
-    return str(uuid.uuid4())
+    """Fresh public id (see `new_ids`)."""
+    return new_ids(1)[0]
 
 
 def new_ids(count: int) -> list[str]:
-    """`count` fresh public ids, as `new_id` makes them (random UUIDs, version 4), from one
-    read of the OS's random source instead of one per id: a batch write of 1,000 records
-    spent more on `uuid.uuid4()` than on inserting them."""
-    raw = os.urandom(16 * count)
+    """`count` fresh public ids: UUIDs of version 7 (RFC 9562), the current UNIX time in
+    milliseconds then 74 random bits, from one read of the OS's random source.
+
+    Time-ordered, so the unique index on each table's `id` grows at its end instead of at
+    random places: inserting 450 feed rows into a table of 180,000 took half the time
+    (docs/benchmarks.md), and a table's index pages stay in cache as it grows. An id says when
+    its row was made, to the millisecond; every row it names shows that time anyway (a record's
+    `recorded_at`, a customer's `created_at`). Ids are names, not secrets: API keys and signing
+    secrets come from `secrets`.
+    """
+    millis = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    raw = os.urandom(10 * count)
     ids = []
-    for start in range(0, 16 * count, 16):
-        octets = bytearray(raw[start : start + 16])
-        octets[6] = (octets[6] & 0x0F) | 0x40  # version 4
-        octets[8] = (octets[8] & 0x3F) | 0x80  # RFC 4122 variant
+    for start in range(0, 10 * count, 10):
+        octets = bytearray(millis + raw[start : start + 10])
+        octets[6] = (octets[6] & 0x0F) | 0x70  # version 7
+        octets[8] = (octets[8] & 0x3F) | 0x80  # RFC 9562 variant
         h = octets.hex()
         ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return ids

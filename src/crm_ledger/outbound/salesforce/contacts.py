@@ -5,7 +5,7 @@ Exports: `ContactValues`, `contact_values`, `contact_csv`, `placeholder_last_nam
 
 A Contact gets four ledger fields and nothing personal (docs/salesforce.md):
 
-    CRM_Ledger_Id__c      the customer's id in the ledger (a random UUID): the upsert's external id
+    CRM_Ledger_Id__c      the customer's id in the ledger (a UUID): the upsert's external id
     Loyalty_Balance__c    points of the customer's lots issued on chain and not yet spent or expired
     Last_Interaction__c   when the newest interaction was recorded (UTC)
     Ledger_Integrity__c   the customer's integrity by the latest ledger audit (clean, discrepancies,
