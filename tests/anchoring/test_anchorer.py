@@ -16,6 +16,7 @@ from crm_ledger.errors import ChainReset, ChainUnavailable
 from crm_ledger.ledger import merkle
 from crm_ledger.ledger.leaf import LeafInput, RecordKind
 from tests.anchoring.fakes import ADDRESS, CODE_HASH, FakeChain, add_records, fast_settings
+from tests.spying import record_calls
 from tests.waiting import until
 from tests.workers.helpers import supervised
 
@@ -277,16 +278,9 @@ async def test_an_idle_anchorer_checks_the_chain_once_per_interval_and_before_an
     next check, and a step with a batch to anchor checks the chain first, however soon."""
     add_records(session_factory, customers=3, each=4)
     chain = FakeChain()
-    asked: list[str] = []
-    code_hash = chain.code_hash
-
-    async def counted(address: str) -> bytes:
-        asked.append(address)
-        return await code_hash(address)
-
-    chain.code_hash = counted  # type: ignore[method-assign]
+    asked = record_calls(chain, "code_hash")
     anchorer = make_anchorer(session_factory, chain, tmp_path)
-    anchorer.settings = fast_settings(tmp_path, anchor_idle_check_seconds=0.5)
+    anchorer.settings = fast_settings(tmp_path, anchor_idle_check_seconds=1.5)
     await drain(anchorer)
     assert len(chain.events) == 3
     after_work = len(asked)
@@ -297,7 +291,7 @@ async def test_an_idle_anchorer_checks_the_chain_once_per_interval_and_before_an
     chain.roll_back_to(1)
     assert await anchorer.step() == 0
     assert anchorer.stats.rollbacks_detected == 0  # not looked yet
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.6)
     await drain(anchorer)
     assert anchorer.stats.rollbacks_detected == 1
     assert len(chain.events) == 3

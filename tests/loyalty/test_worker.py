@@ -32,6 +32,7 @@ from crm_ledger.loyalty.schemas import AwardCreate, RedemptionCreate
 from crm_ledger.loyalty.worker import IssuanceWorker
 from tests.loyalty.conftest import loyalty_settings
 from tests.loyalty.fakes import Crash, FakeToken, backdate, crash_at, make_campaign, make_customers
+from tests.spying import record_calls
 
 MakeWorker = Callable[..., IssuanceWorker]
 pytestmark = pytest.mark.asyncio
@@ -298,15 +299,8 @@ async def test_an_idle_worker_checks_the_chain_once_per_interval_and_before_send
 ) -> None:
     """An idle worker asks the chain nothing until `anchor_idle_check_seconds` have passed;
     one with something to send checks the chain (and finds a rollback) first."""
-    asked: list[str] = []
-    code_hash = token.code_hash
-
-    async def counted(address: str) -> bytes:
-        asked.append(address)
-        return await code_hash(address)
-
-    token.code_hash = counted  # type: ignore[method-assign]
-    worker = make_worker(settings=loyalty_settings(tmp_path, anchor_idle_check_seconds=0.5))
+    asked = record_calls(token, "code_hash")
+    worker = make_worker(settings=loyalty_settings(tmp_path, anchor_idle_check_seconds=1.5))
     first = make_customers(session_factory, 10)
     award(session_factory, [cid for _, cid in first])
     await run_until_idle(worker)
@@ -315,7 +309,7 @@ async def test_an_idle_worker_checks_the_chain_once_per_interval_and_before_send
     for _ in range(10):
         assert not await worker.step()
     assert len(asked) == after_work
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.6)
     assert not await worker.step()
     assert len(asked) == after_work + 1
 
