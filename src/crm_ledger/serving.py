@@ -23,6 +23,10 @@ processes then run no mapper (`CRM_LEDGER_RUN_INGEST=false` for them). The mappe
 (parsing, sealing, hashing) then does not share the API's one interpreter: inside `serve`, on a
 quiet 2-core machine, the webhook path anchored records at half the plain POST's rate
 (docs/benchmarks.md, "Commerce ingest").
+
+When `serve` starts more than one process, each keeps its Prometheus figures in files under
+`metrics/` in the data directory, and `/metrics` adds up all of them whichever process answers
+(`crm_ledger.metrics`; `PROMETHEUS_MULTIPROC_DIR` set by `serve` for the processes it starts).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +47,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from crm_ledger import metrics
 from crm_ledger.app import create_app
 from crm_ledger.chain.node import LocalNode, start_anvil
 from crm_ledger.config import Settings
@@ -109,31 +115,59 @@ def serve(
         "ssl_keyfile": str(tls[1]) if tls else None,
     }
     configure_logging(level=log_level, log_format=log_format or settings.log_format)
-    mapper = None
-    if settings.run_ingest and settings.ingest_process:
-        mapper = WorkerProcess(
-            "ingest",
-            env={
-                **os.environ,
-                "CRM_LEDGER_DATA_DIR": str(settings.data_dir),
-                "CRM_LEDGER_LOG_FORMAT": str(LogFormat(log_format or settings.log_format).value),
-            },
-            log_level=log_level,
-        )
-        settings = settings.model_copy(update={"run_ingest": False})
-    try:
-        if workers == 1:
-            app = create_app(settings)  # migrates and makes the key files first
+    mapper_wanted = settings.run_ingest and settings.ingest_process
+    with _metrics_directory(settings, workers > 1 or mapper_wanted) as metrics_dir:
+        mapper = None
+        if mapper_wanted:
+            mapper = WorkerProcess(
+                "ingest",
+                env={
+                    **os.environ,
+                    **metrics_dir,
+                    "CRM_LEDGER_DATA_DIR": str(settings.data_dir),
+                    "CRM_LEDGER_LOG_FORMAT": str(
+                        LogFormat(log_format or settings.log_format).value
+                    ),
+                },
+                log_level=log_level,
+            )
+            settings = settings.model_copy(update={"run_ingest": False})
+        try:
+            if workers == 1:
+                app = create_app(settings)  # migrates and makes the key files first
+                if mapper is not None:
+                    metrics.collect_children(Path(metrics_dir[metrics.MULTIPROCESS_DIR_ENV]))
+                    mapper.start()
+                tune_garbage_collector()
+                with _signals_end_serve():
+                    uvicorn.run(app, **options)  # type: ignore[arg-type]
+                return
+            os.environ.update(metrics_dir)
+            _serve_processes(settings, workers, log_level, log_format, mapper, options)
+        finally:
             if mapper is not None:
-                mapper.start()
-            tune_garbage_collector()
-            with _signals_end_serve():
-                uvicorn.run(app, **options)  # type: ignore[arg-type]
-            return
-        _serve_processes(settings, workers, log_level, log_format, mapper, options)
+                mapper.stop()
+
+
+@contextmanager
+def _metrics_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, str]]:
+    """The environment that has the processes `serve` starts keep their metrics in one
+    directory (`crm_ledger.metrics`): `metrics/` in the data directory, emptied for this run
+    (a `serve` that was killed left its files there) and removed after it; `{}` when `serve`
+    runs one process. A directory the operator set (`PROMETHEUS_MULTIPROC_DIR`) is used as
+    it is and kept."""
+    name = metrics.MULTIPROCESS_DIR_ENV
+    if not wanted or name in os.environ:
+        yield {name: os.environ[name]} if wanted else {}
+        return
+    directory = settings.data_dir / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    try:
+        yield {name: str(directory)}
     finally:
-        if mapper is not None:
-            mapper.stop()
+        metrics.collect_children(None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _serve_processes(

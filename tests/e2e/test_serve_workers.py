@@ -1,6 +1,7 @@
 """`crm-ledger serve --workers 2` (issue 14, part 3): two API processes on one port serve writes,
 exactly one of them runs the anchorer while the other's stands by, the service's own Anvil is
-started once, and what the processes wrote is anchored.
+started once, what the processes wrote is anchored, and `/metrics` counts both processes'
+writes whichever answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from crm_ledger.db.session import make_engine, make_session_factory, upgrade_database
 from crm_ledger.journal.keys import Role, create_api_key
@@ -144,3 +146,25 @@ def test_two_api_processes_serve_writes_with_one_anchorer_and_one_anvil(
         )
 
     wait_for(all_anchored, 90)
+
+    # Whichever process answers (a new connection each time), /metrics counts the writes of
+    # both and shows each process's anchorer: one running, one standing by.
+    for _ in range(6):
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        samples = [
+            sample for family in text_string_to_metric_families(text) for sample in family.samples
+        ]
+        written = [
+            s.value
+            for s in samples
+            if s.name == "crm_ledger_records_written_total" and s.labels["kind"] == "interaction"
+        ]
+        assert written == [20.0], written
+        anchorers = {
+            (s.labels["pid"], s.labels["state"])
+            for s in samples
+            if s.name == "crm_ledger_worker_state"
+            and s.labels["worker"] == "anchorer"
+            and s.value == 1
+        }
+        assert sorted(state for _, state in anchorers) == ["running", "standby"], anchorers

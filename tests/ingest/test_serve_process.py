@@ -1,7 +1,7 @@
 """`crm-ledger serve` runs the shop-webhook mapper in a child process of its own
 (`serving.WorkerProcess`): deliveries are mapped there, a child killed is started again and
-maps what arrived meanwhile, SIGTERM to `serve` stops both (exit 0), and a child whose `serve`
-was killed stops by itself."""
+maps what arrived meanwhile, `serve`'s `/metrics` counts what its children mapped, SIGTERM to
+`serve` stops both (exit 0), and a child whose `serve` was killed stops by itself."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from crm_ledger.db.models import IngestDelivery, Record
@@ -134,6 +135,26 @@ def _statuses(database_url: str) -> tuple[list[str], int]:
     return statuses, records
 
 
+def _mapper_metrics(served: Served) -> tuple[float, set[str]]:
+    """From `serve`'s /metrics: deliveries the mappers handled, and the pids whose mapper runs."""
+    text = httpx.get(f"{served.base}/metrics", timeout=10).text
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    handled = sum(
+        s.value
+        for s in samples
+        if s.name == "crm_ledger_worker_items_total" and s.labels["worker"] == "ingest"
+    )
+    running = {
+        s.labels["pid"]
+        for s in samples
+        if s.name == "crm_ledger_worker_state"
+        and s.labels["worker"] == "ingest"
+        and s.labels["state"] == "running"
+        and s.value == 1
+    }
+    return handled, running
+
+
 def _make_source(served: Served) -> dict[str, str]:
     answer = httpx.post(
         f"{served.base}/v1/sources",
@@ -153,6 +174,8 @@ def test_the_mapper_child_killed_is_started_again_and_sigterm_stops_both(
     [first] = wait_for(lambda: _mappers(served.process.pid), STARTUP_SECONDS, what="a mapper")
     _deliver(served, source, 0)
     wait_for(lambda: _statuses(served.database_url) == (["mapped"], 1), STARTUP_SECONDS)
+    # Counted in the child's metrics just after its commit; serve's /metrics shows it.
+    wait_for(lambda: _mapper_metrics(served), 30, until=lambda found: found == (1.0, {str(first)}))
 
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: not _alive(first), 30, what="the killed mapper gone")
@@ -166,6 +189,14 @@ def test_the_mapper_child_killed_is_started_again_and_sigterm_stops_both(
         lambda: _statuses(served.database_url) == (["mapped", "mapped"], 2),
         STARTUP_SECONDS,
         what=lambda: _statuses(served.database_url),
+    )
+    # The mapping happened in the children; serve's /metrics counts both deliveries (the
+    # killed child's too) and shows the running child's state, not the killed one's.
+    wait_for(
+        lambda: _mapper_metrics(served),
+        30,
+        until=lambda found: found == (2.0, {str(second)}),
+        what="both deliveries counted, the second mapper running",
     )
 
     served.process.send_signal(signal.SIGTERM)

@@ -7,12 +7,13 @@ import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
+from crm_ledger import metrics
 from crm_ledger.api.deps import RuntimeDep
 from crm_ledger.api.idempotency import json_response
 from crm_ledger.api.transaction import read_only
@@ -123,5 +124,6 @@ def readyz(runtime: RuntimeDep) -> Response:
     summary="Prometheus metrics",
 )
 def prometheus_metrics() -> Response:
-    """Every metric in the process registry, in the Prometheus text format."""
-    return Response(content=generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    """Every metric of the service, in the Prometheus text format: whichever of `serve`'s
+    processes answers, the figures of all of them (`crm_ledger.metrics`)."""
+    return Response(content=metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
