@@ -164,7 +164,8 @@ async def test_a_crash_at_any_step_is_finished_by_the_next_process(
     assert_ledger_consistent(session_factory, chain)
     # A batch that reached the chain before the crash is adopted, never sent twice.
     assert chain.sent == len(chain.events)
-    assert sent_before_restart <= 1
+    # Batch 0's location is written with batch 1's sent mark: "anchored" comes after that send.
+    assert sent_before_restart <= (2 if crash_at == "anchored" else 1)
 
 
 @pytest.mark.asyncio

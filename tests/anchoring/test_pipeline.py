@@ -4,6 +4,7 @@ step anchors every due batch in order, and a failure mid-pipeline loses or repea
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from crm_ledger.anchoring import batches
 from crm_ledger.anchoring.anchorer import Anchorer
 from crm_ledger.chain.contract import Fees, SentTransaction
 from crm_ledger.db.models import Batch, Record
@@ -85,6 +87,31 @@ async def test_one_step_anchors_every_due_batch_in_order(
 
 
 @pytest.mark.asyncio
+async def test_a_batchs_location_is_written_with_the_next_batchs_sent_mark(
+    session_factory: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One write transaction per batch besides its cut, not two: under load each waits its
+    turn for SQLite's write lock behind the API's commits."""
+    add_records(session_factory, customers=3, each=4)
+    writes: list[tuple[list[int], int | None]] = []
+    record_progress = batches.record_progress
+
+    def recording(
+        factory: sessionmaker[Session],
+        *,
+        anchored: Sequence[batches.Location] = (),
+        sent: tuple[int, bytes] | None = None,
+    ) -> None:
+        writes.append(([where.batch_id for where in anchored], None if sent is None else sent[0]))
+        record_progress(factory, anchored=anchored, sent=sent)
+
+    monkeypatch.setattr(batches, "record_progress", recording)
+    assert await make_anchorer(session_factory, FakeChain(), tmp_path).step() == 3
+    assert writes == [([], 0), ([0], 1), ([1], 2), ([2], None)]
+    assert batch_ids(session_factory) == [(0, "anchored"), (1, "anchored"), (2, "anchored")]
+
+
+@pytest.mark.asyncio
 async def test_the_next_batch_is_cut_while_the_previous_one_waits_to_be_mined(
     session_factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
@@ -136,7 +163,8 @@ async def test_a_crash_mid_pipeline_is_finished_by_the_next_process(
         await make_anchorer(
             session_factory, chain, tmp_path, checkpoint=crash_in_second_batch
         ).step()
-    assert chain.sent == 2
+    # Batch 1's location is written with batch 2's sent mark: its "anchored" comes after that.
+    assert chain.sent == (3 if crash_at == "anchored" else 2)
     restarted: Anchorer = make_anchorer(session_factory, chain, tmp_path)
     await drain(restarted)
     # A batch that reached the chain before the crash is adopted, never sent twice.

@@ -1,7 +1,8 @@
 """Journal side of anchoring: cutting batches and recording what the chain did with them.
 
-Exports: `cut_batch`, `unfinished_batches`, `mark_sent`, `mark_anchored`, `reset_batches_from`,
-`anchored_end`, `last_anchored_batch_id`, `recent_anchored_batches`, `pending_summary`.
+Exports: `cut_batch`, `unfinished_batches`, `mark_sent`, `mark_anchored`, `record_progress`,
+`Location`, `reset_batches_from`, `anchored_end`, `last_anchored_batch_id`,
+`recent_anchored_batches`, `pending_summary`.
 
 Every function here is one short database transaction; the anchorer calls them from a thread.
 Cutting is the only place that assigns `seq`, so seqs are contiguous by construction: the next
@@ -10,6 +11,7 @@ batch starts where the last one ended, whatever happened on chain.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -156,7 +158,19 @@ def unfinished_batches(session_factory: sessionmaker[Session]) -> list[BatchPlan
 
 def mark_sent(session_factory: sessionmaker[Session], *, batch_id: int, tx_hash: bytes) -> None:
     """Remember the transaction that carries the batch, before waiting for it to be mined."""
-    outbox.mark_sent(session_factory, Batch, Batch.id == batch_id, tx_hash=tx_hash)
+    record_progress(session_factory, sent=(batch_id, tx_hash))
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where the chain holds a batch: its anchor transaction and block."""
+
+    batch_id: int
+    epoch: int
+    tx_hash: bytes
+    block_number: int
+    block_hash: bytes
+    gas_used: int | None
 
 
 def mark_anchored(
@@ -170,20 +184,40 @@ def mark_anchored(
     gas_used: int | None,
 ) -> None:
     """Record where the chain holds the batch."""
+    record_progress(
+        session_factory,
+        anchored=[Location(batch_id, epoch, tx_hash, block_number, block_hash, gas_used)],
+    )
+
+
+def record_progress(
+    session_factory: sessionmaker[Session],
+    *,
+    anchored: Sequence[Location] = (),
+    sent: tuple[int, bytes] | None = None,
+) -> None:
+    """In one transaction: where the chain holds each of `anchored`, and (`sent`: batch id,
+    transaction hash) the transaction that now carries a batch. The anchorer writes a batch's
+    location with the next batch's sent mark: one wait for SQLite's write lock, not two."""
     with session_factory() as session, session.begin():
-        session.execute(
-            update(Batch)
-            .where(Batch.id == batch_id)
-            .values(
-                status=BatchStatus.ANCHORED.value,
-                epoch=epoch,
-                tx_hash=tx_hash,
-                block_number=block_number,
-                block_hash=block_hash,
-                gas_used=gas_used,
-                anchored_at=utcnow(),
+        now = utcnow()
+        for where in anchored:
+            session.execute(
+                update(Batch)
+                .where(Batch.id == where.batch_id)
+                .values(
+                    status=BatchStatus.ANCHORED.value,
+                    epoch=where.epoch,
+                    tx_hash=where.tx_hash,
+                    block_number=where.block_number,
+                    block_hash=where.block_hash,
+                    gas_used=where.gas_used,
+                    anchored_at=now,
+                )
             )
-        )
+        if sent is not None:
+            batch_id, tx_hash = sent
+            outbox.mark_sent_in(session, Batch, Batch.id == batch_id, tx_hash=tx_hash)
 
 
 def recent_anchored_batches(

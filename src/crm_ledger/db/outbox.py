@@ -1,7 +1,7 @@
 """The chain outbox: journal rows that each become one transaction on chain (anchoring's
 batches, loyalty's chain ops) and go through the same durable states, planned → sent → mined.
 
-Exports: `SENT`, `UNSENT`, `mark_sent`.
+Exports: `SENT`, `UNSENT`, `mark_sent`, `mark_sent_in`.
 
 A row is written before anything is sent (`batches` status `cut`, `loyalty_chain_ops`
 `planned`); `mark_sent` stores the transaction's hash before the worker waits for it to be
@@ -42,6 +42,15 @@ def mark_sent(
     """Remember the transaction that carries the `row` (a model) `where` selects, before
     waiting for it to be mined."""
     with session_factory() as session, session.begin():
-        session.execute(
-            update(row).where(where).values(status=SENT, tx_hash=tx_hash, sent_at=utcnow())
-        )
+        mark_sent_in(session, row, where, tx_hash=tx_hash)
+
+
+def mark_sent_in(
+    session: Session,
+    row: type[Batch] | type[LoyaltyChainOp],
+    where: ColumnElement[bool],
+    *,
+    tx_hash: bytes,
+) -> None:
+    """`mark_sent` inside the caller's transaction (with what else it writes)."""
+    session.execute(update(row).where(where).values(status=SENT, tx_hash=tx_hash, sent_at=utcnow()))
