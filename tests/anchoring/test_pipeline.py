@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.anchoring import batches
 from crm_ledger.anchoring.anchorer import Anchorer
+from crm_ledger.anchoring.batches import BatchPlan
 from crm_ledger.chain.contract import Fees, SentTransaction
 from crm_ledger.db.models import Batch, Record
 from crm_ledger.errors import ChainUnavailable
@@ -87,13 +88,13 @@ async def test_one_step_anchors_every_due_batch_in_order(
 
 
 @pytest.mark.asyncio
-async def test_a_batchs_location_is_written_with_the_next_batchs_sent_mark(
+async def test_one_write_per_batch_records_it_sent_the_previous_one_anchored_and_cuts_the_next(
     session_factory: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One write transaction per batch besides its cut, not two: under load each waits its
-    turn for SQLite's write lock behind the API's commits."""
+    """One write transaction per batch, not three (cut, sent, anchored): under load each
+    waits its turn for SQLite's write lock behind the API's commits."""
     add_records(session_factory, customers=3, each=4)
-    writes: list[tuple[list[int], int | None]] = []
+    writes: list[tuple[list[int], int | None, int | None]] = []
     record_progress = batches.record_progress
 
     def recording(
@@ -101,13 +102,33 @@ async def test_a_batchs_location_is_written_with_the_next_batchs_sent_mark(
         *,
         anchored: Sequence[batches.Location] = (),
         sent: tuple[int, bytes] | None = None,
-    ) -> None:
-        writes.append(([where.batch_id for where in anchored], None if sent is None else sent[0]))
-        record_progress(factory, anchored=anchored, sent=sent)
+        cut_max_records: int | None = None,
+    ) -> BatchPlan | None:
+        cut = record_progress(
+            factory, anchored=anchored, sent=sent, cut_max_records=cut_max_records
+        )
+        writes.append(
+            (
+                [where.batch_id for where in anchored],
+                None if sent is None else sent[0],
+                None if cut is None else cut.id,
+            )
+        )
+        return cut
+
+    cuts: list[int] = []
+    cut_batch = batches.cut_batch
+
+    def counting(factory: sessionmaker[Session], *, max_records: int) -> BatchPlan | None:
+        cuts.append(max_records)
+        return cut_batch(factory, max_records=max_records)
 
     monkeypatch.setattr(batches, "record_progress", recording)
+    monkeypatch.setattr(batches, "cut_batch", counting)
     assert await make_anchorer(session_factory, FakeChain(), tmp_path).step() == 3
-    assert writes == [([], 0), ([0], 1), ([1], 2), ([2], None)]
+    # (anchored, sent, cut): batch 0 was cut alone, at the start of the step.
+    assert writes == [([], 0, 1), ([0], 1, 2), ([1], 2, None), ([2], None, None)]
+    assert len(cuts) == 1
     assert batch_ids(session_factory) == [(0, "anchored"), (1, "anchored"), (2, "anchored")]
 
 

@@ -14,15 +14,16 @@ same nonce with both EIP-1559 fee caps raised (`anchoring.fees`), up to a cap; w
 transactions sent for the batch is mined is the one recorded. The batch row holds the latest
 hash; after a restart the node tells its nonce and fees, so replacing goes on where it stopped.
 
-Batches form a pipeline: while batch n is sent and mined, batch n + 1 is cut (seqs, leaves,
-root and head written to the journal), so under load the journal work never waits on the
-chain; one step anchors every due batch, in order, up to `MAX_BATCHES_PER_STEP`. One anchor
-transaction is in flight at a time: batch n + 1 goes out once batch n is mined (its gas is
-estimated on a chain that already holds batch n). Batch n's location is written in the same
-transaction as batch n + 1's sent mark (or alone when the round ends): under load each write
-waits its turn for SQLite's write lock behind the API's commits, and one wait per batch instead
-of two anchored a fifth more records per second (docs/benchmarks.md). A crash between the two
-loses nothing: the next step finds batch n on chain (`nextSeq()` is past it) and adopts it.
+Batches form a pipeline: while batch n is mined, batch n + 1 is cut (seqs, leaves, root and
+head written to the journal), so under load the journal work never waits on the chain; one
+step anchors every due batch, in order, up to `MAX_BATCHES_PER_STEP`. One anchor transaction is
+in flight at a time: batch n + 1 goes out once batch n is mined (its gas is estimated on a chain
+that already holds batch n). Once batch n is sent, one write transaction records its hash,
+where the chain holds batch n - 1, and cuts batch n + 1 (`batches.record_progress`): under load
+each write transaction waits its turn for SQLite's write lock behind the API's commits, and one
+wait per batch instead of three (cut, sent, anchored) anchored more records per second
+(docs/benchmarks.md). A crash between batch n - 1 mined and that write loses nothing: the next
+step finds batch n - 1 on chain (`nextSeq()` is past it) and adopts it.
 
 Before sending, the anchorer asks the contract for `nextSeq()`. If the chain is already past the
 batch, the batch got there before a crash and only its location is missing: it is looked up in
@@ -146,6 +147,10 @@ class Anchorer:
     #: Batches seen mined and not yet recorded as anchored: written with the next batch's sent
     #: mark, or when the round ends (`_anchor_in_order`).
     _mined: list[batches.Location] = field(default_factory=list, init=False, repr=False)
+    #: While the batch in flight is the last one cut (`_anchor_in_order`): the write that records
+    #: it as sent also cuts the next batch, if one is due, into `_cut_next` (`_record`).
+    _cut_ahead: bool = field(default=False, init=False, repr=False)
+    _cut_next: BatchPlan | None = field(default=None, init=False, repr=False)
 
     async def step(self) -> int:
         """One round: check the chain, finish unfinished batches, cut and anchor while batches
@@ -179,10 +184,10 @@ class Anchorer:
         return anchored
 
     async def _anchor_in_order(self, plans: list[BatchPlan]) -> int:
-        """Anchor `plans` one after the other, oldest first; while the last of them is sent and
-        mined, cut the next batch if one is due, and go on with it (a pipeline: the journal
-        work of batch n + 1 overlaps the chain round trips of batch n). Stops at the first
-        batch that is not anchored (the next step picks it up) and after
+        """Anchor `plans` one after the other, oldest first; while the last of them is mined,
+        cut the next batch if one is due (in the write that records it as sent), and go on with
+        it (a pipeline: the journal work of batch n + 1 overlaps the mining of batch n). Stops
+        at the first batch that is not anchored (the next step picks it up) and after
         `MAX_BATCHES_PER_STEP`, so that `reconcile()` runs between rounds.
 
         Only one anchor transaction is in flight at a time: batch n + 1 is sent once batch n is
@@ -195,19 +200,15 @@ class Anchorer:
         try:
             while queue and anchored < MAX_BATCHES_PER_STEP:
                 plan = queue.popleft()
-                ahead = None
-                if not queue and anchored + 1 < MAX_BATCHES_PER_STEP:
-                    ahead = asyncio.ensure_future(asyncio.to_thread(self._cut_if_due))
-                try:
-                    done = await self._complete(plan)
-                except BaseException:
-                    if ahead is not None:
-                        # The cut is one transaction in a thread: let it end (committed, the
-                        # next step anchors it; or rolled back) before the error goes up.
-                        with contextlib.suppress(Exception):
-                            await ahead
-                    raise
-                following = await ahead if ahead is not None else None
+                # The next batch is cut in the write that records this one as sent, while it is
+                # mined (`_record`); after it when no such write comes (it was sent before).
+                self._cut_ahead = not queue and anchored + 1 < MAX_BATCHES_PER_STEP
+                self._cut_next = None
+                done = await self._complete(plan)
+                following = self._cut_next
+                if self._cut_ahead:
+                    self._cut_ahead = False
+                    following = await asyncio.to_thread(self._cut_if_due)
                 if following is not None:
                     self.checkpoint("cut")
                     queue.append(following)
@@ -220,6 +221,8 @@ class Anchorer:
             with contextlib.suppress(Exception):
                 await self._record()
             raise
+        finally:
+            self._cut_ahead = False
         await self._record()
         return anchored
 
@@ -452,17 +455,21 @@ class Anchorer:
         self, located: batches.Location | None = None, *, sent: tuple[int, bytes] | None = None
     ) -> None:
         """Write in one transaction what the chain did: the batches seen mined since the last
-        write (`_mined`) and `located` as anchored, and `sent` (batch id, transaction hash) as
-        sent. Under load SQLite's write lock is a queue behind the API's commits: a batch's
-        location written with the next batch's sent mark waits in it once instead of twice."""
+        write (`_mined`) and `located` as anchored, `sent` (batch id, transaction hash) as sent,
+        and, when `_cut_ahead` asks for it, the next batch cut (into `_cut_next`). Under load
+        SQLite's write lock is a queue behind the API's commits: one write per batch waits in
+        it once instead of three times (cut, sent, anchored)."""
         mined = [*self._mined, *([located] if located is not None else [])]
         # Not written (an error): the next step finds them on chain (`_adopt_from_chain`).
         self._mined.clear()
         if not mined and sent is None:
             return
-        await asyncio.to_thread(
-            batches.record_progress, self.session_factory, anchored=mined, sent=sent
-        )
+        cut = self._cut_ahead and sent is not None
+        if cut:
+            self._cut_ahead = False
+        following = await asyncio.to_thread(self._write_progress, mined, sent, cut)
+        if cut:
+            self._cut_next = following
         for where in mined:
             metrics.batches_anchored_total.inc()
             if where.gas_used is not None:  # the service's chain client always reads it
@@ -478,6 +485,15 @@ class Anchorer:
         if self._due(pending):
             return False
         return not batches.unfinished_batches(self.session_factory)
+
+    def _write_progress(
+        self, mined: list[batches.Location], sent: tuple[int, bytes] | None, cut: bool
+    ) -> BatchPlan | None:
+        """`batches.record_progress`, cutting the next batch too when `cut` and one is due."""
+        limit = self.settings.batch_max_records if cut and self._batch_due() else None
+        return batches.record_progress(
+            self.session_factory, anchored=mined, sent=sent, cut_max_records=limit
+        )
 
     def _cut_if_due(self) -> BatchPlan | None:
         if not self._batch_due():
