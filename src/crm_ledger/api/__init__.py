@@ -33,7 +33,7 @@ from crm_ledger.api.routes import sources as ingest_sources
 from crm_ledger.api.routes import webhooks as ingest_webhooks
 from crm_ledger.config import Settings
 from crm_ledger.console import install_console
-from crm_ledger.journal.keys import KEYS_CHANGED_FILE
+from crm_ledger.journal.keys import KeysChangedMark
 
 # A batch of interactions carries up to `max_batch_items` items; at ~100 bytes for the smallest
 # item a thousand of them do not fit in the single-request limit, so the batch endpoint gets
@@ -44,7 +44,7 @@ BATCH_BODY_FACTOR = 16
 def install(app: FastAPI) -> None:
     """Add routes, error handlers and middleware to `app` (its runtime must be set already)."""
     settings: Settings = app.state.runtime.settings
-    app.state.api_key_cache = ApiKeyCache(changes=settings.data_dir / KEYS_CHANGED_FILE)
+    app.state.api_key_cache = ApiKeyCache(changes=KeysChangedMark(settings.data_dir))
     app.state.rate_limiter = RateLimiter.from_settings(settings)
     install_problem_handlers(app)
     # The routers whose paths hold the service's ids: a non-UUID id there is a clear 422.

@@ -16,7 +16,6 @@ import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -33,6 +32,7 @@ from crm_ledger.journal.keys import (
     KEY_PREFIX,
     MAX_KEY_LENGTH,
     ApiKeyPrincipal,
+    KeysChangedMark,
     Role,
     hash_api_key,
     lookup_hash,
@@ -50,8 +50,8 @@ _KEY_CACHE_ENTRIES = 10_000
 class ApiKeyCache:
     """Positive key lookups by SHA-256, each trusted for `ttl` seconds (thread-safe).
 
-    With `changes` (a file `crm-ledger keys` touches on every revocation and rotation) the cache
-    empties itself whenever that file's modification time moves: one `stat` per lookup.
+    With `changes` (the stamp `crm-ledger keys` moves on every revocation and rotation) the
+    cache empties itself whenever the stamp moves: one read from memory per lookup.
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class ApiKeyCache:
         ttl: float = KEY_CACHE_SECONDS,
         max_entries: int = _KEY_CACHE_ENTRIES,
         *,
-        changes: Path | None = None,
+        changes: KeysChangedMark | None = None,
     ):
         self.ttl = ttl
         self.max_entries = max_entries
@@ -69,12 +69,7 @@ class ApiKeyCache:
         self._lock = threading.Lock()
 
     def _change_stamp(self) -> int | None:
-        if self.changes is None:
-            return None
-        try:
-            return self.changes.stat().st_mtime_ns
-        except OSError:
-            return None
+        return None if self.changes is None else self.changes.stamp()
 
     def get(self, key_hash: bytes) -> ApiKeyPrincipal | None:
         """The cached principal, or None when absent, stale or the keys changed."""
