@@ -191,3 +191,35 @@ async def test_a_crash_mid_pipeline_is_finished_by_the_next_process(
     # A batch that reached the chain before the crash is adopted, never sent twice.
     assert chain.sent == len(chain.events) == 3
     assert_ledger_consistent(session_factory, chain)
+
+
+@dataclass
+class RollsBackAfterFirstReceipt(FakeChain):
+    """A node that loses batch 0 (a rollback) just after the anchorer read its receipt."""
+
+    rolled_back: bool = False
+
+    async def receipt(self, tx_hash: bytes) -> BatchAnchoredEvent | None:
+        found = await super().receipt(tx_hash)
+        if found is not None and found.batch_id == 0 and not self.rolled_back:
+            self.rolled_back = True
+            self.roll_back_to(0)
+        return found
+
+
+@pytest.mark.asyncio
+async def test_a_batch_the_chain_lost_after_its_receipt_is_never_written_anchored(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """Batch 0's location waits for batch 1's sent mark; before sending batch 1 the anchorer
+    finds the chain behind it: batch 0 must not be written as anchored where the chain lost
+    it (receipts would be answered for a batch no chain holds), and is anchored again."""
+    add_records(session_factory, customers=2, each=4)
+    chain = RollsBackAfterFirstReceipt()
+    anchorer = make_anchorer(session_factory, chain, tmp_path)
+    assert await anchorer.step() == 0  # batch 1 rejected: the chain is behind it
+    assert chain.rolled_back and chain.events == []
+    assert [status for _, status in batch_ids(session_factory)] == ["sent", "cut"]
+    await drain(anchorer)
+    assert [e.first_seq for e in chain.events] == [0, 4]
+    assert_ledger_consistent(session_factory, chain)

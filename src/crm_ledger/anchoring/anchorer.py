@@ -215,6 +215,11 @@ class Anchorer:
                 if not done:
                     break
                 anchored += 1
+        except (AnchorRejected, ChainReset):
+            # The chain no longer holds what the round saw mined (a rollback, a reset): nothing
+            # of it is written; the next step's `reconcile` finds what is on chain.
+            self._mined.clear()
+            raise
         except Exception:
             # A batch seen mined is recorded before the error goes up (a chain gone down must
             # not hold back its receipts); if that fails too, the next step finds it on chain.
