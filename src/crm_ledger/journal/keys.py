@@ -220,8 +220,8 @@ class KeysChangedMark:
     """The stamp `mark_keys_changed` moves, read through a shared memory map of the file.
 
     An API process checks it on every authenticated request: a `stat` of the file there cost
-    a fifth of the single-write rate, for the system call lets the busy group-commit thread
-    take the interpreter from the event loop (docs/benchmarks.md). A write to the file by
+    up to a sixth of the single-write rate, for the system call lets the busy group-commit
+    thread take the interpreter from the event loop (docs/benchmarks.md). A write to the file by
     another process shows in the map at once (one page cache). Where the file cannot be
     mapped, the stamp is read with `pread`.
     """
