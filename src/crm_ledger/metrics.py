@@ -17,6 +17,7 @@ API's own values stay in memory and the children's files are added to them (`col
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -166,7 +167,9 @@ def _forget_dead_processes(directory: Path) -> None:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+            # Another process answering /metrics may remove the same files first.
+            with contextlib.suppress(FileNotFoundError):
+                mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
         except PermissionError:  # alive, someone else's
             pass
 
