@@ -1,7 +1,7 @@
 """Journal side of anchoring: cutting batches and recording what the chain did with them.
 
-Exports: `cut_batch`, `unfinished_batches`, `mark_sent`, `mark_anchored`, `record_progress`,
-`Location`, `reset_batches_from`, `anchored_end`, `last_anchored_batch_id`,
+Exports: `cut_batch`, `unfinished_batches`, `record_progress`, `mark_anchored`, `Location`,
+`reset_batches_from`, `anchored_end`, `last_anchored_batch_id`,
 `recent_anchored_batches`, `pending_summary`.
 
 Every function here is one short database transaction; the anchorer calls them from a thread.
@@ -159,11 +159,6 @@ def unfinished_batches(session_factory: sessionmaker[Session]) -> list[BatchPlan
             select(Batch).where(Batch.status != BatchStatus.ANCHORED.value).order_by(Batch.id)
         )
         return [BatchPlan.of(b) for b in batches]
-
-
-def mark_sent(session_factory: sessionmaker[Session], *, batch_id: int, tx_hash: bytes) -> None:
-    """Remember the transaction that carries the batch, before waiting for it to be mined."""
-    record_progress(session_factory, sent=(batch_id, tx_hash))
 
 
 @dataclass(frozen=True, slots=True)

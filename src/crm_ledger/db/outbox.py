@@ -4,10 +4,11 @@ batches, loyalty's chain ops) and go through the same durable states, planned â†
 Exports: `SENT`, `UNSENT`, `mark_sent`, `mark_sent_in`.
 
 A row is written before anything is sent (`batches` status `cut`, `loyalty_chain_ops`
-`planned`); `mark_sent` stores the transaction's hash before the worker waits for it to be
-mined, so a restart finds the transaction again instead of sending a second one; mining is
-recorded by each owner (`anchoring.batches.mark_anchored`, `loyalty.ops.mark_confirmed`), which
-store different things about it. A rollback or a chain reset takes the transaction away: the row
+`planned`); `mark_sent` (or `mark_sent_in`, inside the owner's own transaction) stores the
+transaction's hash before the worker waits for it to be mined, so a restart finds the
+transaction again instead of sending a second one; mining is recorded by each owner
+(`anchoring.batches.record_progress`, `loyalty.ops.mark_confirmed`), which store different
+things about it. A rollback or a chain reset takes the transaction away: the row
 forgets it (`UNSENT`) and waits to be sent again.
 """
 
