@@ -12,6 +12,7 @@ Commands:
                      [--tls-certfile PEM --tls-keyfile PEM]     HTTPS
                      [--workers N]                              N API processes on the port
     crm-ledger worker anchor|index|loyalty|NAME [--data-dir DIR]   one background worker alone
+    crm-ledger worker chain [--data-dir DIR]                    the three chain workers together
     crm-ledger chain recover [--data-dir DIR]                   new ledger epoch after a reset
     crm-ledger audit | export | digest | verify                 auditors (`audit/cli.py`)
     crm-ledger import orders FILE --source ID                   shop backfill (`ingest/cli.py`)
@@ -452,16 +453,22 @@ def _run_worker_alone(
             stdin = sys.stdin.fileno()
             loop.add_reader(stdin, _stop_when_closed, loop, stdin, stop)
         await runtime.start()
-        finished = asyncio.ensure_future(runtime.wait())
+        # `serve`'s child waits for `serve` even when every worker halted, so that `/readyz`
+        # shows why (a child that exited would be started again, and halt again).
+        finished = asyncio.ensure_future(stop.wait() if with_parent else runtime.wait())
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finished.cancel()
         stopped.cancel()
         await runtime.stop()
-        status = runtime.supervisor.status()[name]
-        if status["state"] == WorkerState.HALTED:
-            typer.echo(f"{name} halted: {status['message']}", err=True)
-            return 1
-        return 0
+        halted = {
+            worker: status["message"]
+            for worker, status in runtime.supervisor.status().items()
+            if status["state"] == WorkerState.HALTED
+        }
+        for worker, message in halted.items():
+            typer.echo(f"{worker} halted: {message}", err=True)
+        return 1 if halted else 0
 
     tune_garbage_collector()
     try:
@@ -489,6 +496,11 @@ _CHAIN_WORKER_COMMANDS = {
     "loyalty": (
         "loyalty",
         "loyalty issuance: earnings, awards, redemptions and expiries onto the token",
+    ),
+    "chain": (
+        "chain",  # runtime.CHAIN_WORKERS
+        "the anchorer, the indexer and loyalty issuance together, on one chain connection "
+        "(what `serve` runs in its chain process; each as the CRM_LEDGER_RUN_* settings say)",
     ),
 }
 

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     loyalty_expiry_interval_seconds: float = Field(default=60.0, gt=0)
     loyalty_max_award_recipients: int = Field(default=10_000, ge=1, le=100_000)
     run_loyalty: bool = True
+    chain_process: bool = Field(
+        default=True,
+        description="`serve` runs the anchorer, the indexer and loyalty issuance in a child "
+        "process of their own (with the embedded Anvil started by `serve` itself), not inline",
+    )
 
     max_body_bytes: int = 64 * 1024
     max_batch_items: int = 1000

@@ -1,6 +1,6 @@
 """What runs beside the API in one process: the chain connection and the background workers.
 
-Exports: `Runtime`, `PERSONAL_DATA_COPIES`.
+Exports: `Runtime`, `PERSONAL_DATA_COPIES`, `CHAIN_WORKERS`.
 
 Every background role is a peer under one supervisor (`workers.Supervisor`): the anchorer, the
 indexer and loyalty issuance share the process's chain connection (`chain.connection`: the
@@ -17,6 +17,8 @@ and the CLI all build one, so every erasure in the process reaches every copy.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,19 +35,24 @@ from crm_ledger.journal.erasure import CopyEraser, attach_copy_erasers
 from crm_ledger.loyalty.service import LOYALTY, LoyaltyRuntime
 from crm_ledger.roles import background_workers
 from crm_ledger.workers import Supervisor, WorkerState
+from crm_ledger.workers.board import PUBLISH_SECONDS, StatusBoard, merge
 from crm_ledger.workers.lock import ANCHORER, INDEXER
 
 #: The erasers of the packages above the journal that keep a copy of a customer's personal
 #: data, in the order an erasure runs them (`journal.erasure`). A package that starts keeping
 #: one adds its eraser here; `tests/test_runtime.py` checks that every `*/erasure.py` is listed.
 PERSONAL_DATA_COPIES: tuple[CopyEraser, ...] = (erase_ingest_copies,)
+#: `only=CHAIN_WORKERS`: the three chain workers together, sharing one chain connection
+#: (`crm-ledger worker chain`, the child process `serve` runs them in).
+CHAIN_WORKERS = "chain"
 
 
 @dataclass
 class Runtime:
     """Process-wide state shared by the API handlers and the background workers.
 
-    `only` runs a single worker (`crm-ledger worker NAME`); by default every enabled one runs.
+    `only` runs a single worker (`crm-ledger worker NAME`), or the anchorer, the indexer and
+    loyalty issuance together (`CHAIN_WORKERS`); by default every enabled one runs.
     """
 
     settings: Settings
@@ -57,12 +64,19 @@ class Runtime:
     loyalty: LoyaltyRuntime = field(init=False)
     anchoring: AnchoringWorker | None = field(init=False, default=None)
     indexing: IndexingWorker | None = field(init=False, default=None)
+    #: Where `serve`'s processes publish their workers' states (`None` outside `serve`).
+    board: StatusBoard | None = field(init=False, default=None)
+    _publishing: asyncio.Task[None] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         settings, factory = self.settings, self.session_factory
         attach_copy_erasers(self.engine, PERSONAL_DATA_COPIES)
-        # A worker run alone other than the anchorer follows the node a `serve` started.
-        self.connection = ChainConnection(settings, may_start_node=self.only in (None, ANCHORER))
+        self.board = StatusBoard.from_environment()
+        # A worker run alone other than the anchorer (or the chain workers) follows the node a
+        # `serve` started.
+        self.connection = ChainConnection(
+            settings, may_start_node=self.only in (None, ANCHORER, CHAIN_WORKERS)
+        )
         self.supervisor = Supervisor(
             engine=self.engine,
             idle_seconds=settings.anchor_poll_seconds,
@@ -96,13 +110,20 @@ class Runtime:
             self.supervisor.add(worker)
 
     def _runs(self, name: str) -> bool:
+        """Whether this process may run `name` (the `run_*` settings then say whether it does;
+        a worker named alone runs whatever they say)."""
+        if self.only == CHAIN_WORKERS:
+            return name in (ANCHORER, INDEXER, LOYALTY)
         return self.only is None or self.only == name
 
     @property
     def chain_status(self) -> dict[str, Any]:
         """`/readyz`'s chain section: the anchorer's state and location, the indexer's and
-        loyalty's states inside it, and every other worker under `workers`."""
+        loyalty's states inside it, and every other worker under `workers`; under `serve`, of
+        every process it started (`workers.board`)."""
         workers = self.supervisor.status()
+        if self.board is not None:
+            workers = merge([(self.board.pid, workers), *self.board.others()])
         stopped = {"state": WorkerState.STOPPED.value, "message": ""}
         status = dict(workers.pop(ANCHORER, stopped))
         status["indexer"] = workers.pop(INDEXER, stopped)
@@ -116,8 +137,15 @@ class Runtime:
         return self.indexing.reconciler if self.indexing is not None else None
 
     async def start(self) -> None:
-        """Start every worker; returns at once."""
+        """Start every worker (and publishing their states, under `serve`); returns at once."""
         await self.supervisor.start()
+        if self.board is not None:
+            self._publishing = asyncio.create_task(self._publish(self.board))
+
+    async def _publish(self, board: StatusBoard) -> None:
+        while True:
+            board.publish(self.supervisor.status())
+            await asyncio.sleep(PUBLISH_SECONDS)
 
     async def wait(self) -> None:
         """Until every worker has stopped or halted."""
@@ -125,5 +153,12 @@ class Runtime:
 
     async def stop(self) -> None:
         """Stop the workers, release their locks, stop the embedded node (its state is saved)."""
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing
+            self._publishing = None
         await self.supervisor.stop()
+        if self.board is not None:
+            self.board.withdraw()
         await self.connection.close()

@@ -54,6 +54,8 @@ from crm_ledger.config import Settings
 from crm_ledger.db.session import make_engine, upgrade_database
 from crm_ledger.journal.privacy import attach_keyring, load_keyring
 from crm_ledger.observability.logs import LogFormat, configure_logging
+from crm_ledger.runtime import CHAIN_WORKERS
+from crm_ledger.workers.board import STATUS_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -116,37 +118,58 @@ def serve(
     }
     configure_logging(level=log_level, log_format=log_format or settings.log_format)
     mapper_wanted = settings.run_ingest and settings.ingest_process
-    with _metrics_directory(settings, workers > 1 or mapper_wanted) as metrics_dir:
-        mapper = None
-        if mapper_wanted:
-            mapper = WorkerProcess(
-                "ingest",
-                env={
-                    **os.environ,
-                    **metrics_dir,
-                    "CRM_LEDGER_DATA_DIR": str(settings.data_dir),
-                    "CRM_LEDGER_LOG_FORMAT": str(
-                        LogFormat(log_format or settings.log_format).value
-                    ),
-                },
-                log_level=log_level,
-            )
-            settings = settings.model_copy(update={"run_ingest": False})
+    chain_wanted = settings.chain_process and (
+        settings.run_anchorer or settings.run_indexer or settings.run_loyalty
+    )
+    shared = workers > 1 or mapper_wanted or chain_wanted
+    with (
+        _metrics_directory(settings, shared) as metrics_dir,
+        _status_directory(settings, shared) as status_dir,
+    ):
+        node = None
+        children: list[WorkerProcess] = []
         try:
+            if chain_wanted or workers > 1:
+                # The processes share one node: the one `serve` starts, unless a URL is set.
+                _prepare(settings)
+                node = _start_node(settings)
+                if node is not None:
+                    settings = settings.model_copy(update={"rpc_url": node.rpc_url})
+            env = {
+                **os.environ,
+                **metrics_dir,
+                **status_dir,
+                "CRM_LEDGER_DATA_DIR": str(settings.data_dir),
+                "CRM_LEDGER_LOG_FORMAT": str(LogFormat(log_format or settings.log_format).value),
+            }
+            if settings.rpc_url is not None:
+                env["CRM_LEDGER_RPC_URL"] = settings.rpc_url
+            if mapper_wanted:
+                children.append(WorkerProcess("ingest", env=env, log_level=log_level))
+                settings = settings.model_copy(update={"run_ingest": False})
+            if chain_wanted:
+                children.append(WorkerProcess(CHAIN_WORKERS, env=env, log_level=log_level))
+                settings = settings.model_copy(
+                    update={"run_anchorer": False, "run_indexer": False, "run_loyalty": False}
+                )
+            os.environ.update(status_dir)  # this process publishes too
             if workers == 1:
                 app = create_app(settings)  # migrates and makes the key files first
-                if mapper is not None:
+                if metrics_dir:
                     metrics.collect_children(Path(metrics_dir[metrics.MULTIPROCESS_DIR_ENV]))
-                    mapper.start()
+                for child in children:
+                    child.start()
                 tune_garbage_collector()
                 with _signals_end_serve():
                     uvicorn.run(app, **options)  # type: ignore[arg-type]
                 return
             os.environ.update(metrics_dir)
-            _serve_processes(settings, workers, log_level, log_format, mapper, options)
+            _serve_processes(settings, workers, log_level, log_format, children, options)
         finally:
-            if mapper is not None:
-                mapper.stop()
+            for child in children:
+                child.stop()
+            if node is not None:
+                node.stop()
 
 
 @contextmanager
@@ -170,17 +193,33 @@ def _metrics_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, s
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextmanager
+def _status_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, str]]:
+    """The environment that has the processes `serve` starts publish their workers' states in
+    one directory (`workers.board`), so that `/readyz` shows every process's: `status/` in the
+    data directory, emptied for this run and removed after it; `{}` for one process."""
+    if not wanted:
+        yield {}
+        return
+    directory = settings.data_dir / "status"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    try:
+        yield {STATUS_DIR_ENV: str(directory)}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _serve_processes(
     settings: Settings,
     workers: int,
     log_level: str,
     log_format: LogFormat | None,
-    mapper: WorkerProcess | None,
+    children: list[WorkerProcess],
     options: dict[str, object],
 ) -> None:
-    """`serve --workers N`: uvicorn's process manager, N API processes on the port."""
-    _prepare(settings)
-    node = _start_node(settings)
+    """`serve --workers N`: uvicorn's process manager, N API processes on the port (the
+    database migrated and the node started already)."""
     os.environ.update(
         {
             "CRM_LEDGER_DATA_DIR": str(settings.data_dir),
@@ -188,24 +227,26 @@ def _serve_processes(
             SERVE_LOG_LEVEL_ENV: log_level,
         }
     )
-    if not settings.run_ingest:
-        os.environ["CRM_LEDGER_RUN_INGEST"] = "false"
-    if node is not None:
-        os.environ["CRM_LEDGER_RPC_URL"] = node.rpc_url
-    if mapper is not None:
-        mapper.start()
-    try:
-        with _signals_end_serve():
-            uvicorn.run(
-                "crm_ledger.serving:api_process_app",
-                factory=True,
-                workers=workers,
-                timeout_worker_healthcheck=HEALTH_CHECK_SECONDS,
-                **options,  # type: ignore[arg-type]
-            )
-    finally:
-        if node is not None:
-            node.stop()
+    for name, run in (
+        ("CRM_LEDGER_RUN_INGEST", settings.run_ingest),
+        ("CRM_LEDGER_RUN_ANCHORER", settings.run_anchorer),
+        ("CRM_LEDGER_RUN_INDEXER", settings.run_indexer),
+        ("CRM_LEDGER_RUN_LOYALTY", settings.run_loyalty),
+    ):
+        if not run:
+            os.environ[name] = "false"
+    if settings.rpc_url is not None:
+        os.environ["CRM_LEDGER_RPC_URL"] = settings.rpc_url
+    for child in children:
+        child.start()
+    with _signals_end_serve():
+        uvicorn.run(
+            "crm_ledger.serving:api_process_app",
+            factory=True,
+            workers=workers,
+            timeout_worker_healthcheck=HEALTH_CHECK_SECONDS,
+            **options,  # type: ignore[arg-type]
+        )
 
 
 @contextmanager
