@@ -1,7 +1,8 @@
 """`crm-ledger serve --workers 2` (issue 14, part 3): two API processes on one port serve writes,
-exactly one of them runs the anchorer while the other's stands by, the service's own Anvil is
-started once, what the processes wrote is anchored, and `/metrics` counts both processes'
-writes whichever answers.
+exactly one anchorer runs (in the chain process, or in one API process while the other's stands
+by), the service's own Anvil is started once, what the processes wrote is anchored, and whichever
+process answers, `/metrics` counts both processes' writes and `/readyz` shows every process's
+workers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,9 +45,12 @@ def admin_key(database_url: str) -> str:
     return key
 
 
-@pytest.fixture
-def served(tmp_path: Path, database_url: str) -> Iterator[tuple[str, Path, int]]:
-    """`serve --workers 2` with no RPC URL (it starts Anvil); yields (URL, data dir, pid)."""
+@pytest.fixture(params=["chain process", "chain workers in the API processes"])
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str
+) -> Iterator[tuple[str, Path, int]]:
+    """`serve --workers 2` with no RPC URL (it starts Anvil), the chain workers in their own
+    process (the default) or among the API processes; yields (URL, data dir, pid)."""
     data_dir = tmp_path / "data"
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("CRM_LEDGER_")}
@@ -54,6 +59,7 @@ def served(tmp_path: Path, database_url: str) -> Iterator[tuple[str, Path, int]]
         CRM_LEDGER_DATABASE_URL=database_url,
         CRM_LEDGER_ANVIL_PORT=str(free_port()),
         CRM_LEDGER_BATCH_MAX_AGE_SECONDS="0.05",
+        CRM_LEDGER_CHAIN_PROCESS=str(request.param == "chain process").lower(),
     )
     command = [str(Path(sys.executable).parent / "crm-ledger"), "serve", "--port", str(port)]
     process = subprocess.Popen(
@@ -70,21 +76,21 @@ def served(tmp_path: Path, database_url: str) -> Iterator[tuple[str, Path, int]]
             process.wait()
 
 
-def _anchorer_state(base: str) -> str | None:
-    """The anchorer's state in /readyz, asked on a new connection (so either process answers)."""
+def _readiness(base: str) -> dict[str, Any] | None:
+    """/readyz's chain section, asked on a new connection (so either process answers)."""
     try:
         answer = httpx.get(f"{base}/readyz", timeout=5)
     except httpx.HTTPError:
         return None
     if answer.status_code != 200:
         return None
-    state: str = answer.json()["chain"]["state"]
-    return state
+    section: dict[str, Any] = answer.json()["chain"]
+    return section
 
 
-def _children(pid: int) -> list[str]:
-    """The command lines of `pid`'s child processes."""
-    found = []
+def _children(pid: int) -> dict[int, str]:
+    """The command lines of `pid`'s child processes, by pid."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -94,29 +100,45 @@ def _children(pid: int) -> list[str]:
         except OSError:
             continue
         if f"\nPPid:\t{pid}\n" in status:
-            found.append(command)
+            found[int(entry.name)] = command
     return found
+
+
+def _states(samples: list[Any], worker: str) -> list[tuple[int, str]]:
+    """(pid, state) of each process's `worker` in /metrics' `crm_ledger_worker_state`."""
+    return sorted(
+        (int(s.labels["pid"]), s.labels["state"])
+        for s in samples
+        if s.name == "crm_ledger_worker_state" and s.labels["worker"] == worker and s.value == 1
+    )
 
 
 def test_two_api_processes_serve_writes_with_one_anchorer_and_one_anvil(
     served: tuple[str, Path, int], admin_key: str
 ) -> None:
     base, data_dir, pid = served
-    seen: set[str] = set()
-
-    def both_anchorer_states_seen() -> bool:
-        state = _anchorer_state(base)
-        if state is not None:
-            seen.add(state)
-        return {"running", "standby"} <= seen
-
-    # One process holds the anchorer's lock and runs it; the other's anchorer stands by. Both
-    # answer on the one port, so asking often enough on new connections meets both.
-    wait_for(both_anchorer_states_seen, STARTUP_SECONDS)
+    wait_for(lambda: (_readiness(base) or {}).get("state") == "running", STARTUP_SECONDS)
     children = _children(pid)
-    assert sum("multiprocessing.spawn" in command for command in children) == 2, children
-    anvils = [command for command in children if "anvil" in command]
+    api_processes = [p for p, command in children.items() if "multiprocessing.spawn" in command]
+    assert len(api_processes) == 2, children
+    anvils = [command for command in children.values() if "anvil" in command]
     assert len(anvils) == 1 and str(data_dir) in anvils[0], children
+    chain_processes = [p for p, command in children.items() if "worker chain" in command]
+    # The anchorer runs in the chain process, or in whichever API process holds its lock
+    # while the other's stands by.
+    anchorer_pids = chain_processes or api_processes
+    assert len(chain_processes) in (0, 1), children
+
+    # Whichever process answers (a new connection each time), /readyz shows the workers of
+    # every process: the anchorer running (not the copy standing by), and the webhooks
+    # relay running in one of the API processes.
+    for _ in range(6):
+        section = wait_for(lambda: _readiness(base), 30)
+        assert section["state"] == "running" and section["pid"] in anchorer_pids, section
+        if chain_processes:
+            assert section["indexer"]["pid"] == chain_processes[0], section
+        relay = section["workers"]["webhooks"]
+        assert relay["state"] == "running" and relay["pid"] in api_processes, section
 
     headers = {"Authorization": f"Bearer {admin_key}"}
     customer = httpx.post(
@@ -160,11 +182,11 @@ def test_two_api_processes_serve_writes_with_one_anchorer_and_one_anvil(
             if s.name == "crm_ledger_records_written_total" and s.labels["kind"] == "interaction"
         ]
         assert written == [20.0], written
-        anchorers = {
-            (s.labels["pid"], s.labels["state"])
-            for s in samples
-            if s.name == "crm_ledger_worker_state"
-            and s.labels["worker"] == "anchorer"
-            and s.value == 1
-        }
-        assert sorted(state for _, state in anchorers) == ["running", "standby"], anchorers
+        relays = _states(samples, "webhooks")
+        assert sorted(state for _, state in relays) == ["running", "standby"], relays
+        assert {p for p, _ in relays} == set(api_processes), relays
+        anchorers = _states(samples, "anchorer")
+        if chain_processes:
+            assert anchorers == [(chain_processes[0], "running")], anchorers
+        else:
+            assert sorted(state for _, state in anchorers) == ["running", "standby"], anchorers
