@@ -102,34 +102,62 @@ async def test_one_write_per_batch_records_it_sent_the_previous_one_anchored_and
         *,
         anchored: Sequence[batches.Location] = (),
         sent: tuple[int, bytes] | None = None,
-        cut_max_records: int | None = None,
+        cut: batches.CutPlan | None = None,
     ) -> BatchPlan | None:
-        cut = record_progress(
-            factory, anchored=anchored, sent=sent, cut_max_records=cut_max_records
-        )
+        # The cut was worked out before the write (outside SQLite's write lock).
+        assert cut is None or cut in plans
+        written = record_progress(factory, anchored=anchored, sent=sent, cut=cut)
         writes.append(
             (
                 [where.batch_id for where in anchored],
                 None if sent is None else sent[0],
-                None if cut is None else cut.id,
+                None if written is None else written.id,
             )
         )
-        return cut
+        return written
 
-    cuts: list[int] = []
-    cut_batch = batches.cut_batch
+    plans: list[batches.CutPlan] = []
+    plan_cut = batches.plan_cut
 
-    def counting(factory: sessionmaker[Session], *, max_records: int) -> BatchPlan | None:
-        cuts.append(max_records)
-        return cut_batch(factory, max_records=max_records)
+    def planning(factory: sessionmaker[Session], *, max_records: int) -> batches.CutPlan | None:
+        plan = plan_cut(factory, max_records=max_records)
+        if plan is not None:
+            plans.append(plan)
+        return plan
 
     monkeypatch.setattr(batches, "record_progress", recording)
-    monkeypatch.setattr(batches, "cut_batch", counting)
+    monkeypatch.setattr(batches, "plan_cut", planning)
     assert await make_anchorer(session_factory, FakeChain(), tmp_path).step() == 3
     # (anchored, sent, cut): batch 0 was cut alone, at the start of the step.
-    assert writes == [([], 0, 1), ([0], 1, 2), ([1], 2, None), ([2], None, None)]
-    assert len(cuts) == 1
+    assert writes == [([], None, 0), ([], 0, 1), ([0], 1, 2), ([1], 2, None), ([2], None, None)]
+    assert [plan.batch.id for plan in plans] == [0, 1, 2]
     assert batch_ids(session_factory) == [(0, "anchored"), (1, "anchored"), (2, "anchored")]
+
+
+@pytest.mark.asyncio
+async def test_a_planned_cut_is_worked_out_again_if_another_batch_was_cut_meanwhile(
+    session_factory: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The anchorer works a batch out before the write that cuts it; should the journal have
+    moved on in between (only another cut can move it), the write cuts afresh."""
+    add_records(session_factory, customers=2, each=3)
+    plan = batches.plan_cut(session_factory, max_records=4)
+    assert plan is not None and (plan.batch.id, plan.batch.count) == (0, 4)
+    first = batches.cut_batch(session_factory, max_records=2)
+    again = batches.record_progress(session_factory, cut=plan)
+    assert first is not None and (first.id, first.first_seq, first.count) == (0, 0, 2)
+    assert again is not None and (again.id, again.first_seq, again.count) == (1, 2, 4)
+    # Planned and written with nothing in between: the same batch a cut in one go makes.
+    add_records(session_factory, customers=1, each=2)
+    planned = batches.plan_cut(session_factory, max_records=10)
+    assert batches.plan_cut(session_factory, max_records=10) is not None  # reading writes nothing
+    written = batches.record_progress(session_factory, cut=planned)
+    assert written is not None and (written.id, written.first_seq, written.count) == (2, 6, 2)
+    assert batches.plan_cut(session_factory, max_records=10) is None
+    # Seqs contiguous, every leaf linked to its customer's previous one, heads chained.
+    chain = FakeChain()
+    assert await make_anchorer(session_factory, chain, tmp_path).step() == 3
+    assert_ledger_consistent(session_factory, chain)
 
 
 @pytest.mark.asyncio

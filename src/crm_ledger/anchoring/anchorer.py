@@ -495,15 +495,19 @@ class Anchorer:
         self, mined: list[batches.Location], sent: tuple[int, bytes] | None, cut: bool
     ) -> BatchPlan | None:
         """`batches.record_progress`, cutting the next batch too when `cut` and one is due."""
-        limit = self.settings.batch_max_records if cut and self._batch_due() else None
-        return batches.record_progress(
-            self.session_factory, anchored=mined, sent=sent, cut_max_records=limit
-        )
+        plan = self._plan_cut() if cut else None
+        return batches.record_progress(self.session_factory, anchored=mined, sent=sent, cut=plan)
 
     def _cut_if_due(self) -> BatchPlan | None:
+        plan = self._plan_cut()
+        return None if plan is None else batches.record_progress(self.session_factory, cut=plan)
+
+    def _plan_cut(self) -> batches.CutPlan | None:
+        """The next batch worked out before the write that cuts it (`batches.plan_cut`), if
+        one is due."""
         if not self._batch_due():
             return None
-        return batches.cut_batch(self.session_factory, max_records=self.settings.batch_max_records)
+        return batches.plan_cut(self.session_factory, max_records=self.settings.batch_max_records)
 
     def _batch_due(self) -> bool:
         return self._due(

@@ -1,7 +1,7 @@
 """Journal side of anchoring: cutting batches and recording what the chain did with them.
 
-Exports: `cut_batch`, `unfinished_batches`, `record_progress`, `mark_anchored`, `Location`,
-`reset_batches_from`, `anchored_end`, `last_anchored_batch_id`,
+Exports: `cut_batch`, `plan_cut`, `CutPlan`, `unfinished_batches`, `record_progress`,
+`mark_anchored`, `Location`, `reset_batches_from`, `anchored_end`, `last_anchored_batch_id`,
 `recent_anchored_batches`, `pending_summary`.
 
 Every function here is one short database transaction; the anchorer calls them from a thread.
@@ -78,6 +78,18 @@ def pending_summary(session_factory: sessionmaker[Session], *, limit: int | None
         return PendingSummary(count=int(count or 0), oldest_created_at=oldest)
 
 
+@dataclass(frozen=True, slots=True)
+class CutPlan:
+    """The next batch worked out from a snapshot of the journal (`plan_cut`), to be written by
+    `record_progress` while the journal's last batch is still the one it was worked out after."""
+
+    after: tuple[int, bytes] | None  # (id, head) of the last batch then; None: no batch yet
+    max_records: int
+    batch: Batch
+    record_updates: list[tuple[int, bytes, bytes, int, int]]
+    tips: dict[int, bytes]
+
+
 def cut_batch(session_factory: sessionmaker[Session], *, max_records: int) -> BatchPlan | None:
     """Assign seqs to up to `max_records` pending records and write the batch, in one commit.
 
@@ -88,8 +100,30 @@ def cut_batch(session_factory: sessionmaker[Session], *, max_records: int) -> Ba
         return _cut(session, max_records=max_records)
 
 
+def plan_cut(session_factory: sessionmaker[Session], *, max_records: int) -> CutPlan | None:
+    """`cut_batch`'s reading and hashing, in a read-only transaction (None: nothing pending).
+
+    The anchorer works the next batch out first and then writes it (`record_progress`), so that
+    it holds SQLite's one write lock, which the API's commits queue for, only for the writes.
+    What it read cannot change meanwhile unless another batch is cut: only a cut assigns seqs
+    and moves a customer's last leaf, and the anchorer, the one cutter, is a singleton.
+    """
+    with reading(session_factory) as session:
+        return _plan(session, max_records=max_records)
+
+
 def _cut(session: Session, *, max_records: int) -> BatchPlan | None:
     """`cut_batch` in the caller's transaction."""
+    plan = _plan(session, max_records=max_records)
+    return None if plan is None else _write_cut(session, plan)
+
+
+def _last_batch(session: Session) -> tuple[int, bytes] | None:
+    row = session.execute(select(Batch.id, Batch.head).order_by(Batch.id.desc()).limit(1)).first()
+    return None if row is None else (int(row.id), bytes(row.head))
+
+
+def _plan(session: Session, *, max_records: int) -> CutPlan | None:
     last = session.scalars(select(Batch).order_by(Batch.id.desc()).limit(1)).first()
     batch_id = 0 if last is None else last.id + 1
     first_seq = 0 if last is None else last.first_seq + last.count
@@ -135,18 +169,29 @@ def _cut(session: Session, *, max_records: int) -> BatchPlan | None:
         head=merkle.next_head(previous_head, root, first_seq, len(rows)),
         status=BatchStatus.CUT.value,
     )
+    return CutPlan(
+        after=None if last is None else (last.id, bytes(last.head)),
+        max_records=max_records,
+        batch=batch,
+        record_updates=record_updates,
+        tips=tips,
+    )
+
+
+def _write_cut(session: Session, plan: CutPlan) -> BatchPlan:
+    batch = plan.batch
     session.add(batch)
     session.flush()
     # Straight to the driver (`db.bulk`): the ORM's bulk update compiled every row's
     # parameters one by one, half the cut's time for 2,000 records.
-    bulk.update_rows(session, Record.__tablename__, _CUT_COLUMNS, record_updates, key="pk")
+    bulk.update_rows(session, Record.__tablename__, _CUT_COLUMNS, plan.record_updates, key="pk")
     bulk.update_rows(
         session,
         Customer.__tablename__,
         ("last_leaf_hash",),
         # pk order. Record writers hold their customers FOR KEY SHARE, which this UPDATE
         # does not wait for (tests/journal/test_row_locks.py).
-        [(tip, pk) for pk, tip in sorted(tips.items())],
+        [(tip, pk) for pk, tip in sorted(plan.tips.items())],
         key="pk",
     )
     return BatchPlan.of(batch)
@@ -195,14 +240,16 @@ def record_progress(
     *,
     anchored: Sequence[Location] = (),
     sent: tuple[int, bytes] | None = None,
+    cut: CutPlan | None = None,
     cut_max_records: int | None = None,
 ) -> BatchPlan | None:
     """In one transaction: where the chain holds each of `anchored`, (`sent`: batch id,
-    transaction hash) the transaction that now carries a batch, and (`cut_max_records`) the
-    next batch cut as `cut_batch` cuts it, which is returned. The anchorer writes a batch's sent
-    mark with the previous batch's location and the next batch's cut: under load each write
-    transaction waits its turn for SQLite's write lock behind the API's commits, once per batch
-    instead of three times."""
+    transaction hash) the transaction that now carries a batch, and the next batch, which is
+    returned: `cut` as planned (`plan_cut`), or cut afresh if the journal's last batch is no
+    longer the one it was planned after, or (`cut_max_records`) cut here as `cut_batch` cuts
+    it. The anchorer writes a batch's sent mark with the previous batch's location and the
+    next batch's cut: under load each write transaction waits its turn for SQLite's write lock
+    behind the API's commits, once per batch instead of three times."""
     with session_factory() as session, session.begin():
         now = utcnow()
         for where in anchored:
@@ -222,6 +269,10 @@ def record_progress(
         if sent is not None:
             batch_id, tx_hash = sent
             outbox.mark_sent_in(session, Batch, Batch.id == batch_id, tx_hash=tx_hash)
+        if cut is not None:
+            if _last_batch(session) == cut.after:
+                return _write_cut(session, cut)
+            cut_max_records = cut.max_records
         if cut_max_records is None:
             return None
         return _cut(session, max_records=cut_max_records)
