@@ -131,7 +131,17 @@ def test_two_api_processes_serve_writes_with_one_anchorer_and_one_anvil(
 
     # Whichever process answers (a new connection each time), /readyz shows the workers of
     # every process: the anchorer running (not the copy standing by), and the webhooks
-    # relay running in one of the API processes.
+    # relay running in one of the API processes. (Each process publishes its states every
+    # half second: at first one may answer before the other's first "running" is out.)
+    def settled() -> bool:
+        sections = [_readiness(base) for _ in range(6)]
+        return all(
+            section is not None
+            and section["state"] == section["workers"]["webhooks"]["state"] == "running"
+            for section in sections
+        )
+
+    wait_for(settled, STARTUP_SECONDS)
     for _ in range(6):
         section = wait_for(lambda: _readiness(base), 30)
         assert section["state"] == "running" and section["pid"] in anchorer_pids, section
