@@ -1,32 +1,44 @@
-"""How `crm-ledger serve` runs the service: one process, or N API processes on one port.
+"""How `crm-ledger serve` runs the service: an API process (or N on one port) and its children.
 
 Exports: `serve`, `api_process_app`, `tune_garbage_collector`, `WorkerProcess`,
 `SERVE_LOG_LEVEL_ENV`.
 
-With one process (the default) uvicorn runs the app here, and the app starts the embedded Anvil
-itself when no RPC URL is set. With N, uvicorn's process manager binds the port once and starts
-N processes that accept connections on it (and starts a new one if one dies). Each process is
-the whole service (`create_app`): API, and every background worker, but each worker is a
-singleton behind its lock (`workers.lock`: a PostgreSQL advisory lock, a file lock on SQLite),
-so exactly one process runs the anchorer, one the indexer, one loyalty issuance and so on; the
-copies in the other processes stand by (`standby` in `/readyz`) and take over within a second or
-so if the holder dies. Before starting them, this process migrates the database and makes the
-data directory's key files once (N processes would race to make them), and starts the embedded
-Anvil once, which the processes reach by its URL (`CRM_LEDGER_RPC_URL` in their environment).
+The processes of a default `serve`:
 
-The shop-webhook mapper (`ingest`) runs in a child process of its own by default
-(`CRM_LEDGER_INGEST_PROCESS`, on): `crm-ledger worker ingest`, started once the journal is
-migrated and the keys made, restarted if it dies (after a pause that doubles up to
-`RESTART_MAX_SECONDS`), stopped with `serve` (SIGTERM, then SIGKILL after
-`STOP_GRACE_SECONDS`), and stopping by itself if `serve` dies (its stdin closes). The API
-processes then run no mapper (`CRM_LEDGER_RUN_INGEST=false` for them). The mapper's CPU
-(parsing, sealing, hashing) then does not share the API's one interpreter: inside `serve`, on a
-quiet 2-core machine, the webhook path anchored records at half the plain POST's rate
-(docs/benchmarks.md, "Commerce ingest").
+- the API: uvicorn runs the app (`create_app`) here, with the integrations' workers (outbound
+  relays and the like);
+- the chain workers (`CRM_LEDGER_CHAIN_PROCESS`, on): the anchorer, the indexer and loyalty
+  issuance in one child process, `crm-ledger worker chain`, on one chain connection. Their CPU
+  (hashing the batches, reading and storing chain events) then does not share the API's one
+  interpreter: on a quiet 2-core machine the bulk path went from 46-47 % to 60-63 % of the
+  ingest rate end to end, and about a tenth more single writes (docs/benchmarks.md, "session 15");
+- the shop-webhook mapper (`CRM_LEDGER_INGEST_PROCESS`, on): `crm-ledger worker ingest`, for
+  the same reason (inside `serve`, the webhook path anchored records at half the plain POST's
+  rate: docs/benchmarks.md, "Commerce ingest");
+- the embedded Anvil, when no RPC URL is set. When any other process needs the chain, `serve`
+  starts it itself, once, and every process reaches it by its URL (`CRM_LEDGER_RPC_URL` in
+  their environment); with the chain workers inline and one process, the app's chain
+  connection starts it, as before.
 
-When `serve` starts more than one process, each keeps its Prometheus figures in files under
-`metrics/` in the data directory, and `/metrics` adds up all of them whichever process answers
-(`crm_ledger.metrics`; `PROMETHEUS_MULTIPROC_DIR` set by `serve` for the processes it starts).
+A child (`WorkerProcess`) is started once the journal is migrated and the keys made, restarted
+if it dies (after a pause that doubles up to `RESTART_MAX_SECONDS`), stopped with `serve`
+(SIGTERM, then SIGKILL after `STOP_GRACE_SECONDS`), and stops by itself if `serve` dies (its
+stdin closes). The API processes then run none of its workers (`CRM_LEDGER_RUN_*=false` for
+them).
+
+With N API processes, uvicorn's process manager binds the port once and starts N processes
+that accept connections on it (and starts a new one if one dies). Each is the API with the
+integrations' workers, each worker a singleton behind its lock (`workers.lock`: a PostgreSQL
+advisory lock, a file lock on SQLite): exactly one process runs each, the copies in the others
+stand by and take over within a second or so if the holder dies. With the chain process off,
+the chain workers are among them, the same way. Before starting them, this process migrates
+the database and makes the data directory's key files once (N processes would race to make
+them).
+
+Every process `serve` starts shares two directories in the data directory, emptied at start and
+removed at stop: `metrics/` (each keeps its Prometheus figures there, and `/metrics` adds them up
+whichever process answers: `crm_ledger.metrics`) and `status/` (each publishes its workers'
+states there, and `/readyz` shows every process's: `workers.board`).
 """
 
 from __future__ import annotations
@@ -197,9 +209,11 @@ def _metrics_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, s
 def _status_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, str]]:
     """The environment that has the processes `serve` starts publish their workers' states in
     one directory (`workers.board`), so that `/readyz` shows every process's: `status/` in the
-    data directory, emptied for this run and removed after it; `{}` for one process."""
-    if not wanted:
-        yield {}
+    data directory, emptied for this run and removed after it; `{}` for one process. A
+    directory the operator set (`CRM_LEDGER_STATUS_DIR`, shared with workers they run
+    themselves) is used as it is and kept."""
+    if not wanted or STATUS_DIR_ENV in os.environ:
+        yield {STATUS_DIR_ENV: os.environ[STATUS_DIR_ENV]} if wanted else {}
         return
     directory = settings.data_dir / "status"
     shutil.rmtree(directory, ignore_errors=True)
@@ -255,7 +269,7 @@ def _signals_end_serve() -> Iterator[None]:
 
     uvicorn handles them itself (a graceful shutdown), then raises the signal again once it
     has stopped, for the handler that was there before: the default one would end the process
-    at once, before `serve` stops what it started (the mapper's process, Anvil).
+    at once, before `serve` stops what it started (its child processes, Anvil).
     """
     previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
