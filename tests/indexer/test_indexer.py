@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from crm_ledger.db.models import (
     Batch,
@@ -18,6 +18,7 @@ from crm_ledger.db.models import (
     IndexerStream,
     Record,
 )
+from crm_ledger.db.session import READ_ONLY
 from crm_ledger.indexer import events, store
 from tests.anchoring.fakes import add_records
 from tests.indexer.conftest import AnvilChain
@@ -137,3 +138,32 @@ async def test_a_range_of_many_records_is_stored_in_parts_with_the_same_result(
         assert {p["record_id"] for p in payloads} == set(session.scalars(select(Record.id)))
         stream = session.scalars(select(IndexerStream)).one()
         assert stream.next_block == head + 1
+
+
+async def test_the_records_of_a_range_are_read_before_its_write_transaction(
+    anvil_chain: AnvilChain,
+) -> None:
+    """The feed events of anchored records are worked out in a read-only transaction: the
+    write transaction (on SQLite, the one write lock the API's commits queue for) only stores
+    them, and stores the same events as before (one per record, in seq order)."""
+    add_records(anvil_chain.session_factory, customers=2, each=3)
+    await anvil_chain.anchor()
+    engine = anvil_chain.session_factory.kw["bind"]
+    reads_of_records: list[bool] = []
+
+    def seen(conn: Any, _cursor: object, statement: str, *_: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and " records" in statement:
+            reads_of_records.append(bool(conn.get_execution_options().get(READ_ONLY)))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        await anvil_chain.index()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert reads_of_records and all(reads_of_records), reads_of_records
+    with anvil_chain.session_factory() as session:
+        payloads = [
+            json.loads(p) for p in session.scalars(select(FeedEvent.payload).order_by(FeedEvent.pk))
+        ]
+        assert [p["seq"] for p in payloads] == list(range(6))
+        assert {p["record_id"] for p in payloads} == set(session.scalars(select(Record.id)))

@@ -88,10 +88,11 @@ class CursorExpired(Gone):
 
 @dataclass(frozen=True, slots=True)
 class NewFeedEvent:
-    """An event to append; `payload` is its JSON body."""
+    """An event to append; `payload` is its JSON body (or that body encoded already, compact:
+    what a writer worked out before its write transaction)."""
 
     type: EventType
-    payload: dict[str, Any]
+    payload: dict[str, Any] | str
     customer_id: str | None = None
     source_batch_pk: int | None = None
     source_token_pk: int | None = None
@@ -149,7 +150,11 @@ def append(session: Session, events: Sequence[NewFeedEvent]) -> None:
                 event.type.value,
                 now,
                 event.customer_id,
-                json.dumps(event.payload, separators=(",", ":")),
+                (
+                    event.payload
+                    if isinstance(event.payload, str)
+                    else json.dumps(event.payload, separators=(",", ":"))
+                ),
                 event.source_batch_pk,
                 event.source_token_pk,
             )

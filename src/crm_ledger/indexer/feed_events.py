@@ -1,13 +1,15 @@
 """What the indexed events say on the change feed: the events a new range produces, and the
 compensations a rollback appends (see `indexer.store`).
 
-Exports: `REWARD_TYPES`, `record_events`, `reward_events`, `retractions`.
+Exports: `REWARD_TYPES`, `prepare_record_events`, `record_events`, `reward_events`,
+`retractions`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -28,7 +30,13 @@ from crm_ledger.feed import EventType, NewFeedEvent
 from crm_ledger.indexer.events import BatchAnchored, TokenEvent, TokenEventKind
 from crm_ledger.ledger.leaf import RecordKind
 
-__all__ = ["REWARD_TYPES", "record_events", "retractions", "reward_events"]
+__all__ = [
+    "REWARD_TYPES",
+    "prepare_record_events",
+    "record_events",
+    "retractions",
+    "reward_events",
+]
 
 #: The token events that have a feed event of their own, and its type.
 REWARD_TYPES = {
@@ -38,17 +46,20 @@ REWARD_TYPES = {
 }
 
 
-def record_events(
-    session: Session, inserted: Sequence[tuple[int, BatchAnchored]], *, epoch: int
-) -> list[NewFeedEvent]:
-    """`record.anchored` for every record of each inserted batch that matches the journal.
+def prepare_record_events(
+    session: Session, batches: Sequence[BatchAnchored], *, epoch: int
+) -> dict[BatchAnchored, list[NewFeedEvent]]:
+    """`record.anchored` for every record of each of `batches` that matches the journal, by
+    batch event, their payloads encoded, before the write transaction that stores them
+    (`record_events` takes them then). A journal's batch and its records do not change once
+    cut, so what this reads holds at the write.
 
     A batch whose range or root differs from the journal's produces nothing here: that is
     drift, which reconciliation reports.
     """
-    if not inserted:
-        return []
-    ids = [event.batch_id for _, event in inserted]
+    if not batches:
+        return {}
+    ids = [event.batch_id for event in batches]
     lo, hi = min(ids), max(ids)
     journal = {
         int(batch_id): (int(first_seq), int(count), bytes(root))
@@ -58,12 +69,15 @@ def record_events(
             )
         ).tuples()
     }
-    matched: dict[int, tuple[int, BatchAnchored]] = {}
-    for pk, event in inserted:
+    matched: dict[int, list[BatchAnchored]] = {}
+    for event in batches:
         if journal.get(event.batch_id) == (event.first_seq, event.count, event.root):
-            matched[event.batch_id] = (pk, event)
+            matched.setdefault(event.batch_id, []).append(event)
+    prepared: dict[BatchAnchored, list[NewFeedEvent]] = {
+        event: [] for events in matched.values() for event in events
+    }
     if not matched:
-        return []
+        return prepared
     rows = session.execute(
         select(Record.id, Record.seq, Record.kind, Record.batch_id, Customer.id.label("customer"))
         .join(Customer, Customer.pk == Record.customer_pk)
@@ -72,30 +86,46 @@ def record_events(
         .where(Record.kind != int(RecordKind.ACCESS))
         .order_by(Record.seq)
     )
-    events: list[NewFeedEvent] = []
+    encode = json.JSONEncoder(separators=(",", ":")).encode
     for row in rows:
-        found = matched.get(int(row.batch_id))
-        if found is None:
-            continue
-        source_pk, batch = found
-        events.append(
-            NewFeedEvent(
-                type=EventType.RECORD_ANCHORED,
-                customer_id=row.customer,
-                source_batch_pk=source_pk,
-                payload={
-                    "record_id": row.id,
-                    "customer_id": row.customer,
-                    "kind": RecordKind(row.kind).name.lower(),
-                    "seq": int(row.seq),
-                    "batch_id": batch.batch_id,
-                    "epoch": epoch,
-                    "ledger_state": "confirmed",
-                    **_chain_location(batch.at.tx_hash, batch.at.block_number, batch.at.block_hash),
-                },
+        # The same batch logged twice (a rollback's two blocks): ready for either log.
+        for batch in matched.get(int(row.batch_id), ()):
+            prepared[batch].append(
+                NewFeedEvent(
+                    type=EventType.RECORD_ANCHORED,
+                    customer_id=row.customer,
+                    payload=encode(
+                        {
+                            "record_id": row.id,
+                            "customer_id": row.customer,
+                            "kind": RecordKind(row.kind).name.lower(),
+                            "seq": int(row.seq),
+                            "batch_id": batch.batch_id,
+                            "epoch": epoch,
+                            "ledger_state": "confirmed",
+                            **_chain_location(
+                                batch.at.tx_hash, batch.at.block_number, batch.at.block_hash
+                            ),
+                        }
+                    ),
+                )
             )
-        )
-    return events
+    return prepared
+
+
+def record_events(
+    inserted: Sequence[tuple[int, BatchAnchored]],
+    prepared: dict[BatchAnchored, list[NewFeedEvent]],
+) -> list[NewFeedEvent]:
+    """The prepared `record.anchored` events (`prepare_record_events`) of the batch events
+    just stored (`inserted`: their rows' pks, which the events point at), in seq order; a
+    batch logged twice among them has its records' events once, from its last log."""
+    last = {batch.batch_id: (pk, batch) for pk, batch in inserted}
+    return [
+        replace(event, source_batch_pk=pk)
+        for pk, batch in (last[batch_id] for batch_id in sorted(last))
+        for event in prepared.get(batch, ())
+    ]
 
 
 def reward_events(
