@@ -24,7 +24,7 @@ from crm_ledger.journal.customers import create_customer
 from crm_ledger.journal.erasure import copy_erasers_for_engine, erase_customer
 from crm_ledger.journal.privacy import KeyRing, attach_keyring
 from crm_ledger.journal.schemas import CustomerCreate
-from crm_ledger.runtime import Runtime
+from crm_ledger.runtime import CHAIN_WORKERS, Runtime
 from tests.apps import TestClient
 
 PACKAGE = Path(crm_ledger.__file__).parent
@@ -112,3 +112,31 @@ def test_an_app_no_longer_used_is_freed(tmp_path: Path) -> None:
     del app, client
     gc.collect()
     assert freed() is None
+
+
+def test_the_chain_workers_together_run_as_their_settings_say(tmp_path: Path) -> None:
+    """`crm-ledger worker chain` (serve's chain process): the anchorer, the indexer and
+    loyalty, each as its `run_*` setting says, and none of the integrations' workers."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    try:
+        sessions: sessionmaker[Session] = make_session_factory(engine)
+
+        def names(**settings: bool) -> list[str]:
+            runtime = Runtime(
+                settings=Settings(_env_file=None, data_dir=tmp_path, **settings),  # type: ignore[call-arg]
+                engine=engine,
+                session_factory=sessions,
+                only=CHAIN_WORKERS,
+            )
+            return runtime.supervisor.names
+
+        assert names() == ["anchorer", "indexer", "loyalty"]
+        assert names(run_indexer=False) == ["anchorer", "loyalty"]
+        everything = Runtime(
+            settings=Settings(_env_file=None, data_dir=tmp_path),  # type: ignore[call-arg]
+            engine=engine,
+            session_factory=sessions,
+        )
+        assert set(everything.supervisor.names) > {"anchorer", "indexer", "loyalty"}
+    finally:
+        engine.dispose()
