@@ -399,15 +399,19 @@ def serve(
     if (certfile is None) != (keyfile is None):
         stderr.print("[red]HTTPS needs both --tls-certfile and --tls-keyfile[/red]")
         raise typer.Exit(code=2)
-    serving.serve(
-        settings,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        log_level=log_level,
-        log_format=log_format,
-        tls=(certfile, keyfile) if certfile and keyfile else None,
-    )
+    try:
+        serving.serve(
+            settings,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            log_level=log_level,
+            log_format=log_format,
+            tls=(certfile, keyfile) if certfile and keyfile else None,
+        )
+    except LedgerError as exc:  # the embedded Anvil could not start (its port taken...)
+        stderr.print(f"[red]cannot start the service:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
 
 worker_app = typer.Typer(help="Run one background role without the API.", no_args_is_help=True)

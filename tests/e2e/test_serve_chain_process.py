@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,3 +129,28 @@ def test_with_the_chain_process_off_serve_runs_the_chain_workers_itself(
     assert section["state"] == "running"
     # Only the mapper is a child: the board merges the API process's own anchorer.
     assert section["pid"] == serve.process.pid
+
+
+def test_serve_refuses_to_start_when_its_anvil_cannot(tmp_path: Path) -> None:
+    """`serve` starts the embedded Anvil itself before its processes: a taken port ends it at
+    once, with a message a person can act on (not a traceback)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_LEDGER_")}
+        env.update(
+            CRM_LEDGER_DATA_DIR=str(tmp_path / "data"),
+            CRM_LEDGER_ANVIL_PORT=str(port),
+        )
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "crm-ledger"), "serve", "--port", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "cannot start the service" in done.stderr, done.stderr
+    assert str(port) in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / "status").exists()
