@@ -80,6 +80,17 @@ def test_the_chain_workers_run_in_a_child_and_readyz_shows_them(
         timeout=30,
     ).json()["id"]
 
+    # Loyalty runs in the child; the API process reads the token it deployed, and the
+    # customer's custodial address, itself (before: no balance, "not connected").
+    account = wait_for(
+        lambda: httpx.get(
+            f"{serve.base}/v1/customers/{customer}/loyalty", headers=headers, timeout=30
+        ).json(),
+        60,
+        until=lambda account: account.get("chain_balance") == 0,
+    )
+    assert account["address"].startswith("0x") and account["token"]["chain_id"] == 31337
+
     def anchored(record: str) -> bool:
         answer = httpx.get(f"{serve.base}/v1/records/{record}/receipt", headers=headers)
         return answer.status_code == 200

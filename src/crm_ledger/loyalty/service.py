@@ -8,29 +8,38 @@ process's chain connection, loads the wallet seed and the operator key (never th
 account: the two would race for nonces), deploys or checks the LoyaltyToken and builds the
 issuance worker; `step()` is its round. An unreachable chain is backed off and a reset chain or
 unusable settings halt loyalty, by the supervisor, with the message in `/readyz`. Handlers read
-the chain through `token_reader()` (None while not connected) and wake the worker with `nudge()`.
+the chain through `token_reader()` (None while not connected) and wake the worker with `nudge()`;
+in a process that does not run the worker (`serve`'s API processes: the chain process runs it)
+`connect_for_reading()` finds the keyring and the deployed token for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.chain.connection import ChainConnection
+from crm_ledger.chain.deploy import latest_deployment
 from crm_ledger.chain.signer import load_signer
 from crm_ledger.config import Settings
+from crm_ledger.errors import LedgerError
 from crm_ledger.loyalty.chain import LoyaltyToken
-from crm_ledger.loyalty.deploy import ensure_token_deployment
+from crm_ledger.loyalty.deploy import TOKEN_CONTRACT, ensure_token_deployment
 from crm_ledger.loyalty.wallets import WalletKeyring, load_operator, load_wallet_keyring
 from crm_ledger.loyalty.worker import IssuanceWorker, TokenDeploymentRef
 
 log = logging.getLogger(__name__)
 
 LOYALTY = "loyalty"
+#: How long a process that does not run the worker keeps what `connect_for_reading` found.
+READER_REFRESH_SECONDS = 10.0
 
 
 class TokenReader(Protocol):
@@ -57,10 +66,42 @@ class LoyaltyRuntime:
     keyring: WalletKeyring | None = None
     worker: IssuanceWorker | None = None
     _location: dict[str, Any] = field(default_factory=dict)
+    _read_token: LoyaltyToken | None = None
+    _read_checked_at: float | None = None
 
     def token_reader(self) -> TokenReader | None:
-        """The connected token, or None while the worker is not running."""
-        return self.token
+        """The connected token (the worker's, or one `connect_for_reading` found), or None."""
+        return self.token if self.token is not None else self._read_token
+
+    async def connect_for_reading(self) -> None:
+        """Handlers' view of the chain in a process that does not run the issuance worker
+        (`serve`'s API processes, whose chain process runs it; a copy standing by): the wallet
+        keyring and the token the worker deployed, read-only. Looked up on first use and again
+        at most every `READER_REFRESH_SECONDS` (a new epoch's token, a chain back up); nothing
+        while the chain cannot be reached or no token is deployed yet. A no-op where the
+        worker is connected."""
+        if self.token is not None or self.connection is None:
+            return
+        now = time.monotonic()
+        if self._read_checked_at is not None and now - self._read_checked_at < (
+            READER_REFRESH_SECONDS
+        ):
+            return
+        self._read_checked_at = now
+        try:
+            link = await self.connection.open()
+            keyring = load_wallet_keyring(self.settings, chain_id=link.chain_id)
+            anchorer = load_signer(self.settings, chain_id=link.chain_id).address
+            operator = load_operator(self.settings, chain_id=link.chain_id, anchorer=anchorer)
+            deployment = await asyncio.to_thread(
+                latest_deployment, self.session_factory, TOKEN_CONTRACT
+            )
+        except (LedgerError, SQLAlchemyError) as exc:
+            log.debug("loyalty: cannot read the chain for the API yet: %s", exc)
+            return
+        self.keyring, self.chain_id = keyring, link.chain_id
+        if deployment is not None:
+            self._read_token = LoyaltyToken(link.w3, operator, deployment.address)
 
     def nudge(self) -> None:
         """Wake the worker now (from any thread): something new is planned."""

@@ -56,8 +56,10 @@ router = APIRouter(tags=["loyalty"])
 _ERRORS = problem_responses(401, 403, 404, 409, 413, 422, 429)
 
 
-def get_token_reader(runtime: RuntimeDep) -> TokenReader | None:
-    """The LoyaltyToken as the running worker sees it; None while it is not connected."""
+async def get_token_reader(runtime: RuntimeDep) -> TokenReader | None:
+    """The LoyaltyToken as the running worker sees it (or, where the worker runs in another
+    process, as it deployed it); None while it is not connected."""
+    await runtime.loyalty.connect_for_reading()
     return runtime.loyalty.token_reader()
 
 
@@ -310,6 +312,7 @@ def link_customer_wallet(
     payload: WalletLink,
     runtime: RuntimeDep,
     writes: RedeemerWrites,
+    _reader: TokenReaderDep,  # loads the wallet keyring where the worker runs elsewhere
 ) -> Response:
     """Points issued from now on go to `address`; needs its owner's EIP-191 signature.
 
