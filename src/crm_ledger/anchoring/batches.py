@@ -241,15 +241,14 @@ def record_progress(
     anchored: Sequence[Location] = (),
     sent: tuple[int, bytes] | None = None,
     cut: CutPlan | None = None,
-    cut_max_records: int | None = None,
 ) -> BatchPlan | None:
     """In one transaction: where the chain holds each of `anchored`, (`sent`: batch id,
     transaction hash) the transaction that now carries a batch, and the next batch, which is
     returned: `cut` as planned (`plan_cut`), or cut afresh if the journal's last batch is no
-    longer the one it was planned after, or (`cut_max_records`) cut here as `cut_batch` cuts
-    it. The anchorer writes a batch's sent mark with the previous batch's location and the
-    next batch's cut: under load each write transaction waits its turn for SQLite's write lock
-    behind the API's commits, once per batch instead of three times."""
+    longer the one it was planned after. The anchorer writes a batch's sent mark with the
+    previous batch's location and the next batch's cut: under load each write transaction
+    waits its turn for SQLite's write lock behind the API's commits, once per batch instead of
+    three times."""
     with session_factory() as session, session.begin():
         now = utcnow()
         for where in anchored:
@@ -269,13 +268,11 @@ def record_progress(
         if sent is not None:
             batch_id, tx_hash = sent
             outbox.mark_sent_in(session, Batch, Batch.id == batch_id, tx_hash=tx_hash)
-        if cut is not None:
-            if _last_batch(session) == cut.after:
-                return _write_cut(session, cut)
-            cut_max_records = cut.max_records
-        if cut_max_records is None:
+        if cut is None:
             return None
-        return _cut(session, max_records=cut_max_records)
+        if _last_batch(session) == cut.after:
+            return _write_cut(session, cut)
+        return _cut(session, max_records=cut.max_records)
 
 
 def recent_anchored_batches(
