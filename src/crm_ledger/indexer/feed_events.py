@@ -119,8 +119,9 @@ def record_events(
 ) -> list[NewFeedEvent]:
     """The prepared `record.anchored` events (`prepare_record_events`) of the batch events
     just stored (`inserted`: their rows' pks, which the events point at), in seq order; a
-    batch logged twice among them has its records' events once, from its last log."""
-    last = {batch.batch_id: (pk, batch) for pk, batch in inserted}
+    batch logged twice among them has its records' events once, from its last log that
+    matches the journal."""
+    last = {batch.batch_id: (pk, batch) for pk, batch in inserted if batch in prepared}
     return [
         replace(event, source_batch_pk=pk)
         for pk, batch in (last[batch_id] for batch_id in sorted(last))
