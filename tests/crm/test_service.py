@@ -67,7 +67,13 @@ def test_a_record_becomes_confirmed_in_the_view_and_the_feed(service: TestClient
         found: str = item["ledger"]["state"]
         return found
 
-    wait_for(lambda: state() == "confirmed")
+    # 60 s was once not enough in a loaded full run (Hardhat, SQLite): the workers' states are
+    # shown if it happens again.
+    wait_for(
+        lambda: state() == "confirmed",
+        120,
+        what=lambda: service.get("/readyz").json()["chain"],
+    )
     view = service.get(f"/v1/crm/customers/{customer}").json()
     ledger = view["timeline"]["items"][0]["ledger"]
     assert ledger["tx_hash"].startswith("0x") and ledger["block_number"] > 0
