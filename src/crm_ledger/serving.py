@@ -185,43 +185,43 @@ def serve(
 
 
 @contextmanager
-def _metrics_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, str]]:
-    """The environment that has the processes `serve` starts keep their metrics in one
-    directory (`crm_ledger.metrics`): `metrics/` in the data directory, emptied for this run
-    (a `serve` that was killed left its files there) and removed after it; `{}` when `serve`
-    runs one process. A directory the operator set (`PROMETHEUS_MULTIPROC_DIR`) is used as
-    it is and kept."""
-    name = metrics.MULTIPROCESS_DIR_ENV
-    if not wanted or name in os.environ:
-        yield {name: os.environ[name]} if wanted else {}
+def _shared_directory(
+    settings: Settings, wanted: bool, env_name: str, name: str
+) -> Iterator[dict[str, str]]:
+    """The environment (`env_name`) that points the processes `serve` starts at one directory
+    they share: `name` in the data directory, emptied for this run (a `serve` that was killed
+    left its files there) and removed after it; `{}` when not `wanted` (one process). A
+    directory the operator set in `env_name` is used as it is and kept."""
+    if not wanted or env_name in os.environ:
+        yield {env_name: os.environ[env_name]} if wanted else {}
         return
-    directory = settings.data_dir / "metrics"
+    directory = settings.data_dir / name
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     try:
-        yield {name: str(directory)}
+        yield {env_name: str(directory)}
     finally:
-        metrics.collect_children(None)
         shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager
-def _status_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, str]]:
-    """The environment that has the processes `serve` starts publish their workers' states in
-    one directory (`workers.board`), so that `/readyz` shows every process's: `status/` in the
-    data directory, emptied for this run and removed after it; `{}` for one process. A
-    directory the operator set (`CRM_LEDGER_STATUS_DIR`, shared with workers they run
-    themselves) is used as it is and kept."""
-    if not wanted or STATUS_DIR_ENV in os.environ:
-        yield {STATUS_DIR_ENV: os.environ[STATUS_DIR_ENV]} if wanted else {}
-        return
-    directory = settings.data_dir / "status"
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+def _metrics_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, str]]:
+    """Where the processes keep their Prometheus figures (`crm_ledger.metrics`): `metrics/`,
+    or the operator's `PROMETHEUS_MULTIPROC_DIR`."""
     try:
-        yield {STATUS_DIR_ENV: str(directory)}
+        with _shared_directory(settings, wanted, metrics.MULTIPROCESS_DIR_ENV, "metrics") as env:
+            yield env
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        metrics.collect_children(None)
+
+
+@contextmanager
+def _status_directory(settings: Settings, wanted: bool) -> Iterator[dict[str, str]]:
+    """Where the processes publish their workers' states, so that `/readyz` shows every
+    process's (`workers.board`): `status/`, or the operator's `CRM_LEDGER_STATUS_DIR` (shared
+    with workers they run themselves)."""
+    with _shared_directory(settings, wanted, STATUS_DIR_ENV, "status") as env:
+        yield env
 
 
 def _serve_processes(

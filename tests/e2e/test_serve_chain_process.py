@@ -19,28 +19,13 @@ import pytest
 
 from tests.api.helpers import interaction
 from tests.e2e.test_serve_owns_anvil import Serve, admin_headers
+from tests.processes import children
 from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.chain,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux"),
 ]
-
-
-def children(pid: int, command: str) -> list[int]:
-    """The pids of `pid`'s live children whose command line holds `command`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in status and "\nState:\tZ" not in status and command in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def chain_section(base: str) -> dict[str, object]:

@@ -28,6 +28,7 @@ from crm_ledger.journal.privacy import KeyRing, MasterKey, attach_keyring
 from tests.ingest.conftest import TEST_MASTER_KEY
 from tests.ingest.shops import SHOPIFY_ORDER_ID, SHOPIFY_SECRET, body_of, shopify_headers
 from tests.ingest.shops import shopify_order as order_document
+from tests.processes import children
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc: Linux")
@@ -92,18 +93,7 @@ def _healthy(base: str) -> bool:
 
 def _mappers(pid: int) -> list[int]:
     """The pids of `pid`'s children that run the ingest worker."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in status and "worker ingest" in command:
-            found.append(int(entry.name))
-    return found
+    return children(pid, "worker ingest")
 
 
 def _alive(pid: int) -> bool:
