@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def children(pid: int, command: str) -> list[int]:
-    """The pids of `pid`'s live (not zombie) children whose command line holds `command`."""
-    found = []
+def child_commands(pid: int) -> dict[int, str]:
+    """The command lines of `pid`'s live (not zombie) children, by pid."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -16,6 +16,11 @@ def children(pid: int, command: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if f"\nPPid:\t{pid}\n" in status and "\nState:\tZ" not in status and command in cmdline:
-            found.append(int(entry.name))
+        if f"\nPPid:\t{pid}\n" in status and "\nState:\tZ" not in status:
+            found[int(entry.name)] = cmdline
     return found
+
+
+def children(pid: int, command: str) -> list[int]:
+    """The pids of `pid`'s live children whose command line holds `command`."""
+    return [child for child, cmdline in child_commands(pid).items() if command in cmdline]

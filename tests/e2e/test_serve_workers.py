@@ -23,6 +23,7 @@ from crm_ledger.db.session import make_engine, make_session_factory, upgrade_dat
 from crm_ledger.journal.keys import Role, create_api_key
 from tests.api.helpers import interaction
 from tests.e2e.conftest import free_port
+from tests.processes import child_commands
 from tests.waiting import wait_for
 
 pytestmark = [
@@ -88,22 +89,6 @@ def _readiness(base: str) -> dict[str, Any] | None:
     return section
 
 
-def _children(pid: int) -> dict[int, str]:
-    """The command lines of `pid`'s child processes, by pid."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in status:
-            found[int(entry.name)] = command
-    return found
-
-
 def _states(samples: list[Any], worker: str) -> list[tuple[int, str]]:
     """(pid, state) of each process's `worker` in /metrics' `crm_ledger_worker_state`."""
     return sorted(
@@ -118,7 +103,7 @@ def test_two_api_processes_serve_writes_with_one_anchorer_and_one_anvil(
 ) -> None:
     base, data_dir, pid = served
     wait_for(lambda: (_readiness(base) or {}).get("state") == "running", STARTUP_SECONDS)
-    children = _children(pid)
+    children = child_commands(pid)
     api_processes = [p for p, command in children.items() if "multiprocessing.spawn" in command]
     assert len(api_processes) == 2, children
     anvils = [command for command in children.values() if "anvil" in command]
