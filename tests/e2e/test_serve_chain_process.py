@@ -47,9 +47,15 @@ def test_the_chain_workers_run_in_a_child_and_readyz_shows_them(
     serve.start(batch_max_age_seconds=0.05)  # ready: the anchorer runs, in some process
     assert serve.process is not None
     [chain] = wait_for(lambda: children(serve.process.pid, "worker chain"), 60, what="a child")
-    [mapper] = children(serve.process.pid, "worker ingest")
+    [mapper] = wait_for(lambda: children(serve.process.pid, "worker ingest"), 60)
 
-    section = chain_section(serve.base)
+    # Each process publishes its states every half second: the mapper's may come a little
+    # after the chain process's.
+    section = wait_for(
+        lambda: chain_section(serve.base),
+        60,
+        until=lambda section: "ingest" in section["workers"],  # type: ignore[operator]
+    )
     indexer, loyalty = section["indexer"], section["loyalty"]
     assert isinstance(indexer, dict) and isinstance(loyalty, dict)
     assert (section["pid"], indexer["pid"], loyalty["pid"]) == (chain, chain, chain)
