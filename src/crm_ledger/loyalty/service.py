@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from eth_account.signers.local import LocalAccount
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,6 +68,7 @@ class LoyaltyRuntime:
     worker: IssuanceWorker | None = None
     _location: dict[str, Any] = field(default_factory=dict)
     _read_token: LoyaltyToken | None = None
+    _read_operator: LocalAccount | None = None
     _read_checked_at: float | None = None
 
     def token_reader(self) -> TokenReader | None:
@@ -76,10 +78,11 @@ class LoyaltyRuntime:
     async def connect_for_reading(self) -> None:
         """Handlers' view of the chain in a process that does not run the issuance worker
         (`serve`'s API processes, whose chain process runs it; a copy standing by): the wallet
-        keyring and the token the worker deployed, read-only. Looked up on first use and again
-        at most every `READER_REFRESH_SECONDS` (a new epoch's token, a chain back up); nothing
-        while the chain cannot be reached or no token is deployed yet. A no-op where the
-        worker is connected."""
+        keyring and the token the worker deployed, read-only. The keys are loaded once (off the
+        event loop: a keystore takes a while to open); the deployment is looked up on first use
+        and again at most every `READER_REFRESH_SECONDS` (a new epoch's token, a chain back up).
+        Nothing while the chain cannot be reached or no token is deployed yet; a no-op where
+        the worker is connected."""
         if self.token is not None or self.connection is None:
             return
         now = time.monotonic()
@@ -90,18 +93,28 @@ class LoyaltyRuntime:
         self._read_checked_at = now
         try:
             link = await self.connection.open()
-            keyring = load_wallet_keyring(self.settings, chain_id=link.chain_id)
-            anchorer = load_signer(self.settings, chain_id=link.chain_id).address
-            operator = load_operator(self.settings, chain_id=link.chain_id, anchorer=anchorer)
+            if self._read_operator is None or self.chain_id != link.chain_id:
+                keyring, operator = await asyncio.to_thread(self._reading_keys, link.chain_id)
+                self.keyring, self._read_operator, self.chain_id = keyring, operator, link.chain_id
+            else:
+                operator = self._read_operator
             deployment = await asyncio.to_thread(
                 latest_deployment, self.session_factory, TOKEN_CONTRACT
             )
         except (LedgerError, SQLAlchemyError) as exc:
             log.debug("loyalty: cannot read the chain for the API yet: %s", exc)
             return
-        self.keyring, self.chain_id = keyring, link.chain_id
-        if deployment is not None:
+        if deployment is not None and (
+            self._read_token is None or self._read_token.address != deployment.address
+        ):
             self._read_token = LoyaltyToken(link.w3, operator, deployment.address)
+
+    def _reading_keys(self, chain_id: int) -> tuple[WalletKeyring, LocalAccount]:
+        """The wallet keyring, and the operator's account the token client is built with
+        (nothing is signed with it here)."""
+        keyring = load_wallet_keyring(self.settings, chain_id=chain_id)
+        anchorer = load_signer(self.settings, chain_id=chain_id).address
+        return keyring, load_operator(self.settings, chain_id=chain_id, anchorer=anchorer)
 
     def nudge(self) -> None:
         """Wake the worker now (from any thread): something new is planned."""
