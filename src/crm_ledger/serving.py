@@ -141,9 +141,10 @@ def serve(
         node = None
         children: list[WorkerProcess] = []
         try:
+            if workers > 1:
+                _prepare(settings)  # one API process: `create_app` does it, before the children
             if chain_wanted or workers > 1:
                 # The processes share one node: the one `serve` starts, unless a URL is set.
-                _prepare(settings)
                 node = _start_node(settings)
                 if node is not None:
                     settings = settings.model_copy(update={"rpc_url": node.rpc_url})
