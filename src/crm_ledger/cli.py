@@ -457,13 +457,14 @@ def _run_worker_alone(
             stdin = sys.stdin.fileno()
             loop.add_reader(stdin, _stop_when_closed, loop, stdin, stop)
         await runtime.start()
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
         # `serve`'s child waits for `serve` even when every worker halted, so that `/readyz`
         # shows why (a child that exited would be started again, and halt again).
-        finished = asyncio.ensure_future(stop.wait() if with_parent else runtime.wait())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([finished, stopped], return_when=asyncio.FIRST_COMPLETED)
-        finished.cancel()
-        stopped.cancel()
+        if not with_parent:
+            waits.append(asyncio.ensure_future(runtime.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
         await runtime.stop()
         halted = {
             worker: status["message"]
