@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from crm_ledger.db import bulk
-from crm_ledger.db.models import Customer, new_id, new_ids
+from crm_ledger.db.models import Customer, UTCDateTime, new_id, new_ids
 from tests.anchoring.fakes import make_customer
 
 
@@ -55,3 +56,29 @@ def test_update_rows_sets_each_row_by_its_key_and_no_other(
         (b"\x02" * 32, "third"),
     ]
     assert rows[1].external_ref not in ("first", "third")
+
+
+def test_a_bulk_timestamp_is_stored_as_sqlalchemy_stores_one(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """`processed_time` converts as SQLAlchemy's own INSERT does: on SQLite, which keeps
+    whatever text it is given, the same text ("2026-12-08 01:27:34.393144", not the
+    "...+00:00" of the driver's default adapter)."""
+    moment = datetime(2026, 12, 8, 1, 27, 34, 393144, tzinfo=UTC)
+    table = Table(
+        "bulk_times",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("at", UTCDateTime()),
+    )
+    with session_factory() as session, session.begin():
+        table.create(session.connection())
+        session.execute(table.insert().values(id=1, at=moment))
+        bulk.insert_rows(
+            session, "bulk_times", ("id", "at"), [(2, bulk.processed_time(session, moment))]
+        )
+    with session_factory() as session, session.begin():
+        stored = session.execute(text("SELECT CAST(at AS TEXT) FROM bulk_times ORDER BY id"))
+        assert len({row[0] for row in stored}) == 1
+        assert list(session.scalars(select(table.c.at).order_by(table.c.id))) == [moment, moment]
+        table.drop(session.connection())

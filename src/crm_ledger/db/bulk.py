@@ -32,8 +32,12 @@ def processed_now(session: Session) -> Any:
 
 
 def processed_time(session: Session, moment: datetime) -> Any:
-    """`moment` (timezone-aware) as the session's driver takes it for a `UTCDateTime` column."""
-    processor = UTCDateTime().bind_processor(session.get_bind().dialect)
+    """`moment` (timezone-aware) as the session's driver takes it for a `UTCDateTime` column,
+    converted once for all the rows that share it: on SQLite the same text the ORM stores
+    ("2026-12-08 01:27:05.476587"), not a `datetime` the driver's deprecated default adapter
+    would turn into other text ("...+00:00") row by row."""
+    dialect = session.get_bind().dialect
+    processor = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
     return processor(moment) if processor is not None else moment
 
 

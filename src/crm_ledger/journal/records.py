@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from pydantic import TypeAdapter
 from sqlalchemy import Table, bindparam, func, select
@@ -70,9 +70,11 @@ _LOCK_CUSTOMERS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RecordView:
-    """A record as the API shows it: the committed body, where it stands in anchoring."""
+class RecordView(NamedTuple):
+    """A record as the API shows it: the committed body, where it stands in anchoring.
+
+    A named tuple rather than a frozen dataclass: as immutable, and a batch write makes one
+    per record (a frozen dataclass of ten fields took 6 us to make, this 1.5 us)."""
 
     id: str
     customer_id: str
@@ -86,6 +88,9 @@ class RecordView:
     anchored: bool
     seq: int | None
     batch_id: int | None
+    # The body's canonical JSON text, when the writer has it at hand (a write does; a read
+    # leaves it None): answers embed it instead of serialising `body` again.
+    body_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +101,10 @@ class Backlog:
     oldest_created_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
+class _Item(NamedTuple):
+    """One record to write: its customer, kind and body, and the request field naming the
+    customer (for errors)."""
+
     customer_id: str
     kind: RecordKind
     body: dict[str, Any]
@@ -309,11 +316,11 @@ def _write(session: Session, items: list[_Item]) -> list[RecordView]:
     now = utcnow()
     recorded_at = format_timestamp(now)
     record_ids = new_ids(len(items))
-    contents = _documents(items, record_ids, recorded_at)
+    bodies, contents = _documents(items, record_ids, recorded_at)
     stored_at = bulk.processed_time(session, now)
     rows: list[tuple[Any, ...]] = []
     views: list[RecordView] = []
-    for item, record_id, content in zip(items, record_ids, contents, strict=True):
+    for item, record_id, body, content in zip(items, record_ids, bodies, contents, strict=True):
         customer_pk, key = customers[item.customer_id]
         record_commitment = commitment(key, content)
         rows.append((record_id, customer_pk, int(item.kind), content, record_commitment, stored_at))
@@ -329,14 +336,18 @@ def _write(session: Session, items: list[_Item]) -> list[RecordView]:
                 anchored=False,
                 seq=None,
                 batch_id=None,
+                body_json=body.decode("utf-8"),
             )
         )
     bulk.insert_rows(session, _RECORDS.name, _INSERT_COLUMNS, rows)
     return views
 
 
-def _documents(items: list[_Item], record_ids: list[str], recorded_at: str) -> list[bytes]:
-    """`document_content` of each item, byte for byte, canonicalising only what varies.
+def _documents(
+    items: list[_Item], record_ids: list[str], recorded_at: str
+) -> tuple[list[bytes], list[bytes]]:
+    """Each item's canonical body, and its `document_content` byte for byte, canonicalising
+    only what varies.
 
     RFC 8785 orders the document's keys as body, customer_id, id, kind, recorded_at, v, so each
     document is its canonical body between fixed parts: the customer's and the kind's parts
@@ -345,6 +356,7 @@ def _documents(items: list[_Item], record_ids: list[str], recorded_at: str) -> l
     """
     customer_parts: dict[str, bytes] = {}
     tails: dict[RecordKind, bytes] = {}
+    bodies = []
     documents = []
     for item, record_id in zip(items, record_ids, strict=True):
         customer_part = customer_parts.get(item.customer_id)
@@ -363,14 +375,10 @@ def _documents(items: list[_Item], record_ids: list[str], recorded_at: str) -> l
                 + b"}"
             )
             tails[item.kind] = tail
-        documents.append(
-            b'{"body":'
-            + canonical_json(item.body)
-            + customer_part
-            + record_id.encode("ascii")
-            + tail
-        )
-    return documents
+        body = canonical_json(item.body)
+        bodies.append(body)
+        documents.append(b'{"body":' + body + customer_part + record_id.encode("ascii") + tail)
+    return bodies, documents
 
 
 def _recordable_customers(session: Session, items: list[_Item]) -> dict[str, tuple[int, bytes]]:

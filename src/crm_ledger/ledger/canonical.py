@@ -10,7 +10,6 @@ deleting the key is the erasure.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
@@ -84,7 +83,8 @@ def commitment(customer_key: bytes, canonical_content: bytes) -> bytes:
     """HMAC-SHA256(customer key, canonical content)."""
     if len(customer_key) != CUSTOMER_KEY_SIZE:
         raise FormatError(f"a customer key is {CUSTOMER_KEY_SIZE} bytes, got {len(customer_key)}")
-    return hmac.new(customer_key, canonical_content, hashlib.sha256).digest()
+    # The one-shot C function: a third cheaper than hmac.new(...).digest(), once per record.
+    return hmac.digest(customer_key, canonical_content, "sha256")
 
 
 def new_customer_key() -> bytes:

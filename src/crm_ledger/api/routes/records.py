@@ -14,7 +14,7 @@ from crm_ledger import metrics
 from crm_ledger.api.deps import AnyKey, SessionDep, SettingsDep, problem_responses
 from crm_ledger.api.idempotency import Written, json_response
 from crm_ledger.api.privacy import ERASED_REPLAY
-from crm_ledger.api.schemas import record_public, records_public_json
+from crm_ledger.api.schemas import record_public, record_public_json, records_public_json
 from crm_ledger.api.transaction import read_only
 from crm_ledger.api.writes import RecorderWrites
 from crm_ledger.journal import receipts, records
@@ -58,7 +58,7 @@ class RecordWrite:
 
 
 def _written(record: RecordView) -> Written:
-    return Written(record_public(record).model_dump_json(), [record.customer_id])
+    return Written(record_public_json(record), [record.customer_id])
 
 
 @router.post(
