@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 import uuid
+from datetime import UTC, datetime
 
 from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.orm import Session, sessionmaker
