@@ -4,6 +4,7 @@ non-UUID path ids answered 422."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -11,6 +12,8 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
 from crm_ledger.api.path_ids import PATH_IDS, check_path_ids
+from crm_ledger.api.routes import customers, records
+from crm_ledger.app import create_app
 from crm_ledger.ingest.schemas import SourceCreate, SourceRotate
 from crm_ledger.journal.schemas import (
     CustomerCreate,
@@ -26,6 +29,7 @@ from crm_ledger.outbound.webhooks.schemas import (
 )
 from crm_ledger.schemas import RecordVerifyRequest
 from crm_ledger.verifier.digest import Digest
+from tests.apps import api_settings
 
 MODELS = {
     model.__name__: model
@@ -143,3 +147,20 @@ def test_every_route_with_an_id_in_its_path_checks_it(app: FastAPI) -> None:
 
     assert unchecked == set()
     assert {"/v1/records/{record_id}", "/v1/customers/{customer_id}"} <= checked
+    for route in iter_route_contexts(app.routes):
+        if isinstance(route.original_route, APIRoute):
+            checks = [sub for sub in route.dependant.dependencies if sub.call is check_path_ids]
+            assert len(checks) <= 1, route.path_format
+
+
+def test_apps_made_again_in_one_process_check_each_path_id_once(tmp_path: Path) -> None:
+    """The routers are module-level: each app including them again must not add another
+    check (the test suite makes thousands of apps in one process)."""
+    for n in range(3):
+        settings = api_settings(tmp_path / str(n), f"sqlite:///{tmp_path}/{n}.sqlite3")
+        create_app(settings, background=False).state.runtime.engine.dispose()
+    for router in (customers.router, records.router):
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            checks = [d for d in route.dependencies if d.dependency is check_path_ids]
+            assert len(checks) == (1 if PATH_IDS & route.param_convertors.keys() else 0)

@@ -44,8 +44,17 @@ async def check_path_ids(request: Request, credentials: BearerCredentials) -> No
 
 def check_ids_of(router: APIRouter) -> APIRouter:
     """`router`, with `check_path_ids` added to each of its routes whose path holds an id of
-    `PATH_IDS` (before it is included: the app builds its routes from their dependencies)."""
+    `PATH_IDS` (before it is included: the app builds its routes from their dependencies).
+
+    Once per route, however many apps include the router: the routers are module-level, and
+    an app made in the same process again (every test's app, `create_app` twice) used to add
+    another copy each time, so that a route carried as many checks as apps had been made
+    and every request and every new app's first build of its routes walked them all."""
     for route in router.routes:
-        if isinstance(route, APIRoute) and PATH_IDS & route.param_convertors.keys():
+        if (
+            isinstance(route, APIRoute)
+            and PATH_IDS & route.param_convertors.keys()
+            and not any(depends.dependency is check_path_ids for depends in route.dependencies)
+        ):
             route.dependencies.append(Depends(check_path_ids))
     return router
