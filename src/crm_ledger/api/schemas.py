@@ -52,9 +52,10 @@ def record_public(record: RecordView) -> RecordPublic:
 def record_public_json(record: RecordView) -> str:
     """`record_public(record)` as JSON text, the answer of a write: the same value as its
     `model_dump_json()` (tests/api/test_batch_answer.py compares them), put together from the
-    texts the write already made (the body's canonical JSON) rather than by a model; for a
-    batch of 1,000 records a model per record cost more than the database write, and
-    serialising the body a second time a tenth of the batch's work."""
+    texts the write already made (the body's canonical JSON, so `content` comes in canonical
+    key order) rather than by a model: for a batch of 1,000 records a model per record cost
+    more than the database write, and a dict per record through pydantic-core's encoder was
+    still 14 % of the group committer's time (docs/benchmarks.md, session 16)."""
     content = record.body_json
     if content is None:
         content = "null" if record.body is None else pydantic_core.to_json(record.body).decode()
